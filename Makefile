@@ -1,0 +1,43 @@
+# Two commands set up everything on a fresh machine:
+#   make demo   - creates .venv if missing, then runs the main job on a bundled real example
+#   make test   - creates .venv if missing, then runs the test suite
+# Other targets: make venv, make lint, make test-all (includes tests marked slow).
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+# torch and torchvision are installed first and on their own, so that basicsr (a source package) is
+# built against them. Override for another CUDA build, e.g.
+#   make venv TORCH_PKGS="torch torchvision --index-url <your wheel index>"
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+STAMP      := $(VENV)/.installed
+
+.PHONY: venv demo test test-all lint clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH_PKGS)
+	# basicsr 1.4.2 ships only as an sdist whose build imports torch: build it against the torch above.
+	$(PY) -m pip install -q --no-build-isolation basicsr==1.4.2
+	$(PY) -m pip install -q -r requirements.txt pytest ruff
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import extracter; print('extracter', extracter.__version__, 'installed')"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,75 @@
+"""EXTRACTER (Reyes-Saldana & Rivera, arXiv 2310.01379).
+
+DFE (VGG-19 to relu3_1) -> Search & Transfer (top-k hard/soft attention, windows k/2k/4k) -> CSFI main network
+(one fusion head per rank and level) -> GDE (gradient density enhancing) -> SR image.
+"""
+
+from typing import Optional, Sequence, Union
+
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from extracter.archs.gde import GDE
+from extracter.archs.modules import CSFIMainNet, parse_block_counts
+from extracter.archs.refsr_base import RefSRNet
+from extracter.archs.search_transfer import SearchTransfer
+from extracter.archs.vgg import TextureExtractor
+
+BlockCounts = Union[str, Sequence[int]]
+
+
+@ARCH_REGISTRY.register()
+class Extracter(RefSRNet):
+    """EXTRACTER. Defaults are the released ``train.py`` configuration (blocks 8+16+8+4 / 8+9+9+9, top-k 2,
+    window 3 / stride 1 / padding 1); the released notebook uses 2+8+8+4 / 2+9+9+9 and top-k 3; the paper's
+    geometry is window 6 / stride 2 / padding 2.
+
+    Args:
+        num_res_blocks: residual blocks of [shallow features, stage 1, stage 2, stage 3].
+        num_grad_blocks: residual blocks of the GDE module [shallow gradient features, x1, x2, x4 fusion].
+        n_feats: channels of the main network.
+        res_scale: residual scaling of the main network's blocks.
+        top_k: reference patches transferred per LR patch (one fusion head each).
+        window, stride, padding: search geometry at relu3_1; change later with :meth:`set_search_geometry`.
+        dfe_init: ``'vgg19'`` (local canonical VGG-19 file) or ``'random'``.
+        vgg19_path: the canonical VGG-19 file (default ``experiments/pretrained_models/vgg19_canonical.pth``).
+        dfe_requires_grad: train the DFE (the original does, with its own learning rate).
+    """
+
+    def __init__(
+        self,
+        num_res_blocks: BlockCounts = (8, 16, 8, 4),
+        num_grad_blocks: BlockCounts = (8, 9, 9, 9),
+        n_feats: int = 64,
+        res_scale: float = 1.0,
+        top_k: int = 2,
+        window: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dfe_init: str = 'vgg19',
+        vgg19_path: Optional[str] = None,
+        dfe_requires_grad: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_feats < 2 or n_feats % 2:
+            raise ValueError(f'n_feats must be a positive even number, got {n_feats}')
+        self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
+        self.num_grad_blocks = parse_block_counts(num_grad_blocks, 4, 'num_grad_blocks')
+        self.dfe = TextureExtractor(init=dfe_init, vgg19_path=vgg19_path, requires_grad=dfe_requires_grad)
+        self.search_transfer = SearchTransfer(window, stride, padding, top_k=top_k, overlap_norm='exact')
+        self.main = CSFIMainNet(self.num_res_blocks, n_feats, res_scale, top_k,
+                                texture_attention=True, out_conv=False)
+        self.gde = GDE(self.num_grad_blocks, n_feats, res_scale)
+
+    def set_search_geometry(self, window: int, stride: int, padding: int) -> None:
+        """The paper's dynamic window and stride: change the search geometry of trained weights at inference."""
+        self.search_transfer.set_geometry(window, stride, padding)
+
+    def _forward_m11(self, lr_m11: torch.Tensor, lr_up: torch.Tensor, ref: torch.Tensor, ref_downup: torch.Tensor):
+        _, _, lrsr_lv3 = self.dfe(lr_up)
+        _, _, refsr_lv3 = self.dfe(ref_downup)
+        ref_lv1, ref_lv2, ref_lv3 = self.dfe(ref)
+        S, T_lv3, T_lv2, T_lv1 = self.search_transfer(lrsr_lv3, refsr_lv3, ref_lv1, ref_lv2, ref_lv3)
+        merged, x31, x32, x33 = self.main(lr_m11, S, T_lv3, T_lv2, T_lv1)
+        sr = self.gde((lr_m11 + 1) / 2, merged, x31, x32, x33)
+        return sr, S, T_lv3, T_lv2, T_lv1

@@ -1,0 +1,54 @@
+"""TTSR (Yang et al., CVPR 2020), the baseline: LTE -> 3x3 hard/soft attention (top-1) -> CSFI main network."""
+
+from typing import Optional, Sequence, Union
+
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from extracter.archs.modules import CSFIMainNet, parse_block_counts
+from extracter.archs.refsr_base import RefSRNet
+from extracter.archs.search_transfer import SearchTransfer
+from extracter.archs.vgg import TextureExtractor
+
+
+@ARCH_REGISTRY.register()
+class TTSR(RefSRNet):
+    """TTSR with the released configuration by default (16+16+8+4 residual blocks, 64 features).
+
+    The search is TTSR's fixed geometry (window 3, stride 1, padding 1, top-1) with its constant 1/9 fold
+    normalisation (see :mod:`extracter.archs.search_transfer`).
+
+    Args:
+        num_res_blocks: residual blocks of [shallow features, stage 1, stage 2, stage 3].
+        n_feats: channels of the main network.
+        res_scale: residual scaling.
+        lte_init: ``'vgg19'`` (local canonical VGG-19 file) or ``'random'``.
+        vgg19_path: the canonical VGG-19 file.
+        lte_requires_grad: train the learnable texture extractor.
+    """
+
+    def __init__(
+        self,
+        num_res_blocks: Union[str, Sequence[int]] = (16, 16, 8, 4),
+        n_feats: int = 64,
+        res_scale: float = 1.0,
+        lte_init: str = 'vgg19',
+        vgg19_path: Optional[str] = None,
+        lte_requires_grad: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_feats < 2 or n_feats % 2:
+            raise ValueError(f'n_feats must be a positive even number, got {n_feats}')
+        self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
+        self.lte = TextureExtractor(init=lte_init, vgg19_path=vgg19_path, requires_grad=lte_requires_grad)
+        self.search_transfer = SearchTransfer(3, 1, 1, top_k=1, overlap_norm='ttsr')
+        self.main = CSFIMainNet(self.num_res_blocks, n_feats, res_scale, top_k=1,
+                                texture_attention=False, out_conv=True)
+
+    def _forward_m11(self, lr_m11: torch.Tensor, lr_up: torch.Tensor, ref: torch.Tensor, ref_downup: torch.Tensor):
+        _, _, lrsr_lv3 = self.lte(lr_up)
+        _, _, refsr_lv3 = self.lte(ref_downup)
+        ref_lv1, ref_lv2, ref_lv3 = self.lte(ref)
+        S, T_lv3, T_lv2, T_lv1 = self.search_transfer(lrsr_lv3, refsr_lv3, ref_lv1, ref_lv2, ref_lv3)
+        sr, _, _, _ = self.main(lr_m11, S, T_lv3, T_lv2, T_lv1)
+        return sr, S, T_lv3, T_lv2, T_lv1

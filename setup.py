@@ -1,0 +1,27 @@
+"""Installable package for EXTRACTER / TTSR reference-based super-resolution on BasicSR."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r"__version__ = '([^']+)'", (HERE / 'extracter' / 'version.py').read_text()).group(1)
+
+
+def read_requirements() -> list:
+    lines = (HERE / 'requirements.txt').read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith('#')]
+
+
+setup(
+    name='extracter',
+    version=VERSION,
+    description='EXTRACTER and TTSR reference-based image super-resolution on BasicSR',
+    long_description=(HERE / 'README.md').read_text() if (HERE / 'README.md').exists() else '',
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['extracter', 'extracter.*']),
+    python_requires='>=3.9',
+    install_requires=read_requirements(),
+    license='MIT',
+)
