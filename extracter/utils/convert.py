@@ -1,0 +1,162 @@
+"""Turn checkpoints saved by the original EXTRACTER or TTSR code into BasicSR checkpoints for our archs.
+
+Original layouts (``torch.save(model.state_dict())`` in their trainers):
+- EXTRACTER: ``FE.*`` (VGG slices + frozen ``sub_mean``) and ``SR.*`` (main network and GDE in one module).
+- TTSR: ``LTE.*`` and ``MainNet.*`` (plus ``LTE_copy.*`` when saved without the trainer's filter: a frozen copy
+  of LTE used only by the transferal perceptual loss; dropped).
+Possibly nested under ``model`` / ``state_dict`` / ``params`` and prefixed ``module.`` (DataParallel/DDP).
+
+The mapping is a prefix rename (our attribute names follow the original ones); block counts, ``top_k`` and
+``n_feats`` are read off the weights. Unrecognised keys are an error that names them; loading is strict.
+"""
+
+import re
+from collections import Counter
+from typing import Dict, List, Tuple
+
+import torch
+
+_NEST_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net', 'network')
+_GDE_PARTS = ('conv12_grad', 'grad_12', 'conv23_grad', 'grad_23', 'conv33_grad', 'grad_33', 'fuse_tail1',
+              'fuse_tail2', 'fuse')
+_HEADS = ('conv11_head', 'conv22_head', 'conv33_head')
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
+    """Find the tensor dict inside ``obj`` (nested under a known key or not) and strip ``module.`` prefixes."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if not isinstance(obj, dict):
+            raise ConversionError(f'{source}: expected a state dict (a dict of tensors), got {type(obj).__name__}')
+        nested = [k for k in _NEST_KEYS if isinstance(obj.get(k), dict)]
+        if not nested:
+            raise ConversionError(f'{source}: not a state dict; top-level keys: {sorted(map(str, obj))[:10]}')
+        obj = obj[nested[0]]
+    else:
+        raise ConversionError(f'{source}: could not find a state dict of tensors')
+    return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()}
+
+
+def detect_arch(state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> str:
+    prefixes = Counter(k.split('.', 1)[0] for k in state)
+    if {'SR', 'FE'} & set(prefixes):
+        return 'Extracter'
+    if {'MainNet', 'LTE'} & set(prefixes):
+        return 'TTSR'
+    raise ConversionError(f'{source}: neither an EXTRACTER (SR.*, FE.*) nor a TTSR (MainNet.*, LTE.*) checkpoint; '
+                          f'key prefixes found: {dict(prefixes)}')
+
+
+def _map_extracter_key(key: str) -> str:
+    head, rest = key.split('.', 1)
+    if head == 'FE':
+        return f'dfe.{rest}'
+    if head != 'SR':
+        return ''
+    if rest.startswith('SFE_GRAD.'):
+        return f'gde.SFE.{rest[len("SFE_GRAD."):]}'
+    first = rest.split('.', 1)[0]
+    if first in _GDE_PARTS:
+        return f'gde.{rest}'
+    return f'main.{rest}'
+
+
+def _map_ttsr_key(key: str) -> str:
+    head, rest = key.split('.', 1)
+    if head == 'LTE':
+        return f'lte.{rest}'
+    if head != 'MainNet':
+        return ''
+    first, tail = rest.split('.', 1)
+    if first in _HEADS:  # TTSR has one fusion head per level; ours is a list over top-k ranks (TTSR: top-1)
+        return f'main.{first}.0.{tail}'
+    return f'main.{rest}'
+
+
+def _count(state: Dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r'\.(\d+)\.')
+    indices = {int(m.group(1)) for k in state for m in [pattern.match(k)] if m}
+    return max(indices) + 1 if indices else 0
+
+
+def infer_network_options(arch: str, state: Dict[str, torch.Tensor]) -> Dict[str, object]:
+    """The ``network_g`` options (type and arguments) that build a network matching ``state`` (our key names)."""
+    n_feats = int(state['main.SFE.conv_head.weight'].shape[0])
+    res_blocks = [_count(state, p) for p in ('main.SFE.RBs', 'main.RB11', 'main.RB21', 'main.RB31')]
+    if arch == 'Extracter':
+        grad_blocks = [_count(state, p) for p in ('gde.SFE.RBs', 'gde.grad_12', 'gde.grad_23', 'gde.grad_33')]
+        return {
+            'type': 'Extracter',
+            'num_res_blocks': '+'.join(map(str, res_blocks)),
+            'num_grad_blocks': '+'.join(map(str, grad_blocks)),
+            'n_feats': n_feats,
+            'res_scale': 1.0,
+            'top_k': _count(state, 'main.conv11_head'),
+            # the search geometry is not stored in the weights: the released code used 3/1/1, the paper 6/2/2;
+            # both work with the same weights (Extracter.set_search_geometry).
+            'window': 3,
+            'stride': 1,
+            'padding': 1,
+            'dfe_init': 'random',  # the checkpoint holds the DFE weights
+        }
+    return {
+        'type': 'TTSR',
+        'num_res_blocks': '+'.join(map(str, res_blocks)),
+        'n_feats': n_feats,
+        'res_scale': 1.0,
+        'lte_init': 'random',
+    }
+
+
+def convert_state_dict(raw, source: str = 'checkpoint') -> Tuple[Dict[str, torch.Tensor], Dict[str, object],
+                                                                   List[str]]:
+    """Returns (our state dict, network options, notes). Raises :class:`ConversionError` on anything unknown."""
+    state = unwrap_state_dict(raw, source)
+    arch = detect_arch(state, source)
+    mapper = _map_extracter_key if arch == 'Extracter' else _map_ttsr_key
+    notes: List[str] = []
+    dropped = sorted(k for k in state if arch == 'TTSR' and k.startswith('LTE_copy.'))
+    if dropped:
+        notes.append(f'dropped {len(dropped)} LTE_copy.* keys (frozen copy of LTE used only by a training loss)')
+    mapped, unknown = {}, []
+    for key, value in state.items():
+        if key in dropped:
+            continue
+        new = mapper(key) if '.' in key else ''
+        if not new:
+            unknown.append(key)
+        else:
+            mapped[new] = value.float() if value.is_floating_point() else value
+    if unknown:
+        raise ConversionError(f'{source}: unrecognised keys for {arch}: {unknown[:10]}'
+                              f'{" ..." if len(unknown) > 10 else ""}')
+    if 'main.SFE.conv_head.weight' not in mapped:
+        raise ConversionError(f'{source}: {arch} checkpoint lacks the shallow feature extractor weights')
+    options = infer_network_options(arch, mapped)
+    verify_strict_load(mapped, options, source)
+    return mapped, options, notes
+
+
+def build_network(options: Dict[str, object]) -> torch.nn.Module:
+    from extracter.registry import ARCH_REGISTRY
+
+    opt = dict(options)
+    return ARCH_REGISTRY.get(opt.pop('type'))(**opt)
+
+
+def verify_strict_load(state: Dict[str, torch.Tensor], options: Dict[str, object], source: str) -> None:
+    net = build_network(options)
+    result = net.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f'missing {result.missing_keys[:10]}')
+    if result.unexpected_keys:
+        problems.append(f'unexpected {result.unexpected_keys[:10]}')
+    if problems:
+        raise ConversionError(f'{source}: converted weights do not match the inferred {options["type"]} network: '
+                              + '; '.join(problems))
