@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Build the CPU demo model's training pairs, in CUFED's layout, from real photographs and video frames.
+
+A reference that differs from its target only by a shift teaches a RefSR network to copy blindly, so every pair
+here has real differences (the kinds below, drawn with a fixed seed):
+- ``overlap`` (still photographs, BSD200 and Yang91): the reference is another crop of the same photograph that only
+  partly overlaps the target, at another scale (x0.7 to x1.4), with changed exposure, contrast and gamma, and
+  sometimes blurred, sharpened or mirrored.
+- ``video`` (MPI Sintel): the reference comes from a neighbouring frame (1 to 4 frames away) near the same place:
+  real motion, occlusion and lighting changes.
+- ``unrelated``: the reference is a crop of another photograph, so the single-image path keeps learning.
+Vid4, Set5 and Set14 are not used: they are held aside for ``scripts/benchmark_quality.py``.
+
+Output: ``OUT/train/input/NNNNN.png`` (HR) and ``OUT/train/ref/NNNNN.png`` (reference, same name), plus
+``OUT/pairs.csv`` recording how each pair was made. Use it with ``options/train/demo_cpu.yml``.
+
+Example:
+  python scripts/make_demo_trainset.py --shared ../shared/data -o datasets/demo_train --num 4000
+"""
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageEnhance, ImageFilter  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from extracter.data.image_io import list_images, read_image  # noqa: E402
+
+KINDS = ('overlap', 'video', 'unrelated')
+DEFAULT_MIX = (0.6, 0.25, 0.15)
+
+
+def photometric(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.8, 1.25))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(0.8, 1.2))
+    gamma = rng.uniform(0.85, 1.18)
+    arr = np.asarray(img).astype(np.float32) / 255.0
+    img = Image.fromarray(np.clip(255.0 * arr ** gamma + 0.5, 0, 255).astype(np.uint8))
+    blur = rng.random()
+    if blur < 0.2:
+        img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.4, 1.0)))
+    elif blur < 0.35:
+        img = img.filter(ImageFilter.UnsharpMask(radius=1.5, percent=int(rng.integers(40, 120)), threshold=2))
+    return img
+
+
+def crop(arr: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
+    return arr[y:y + h, x:x + w]
+
+
+def pair_overlap(img: np.ndarray, size: int, rng: np.random.Generator):
+    h, w = img.shape[:2]
+    scale = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    src = int(round(size * scale))  # the reference covers src x src source pixels, resampled to size x size
+    if min(h, w) < max(size, src) + 8:
+        return None
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    hr = crop(img, y, x, size, size)
+    # partial overlap: shift the reference window by 20-70% of the patch in a random direction
+    for _ in range(20):
+        frac = rng.uniform(0.2, 0.7, size=2) * rng.choice([-1, 1], size=2)
+        ry, rx = int(y + frac[0] * size), int(x + frac[1] * size)
+        if 0 <= ry <= h - src and 0 <= rx <= w - src:
+            break
+    else:
+        return None
+    ref = Image.fromarray(crop(img, ry, rx, src, src)).resize((size, size), Image.BICUBIC)
+    ref = photometric(ref, rng)
+    if rng.random() < 0.25:
+        ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
+    return hr, np.asarray(ref), f'scale={scale:.2f};shift=({ry - y},{rx - x})'
+
+
+def pair_video(frames, size: int, rng: np.random.Generator):
+    t = int(rng.integers(0, len(frames)))
+    step = int(rng.integers(1, 5)) * int(rng.choice([-1, 1]))
+    u = min(max(t + step, 0), len(frames) - 1)
+    if u == t:
+        u = t + 1 if t + 1 < len(frames) else t - 1
+    a, b = frames[t], frames[u]
+    h, w = a.shape[:2]
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    dy, dx = (int(v) for v in rng.integers(-size // 3, size // 3 + 1, size=2))
+    ry, rx = min(max(y + dy, 0), h - size), min(max(x + dx, 0), w - size)
+    ref = photometric(Image.fromarray(crop(b, ry, rx, size, size)), rng)
+    return crop(a, y, x, size, size), np.asarray(ref), f'frames=({t},{u});shift=({ry - y},{rx - x})'
+
+
+def pair_unrelated(images, size: int, rng: np.random.Generator):
+    i, j = rng.choice(len(images), size=2, replace=False)
+    out = []
+    for img in (images[i], images[j]):
+        h, w = img.shape[:2]
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        out.append(crop(img, y, x, size, size))
+    return out[0], out[1], f'images=({i},{j})'
+
+
+def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False) -> Path:
+    if size % 16:
+        raise ValueError(f'--size must be a multiple of 16, got {size}')
+    stills = [read_image(p) for sub in ('train/bsd200', 'train/yang91') for p in list_images(shared / sub)]
+    stills = [s for s in stills if min(s.shape[:2]) >= size + 8]
+    frames = [read_image(p) for p in list_images(shared / 'video' / 'sintel')]
+    if len(stills) < 2 or len(frames) < 2:
+        raise FileNotFoundError(f'too few source images under {shared} (train/bsd200, train/yang91, video/sintel)')
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f'{out} already exists; pass --overwrite to replace it')
+        shutil.rmtree(out)
+    tmp = out.with_name(out.name + '.partial')
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / 'train' / 'input').mkdir(parents=True)
+    (tmp / 'train' / 'ref').mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    with tqdm(total=num, desc='pairs', unit='pair') as bar:
+        while len(rows) < num:
+            kind = KINDS[int(rng.choice(len(KINDS), p=np.asarray(mix) / sum(mix)))]
+            if kind == 'overlap':
+                made = pair_overlap(stills[int(rng.integers(len(stills)))], size, rng)
+            elif kind == 'video':
+                made = pair_video(frames, size, rng)
+            else:
+                made = pair_unrelated(stills, size, rng)
+            if made is None:
+                continue
+            hr, ref, how = made
+            name = f'{len(rows):05d}.png'
+            Image.fromarray(np.ascontiguousarray(hr)).save(tmp / 'train' / 'input' / name, compress_level=1)
+            Image.fromarray(np.ascontiguousarray(ref)).save(tmp / 'train' / 'ref' / name, compress_level=1)
+            rows.append((name, kind, how))
+            bar.update(1)
+    with open(tmp / 'pairs.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['name', 'kind', 'how'])
+        writer.writerows(rows)
+    os.replace(tmp, out)  # the folder appears complete or not at all
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--shared', default='../shared/data', help='the real-data folder (see its README)')
+    parser.add_argument('-o', '--output', default='datasets/demo_train')
+    parser.add_argument('--num', type=int, default=4000, help='number of pairs')
+    parser.add_argument('--size', type=int, default=96, help='HR and reference patch side (multiple of 16)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--mix', type=float, nargs=3, default=DEFAULT_MIX, metavar=KINDS,
+                        help='proportions of the pair kinds')
+    parser.add_argument('--overwrite', action='store_true')
+    args = parser.parse_args()
+    try:
+        out = build(Path(args.shared), Path(args.output), args.num, args.size, args.seed, args.mix, args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        raise SystemExit(f'error: {err}') from err
+    print(f'wrote {args.num} pairs to {out}')
+
+
+if __name__ == '__main__':
+    main()
