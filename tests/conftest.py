@@ -51,3 +51,14 @@ def cufed_root(tmp_path_factory) -> Path:
             ref = _crop(img, 5 + 30 * level, 7 + 25 * level, ref_size)
             _save(ref, root / 'test' / 'CUFED5' / f'{g:03d}_{level}.png')
     return root
+
+
+@pytest.fixture(scope='session')
+def cufed_lmdb(cufed_root, tmp_path_factory) -> Path:
+    """The CUFED-layout fixture packed by scripts/create_lmdb.py's code into ``<out>/train/{input,ref}.lmdb`` and
+    ``<out>/test/CUFED5.lmdb``."""
+    from extracter.data.lmdb_pack import cufed_jobs, pack
+
+    out = tmp_path_factory.mktemp('CUFED_lmdb')
+    pack(cufed_jobs(str(cufed_root), str(out)), show_progress=False, log=lambda msg: None)
+    return out
