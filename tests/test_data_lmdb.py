@@ -47,11 +47,13 @@ def test_layout_and_meta_info(cufed_lmdb, cufed_root):
     assert verify_lmdb(str(cufed_lmdb / 'test' / 'CUFED5.lmdb')) == 18
     # BasicSR's own reader decodes our records to the same pixels (cv2, BGR).
     from basicsr.utils import FileClient, imfrombytes
+    lmdb_backend.close_all()  # BasicSR opens its own handle: ours must not be open at the same time
     client = FileClient('lmdb', db_paths=[str(cufed_lmdb / 'train' / 'ref.lmdb')], client_keys=['ref'])
-    bgr = imfrombytes(client.get('000002', 'ref'), float32=False)
-    np.testing.assert_array_equal(bgr[..., ::-1], read_image(cufed_root / 'train' / 'ref' / '000002.png'))
-    lmdb_backend.close_all()  # BasicSR's client holds its own handle of ref.lmdb; ours must not clash later
-    del client
+    try:
+        bgr = imfrombytes(client.get('000002', 'ref'), float32=False)
+        np.testing.assert_array_equal(bgr[..., ::-1], read_image(cufed_root / 'train' / 'ref' / '000002.png'))
+    finally:
+        client.client._client['ref'].close()
 
 
 def test_folder_and_lmdb_give_identical_samples(cufed_root, cufed_lmdb):
@@ -240,3 +242,17 @@ def test_create_lmdb_script_cli_refuses_and_reports(cufed_root, tmp_path):
     res = _cli('--cufed', str(root), '--sets', 'train')
     assert res.returncode == 1 and 'train/ref/000001.png: no input (HR) image with this name' in res.stderr
     assert not (root / 'train' / 'input.lmdb').exists()
+
+
+def test_packer_grows_a_full_map(cufed_root, tmp_path, monkeypatch):
+    """A map too small for the data (estimate off, e.g. for JPEG sources) is grown, and the result still verifies."""
+    from extracter.data import lmdb_pack
+
+    monkeypatch.setattr(lmdb_pack, 'MIN_MAP_SIZE', 1)
+    monkeypatch.setattr(lmdb_pack, 'COMMIT_EVERY', 4)
+    monkeypatch.setattr(lmdb_pack.os.path, 'getsize', lambda p: 1)  # estimate: 8 bytes in total
+    dst = tmp_path / 'CUFED5.lmdb'
+    files = lmdb_pack.folder_files(str(cufed_root / 'test' / 'CUFED5'))
+    counts = pack([lmdb_pack.PackJob(str(dst), files)], show_progress=False, log=lambda m: None)
+    assert counts == {str(dst): 18}
+    assert verify_lmdb(str(dst)) == 18

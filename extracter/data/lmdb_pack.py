@@ -21,6 +21,7 @@ import lmdb
 from extracter.data.image_io import ImageReadError, decode_image_bytes, encode_png, list_images, read_image
 
 COMMIT_EVERY = 500
+MIN_MAP_SIZE = 64 << 20  # initial LMDB map size; it grows (doubling) when full
 
 
 class PackError(RuntimeError):
@@ -92,7 +93,7 @@ def _write(job: PackJob, compress_level: int, show_progress: bool) -> List[str]:
     """Write ``job`` into ``job.tmp``; returns the unreadable files (nothing is kept in that case by the caller)."""
     problems = []
     total_bytes = sum(os.path.getsize(p) for p in job.files.values())
-    map_size = max(64 << 20, total_bytes * 8)
+    map_size = max(MIN_MAP_SIZE, total_bytes * 8)
     env = lmdb.open(job.tmp, map_size=map_size, subdir=True, readonly=False, meminit=False, map_async=True)
     meta_lines = []
     try:
