@@ -212,3 +212,19 @@ def test_inference_errors_name_the_path(demo, tmp_path):
     ds = RefSRInferenceDataset(dataroot_lq=str(tmp_path / 'lq'), dataroot_ref=str(tmp_path / 'refs'))
     with pytest.raises(ImageReadError, match='refs/x.png'):
         ds[0]
+
+
+def test_noref_from_lmdb_equals_folder(srf_folder, tmp_path):
+    from extracter.data.lmdb_pack import PackJob, folder_files, pack
+
+    pack([PackJob(str(tmp_path / 'hr.lmdb'), folder_files(str(srf_folder / 'hr'))),
+          PackJob(str(tmp_path / 'ref.lmdb'), folder_files(str(srf_folder / 'ref')))],
+         show_progress=False, log=lambda m: None)
+    disk = NoRefTestDataset(dataroot=str(srf_folder / 'hr'), ref_mode='folder', dataroot_ref=str(srf_folder / 'ref'))
+    db = NoRefTestDataset(dataroot=str(tmp_path / 'hr.lmdb'), ref_mode='folder',
+                          dataroot_ref=str(tmp_path / 'ref.lmdb'), io_backend={'type': 'lmdb'})
+    assert db.keys == disk.keys  # the _LR files are in the LMDB too, and skipped the same way
+    for i in range(len(disk)):
+        a, b = disk[i], db[i]
+        for k in ('gt', 'lq', 'lq_up', 'ref', 'ref_downup'):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
