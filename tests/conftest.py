@@ -1,12 +1,69 @@
-"""Shared pytest fixtures."""
+"""Shared fixtures. Data fixtures: small folders in CUFED's exact layout, cut at test time from the real photographs in
+``../shared/data`` (never copied into the repository); tests using them skip when that folder is absent."""
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-import extracter  # noqa: F401  (fills the registries and installs the basicsr compatibility shim)
+import extracter  # noqa: F401  (installs the basicsr compat shim and fills the registries before basicsr is used)
+from tests.data_helpers import CUFED5_HR_SIZES, CUFED5_REF_SIZES, TRAIN_REF_SIZES, shared_data_dir
+
+
+def _photos(n: int):
+    from extracter.data.image_io import read_image
+
+    folder = shared_data_dir('train', 'bsd200')
+    names = sorted(os.listdir(folder))[:n]
+    return [read_image(folder / name) for name in names]
+
+
+def _crop(img: np.ndarray, top: int, left: int, size) -> np.ndarray:
+    h, w = size
+    out = img[top:top + h, left:left + w]
+    assert out.shape[:2] == (h, w)
+    return out
+
+
+def _save(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+@pytest.fixture(scope='session')
+def cufed_root(tmp_path_factory) -> Path:
+    """``<root>/train/input/NNNNNN.png`` (160x160 HR) + ``<root>/train/ref/NNNNNN.png`` (another part of the same
+    photo, of varied size) and ``<root>/test/CUFED5/NNN_0.png`` .. ``NNN_5.png``, as CUFED is laid out."""
+    photos = _photos(len(TRAIN_REF_SIZES) + len(CUFED5_HR_SIZES))
+    root = tmp_path_factory.mktemp('CUFED')
+    for i, ref_size in enumerate(TRAIN_REF_SIZES):
+        img = photos[i]
+        _save(_crop(img, 10, 20, (160, 160)), root / 'train' / 'input' / f'{i:06d}.png')
+        _save(_crop(img, 140, 130, ref_size), root / 'train' / 'ref' / f'{i:06d}.png')
+    for g, hr_size in enumerate(CUFED5_HR_SIZES):
+        img = photos[len(TRAIN_REF_SIZES) + g]
+        _save(_crop(img, 5, 7, hr_size), root / 'test' / 'CUFED5' / f'{g:03d}_0.png')
+        for level, ref_size in enumerate(CUFED5_REF_SIZES, start=1):
+            # Level 1 overlaps the HR most; higher levels lie further away in the photo.
+            ref = _crop(img, 5 + 30 * level, 7 + 25 * level, ref_size)
+            _save(ref, root / 'test' / 'CUFED5' / f'{g:03d}_{level}.png')
+    return root
+
+
+@pytest.fixture(scope='session')
+def cufed_lmdb(cufed_root, tmp_path_factory) -> Path:
+    """The CUFED-layout fixture packed by scripts/create_lmdb.py's code into ``<out>/train/{input,ref}.lmdb`` and
+    ``<out>/test/CUFED5.lmdb``."""
+    from extracter.data.lmdb_pack import cufed_jobs, pack
+
+    out = tmp_path_factory.mktemp('CUFED_lmdb')
+    pack(cufed_jobs(str(cufed_root), str(out)), show_progress=False, log=lambda msg: None)
+    return out
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get('EXTRACTER_SHARED_DATA', REPO_ROOT.parent / 'shared' / 'data'))
