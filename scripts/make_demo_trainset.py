@@ -107,9 +107,10 @@ def pair_unrelated(images, size: int, rng: np.random.Generator):
 def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False) -> Path:
     if size % 16:
         raise ValueError(f'--size must be a multiple of 16, got {size}')
-    stills = [read_image(p) for sub in ('train/bsd200', 'train/yang91') for p in list_images(shared / sub)]
+    still_dirs = (shared / 'train' / 'bsd200', shared / 'train' / 'yang91')
+    stills = [read_image(d / n) for d in still_dirs for n in list_images(d)]
     stills = [s for s in stills if min(s.shape[:2]) >= size + 8]
-    frames = [read_image(p) for p in list_images(shared / 'video' / 'sintel')]
+    frames = [read_image(shared / 'video' / 'sintel' / n) for n in list_images(shared / 'video' / 'sintel')]
     if len(stills) < 2 or len(frames) < 2:
         raise FileNotFoundError(f'too few source images under {shared} (train/bsd200, train/yang91, video/sintel)')
     if out.exists():
