@@ -28,13 +28,9 @@ def test_tiny_options_are_valid(tmp_path):
 
 @pytest.mark.parametrize('path', ALL_OPTION_FILES, ids=lambda p: p.name)
 def test_every_option_file_has_only_known_keys(path):
-    """Shipped files only fail on the data folders they name (absent here), never on a key."""
+    """Every key of every shipped file is known (the data and weight files they name are absent here)."""
     opt = load_yaml(str(path))
-    is_train = 'train' in path.parts[-2]
-    try:
-        validate_options(opt, is_train=is_train, source=str(path))
-    except OptionError as err:
-        assert 'not found' in str(err), err
+    validate_options(opt, is_train=path.parent.name == 'train', source=str(path), check_files=False)
 
 
 @pytest.mark.parametrize('edit, message', [

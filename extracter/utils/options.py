@@ -8,6 +8,7 @@ declares them (plus the loader keys below).
 
 import argparse
 import difflib
+import functools
 import inspect
 import random
 from os import path as osp
@@ -109,8 +110,8 @@ def _scheduler_lookup(name: str) -> Callable:
     return lr_scheduler.MultiStepRestartLR if name == 'MultiStepLR' else getattr(lr_scheduler, name)
 
 
-def _require_file(value: Any, key: str, source: str, folder: bool = False) -> None:
-    if value is None:
+def _require_file(value: Any, key: str, source: str, folder: bool = False, check: bool = True) -> None:
+    if value is None or not check:
         return
     exists = osp.isdir(value) if folder else osp.exists(value)
     if not exists:
@@ -132,11 +133,13 @@ def _dataset_option_keys(dataset_type: str) -> Optional[set]:
     return set(keys) | set(BASICSR_KEYS)
 
 
-def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '') -> None:
-    """Check every key and the files the options name; raise :class:`OptionError` on the first problem."""
+def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', check_files: bool = True) -> None:
+    """Check every key and (``check_files``) the files the options name; raise :class:`OptionError` on the first
+    problem."""
     from basicsr.metrics import METRIC_REGISTRY
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY
 
+    require = functools.partial(_require_file, check=check_files)
     if not isinstance(opt, dict):
         raise OptionError(_where(source, 'the option file must hold a mapping at the top level'))
     check_keys(opt, TOP_KEYS, '', source)
@@ -150,12 +153,12 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '') -> N
     for net_key in ('network_g', 'network_d'):
         if net_key in opt:
             _check_typed_block(opt[net_key], f'{net_key}.', source, _registry_lookup(ARCH_REGISTRY), 'architecture')
-            _require_file(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
+            require(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
 
     path_opt = opt.get('path') or {}
     check_keys(path_opt, PATH_KEYS, 'path.', source)
     for key in ('pretrain_network_g', 'pretrain_network_d', 'resume_state'):
-        _require_file(path_opt.get(key), f'path.{key}', source)
+        require(path_opt.get(key), f'path.{key}', source)
 
     # datasets
     datasets = opt['datasets']
@@ -185,7 +188,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '') -> N
             check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
         for key in DATASET_PATH_KEYS:
             if isinstance(ds.get(key), str):
-                _require_file(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
+                require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
         if kind == 'train':
             for req in ('batch_size_per_gpu', 'num_worker_per_gpu'):
                 if req not in ds:
@@ -204,7 +207,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '') -> N
         for key in LOSS_KEYS:
             if train.get(key) is not None:
                 _check_typed_block(train[key], f'train.{key}.', source, _registry_lookup(LOSS_REGISTRY), 'loss')
-                _require_file(train[key].get('vgg19_path'), f'train.{key}.vgg19_path', source)
+                require(train[key].get('vgg19_path'), f'train.{key}.vgg19_path', source)
         _check_typed_block(train['optim_g'], 'train.optim_g.', source, _optimizer_lookup, 'optimiser', skip=1)
         if train.get('gan_opt') is not None:
             if 'network_d' not in opt:
