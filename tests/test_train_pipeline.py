@@ -30,14 +30,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _train_yml(tmp_path: Path, cufed_root: Path, **train) -> Path:
-    opt = load_yaml(str(REPO / 'options' / 'train' / 'tiny_rec_cpu.yml'))
+def _train_yml(tmp_path: Path, cufed_root: Path, base: str = 'tiny_rec_cpu.yml', **train) -> Path:
+    opt = load_yaml(str(REPO / 'options' / 'train' / base))
     opt['datasets']['train']['dataroot_gt'] = str(cufed_root / 'train' / 'input')
     opt['datasets']['train']['dataroot_ref'] = str(cufed_root / 'train' / 'ref')
     opt['datasets']['val']['dataroot'] = str(cufed_root / 'test' / 'CUFED5')
     opt['network_g']['n_feats'] = 8
     opt['train'].update(train)
-    path = tmp_path / 'tiny_rec_cpu.yml'
+    path = tmp_path / base
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
     return path
 
@@ -62,6 +62,22 @@ def test_train_writes_basicsr_outputs_and_log_lines(tmp_path, cufed_root):
     # a second start without --auto_resume or --overwrite refuses to touch the run
     with pytest.raises(FileExistsError, match='already exists; use --auto_resume'):
         _run(_train_yml(tmp_path, cufed_root, total_iter=2), root)
+
+
+def test_all_losses_training_runs_critic_after_warm_up(tmp_path, cufed_root):
+    root = tmp_path / 'root'
+    _run(_train_yml(tmp_path, cufed_root, 'tiny_all_losses_cpu.yml', total_iter=3), root)
+    exp = root / 'experiments' / 'tiny_all_losses_cpu'
+    log = next(exp.glob('train_*.log')).read_text()
+    lines = {int(m.group(1)): m.group(0) for m in re.finditer(r'iter:\s+(\d+)/3.*', log)}
+    for it in (1, 2):
+        assert 'warm-up: reconstruction only' in lines[it] and 'l_adv' not in lines[it]
+    for key in ('l_rec', 'l_per', 'l_grd', 'l_adv', 'l_d', 'l_d_gp'):
+        assert f'{key}: ' in lines[3]
+    assert load_checkpoint(str(exp / 'models' / 'net_d_3.pth'))['params']
+    state = load_checkpoint(str(exp / 'training_states' / '3.state'))
+    assert len(state['optimizers']) == 2 and state['optimizers'][1]['param_groups'][0]['betas'] == (0.0, 0.9)
+    assert set(load_checkpoint(str(exp / 'models' / 'net_g_3.pth'))) == {'params', 'params_ema'}
 
 
 def test_resume_continues_identically(tmp_path, cufed_root):
