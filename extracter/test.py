@@ -9,7 +9,6 @@ Writes ``results/<name>/visualization/<dataset>/<image>_<suffix>.png`` and, per 
 
 import csv
 import io
-import logging
 import os
 import sys
 from os import path as osp
@@ -23,9 +22,10 @@ import extracter  # noqa: E402,F401  (compat shim + registries, before basicsr)
 # isort: split
 from basicsr.data import build_dataloader, build_dataset  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
-from basicsr.utils import get_env_info, get_root_logger, get_time_str, mkdir_and_rename  # noqa: E402
+from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename  # noqa: E402
 from basicsr.utils.options import dict2str  # noqa: E402
 
+from extracter.train import setup_run_logger  # noqa: E402
 from extracter.utils import dist as dist_util  # noqa: E402
 from extracter.utils.file_io import atomic_write_text  # noqa: E402
 from extracter.utils.options import OptionError, parse_options  # noqa: E402
@@ -64,7 +64,7 @@ def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) 
         os.makedirs(opt['path']['visualization'], exist_ok=True)
     dist_util.barrier()
     log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = setup_run_logger(log_file)
     logger.info(get_env_info())
     logger.info(dict2str({k: v for k, v in opt.items() if k != 'device'}))
 

@@ -116,6 +116,23 @@ def preserved_rng(device: torch.device):
         dist_util.set_rng_state(state, device)
 
 
+def setup_run_logger(log_file: str) -> logging.Logger:
+    """BasicSR's 'basicsr' logger with this run's log file (rank 0). basicsr's get_root_logger attaches a file only on
+    its first call in a process; here each run (also a second one in the same process) gets its own file."""
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO)
+    for handler in list(logger.handlers):
+        if getattr(handler, 'extracter_run_file', False):
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(logging.INFO if dist_util.is_main_process() else logging.ERROR)
+    if dist_util.is_main_process():
+        handler = logging.FileHandler(log_file, 'w', encoding='utf-8')
+        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s: %(message)s'))
+        handler.extracter_run_file = True
+        logger.addHandler(handler)
+    return logger
+
+
 def format_log(opt: Dict[str, Any], epoch: int, current_iter: int, total_iters: int, lrs: List[float],
                its_per_s: float, eta_s: float, data_time: float, losses: Dict[str, float]) -> str:
     lr_str = ','.join(f'{v:.3e}' for v in lrs)
@@ -138,7 +155,7 @@ def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None)
     prepare_experiment_dirs(opt, resuming=resume_state is not None)
     copy_option_file(args.opt, opt)
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = setup_run_logger(log_file)
     logger.info(get_env_info())
     logger.info(f'device: {device}, world size: {opt["world_size"]}, rank: {opt["rank"]}')
     logger.info(dict2str({k: v for k, v in opt.items() if k != 'device'}))
