@@ -1,0 +1,92 @@
+"""Pictures people look at: labelled side-by-side comparisons and where the transferred textures came from."""
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from extracter.utils.file_io import atomic_write
+
+Panel = Tuple[str, np.ndarray]
+
+
+def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[3,H,W] or [1,3,H,W] in [0, 1] -> uint8 HxWx3 (rounded, as BasicSR's tensor2img)."""
+    if x.dim() == 4:
+        x = x[0]
+    return (x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+
+
+def save_png(img: np.ndarray, path) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format='PNG'))
+
+
+def _fit_height(img: np.ndarray, height: int) -> np.ndarray:
+    if img.shape[0] == height:
+        return img
+    width = max(1, round(img.shape[1] * height / img.shape[0]))
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
+
+
+def side_by_side(panels: Sequence[Panel], height: int = None, gap: int = 6, label_h: int = 16) -> np.ndarray:
+    """Panels scaled to one height, separated by white gaps, each with its label above."""
+    height = height or max(p.shape[0] for _, p in panels)
+    scaled = [(label, _fit_height(p, height)) for label, p in panels]
+    width = sum(p.shape[1] for _, p in scaled) + gap * (len(scaled) - 1)
+    canvas = Image.new('RGB', (width, height + label_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for label, p in scaled:
+        canvas.paste(Image.fromarray(p), (x, label_h))
+        draw.text((x + 2, 2), label, fill=(0, 0, 0))
+        x += p.shape[1] + gap
+    return np.asarray(canvas)
+
+
+def coordinate_colours(h: int, w: int) -> np.ndarray:
+    """A 2-D colour code of positions: red grows to the right, green downwards, blue on the anti-diagonal."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing='ij')
+    rgb = np.stack([xx, yy, 1 - (xx + yy) / 2], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def heatmap(values: np.ndarray, vmin: float = None, vmax: float = None) -> np.ndarray:
+    from matplotlib import colormaps
+
+    vmin = float(values.min()) if vmin is None else vmin
+    vmax = float(values.max()) if vmax is None else vmax
+    norm = (values - vmin) / max(vmax - vmin, 1e-8)
+    return (colormaps['viridis'](np.clip(norm, 0, 1))[..., :3] * 255).round().astype(np.uint8)
+
+
+def texture_source_panels(scores: torch.Tensor, ref_id: torch.Tensor, index: torch.Tensor,
+                          lr_grid: Tuple[int, int], ref_grids: Sequence[Tuple[int, int]],
+                          refs: Sequence[np.ndarray], out_hw: Tuple[int, int]) -> List[Panel]:
+    """Panels for the top-1 match: the relevance map, the source position map (each output region coloured by the
+    position of the reference patch it copied, in the colour code of the reference panels), and the references
+    overlaid with that colour code. ``scores``/``ref_id``/``index``: [L] for one image, rank 0."""
+    gh, gw = lr_grid
+    score_map = heatmap(scores.reshape(gh, gw).cpu().numpy(), 0.0, 1.0)
+    src = np.zeros((gh * gw, 3), np.uint8)
+    ids, idx = ref_id.cpu().numpy(), index.cpu().numpy()
+    codes = [coordinate_colours(*g).reshape(-1, 3) for g in ref_grids]
+    for r, code in enumerate(codes):
+        sel = ids == r
+        src[sel] = code[idx[sel]]
+    src_map = src.reshape(gh, gw, 3)
+    up = (out_hw[1], out_hw[0])
+    panels = [('relevance of the top-1 match (0..1)', np.asarray(Image.fromarray(score_map).resize(up, Image.NEAREST))),
+              ('source position of the copied texture', np.asarray(Image.fromarray(src_map).resize(up,
+                                                                                                   Image.NEAREST)))]
+    for r, (ref, grid) in enumerate(zip(refs, ref_grids)):
+        code = np.asarray(Image.fromarray(coordinate_colours(*grid)).resize((ref.shape[1], ref.shape[0]),
+                                                                            Image.NEAREST))
+        used = np.zeros(grid[0] * grid[1], bool)
+        used[idx[ids == r]] = True
+        used = np.asarray(Image.fromarray(used.reshape(grid).astype(np.uint8) * 255).resize(
+            (ref.shape[1], ref.shape[0]), Image.NEAREST)) > 0
+        overlay = (0.45 * ref + 0.55 * code).astype(np.uint8)
+        overlay[~used] = (0.35 * ref[~used]).astype(np.uint8)  # regions never copied from are dimmed
+        panels.append((f'reference {r + 1}: colour code (dim = unused)', overlay))
+    return panels
