@@ -152,8 +152,9 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
         parts['cached_keys'] = FLOAT * FEATURE_CHANNELS[3] * k * k * _grid(ref_hw[0] // 4, k, s, p) * _grid(
             ref_hw[1] // 4, k, s, p)
     encode_peak = parts['weights'] + parts['images'] + parts['reference_features'] + parts['encode_transient']
+    # the search/transfer blocks are freed before the main network runs (its textures are in main_network)
     run_peak = (parts['weights'] + parts['images'] + parts['reference_features'] + parts['cached_keys']
-                + parts['search_transfer'] + parts['main_network'])
+                + max(parts['search_transfer'], parts['main_network']))
     parts['encode_peak'] = encode_peak
     parts['run_peak'] = run_peak
     parts['total'] = max(encode_peak, run_peak)
