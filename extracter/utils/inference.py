@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from extracter.archs.refsr_base import SCALE, RefSRNet, make_lr_up
-from extracter.utils.memory_plan import MemoryPlan, parse_memory, plan_memory
+from extracter.utils.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, parse_memory, plan_memory
 from extracter.utils.tiling import round_tile, tiled_forward
 
 PAD_MODES = ('reflect', 'replicate')
@@ -65,7 +65,7 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optiona
         net: an Extracter or TTSR network (its mode is not changed; call ``net.eval()`` yourself).
         lr_up, ref_downup: the dataset-made upsampled LR / down-up-sampled reference (made here if None).
         tile: ``{'tile_size': int, 'tile_pad': int}`` in LR pixels, or None (untiled unless ``max_memory`` needs
-            tiles).
+            tiles). With ``max_memory``, ``{'tile_pad': int}`` alone lets the planner pick the tile size.
         max_memory: working-memory budget (``'6G'``, bytes); chooses chunked search, chunk and tile sizes. Raises
             :class:`~extracter.utils.memory_plan.MemoryBudgetError` when the request cannot fit.
         search_mode: ``'dense'`` (faithful) or ``'chunked'``; None keeps the net's own, except that a budget
@@ -88,12 +88,14 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optiona
     if ref_downup is not None and ref_downup.shape[-2:] != ref.shape[-2:]:
         raise ValueError(f'ref_downup must have the reference size {tuple(ref.shape[-2:])}, '
                          f'got {tuple(ref_downup.shape[-2:])}')
-    tile_t = None
+    tile_t, plan_pad = None, DEFAULT_TILE_PAD
     if tile is not None:
-        try:
+        if not isinstance(tile, Mapping) or ('tile_size' not in tile and max_memory is None):
+            raise ValueError(f"tile must be a mapping with 'tile_size' (and 'tile_pad'), got {tile!r}")
+        if 'tile_size' in tile:
             tile_t = (int(tile['tile_size']), int(tile.get('tile_pad', 0)))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"tile must be a mapping with 'tile_size' (and 'tile_pad'), got {tile!r}") from err
+        else:  # with a budget: the planner picks the tile size, with this context
+            plan_pad = int(tile.get('tile_pad', DEFAULT_TILE_PAD))
     if max_memory is not None and search_mode is None:
         search_mode = 'chunked'
     with torch.no_grad(), search_settings(net, search_mode, chunk_size, key_chunk_size, geometry=search_geometry):
@@ -109,7 +111,7 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optiona
         plan: Optional[MemoryPlan] = None
         if max_memory is not None:
             plan = plan_memory(net, tuple(lr_p.shape[-2:]), tuple(ref_p.shape[-2:]), max_memory, tile=tile_t,
-                               search_mode=net.search_transfer.mode)
+                               search_mode=net.search_transfer.mode, tile_pad=plan_pad)
             net.search_transfer.set_chunking(plan.search_mode, plan.chunk_size, plan.key_chunk_size)
             if plan.tile_size is not None:
                 tile_t = (plan.tile_size, plan.tile_pad)
@@ -133,7 +135,7 @@ def refsr_kwargs_from_options(opt: Optional[Mapping[str, Any]]) -> Dict[str, Any
     """:func:`run_refsr` keyword arguments from options (the test/val section, or the top level)::
 
         tile:                  # optional, LR pixels
-          tile_size: 128
+          tile_size: 128       # may be left out when max_memory is given (the planner picks it)
           tile_pad: 16
         max_memory: 6G         # optional working-memory budget
         search:                # optional
@@ -148,12 +150,12 @@ def refsr_kwargs_from_options(opt: Optional[Mapping[str, Any]]) -> Dict[str, Any
     kwargs: Dict[str, Any] = {}
     tile = opt.get('tile')
     if tile is not None:
-        if not isinstance(tile, Mapping) or 'tile_size' not in tile:
+        if not isinstance(tile, Mapping) or ('tile_size' not in tile and opt.get('max_memory') is None):
             raise ValueError(f"option 'tile' must be a mapping with 'tile_size' and 'tile_pad', got {tile!r}")
         unknown = set(tile) - {'tile_size', 'tile_pad'}
         if unknown:
             raise ValueError(f"option 'tile' has unknown keys {sorted(unknown)}")
-        kwargs['tile'] = {'tile_size': int(tile['tile_size']), 'tile_pad': int(tile.get('tile_pad', 0))}
+        kwargs['tile'] = {key: int(value) for key, value in tile.items()}
     if opt.get('max_memory') is not None:
         parse_memory(opt['max_memory'])  # fail early on a malformed value
         kwargs['max_memory'] = opt['max_memory']
