@@ -152,6 +152,12 @@ def run_case(args) -> dict:
         kwargs = {'max_memory': args.case_budget}
     timers = Timers(net)
     t = time.perf_counter()
+
+    def progress(done, total):  # partial figures, read by the parent if the case times out
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+        print(json.dumps({'tiles_done': done, 'tiles': total, 'elapsed_s': time.perf_counter() - t,
+                          'peak_rss_gib': peak}), file=sys.stderr, flush=True)
+    kwargs['progress'] = progress
     try:
         sr, plan = run_refsr(net, lr, ref, return_plan=True, **kwargs)
     except MemoryBudgetError as err:
@@ -187,8 +193,16 @@ def child(size: int, method: str, budget: str, args, out_dir: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {'size': size, 'method': method, 'status': 'timeout', 'note': f'over {args.timeout} s'}
+    except subprocess.TimeoutExpired as err:
+        row = {'size': size, 'method': method, 'status': 'timeout', 'note': f'over {args.timeout} s'}
+        stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or '')
+        partial = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith('{"tiles_done"')]
+        if partial:  # how far it got, and the RSS peak so far (tiles are alike, so it is near the final one)
+            last = partial[-1]
+            row['peak_rss_gib'] = last['peak_rss_gib']
+            row['note'] += (f": {last['tiles_done']}/{last['tiles']} tiles in {last['elapsed_s']:.0f} s, "
+                            f"peak RSS so far {last['peak_rss_gib']:.2f} GiB")
+        return row
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
     if proc.returncode != 0 or not lines:
         status = 'oom' if proc.returncode in (-9, 137) else 'error'
@@ -235,18 +249,22 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
     for method, marker in (('dense', 'o'), ('ours', 's')):
         ok = [r for r in rows if r['method'] == method and r['status'] == 'ok']
         px = [r['size'] ** 2 for r in ok]
-        axes[0].plot(px, [r['wall_s'] for r in ok], marker=marker, label=method)
-        axes[1].plot(px, [r['peak_rss_gib'] for r in ok], marker=marker, label=method)
+        if ok:
+            axes[0].plot(px, [r['wall_s'] for r in ok], marker=marker, label=method)
+            axes[1].plot(px, [r['peak_rss_gib'] for r in ok], marker=marker, label=method)
         for r in rows:
             if r['method'] == method and r['status'] != 'ok':
-                axes[1].annotate(f"{method}: {r['status']}", (r['size'] ** 2, 0), fontsize=7, rotation=90)
+                for ax in axes:
+                    ax.annotate(f"{method}: {r['status']}", xy=(r['size'] ** 2, 0.05 if method == 'dense' else 0.5),
+                                xycoords=('data', 'axes fraction'), fontsize=7, rotation=90)
     for ax, ylabel in zip(axes, ('wall time of one forward (s)', 'peak RSS (GiB)')):
         ax.set_xscale('log')
         ax.set_yscale('log')
         ax.set_xlabel('output pixels')
         ax.set_ylabel(ylabel)
         ax.grid(True, which='both', alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle(f'EXTRACTER forward, dense vs chunked/tiled (matmul peak {peak:.0f} GFLOP/s)', fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -53,14 +53,14 @@ def test_round_tile_and_bad_tiles():
 @pytest.mark.parametrize('geometry,mode', [((3, 1, 1), 'dense'), ((6, 2, 2), 'chunked')])
 def test_tiled_agrees_with_untiled(geometry, mode):
     torch.manual_seed(3)
-    lr, ref = torch.rand(1, 3, 20, 28), torch.rand(1, 3, 48, 40)
+    lr, ref = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 48, 40)
     net = tiny_extracter(window=geometry[0], stride=geometry[1], padding=geometry[2])
     full = run_refsr(net, lr, ref, search_mode=mode)
-    tiled = run_refsr(net, lr, ref, tile={'tile_size': 8, 'tile_pad': 8}, search_mode=mode)
-    assert tiled.shape == full.shape == (1, 3, 80, 112)
+    tiled = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 8}, search_mode=mode)
+    assert tiled.shape == full.shape == (1, 3, 64, 96)
     assert psnr(tiled, full) >= 50
     # without context the seams show: the tile pad matters
-    assert psnr(run_refsr(net, lr, ref, tile={'tile_size': 8, 'tile_pad': 0}, search_mode=mode), full) < psnr(
+    assert psnr(run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 0}, search_mode=mode), full) < psnr(
         tiled, full)
 
 
