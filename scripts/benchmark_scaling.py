@@ -3,6 +3,7 @@
 For square outputs of 256, 512, 1024 and 2048 pixels (LR a quarter of that, reference the output size) it runs,
 each case in its own subprocess so that the RSS peak is that case's:
 - ``dense``: the original-style path (whole relevance matrix, every reference patch unfolded), untiled;
+- ``chunked``: our chunked search + transfer by index, untiled and without a budget (isolates their cost);
 - ``ours``: chunked search + transfer by index, with chunk and tile sizes chosen by the memory planner for
   ``--max-memory`` (per size with ``--budget SIZE=BUDGET``).
 Timings are split into feature extraction (VGG-19), search, transfer and the rest of the network; the search's
@@ -141,13 +142,13 @@ def run_case(args) -> dict:
     base = rss_now()
     row = {'size': args.case_size, 'method': args.case_method, 'base_rss_gib': base / GIB, 'note': source}
     spec = NetSpec.from_net(net)
-    if args.case_method == 'dense':
-        est = estimate(spec, tuple(lr.shape[-2:]), tuple(ref.shape[-2:]), mode='dense')['total']
+    if args.case_method in ('dense', 'chunked'):  # untiled, without a budget
+        est = estimate(spec, tuple(lr.shape[-2:]), tuple(ref.shape[-2:]), mode=args.case_method)['total']
         row['estimate_gib'] = est / GIB
         if est > args.dense_limit_bytes:
             row.update(status='refused', note=f'estimated {est / GIB:.1f} GiB > --dense-limit')
             return row
-        kwargs = {'search_mode': 'dense'}
+        kwargs = {'search_mode': args.case_method}
     else:
         kwargs = {'max_memory': args.case_budget}
     timers = Timers(net)
@@ -178,7 +179,7 @@ def run_case(args) -> dict:
         row['plan'] = plan.describe().split('; estimated')[0]
         row['estimate_gib'] = plan.estimate / GIB
     else:
-        row['plan'] = 'dense, untiled'
+        row['plan'] = f'{args.case_method}, untiled, no budget'
     if args.save_sr:
         buf = io.BytesIO()
         torch.save(sr.clone(), buf)
@@ -246,7 +247,7 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
     except ImportError:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, marker in (('dense', 'o'), ('ours', 's')):
+    for method, marker in (('dense', 'o'), ('chunked', '^'), ('ours', 's')):
         ok = [r for r in rows if r['method'] == method and r['status'] == 'ok']
         px = [r['size'] ** 2 for r in ok]
         if ok:
@@ -254,8 +255,9 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
             axes[1].plot(px, [r['peak_rss_gib'] for r in ok], marker=marker, label=method)
         for r in rows:
             if r['method'] == method and r['status'] != 'ok':
+                y = {'dense': 0.05, 'chunked': 0.3}.get(method, 0.55)
                 for ax in axes:
-                    ax.annotate(f"{method}: {r['status']}", xy=(r['size'] ** 2, 0.05 if method == 'dense' else 0.5),
+                    ax.annotate(f"{method}: {r['status']}", xy=(r['size'] ** 2, y),
                                 xycoords=('data', 'axes fraction'), fontsize=7, rotation=90)
     for ax, ylabel in zip(axes, ('wall time of one forward (s)', 'peak RSS (GiB)')):
         ax.set_xscale('log')
@@ -275,12 +277,13 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512, 1024, 2048])
-    parser.add_argument('--methods', nargs='+', default=['dense', 'ours'], choices=['dense', 'ours'])
+    parser.add_argument('--methods', nargs='+', default=['dense', 'chunked', 'ours'],
+                        choices=['dense', 'chunked', 'ours'])
     parser.add_argument('--max-memory', default='2G', help="ours: working-memory budget (default '2G')")
     parser.add_argument('--budget', action='append', default=[], metavar='SIZE=BUDGET',
                         help='ours: budget for one output size, e.g. 2048=6G')
     parser.add_argument('--dense-limit', default='10G',
-                        help='dense cases estimated above this are recorded as refused (default 10G)')
+                        help='dense/chunked (untiled) cases estimated above this are recorded as refused (10G)')
     parser.add_argument('--geometry', type=int, nargs=3, default=[6, 2, 2], metavar=('WINDOW', 'STRIDE', 'PAD'))
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--timeout', type=float, default=7200, help='seconds per case')
@@ -324,16 +327,18 @@ def main() -> None:
             rows.append(row)
             print(f"{size} {method}: {row['status']} in {time.time() - t:.0f} s "
                   f"{fmt(row.get('peak_rss_gib'))} GiB {row.get('note', '')}", flush=True)
-        dense_sr, ours_sr = out_dir / f'.sr_{size}_dense.pt', out_dir / f'.sr_{size}_ours.pt'
-        ours_row = next((r for r in rows if r['size'] == size and r['method'] == 'ours'), None)
-        if dense_sr.is_file() and ours_sr.is_file() and ours_row is not None and ours_row['status'] == 'ok':
-            a = torch.load(dense_sr, weights_only=True)
-            b = torch.load(ours_sr, weights_only=True)
-            mse = float(((a - b) ** 2).mean())
-            ours_row['max_abs_diff_vs_dense'] = float((a - b).abs().max())
-            ours_row['psnr_vs_dense_db'] = 10 * math.log10(1 / mse) if mse > 0 else float('inf')
-        for p in (dense_sr, ours_sr):
-            p.unlink(missing_ok=True)
+        dense_sr = out_dir / f'.sr_{size}_dense.pt'
+        for method in ('chunked', 'ours'):
+            other_sr = out_dir / f'.sr_{size}_{method}.pt'
+            row = next((r for r in rows if r['size'] == size and r['method'] == method), None)
+            if dense_sr.is_file() and other_sr.is_file() and row is not None and row['status'] == 'ok':
+                a = torch.load(dense_sr, weights_only=True)
+                b = torch.load(other_sr, weights_only=True)
+                mse = float(((a - b) ** 2).mean())
+                row['max_abs_diff_vs_dense'] = float((a - b).abs().max())
+                row['psnr_vs_dense_db'] = 10 * math.log10(1 / mse) if mse > 0 else float('inf')
+            other_sr.unlink(missing_ok=True)
+        dense_sr.unlink(missing_ok=True)
         header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, one forward '
                   f'pass on CPU ({torch.get_num_threads()} threads, machine shared: timings are noisy); '
                   f'torch.matmul peak {peak:.1f} GFLOP/s.')
