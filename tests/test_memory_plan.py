@@ -59,8 +59,8 @@ def test_tighter_budgets_tile_smaller_and_stay_within_budget():
 
 def test_estimates_grow_with_size_and_dense_is_quadratic():
     sizes = (128, 256, 512)
-    dense = [estimate(RELEASED, (s, s), (4 * s, 4 * s), mode='dense')['search_transfer'] for s in sizes]
-    chunked = [estimate(RELEASED, (s, s), (4 * s, 4 * s))['search_transfer'] for s in sizes]
+    dense = [estimate(RELEASED, (s, s), (4 * s, 4 * s), mode='dense')['search_blocks'] for s in sizes]
+    chunked = [estimate(RELEASED, (s, s), (4 * s, 4 * s))['search_blocks'] for s in sizes]
     assert dense[2] / dense[1] > 5  # 4x the pixels: the relevance matrix (patches^2) takes over
     assert chunked[2] / chunked[1] < 2  # blocks of fixed size
     parts = estimate(RELEASED, (256, 256), (1024, 1024), cache_keys=True)

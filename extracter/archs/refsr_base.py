@@ -72,13 +72,22 @@ class RefSRNet(nn.Module):
         lv1, lv2, lv3 = extractor(ref)
         return ReferenceFeatures(search=search, lv1=lv1, lv2=lv2, lv3=lv3)
 
-    def forward_features(self, lr: torch.Tensor, lr_up: torch.Tensor, ref_feats: ReferenceFeatures,
-                         return_aux: bool = False):
+    def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
+        """relu3_1 of the upsampled LR (the search queries), at the LR size."""
+        return self.texture_extractor()(lr_up)[2]
+
+    def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: ReferenceFeatures,
+                         return_aux: bool = False, search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         """SR of ``lr`` [N,3,h,w] in [0, 1] (with its upsampled ``lr_up``) against an encoded reference. No size
-        checks: :meth:`forward` and :func:`extracter.utils.inference.run_refsr` make them."""
-        _, _, lrsr_lv3 = self.texture_extractor()(lr_up)
-        S, T_lv3, T_lv2, T_lv1 = self.search_transfer(lrsr_lv3, ref_feats.search, ref_feats.lv1, ref_feats.lv2,
-                                                      ref_feats.lv3, key_blocks=ref_feats.key_blocks)
+        checks: :meth:`forward` and :func:`extracter.utils.inference.run_refsr` make them.
+
+        ``search``: a precomputed (scores, index) [N, top_k, L] for this LR's patch grid (tiled inference searches
+        the whole LR once); then ``lr_up`` is not used."""
+        st = self.search_transfer
+        if search is None:
+            search = st.search(self.search_features(lr_up), ref_feats.search, ref_feats.key_blocks)
+        S, T_lv3, T_lv2, T_lv1 = st.transfer(search[0], search[1], tuple(lr.shape[-2:]), ref_feats.lv1,
+                                             ref_feats.lv2, ref_feats.lv3)
         sr = (self._reconstruct(lr * 2 - 1, S, T_lv3, T_lv2, T_lv1) + 1) / 2
         if return_aux:
             return {'sr': sr, 'S': S, 'T_lv3': T_lv3, 'T_lv2': T_lv2, 'T_lv1': T_lv1}

@@ -253,17 +253,16 @@ class SearchTransfer(nn.Module):
                                                                    kernel_size=k, stride=s)
         return out[:, :, p:p + out_hw[0], p:p + out_hw[1]]
 
-    def forward(self, lr_lv3: torch.Tensor, refsr_lv3: torch.Tensor, ref_lv1: torch.Tensor,
-                ref_lv2: torch.Tensor, ref_lv3: torch.Tensor, key_blocks: Optional[List[torch.Tensor]] = None):
-        """Returns lists over the top-k ranks: S [N, 1, h', w'] (soft attention on the patch grid) and the textures
-        T_lv3 [N, 256, h, w], T_lv2 [N, 128, 2h, 2w], T_lv1 [N, 64, 4h, 4w]. ``key_blocks`` (chunked mode): the
-        output of :meth:`prepare_keys` for ``refsr_lv3``, to reuse across calls (e.g. tiles)."""
-        n, _, h, w = lr_lv3.shape
-        scores, index = self.search(lr_lv3, refsr_lv3, key_blocks)
+    def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: torch.Tensor,
+                 ref_lv2: torch.Tensor, ref_lv3: torch.Tensor):
+        """Soft attention and textures (lists over ranks) from a search result [N, top_k, L] for an LR of
+        ``lr_hw`` (relu3_1 size); see :meth:`forward`."""
+        n = scores.size(0)
+        h, w = lr_hw
         gh, gw = self.grid_size(h, w)
         sizes = {3: (h, w), 2: (2 * h, 2 * w), 1: (4 * h, 4 * w)}
         values = {3: ref_lv3, 2: ref_lv2, 1: ref_lv1}
-        divisors = {lv: self.divisor(lv, sizes[lv], lr_lv3) for lv in (3, 2, 1)}
+        divisors = {lv: self.divisor(lv, sizes[lv], ref_lv3) for lv in (3, 2, 1)}
         S: List[torch.Tensor] = []
         T: dict = {3: [], 2: [], 1: []}
         for rank in range(self.top_k):
@@ -272,3 +271,11 @@ class SearchTransfer(nn.Module):
             for lv in (3, 2, 1):
                 T[lv].append(self.transfer_level(values[lv], idx, lv, sizes[lv], divisors[lv]))
         return S, T[3], T[2], T[1]
+
+    def forward(self, lr_lv3: torch.Tensor, refsr_lv3: torch.Tensor, ref_lv1: torch.Tensor,
+                ref_lv2: torch.Tensor, ref_lv3: torch.Tensor, key_blocks: Optional[List[torch.Tensor]] = None):
+        """Returns lists over the top-k ranks: S [N, 1, h', w'] (soft attention on the patch grid) and the textures
+        T_lv3 [N, 256, h, w], T_lv2 [N, 128, 2h, 2w], T_lv1 [N, 64, 4h, 4w]. ``key_blocks`` (chunked mode): the
+        output of :meth:`prepare_keys` for ``refsr_lv3``, to reuse across calls (e.g. tiles)."""
+        scores, index = self.search(lr_lv3, refsr_lv3, key_blocks)
+        return self.transfer(scores, index, tuple(lr_lv3.shape[-2:]), ref_lv1, ref_lv2, ref_lv3)

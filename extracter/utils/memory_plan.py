@@ -99,26 +99,29 @@ def _grid(n: int, k: int, s: int, p: int) -> int:
 
 
 def search_block_bytes(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mode: str,
-                       chunk: int, key_chunk: int) -> int:
-    """Peak transient bytes of the search and transfer of one LR (tile) of ``lr_hw`` pixels."""
+                       chunk: int, key_chunk: int, tile_hw: Optional[Tuple[int, int]] = None) -> Dict[str, int]:
+    """Peak transient bytes of the search (whole LR of ``lr_hw``) and of the transfer (one tile of ``tile_hw``,
+    default the whole LR)."""
     k, s, p = spec.window, spec.stride, spec.padding
+    tile_hw = tile_hw or lr_hw
     d = FEATURE_CHANNELS[3] * k * k
     gh, gw = _grid(lr_hw[0], k, s, p), _grid(lr_hw[1], k, s, p)
+    th, tw = _grid(tile_hw[0], k, s, p), _grid(tile_hw[1], k, s, p)
     rh, rw = ref_hw[0] // 4, ref_hw[1] // 4  # relu3_1 is at 1/4 of the reference
     rgh, rgw = _grid(rh, k, s, p), _grid(rw, k, s, p)
     lq, lk = gh * gw, rgh * rgw
+    levels = ((1, 256), (2, 128), (4, 64))
     if mode == 'dense':
         search = FLOAT * (2 * d * (lq + lk) + 2 * lq * lk)
-        transfer = max(FLOAT * 2 * c * (k * f) ** 2 * lk + FLOAT * c * (k * f) ** 2 * lq
-                       for f, c in ((1, 256), (2, 128), (4, 64)))
-        return max(search, transfer)
+        transfer = max(FLOAT * 2 * c * (k * f) ** 2 * lk + FLOAT * c * (k * f) ** 2 * th * tw for f, c in levels)
+        return {'search': search, 'transfer': transfer}
     q, kc = min(chunk, lq), min(key_chunk, lk)
     search = FLOAT * (2 * d * (q + 2 * gw) + 2 * d * (kc + 2 * rgw) + 3 * q * kc)
-    rows = max(1, chunk // gw)
-    lb = min(rows, gh) * gw
-    transfer = max((FLOAT * c + 8) * (k * f) ** 2 * lb + FLOAT * c * (rows * s * f + k * f) * (lr_hw[1] * f + 2 * p * f)
-                   for f, c in ((1, 256), (2, 128), (4, 64)))
-    return max(search, transfer)
+    rows = max(1, chunk // tw)
+    lb = min(rows, th) * tw
+    transfer = max((FLOAT * c + 8) * (k * f) ** 2 * lb + FLOAT * c * (rows * s * f + k * f) * (tile_hw[1] + 2 * p) * f
+                   for f, c in levels)
+    return {'search': search, 'transfer': transfer}
 
 
 def tile_bytes(spec: NetSpec, tile_hw: Tuple[int, int]) -> int:
@@ -138,26 +141,33 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
         th, tw = h, w
     else:
         th, tw = min(h, tile[0] + 2 * tile[1]), min(w, tile[0] + 2 * tile[1])
+    blocks = search_block_bytes(spec, lr_hw, ref_hw, mode, chunk, key_chunk, (th, tw))
+    k, s, p = spec.window, spec.stride, spec.padding
+    n_query = _grid(h, k, s, p) * _grid(w, k, s, p)
     parts = {
         'weights': FLOAT * spec.n_params,
         'images': FLOAT * (3 * 2 * ref_px + 3 * 33 * h * w * 2),  # ref, ref_downup; lr, lr_up, sr (+ padded copies)
         'reference_features': FEATURES_PER_REF_PX * ref_px,
         'encode_transient': (ENCODE_PEAK_PER_REF_PX - FEATURES_PER_REF_PX) * ref_px,
         'cached_keys': 0,
-        'search_transfer': search_block_bytes(spec, (th, tw), ref_hw, mode, chunk, key_chunk),
+        # tiled: the whole LR's relu3_1 and search result are kept while the tiles run
+        'lr_search_features': 0 if tile is None else FLOAT * FEATURE_CHANNELS[3] * h * w,
+        'search_result': 12 * spec.top_k * n_query,
+        'search_blocks': blocks['search'],
+        'transfer_blocks': blocks['transfer'],
         'main_network': tile_bytes(spec, (th, tw)),
     }
     if cache_keys and mode == 'chunked':
-        k, s, p = spec.window, spec.stride, spec.padding
         parts['cached_keys'] = FLOAT * FEATURE_CHANNELS[3] * k * k * _grid(ref_hw[0] // 4, k, s, p) * _grid(
             ref_hw[1] // 4, k, s, p)
-    encode_peak = parts['weights'] + parts['images'] + parts['reference_features'] + parts['encode_transient']
-    # the search/transfer blocks are freed before the main network runs (its textures are in main_network)
-    run_peak = (parts['weights'] + parts['images'] + parts['reference_features'] + parts['cached_keys']
-                + max(parts['search_transfer'], parts['main_network']))
-    parts['encode_peak'] = encode_peak
-    parts['run_peak'] = run_peak
-    parts['total'] = max(encode_peak, run_peak)
+    kept = (parts['weights'] + parts['images'] + parts['reference_features'] + parts['lr_search_features']
+            + parts['search_result'])
+    parts['encode_peak'] = kept - parts['lr_search_features'] - parts['search_result'] + parts['encode_transient']
+    # the search blocks are freed before the tiles run; a tile's transfer blocks before its main network (whose
+    # estimate includes the textures)
+    parts['run_peak'] = kept + parts['cached_keys'] + max(parts['search_blocks'], parts['transfer_blocks'],
+                                                          parts['main_network'])
+    parts['total'] = max(parts['encode_peak'], parts['run_peak'])
     return parts
 
 
@@ -216,10 +226,11 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
             continue
         chunk, key_chunk, parts = found
         cache = False
-        if mode == 'chunked':
-            n_tiles = 1 if t is None else math.ceil(lr_hw[0] / t[0]) * math.ceil(lr_hw[1] / t[0])
+        if mode == 'chunked':  # normalise the reference patches once instead of once per block of LR patches
+            k, s, p = spec.window, spec.stride, spec.padding
+            n_query_blocks = math.ceil(_grid(lr_hw[0], k, s, p) * _grid(lr_hw[1], k, s, p) / chunk)
             ok, cached = fits(t, chunk, key_chunk, cache=True)
-            if ok and n_tiles > 1:
+            if ok and n_query_blocks > 1:
                 cache, parts = True, cached
         return MemoryPlan(budget, mode, chunk or DEFAULT_CHUNK, key_chunk or DEFAULT_KEY_CHUNK, cache,
                           None if t is None else t[0], 0 if t is None else t[1], parts['total'], parts)
