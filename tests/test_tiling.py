@@ -9,9 +9,10 @@ import torch
 
 import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
+from extracter.archs.refsr_base import make_lr_up
 from extracter.archs.ttsr_arch import TTSR
 from extracter.utils.inference import pad_to_multiple, refsr_kwargs_from_options, run_refsr
-from extracter.utils.tiling import round_tile, tile_spans
+from extracter.utils.tiling import round_tile, search_features_tiled, tile_spans, tiled_forward
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'refsr-pairs' / 'ttsr-demo'
 
@@ -141,3 +142,20 @@ def test_tiled_agrees_with_untiled_on_a_real_pair():
     full = run_refsr(net, lr, ref, search_mode='chunked')
     tiled = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 8})
     assert psnr(tiled, full) >= 50
+
+
+def test_tiles_share_one_search_of_the_whole_lr(monkeypatch):
+    torch.manual_seed(6)
+    net = tiny_extracter(window=6, stride=2, padding=2)
+    lr, ref = torch.rand(1, 3, 16, 20), torch.rand(1, 3, 32, 48)
+    lr_up = make_lr_up(lr)
+    with torch.no_grad():
+        # the query features, computed tile by tile with a margin, equal the untiled ones
+        torch.testing.assert_close(search_features_tiled(net, lr_up, 6), net.search_features(lr_up),
+                                   atol=1e-5, rtol=0)
+        st = net.search_transfer
+        calls = []
+        real_search = st.search
+        monkeypatch.setattr(st, 'search', lambda *a, **k: calls.append(a[0].shape) or real_search(*a, **k))
+        tiled_forward(net, lr, lr_up, net.encode_reference(ref), tile_size=6, tile_pad=4)
+    assert calls == [torch.Size([1, 256, 16, 20])]  # once, for the whole LR
