@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
 
 from extracter.archs.gde import GDE
 from extracter.archs.modules import CSFIMainNet, parse_block_counts
@@ -34,6 +35,9 @@ class Extracter(RefSRNet):
         dfe_init: ``'vgg19'`` (local canonical VGG-19 file) or ``'random'``.
         vgg19_path: the canonical VGG-19 file (default ``experiments/pretrained_models/vgg19_canonical.pth``).
         dfe_requires_grad: train the DFE (the original does, with its own learning rate).
+        search_mode: ``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same output); see
+            :class:`~extracter.archs.search_transfer.SearchTransfer`.
+        chunk_size, key_chunk_size: LR / reference patches per block of the chunked search.
     """
 
     def __init__(
@@ -49,6 +53,9 @@ class Extracter(RefSRNet):
         dfe_init: str = 'vgg19',
         vgg19_path: Optional[str] = None,
         dfe_requires_grad: bool = True,
+        search_mode: str = 'dense',
+        chunk_size: int = 4096,
+        key_chunk_size: int = 8192,
     ) -> None:
         super().__init__()
         if n_feats < 2 or n_feats % 2:
@@ -56,7 +63,9 @@ class Extracter(RefSRNet):
         self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
         self.num_grad_blocks = parse_block_counts(num_grad_blocks, 4, 'num_grad_blocks')
         self.dfe = TextureExtractor(init=dfe_init, vgg19_path=vgg19_path, requires_grad=dfe_requires_grad)
-        self.search_transfer = SearchTransfer(window, stride, padding, top_k=top_k, overlap_norm='exact')
+        self.search_transfer = SearchTransfer(window, stride, padding, top_k=top_k, overlap_norm='exact',
+                                              mode=search_mode, chunk_size=chunk_size,
+                                              key_chunk_size=key_chunk_size)
         self.main = CSFIMainNet(self.num_res_blocks, n_feats, res_scale, top_k,
                                 texture_attention=True, out_conv=False)
         self.gde = GDE(self.num_grad_blocks, n_feats, res_scale)
@@ -65,11 +74,9 @@ class Extracter(RefSRNet):
         """The paper's dynamic window and stride: change the search geometry of trained weights at inference."""
         self.search_transfer.set_geometry(window, stride, padding)
 
-    def _forward_m11(self, lr_m11: torch.Tensor, lr_up: torch.Tensor, ref: torch.Tensor, ref_downup: torch.Tensor):
-        _, _, lrsr_lv3 = self.dfe(lr_up)
-        _, _, refsr_lv3 = self.dfe(ref_downup)
-        ref_lv1, ref_lv2, ref_lv3 = self.dfe(ref)
-        S, T_lv3, T_lv2, T_lv1 = self.search_transfer(lrsr_lv3, refsr_lv3, ref_lv1, ref_lv2, ref_lv3)
+    def texture_extractor(self) -> nn.Module:
+        return self.dfe
+
+    def _reconstruct(self, lr_m11: torch.Tensor, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         merged, x31, x32, x33 = self.main(lr_m11, S, T_lv3, T_lv2, T_lv1)
-        sr = self.gde((lr_m11 + 1) / 2, merged, x31, x32, x33)
-        return sr, S, T_lv3, T_lv2, T_lv1
+        return self.gde((lr_m11 + 1) / 2, merged, x31, x32, x33)

@@ -16,22 +16,66 @@ Overlap normalisation after folding:
 EXTRACTER's released code passes padding and stride to ``unfold`` swapped in the search; that only works when
 padding == stride (true for both released geometries, window 3s / stride s / padding s). We pass them in the right
 order, which equals the original wherever the original works, and also allows other geometries.
+
+Two implementations with the same results (ties aside):
+- ``mode='dense'`` (the faithful default, as the original code): the whole relevance matrix between all LR and all
+  reference patches, and every reference patch unfolded at every level for every rank. Memory grows with
+  (LR patches x reference patches).
+- ``mode='chunked'``: the relevance is computed for blocks of ``chunk_size`` LR patches against blocks of
+  ``key_chunk_size`` reference patches with a running top-k, so peak memory no longer grows with the product; the
+  transfer gathers the selected reference patches straight from the feature map for bands of LR patch rows and folds
+  them band by band, with a separable one-channel overlap divisor. Nothing of size (patches x patch length) is kept
+  for the whole image.
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 OVERLAP_NORMS = ('exact', 'ttsr')
+SEARCH_MODES = ('dense', 'chunked')
+FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
+
+
+def _patch_rows(x_pad: torch.Tensor, k: int, s: int, r0: int, r1: int) -> torch.Tensor:
+    """Unfolded patches of patch rows [r0, r1) of an already padded map: [N, C*k*k, (r1-r0)*grid_w]."""
+    return F.unfold(x_pad[:, :, r0 * s:(r1 - 1) * s + k], kernel_size=k, stride=s)
+
+
+def _patch_range(x_pad: torch.Tensor, k: int, s: int, grid_w: int, j0: int, j1: int) -> torch.Tensor:
+    """Unfolded patches with flat indices [j0, j1) of an already padded map (only the rows they touch)."""
+    r0, r1 = j0 // grid_w, (j1 - 1) // grid_w + 1
+    return _patch_rows(x_pad, k, s, r0, r1)[:, :, j0 - r0 * grid_w:j1 - r0 * grid_w]
+
+
+def _overlap_count_1d(n: int, k: int, s: int, p: int, like: torch.Tensor) -> torch.Tensor:
+    """How many patches (window k, stride s, padding p) cover each of n positions along one axis."""
+    g = (n + 2 * p - k) // s + 1
+    ones = like.new_ones(1, k, g)
+    return F.fold(ones, output_size=(1, n), kernel_size=(1, k), padding=(0, p), stride=(1, s)).view(n)
 
 
 class SearchTransfer(nn.Module):
-    """Dense (faithful) search & transfer. Parameter-free; the geometry can be changed at any time."""
+    """Search & transfer, dense (faithful) or chunked (bounded memory). Parameter-free; the geometry and the
+    chunking can be changed at any time.
+
+    Args:
+        window, stride, padding: search geometry at relu3_1 (x2 and x4 at relu2_1 and relu1_1).
+        top_k: reference patches kept per LR patch.
+        overlap_norm: ``'exact'`` or ``'ttsr'`` (see the module docstring).
+        mode: ``'dense'`` or ``'chunked'``.
+        chunk_size: chunked mode: LR patches per search block; the transfer works on bands of whole patch rows
+            holding about as many patches (at least one row).
+        key_chunk_size: chunked mode: reference patches per search block.
+        cache_keys: chunked mode: normalise the reference patches once per search and keep them (memory
+            C*k*k x reference patches) instead of once per LR block.
+    """
 
     def __init__(self, window: int = 3, stride: int = 1, padding: int = 1, top_k: int = 1,
-                 overlap_norm: str = 'exact') -> None:
+                 overlap_norm: str = 'exact', mode: str = 'dense', chunk_size: int = 4096,
+                 key_chunk_size: int = 8192, cache_keys: bool = False) -> None:
         super().__init__()
         if overlap_norm not in OVERLAP_NORMS:
             raise ValueError(f'overlap_norm must be one of {OVERLAP_NORMS}, got {overlap_norm!r}')
@@ -40,6 +84,7 @@ class SearchTransfer(nn.Module):
         self.top_k = int(top_k)
         self.overlap_norm = overlap_norm
         self.set_geometry(window, stride, padding)
+        self.set_chunking(mode, chunk_size, key_chunk_size, cache_keys)
 
     def set_geometry(self, window: int, stride: int, padding: int) -> None:
         """Set the search window, stride and padding at the relu3_1 level (x2 and x4 at the finer levels)."""
@@ -52,9 +97,23 @@ class SearchTransfer(nn.Module):
             raise ValueError("overlap_norm='ttsr' is TTSR's fixed geometry: window 3, stride 1, padding 1")
         self.window, self.stride, self.padding = window, stride, padding
 
+    def set_chunking(self, mode: Optional[str] = None, chunk_size: Optional[int] = None,
+                     key_chunk_size: Optional[int] = None, cache_keys: Optional[bool] = None) -> None:
+        """Choose the implementation and its block sizes (``None`` keeps the current value)."""
+        mode = getattr(self, 'mode', 'dense') if mode is None else mode
+        if mode not in SEARCH_MODES:
+            raise ValueError(f'search mode must be one of {SEARCH_MODES}, got {mode!r}')
+        chunk_size = int(getattr(self, 'chunk_size', 4096) if chunk_size is None else chunk_size)
+        key_chunk_size = int(getattr(self, 'key_chunk_size', 8192) if key_chunk_size is None else key_chunk_size)
+        if chunk_size < 1 or key_chunk_size < 1:
+            raise ValueError(f'chunk sizes must be >= 1, got chunk_size={chunk_size} key_chunk_size={key_chunk_size}')
+        self.mode, self.chunk_size, self.key_chunk_size = mode, chunk_size, key_chunk_size
+        self.cache_keys = bool(getattr(self, 'cache_keys', False) if cache_keys is None else cache_keys)
+
     def extra_repr(self) -> str:
         return (f'window={self.window}, stride={self.stride}, padding={self.padding}, top_k={self.top_k}, '
-                f'overlap_norm={self.overlap_norm}')
+                f'overlap_norm={self.overlap_norm}, mode={self.mode}, chunk_size={self.chunk_size}, '
+                f'key_chunk_size={self.key_chunk_size}')
 
     def level_geometry(self, level: int) -> Tuple[int, int, int]:
         """(window, stride, padding) at relu3_1 (level 3), relu2_1 (level 2, x2) or relu1_1 (level 1, x4)."""
@@ -66,49 +125,157 @@ class SearchTransfer(nn.Module):
         k, s, p = self.window, self.stride, self.padding
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
-    def search(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Top-k relevance (Eq. 4, 5, 7). Returns scores and reference-patch indices, both [N, top_k, H*W]."""
+    # ------------------------------------------------------------------ search (Eq. 4, 5, 7)
+    def search(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
+               key_blocks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Top-k relevance. Returns scores and reference-patch indices, both [N, top_k, H*W] (rank-sorted)."""
+        n_keys = self.grid_size(*ref_feat.shape[-2:])
+        if n_keys[0] * n_keys[1] < self.top_k:
+            raise ValueError(f'the reference has {n_keys[0] * n_keys[1]} patches, fewer than top_k={self.top_k}')
+        if self.mode == 'dense':
+            return self.search_dense(lr_feat, ref_feat)
+        return self.search_chunked(lr_feat, ref_feat, key_blocks)
+
+    def search_dense(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The faithful search: the whole relevance matrix [N, Lr, L] at once."""
         k, s, p = self.window, self.stride, self.padding
         query = F.normalize(F.unfold(lr_feat, kernel_size=k, padding=p, stride=s), dim=1)  # [N, C*k*k, L]
         keys = F.normalize(F.unfold(ref_feat, kernel_size=k, padding=p, stride=s), dim=1)  # [N, C*k*k, Lr]
-        if keys.shape[-1] < self.top_k:
-            raise ValueError(f'the reference has {keys.shape[-1]} patches, fewer than top_k={self.top_k}')
         relevance = torch.bmm(keys.transpose(1, 2), query)  # [N, Lr, L]
         return torch.topk(relevance, self.top_k, dim=1, largest=True, sorted=True)
 
+    def prepare_keys(self, ref_feat: torch.Tensor) -> List[torch.Tensor]:
+        """The L2-normalised reference patches in blocks of ``key_chunk_size``, each [N, C*k*k, block]."""
+        k, s, p = self.window, self.stride, self.padding
+        ref_pad = F.pad(ref_feat, (p, p, p, p))
+        gh, gw = self.grid_size(*ref_feat.shape[-2:])
+        n_keys = gh * gw
+        return [F.normalize(_patch_range(ref_pad, k, s, gw, j0, min(j0 + self.key_chunk_size, n_keys)), dim=1)
+                for j0 in range(0, n_keys, self.key_chunk_size)]
+
+    def search_chunked(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
+                       key_blocks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Exact blocked search with a running top-k: peak memory about chunk_size x key_chunk_size relevances plus
+        one block of query and one of key patches."""
+        k, s, p = self.window, self.stride, self.padding
+        n = lr_feat.size(0)
+        lr_pad = F.pad(lr_feat, (p, p, p, p))
+        ref_pad = F.pad(ref_feat, (p, p, p, p))
+        gh, gw = self.grid_size(*lr_feat.shape[-2:])
+        rgh, rgw = self.grid_size(*ref_feat.shape[-2:])
+        n_query, n_keys = gh * gw, rgh * rgw
+        kc = self.key_chunk_size
+        if key_blocks is None and self.cache_keys and n_query > self.chunk_size:
+            key_blocks = self.prepare_keys(ref_feat)
+        if key_blocks is not None and sum(b.size(2) for b in key_blocks) != n_keys:
+            raise ValueError('key_blocks do not match the reference features (prepare them with prepare_keys)')
+        top_k = self.top_k
+        scores = lr_feat.new_empty(n, top_k, n_query)
+        index = torch.empty(n, top_k, n_query, dtype=torch.long, device=lr_feat.device)
+        for i0 in range(0, n_query, self.chunk_size):
+            i1 = min(i0 + self.chunk_size, n_query)
+            query_t = F.normalize(_patch_range(lr_pad, k, s, gw, i0, i1), dim=1).transpose(1, 2)  # [N, Lb, D]
+            best_s: Optional[torch.Tensor] = None
+            best_i: Optional[torch.Tensor] = None
+            for b, j0 in enumerate(range(0, n_keys, kc)):
+                j1 = min(j0 + kc, n_keys)
+                keys = key_blocks[b] if key_blocks is not None else F.normalize(
+                    _patch_range(ref_pad, k, s, rgw, j0, j1), dim=1)
+                relevance = torch.bmm(query_t, keys)  # [N, Lb, Kb], the dense matrix's block transposed
+                blk_s, blk_i = torch.topk(relevance, min(top_k, j1 - j0), dim=2, largest=True, sorted=True)
+                del relevance
+                blk_i += j0
+                if best_s is None:
+                    best_s, best_i = blk_s, blk_i
+                else:  # running top-k: merge the kept candidates with this block's
+                    cand_s = torch.cat((best_s, blk_s), dim=2)
+                    cand_i = torch.cat((best_i, blk_i), dim=2)
+                    best_s, pos = torch.topk(cand_s, min(top_k, cand_s.size(2)), dim=2, largest=True, sorted=True)
+                    best_i = torch.gather(cand_i, 2, pos)
+            scores[:, :, i0:i1] = best_s.transpose(1, 2)
+            index[:, :, i0:i1] = best_i.transpose(1, 2)
+        return scores, index
+
+    # ------------------------------------------------------------------ transfer (Eq. 6)
     def divisor(self, level: int, out_hw: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """Per-pixel overlap count of the folded patches (one channel), or TTSR's constant."""
+        """Per-pixel overlap count of the folded patches [1, 1, H, W], or TTSR's constant."""
         k, s, p = self.level_geometry(level)
         if self.overlap_norm == 'ttsr':
             return like.new_tensor(float((self.window // self.stride) ** 2))
+        if self.mode == 'chunked':  # the count is separable: rows covering y times columns covering x
+            count_y = _overlap_count_1d(out_hw[0], k, s, p, like)
+            count_x = _overlap_count_1d(out_hw[1], k, s, p, like)
+            return (count_y[:, None] * count_x[None, :]).view(1, 1, *out_hw)
         n_patches = ((out_hw[0] + 2 * p - k) // s + 1) * ((out_hw[1] + 2 * p - k) // s + 1)
         ones = like.new_ones(1, k * k, n_patches)
         return F.fold(ones, output_size=out_hw, kernel_size=k, padding=p, stride=s)
 
     def transfer_level(self, value: torch.Tensor, index: torch.Tensor, level: int,
-                       out_hw: Tuple[int, int]) -> torch.Tensor:
-        """Gather the reference patches at ``index`` [N, L] from ``value`` and fold them onto ``out_hw`` (Eq. 6)."""
+                       out_hw: Tuple[int, int], divisor: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Gather the reference patches at ``index`` [N, L] from ``value`` and fold them onto ``out_hw``."""
+        if divisor is None:
+            divisor = self.divisor(level, out_hw, value)
+        if self.mode == 'chunked':
+            return self._fold_by_index(value, index, level, out_hw) / divisor
         k, s, p = self.level_geometry(level)
         unfolded = F.unfold(value, kernel_size=k, padding=p, stride=s)  # [N, C*k*k, Lr]
         gathered = torch.gather(unfolded, 2, index.unsqueeze(1).expand(-1, unfolded.size(1), -1))
         folded = F.fold(gathered, output_size=out_hw, kernel_size=k, padding=p, stride=s)
-        return folded / self.divisor(level, out_hw, folded)
+        return folded / divisor
 
-    def forward(self, lr_lv3: torch.Tensor, refsr_lv3: torch.Tensor, ref_lv1: torch.Tensor,
-                ref_lv2: torch.Tensor, ref_lv3: torch.Tensor):
-        """Returns lists over the top-k ranks: S [N, 1, h', w'] (soft attention on the patch grid) and the textures
-        T_lv3 [N, 256, h, w], T_lv2 [N, 128, 2h, 2w], T_lv1 [N, 64, 4h, 4w]."""
-        n, _, h, w = lr_lv3.shape
-        scores, index = self.search(lr_lv3, refsr_lv3)
+    def _fold_by_index(self, value: torch.Tensor, index: torch.Tensor, level: int,
+                       out_hw: Tuple[int, int]) -> torch.Tensor:
+        """fold(gather(unfold(value), index)) without unfolding ``value``: for bands of LR patch rows, the selected
+        patches are read straight from the padded map and folded into their band of the output."""
+        k, s, p = self.level_geometry(level)
+        n, c = value.shape[:2]
+        v_pad = F.pad(value, (p, p, p, p))
+        vh, vw = v_pad.shape[-2:]
+        ref_gw = (vw - k) // s + 1
+        gh = (out_hw[0] + 2 * p - k) // s + 1
+        gw = (out_hw[1] + 2 * p - k) // s + 1
+        out_w = out_hw[1] + 2 * p
+        out = value.new_zeros(n, c, out_hw[0] + 2 * p, out_w)
+        # flat offsets of a patch's pixels in the padded map, in unfold's (dy, dx) order
+        ar = torch.arange(k, device=value.device)
+        offsets = (ar[:, None] * vw + ar[None, :]).view(k * k, 1)
+        flat = v_pad.reshape(n, c, vh * vw)
+        rows = max(1, self.chunk_size // gw)
+        for r0 in range(0, gh, rows):
+            r1 = min(gh, r0 + rows)
+            band_h = (r1 - r0 - 1) * s + k
+            idx = index[:, r0 * gw:r1 * gw]  # [N, Lb]
+            starts = torch.div(idx, ref_gw, rounding_mode='floor') * (s * vw) + (idx % ref_gw) * s
+            for b in range(n):
+                pos = (offsets + starts[b].view(1, -1)).view(-1)  # [k*k*Lb], (dy, dx)-major
+                cols = flat[b].index_select(1, pos).view(1, c * k * k, -1)
+                out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols, output_size=(band_h, out_w),
+                                                                   kernel_size=k, stride=s)
+        return out[:, :, p:p + out_hw[0], p:p + out_hw[1]]
+
+    def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: torch.Tensor,
+                 ref_lv2: torch.Tensor, ref_lv3: torch.Tensor):
+        """Soft attention and textures (lists over ranks) from a search result [N, top_k, L] for an LR of
+        ``lr_hw`` (relu3_1 size); see :meth:`forward`."""
+        n = scores.size(0)
+        h, w = lr_hw
         gh, gw = self.grid_size(h, w)
+        sizes = {3: (h, w), 2: (2 * h, 2 * w), 1: (4 * h, 4 * w)}
+        values = {3: ref_lv3, 2: ref_lv2, 1: ref_lv1}
+        divisors = {lv: self.divisor(lv, sizes[lv], ref_lv3) for lv in (3, 2, 1)}
         S: List[torch.Tensor] = []
-        T_lv3: List[torch.Tensor] = []
-        T_lv2: List[torch.Tensor] = []
-        T_lv1: List[torch.Tensor] = []
+        T: dict = {3: [], 2: [], 1: []}
         for rank in range(self.top_k):
             idx = index[:, rank]
             S.append(scores[:, rank].reshape(n, 1, gh, gw))
-            T_lv3.append(self.transfer_level(ref_lv3, idx, 3, (h, w)))
-            T_lv2.append(self.transfer_level(ref_lv2, idx, 2, (2 * h, 2 * w)))
-            T_lv1.append(self.transfer_level(ref_lv1, idx, 1, (4 * h, 4 * w)))
-        return S, T_lv3, T_lv2, T_lv1
+            for lv in (3, 2, 1):
+                T[lv].append(self.transfer_level(values[lv], idx, lv, sizes[lv], divisors[lv]))
+        return S, T[3], T[2], T[1]
+
+    def forward(self, lr_lv3: torch.Tensor, refsr_lv3: torch.Tensor, ref_lv1: torch.Tensor,
+                ref_lv2: torch.Tensor, ref_lv3: torch.Tensor, key_blocks: Optional[List[torch.Tensor]] = None):
+        """Returns lists over the top-k ranks: S [N, 1, h', w'] (soft attention on the patch grid) and the textures
+        T_lv3 [N, 256, h, w], T_lv2 [N, 128, 2h, 2w], T_lv1 [N, 64, 4h, 4w]. ``key_blocks`` (chunked mode): the
+        output of :meth:`prepare_keys` for ``refsr_lv3``, to reuse across calls (e.g. tiles)."""
+        scores, index = self.search(lr_lv3, refsr_lv3, key_blocks)
+        return self.transfer(scores, index, tuple(lr_lv3.shape[-2:]), ref_lv1, ref_lv2, ref_lv3)

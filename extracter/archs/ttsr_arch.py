@@ -4,6 +4,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
 
 from extracter.archs.modules import CSFIMainNet, parse_block_counts
 from extracter.archs.refsr_base import RefSRNet
@@ -25,6 +26,8 @@ class TTSR(RefSRNet):
         lte_init: ``'vgg19'`` (local canonical VGG-19 file) or ``'random'``.
         vgg19_path: the canonical VGG-19 file.
         lte_requires_grad: train the learnable texture extractor.
+        search_mode: ``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same output).
+        chunk_size, key_chunk_size: LR / reference patches per block of the chunked search.
     """
 
     def __init__(
@@ -35,20 +38,23 @@ class TTSR(RefSRNet):
         lte_init: str = 'vgg19',
         vgg19_path: Optional[str] = None,
         lte_requires_grad: bool = True,
+        search_mode: str = 'dense',
+        chunk_size: int = 4096,
+        key_chunk_size: int = 8192,
     ) -> None:
         super().__init__()
         if n_feats < 2 or n_feats % 2:
             raise ValueError(f'n_feats must be a positive even number, got {n_feats}')
         self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
         self.lte = TextureExtractor(init=lte_init, vgg19_path=vgg19_path, requires_grad=lte_requires_grad)
-        self.search_transfer = SearchTransfer(3, 1, 1, top_k=1, overlap_norm='ttsr')
+        self.search_transfer = SearchTransfer(3, 1, 1, top_k=1, overlap_norm='ttsr', mode=search_mode,
+                                              chunk_size=chunk_size, key_chunk_size=key_chunk_size)
         self.main = CSFIMainNet(self.num_res_blocks, n_feats, res_scale, top_k=1,
                                 texture_attention=False, out_conv=True)
 
-    def _forward_m11(self, lr_m11: torch.Tensor, lr_up: torch.Tensor, ref: torch.Tensor, ref_downup: torch.Tensor):
-        _, _, lrsr_lv3 = self.lte(lr_up)
-        _, _, refsr_lv3 = self.lte(ref_downup)
-        ref_lv1, ref_lv2, ref_lv3 = self.lte(ref)
-        S, T_lv3, T_lv2, T_lv1 = self.search_transfer(lrsr_lv3, refsr_lv3, ref_lv1, ref_lv2, ref_lv3)
+    def texture_extractor(self) -> nn.Module:
+        return self.lte
+
+    def _reconstruct(self, lr_m11: torch.Tensor, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         sr, _, _, _ = self.main(lr_m11, S, T_lv3, T_lv2, T_lv1)
-        return sr, S, T_lv3, T_lv2, T_lv1
+        return sr

@@ -1,0 +1,98 @@
+"""Tiled RefSR inference: the LR is cut into overlapping tiles, every tile searches the whole (once encoded)
+reference, and the tiles' centres are stitched.
+
+``tile: {tile_size, tile_pad}`` has the meaning it has in BasicSR-based SISR repositories, in LR pixels: the LR is
+split into tiles of ``tile_size`` x ``tile_size`` (the last row/column may be smaller), each processed with
+``tile_pad`` extra LR pixels of context on every side (where the image has them), and only the tile's own area of
+the x4 output is kept. Both are rounded to multiples of the search stride (the LR multiple of
+``net.required_multiples()``), so that every tile's search patches sit on the untiled patch grid.
+
+The search itself is not tiled: it runs once for the whole LR (chunked, bounded memory), and each tile takes its
+window of the result; see :func:`tiled_forward`.
+"""
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet
+
+# LR pixels of context for the tiled VGG-19 pass: its receptive field up to relu3_1 is 24 upsampled-LR pixels
+VGG_MARGIN = 8
+Span = Tuple[int, int, int, int]  # (out_start, out_stop, in_start, in_stop) along one axis, LR pixels
+
+
+def round_tile(tile_size: int, tile_pad: int, multiple: int) -> Tuple[int, int]:
+    """Tile size rounded down and padding rounded up to multiples of ``multiple`` (tile size at least one)."""
+    if tile_size < 1 or tile_pad < 0:
+        raise ValueError(f'tile needs tile_size >= 1 and tile_pad >= 0, got tile_size={tile_size} '
+                         f'tile_pad={tile_pad}')
+    size = max(multiple, tile_size // multiple * multiple)
+    pad = -(-tile_pad // multiple) * multiple
+    return size, pad
+
+
+def tile_spans(length: int, tile_size: int, tile_pad: int, multiple: int = 1) -> List[Span]:
+    """Tiles along one axis of ``length`` LR pixels (a multiple of ``multiple``)."""
+    if length % multiple:
+        raise ValueError(f'length {length} is not a multiple of {multiple}; pad the image first')
+    size, pad = round_tile(tile_size, tile_pad, multiple)
+    return [(o0, min(o0 + size, length), max(0, o0 - pad), min(length, o0 + size + pad))
+            for o0 in range(0, length, size)]
+
+
+def search_features_tiled(net: RefSRNet, lr_up: torch.Tensor, tile_size: int,
+                          margin: int = VGG_MARGIN) -> torch.Tensor:
+    """relu3_1 of the upsampled LR [N, 256, h, w] computed tile by tile (with ``margin`` LR pixels of context,
+    more than VGG-19's receptive field up to relu3_1, so the result equals the untiled one)."""
+    n, _, hu, wu = lr_up.shape
+    h, w = hu // SCALE, wu // SCALE
+    multiple = net.required_multiples()[0]
+    out = None
+    for y0, y1, iy0, iy1 in tile_spans(h, tile_size, margin, multiple):
+        for x0, x1, ix0, ix1 in tile_spans(w, tile_size, margin, multiple):
+            feat = net.search_features(lr_up[:, :, SCALE * iy0:SCALE * iy1, SCALE * ix0:SCALE * ix1])
+            if out is None:
+                out = feat.new_empty(n, feat.size(1), h, w)
+            out[:, :, y0:y1, x0:x1] = feat[:, :, y0 - iy0:y1 - iy0, x0 - ix0:x1 - ix0]
+    return out
+
+
+def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor, ref_feats: ReferenceFeatures,
+                  tile_size: int, tile_pad: int,
+                  progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """SR [N,3,4h,4w] of ``lr`` [N,3,h,w] tile by tile; ``lr`` must already have the net's LR multiple and
+    ``lr_up`` is the upsampled whole LR. ``progress(done, total)`` is called after each tile.
+
+    The search runs once for the whole LR (its query features are computed tile by tile, exactly): every tile
+    then uses the untiled search result for its patches, so only the main network sees tile borders, and no
+    search work is repeated in the tiles' overlaps. Memory: the LR's relu3_1 (1 KiB per LR pixel) and the search
+    result (top_k x 12 bytes per patch) for the whole LR, the rest per tile.
+    """
+    n, _, h, w = lr.shape
+    st = net.search_transfer
+    multiple = net.required_multiples()[0]
+    s = st.stride
+    scores, index = st.search(search_features_tiled(net, lr_up, tile_size), ref_feats.search, ref_feats.key_blocks)
+    gh, gw = st.grid_size(h, w)
+    scores = scores.view(n, st.top_k, gh, gw)
+    index = index.view(n, st.top_k, gh, gw)
+    spans_y = tile_spans(h, tile_size, tile_pad, multiple)
+    spans_x = tile_spans(w, tile_size, tile_pad, multiple)
+    out = lr.new_empty(n, 3, SCALE * h, SCALE * w)
+    total, done = len(spans_y) * len(spans_x), 0
+    for y0, y1, iy0, iy1 in spans_y:
+        for x0, x1, ix0, ix1 in spans_x:
+            # the tile's own patch grid is a window of the whole LR's (tile bounds are multiples of the stride)
+            th, tw = st.grid_size(iy1 - iy0, ix1 - ix0)
+            py, px = iy0 // s, ix0 // s
+            search = (scores[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1),
+                      index[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1))
+            tile_sr = net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, ref_feats, search=search)
+            out[:, :, SCALE * y0:SCALE * y1, SCALE * x0:SCALE * x1] = tile_sr[
+                :, :, SCALE * (y0 - iy0):SCALE * (y1 - iy0), SCALE * (x0 - ix0):SCALE * (x1 - ix0)]
+            del tile_sr, search
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out

@@ -1,0 +1,352 @@
+"""Scaling benchmark: wall time and peak memory (RSS) of one EXTRACTER forward pass, dense versus ours.
+
+For square outputs of 256, 512, 1024 and 2048 pixels (LR a quarter of that, reference the output size) it runs,
+each case in its own subprocess so that the RSS peak is that case's:
+- ``dense``: the original-style path (whole relevance matrix, every reference patch unfolded), untiled;
+- ``chunked``: our chunked search + transfer by index, untiled and without a budget (isolates their cost);
+- ``ours``: chunked search + transfer by index, with chunk and tile sizes chosen by the memory planner for
+  ``--max-memory`` (per size with ``--budget SIZE=BUDGET``).
+Timings are split into feature extraction (VGG-19), search, transfer and the rest of the network; the search's
+matrix products are timed on their own and compared with ``torch.matmul``'s rate on this machine. A case that the
+planner refuses, that is estimated not to fit ``--dense-limit``, or that runs out of memory is recorded as such.
+
+Writes ``results.csv``, ``results.md`` and ``scaling.png`` into ``--out`` (default
+``results/benchmark_scaling/<geometry>``); an existing folder is kept unless ``--overwrite`` is given.
+
+Weights are random, of the released size (blocks 8+16+8+4 / 8+9+9+9, 64 features, top-k 2), with the paper's
+geometry (window 6, stride 2, padding 2) by default. Inputs are a real wide/tele phone pair from
+``../shared/data/refsr-pairs/dcsr-camerafusion`` when present (centre crops), else seeded noise.
+
+Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import extracter  # noqa: E402,F401  (registers the archs; imported before basicsr)
+
+DATA = ROOT.parent / 'shared' / 'data' / 'refsr-pairs' / 'dcsr-camerafusion'
+GIB = 2 ** 30
+FIELDS = ['size', 'method', 'status', 'plan', 'wall_s', 'vgg_s', 'search_s', 'search_matmul_s', 'transfer_s',
+          'rest_s', 'search_gflops', 'matmul_peak_gflops', 'search_matmul_frac', 'peak_rss_gib', 'base_rss_gib',
+          'estimate_gib', 'max_abs_diff_vs_dense', 'psnr_vs_dense_db', 'note']
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    with os.fdopen(fd, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def load_inputs(size: int, seed: int):
+    """LR (size/4) and reference (size) in [0, 1], [1, 3, h, w]."""
+    from PIL import Image, ImageOps
+    if (DATA / 'wide.jpg').is_file() and (DATA / 'tele.jpg').is_file():
+        def crop(name):
+            img = ImageOps.exif_transpose(Image.open(DATA / name)).convert('RGB')
+            w, h = img.size
+            side = min(w, h, 3 * size)  # a centre crop, scaled to the wanted size
+            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+            return img.crop(box).resize((size, size), Image.BICUBIC)
+        hr, ref = crop('wide.jpg'), crop('tele.jpg')
+        lr = hr.resize((size // 4, size // 4), Image.BICUBIC)
+        to_t = lambda im: torch.from_numpy(__import__('numpy').asarray(im).copy()).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+        return to_t(lr), to_t(ref), 'dcsr-camerafusion wide/tele centre crops'
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, size // 4, size // 4, generator=g), torch.rand(1, 3, size, size, generator=g), 'noise'
+
+
+def matmul_peak_gflops(n: int = 4096, reps: int = 3) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+class Timers:
+    """Accumulates the time spent in the texture extractor, the search (and its bmm calls) and the transfer."""
+
+    def __init__(self, net) -> None:
+        self.t = {'vgg': 0.0, 'search': 0.0, 'matmul': 0.0, 'transfer': 0.0}
+        self.flops = 0.0
+        ext, st = net.texture_extractor(), net.search_transfer
+        ext.register_forward_pre_hook(lambda m, i: self._start('vgg'))
+        ext.register_forward_hook(lambda m, i, o: self._stop('vgg'))
+        self._wrap(st, 'search', 'search')
+        self._wrap(st, 'transfer_level', 'transfer')
+        self._wrap(st, 'prepare_keys', 'search')
+        self._bmm = torch.bmm
+        torch.bmm = self._timed_bmm  # only in this benchmark subprocess
+
+    def _start(self, key):
+        self.t0 = time.perf_counter()
+
+    def _stop(self, key):
+        self.t[key] += time.perf_counter() - self.t0
+
+    def _wrap(self, obj, name, key):
+        fn = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.t[key] += time.perf_counter() - t
+            return out
+        setattr(obj, name, timed)
+
+    def _timed_bmm(self, a, b):
+        t = time.perf_counter()
+        out = self._bmm(a, b)
+        self.t['matmul'] += time.perf_counter() - t
+        self.flops += 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+        return out
+
+
+def rss_now() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def run_case(args) -> dict:
+    """One forward pass in this (child) process; prints a JSON line."""
+    from extracter.archs.extracter_arch import Extracter
+    from extracter.utils.inference import run_refsr
+    from extracter.utils.memory_plan import MemoryBudgetError, NetSpec, estimate
+
+    torch.set_grad_enabled(False)
+    torch.manual_seed(args.seed)
+    window, stride, padding = args.geometry
+    net = Extracter(dfe_init='random', window=window, stride=stride, padding=padding).eval()
+    lr, ref, source = load_inputs(args.case_size, args.seed)
+    base = rss_now()
+    row = {'size': args.case_size, 'method': args.case_method, 'base_rss_gib': base / GIB, 'note': source}
+    spec = NetSpec.from_net(net)
+    if args.case_method in ('dense', 'chunked'):  # untiled, without a budget
+        est = estimate(spec, tuple(lr.shape[-2:]), tuple(ref.shape[-2:]), mode=args.case_method)['total']
+        row['estimate_gib'] = est / GIB
+        if est > args.dense_limit_bytes:
+            row.update(status='refused', note=f'estimated {est / GIB:.1f} GiB > --dense-limit')
+            return row
+        kwargs = {'search_mode': args.case_method}
+    else:
+        kwargs = {'max_memory': args.case_budget}
+    row['matmul_peak_gflops'] = matmul_peak_gflops(3072)  # under this case's conditions (the machine is shared)
+    timers = Timers(net)
+    t = time.perf_counter()
+
+    def progress(done, total):  # partial figures, read by the parent if the case times out
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+        print(json.dumps({'tiles_done': done, 'tiles': total, 'elapsed_s': time.perf_counter() - t,
+                          'peak_rss_gib': peak}), file=sys.stderr, flush=True)
+    kwargs['progress'] = progress
+    try:
+        sr, plan = run_refsr(net, lr, ref, return_plan=True, **kwargs)
+    except MemoryBudgetError as err:
+        row.update(status='refused', note=str(err))
+        return row
+    except (RuntimeError, MemoryError) as err:
+        if 'memory' not in str(err).lower() and not isinstance(err, MemoryError):
+            raise
+        row.update(status='oom', note=str(err).splitlines()[0][:200])
+        return row
+    wall = time.perf_counter() - t
+    tm = timers.t
+    row.update(status='ok', wall_s=wall, vgg_s=tm['vgg'], search_s=tm['search'], search_matmul_s=tm['matmul'],
+               transfer_s=tm['transfer'], rest_s=wall - tm['vgg'] - tm['search'] - tm['transfer'],
+               search_gflops=timers.flops / max(tm['matmul'], 1e-9) / 1e9,
+               peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB)
+    if plan is not None:
+        row['plan'] = plan.describe().split('; estimated')[0]
+        row['estimate_gib'] = plan.estimate / GIB
+    else:
+        row['plan'] = f'{args.case_method}, untiled, no budget'
+    if args.save_sr:
+        buf = io.BytesIO()
+        torch.save(sr.clone(), buf)
+        atomic_write(Path(args.save_sr), buf.getvalue())
+    return row
+
+
+def child(size: int, method: str, budget: str, args, out_dir: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--case-size', str(size), '--case-method', method,
+           '--case-budget', budget, '--seed', str(args.seed), '--geometry', *map(str, args.geometry),
+           '--dense-limit', args.dense_limit, '--save-sr', str(out_dir / f'.sr_{size}_{method}.pt')]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired as err:
+        row = {'size': size, 'method': method, 'status': 'timeout', 'note': f'over {args.timeout} s'}
+        stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or '')
+        partial = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith('{"tiles_done"')]
+        if partial:  # how far it got, and the RSS peak so far (tiles are alike, so it is near the final one)
+            last = partial[-1]
+            row['peak_rss_gib'] = last['peak_rss_gib']
+            row['note'] += (f": {last['tiles_done']}/{last['tiles']} tiles in {last['elapsed_s']:.0f} s, "
+                            f"peak RSS so far {last['peak_rss_gib']:.2f} GiB")
+        return row
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+    if proc.returncode != 0 or not lines:
+        status = 'oom' if proc.returncode in (-9, 137) else 'error'
+        tail = (proc.stderr.strip().splitlines() or ['?'])[-1][:200]
+        return {'size': size, 'method': method, 'status': status, 'note': f'exit {proc.returncode}: {tail}'}
+    return json.loads(lines[-1])
+
+
+def fmt(v, spec='.2f'):
+    return '' if v is None or v == '' else (format(v, spec) if isinstance(v, float) else str(v))
+
+
+def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction='ignore')
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(r)
+    atomic_write(out_dir / 'results.csv', buf.getvalue().encode())
+    cols = [('size', 'output', 'd'), ('method', 'method', 's'), ('status', 'status', 's'),
+            ('wall_s', 'total s', '.1f'), ('vgg_s', 'VGG s', '.1f'), ('search_s', 'search s', '.1f'),
+            ('transfer_s', 'transfer s', '.1f'), ('rest_s', 'rest s', '.1f'),
+            ('search_gflops', 'search matmul GFLOP/s', '.0f'), ('matmul_peak_gflops', 'matmul peak GFLOP/s', '.0f'),
+            ('search_matmul_frac', 'search matmul / peak', '.0%'), ('peak_rss_gib', 'peak RSS GiB', '.2f'),
+            ('psnr_vs_dense_db', 'PSNR vs dense dB', '.1f'), ('max_abs_diff_vs_dense', 'max abs diff', '.1e')]
+    lines = [header, '', '| ' + ' | '.join(c[1] for c in cols) + ' |', '|' + '---|' * len(cols)]
+    for r in rows:
+        cells = []
+        for key, _, spec in cols:
+            v = r.get(key)
+            cells.append(fmt(v, spec) if isinstance(v, float) else ('' if v is None else str(v)))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', 'Plans / notes:', '']
+    for r in rows:
+        note = f" - {r['note']}" if r.get('note') else ''
+        lines.append(f"- {r['size']} {r['method']}: {r.get('plan') or ''}{note}")
+    atomic_write(out_dir / 'results.md', ('\n'.join(lines) + '\n').encode())
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, marker in (('dense', 'o'), ('chunked', '^'), ('ours', 's')):
+        ok = [r for r in rows if r['method'] == method and r['status'] == 'ok']
+        px = [r['size'] ** 2 for r in ok]
+        if ok:
+            axes[0].plot(px, [r['wall_s'] for r in ok], marker=marker, label=method)
+            axes[1].plot(px, [r['peak_rss_gib'] for r in ok], marker=marker, label=method)
+        for r in rows:
+            if r['method'] == method and r['status'] != 'ok':
+                y = {'dense': 0.05, 'chunked': 0.3}.get(method, 0.55)
+                for ax in axes:
+                    ax.annotate(f"{method}: {r['status']}", xy=(r['size'] ** 2, y),
+                                xycoords=('data', 'axes fraction'), fontsize=7, rotation=90)
+    for ax, ylabel in zip(axes, ('wall time of one forward (s)', 'peak RSS (GiB)')):
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('output pixels')
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which='both', alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(f'EXTRACTER forward, dense vs chunked/tiled (matmul peak {peak:.0f} GFLOP/s)', fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=120)
+    atomic_write(out_dir / 'scaling.png', buf.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512, 1024, 2048])
+    parser.add_argument('--methods', nargs='+', default=['dense', 'chunked', 'ours'],
+                        choices=['dense', 'chunked', 'ours'])
+    parser.add_argument('--max-memory', default='2G', help="ours: working-memory budget (default '2G')")
+    parser.add_argument('--budget', action='append', default=[], metavar='SIZE=BUDGET',
+                        help='ours: budget for one output size, e.g. 2048=6G')
+    parser.add_argument('--dense-limit', default='10G',
+                        help='dense/chunked (untiled) cases estimated above this are recorded as refused (10G)')
+    parser.add_argument('--geometry', type=int, nargs=3, default=[6, 2, 2], metavar=('WINDOW', 'STRIDE', 'PAD'))
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--timeout', type=float, default=7200, help='seconds per case')
+    parser.add_argument('--out', type=Path, default=None)
+    parser.add_argument('--overwrite', action='store_true')
+    # internal: one case in a child process
+    parser.add_argument('--case-size', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--case-method', help=argparse.SUPPRESS)
+    parser.add_argument('--case-budget', help=argparse.SUPPRESS)
+    parser.add_argument('--save-sr', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from extracter.utils.memory_plan import parse_memory
+    args.dense_limit_bytes = parse_memory(args.dense_limit)
+    if args.case_size is not None:
+        print(json.dumps(run_case(args)), flush=True)
+        return
+
+    budgets = {}
+    for item in args.budget:
+        size, _, budget = item.partition('=')
+        parse_memory(budget)
+        budgets[int(size)] = budget
+    parse_memory(args.max_memory)
+    out_dir = args.out or ROOT / 'results' / 'benchmark_scaling' / 'w{}_s{}_p{}'.format(*args.geometry)
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
+        sys.exit(f'{out_dir} already holds results; pass --overwrite or choose --out')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peak = matmul_peak_gflops()
+    print(f'torch.matmul peak on this machine: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)', flush=True)
+    rows = []
+    for size in args.sizes:
+        for method in args.methods:
+            budget = budgets.get(size, args.max_memory)
+            t = time.time()
+            row = child(size, method, budget, args, out_dir)
+            row.setdefault('matmul_peak_gflops', peak)
+            if row.get('search_gflops'):
+                row['search_matmul_frac'] = row['search_gflops'] / row['matmul_peak_gflops']
+            if method == 'ours' and row.get('status') == 'ok':
+                row['plan'] = f"budget {budget}: {row.get('plan', '')}"
+            rows.append(row)
+            print(f"{size} {method}: {row['status']} in {time.time() - t:.0f} s "
+                  f"{fmt(row.get('peak_rss_gib'))} GiB {row.get('note', '')}", flush=True)
+        dense_sr = out_dir / f'.sr_{size}_dense.pt'
+        for method in ('chunked', 'ours'):
+            other_sr = out_dir / f'.sr_{size}_{method}.pt'
+            row = next((r for r in rows if r['size'] == size and r['method'] == method), None)
+            if dense_sr.is_file() and other_sr.is_file() and row is not None and row['status'] == 'ok':
+                a = torch.load(dense_sr, weights_only=True)
+                b = torch.load(other_sr, weights_only=True)
+                mse = float(((a - b) ** 2).mean())
+                row['max_abs_diff_vs_dense'] = float((a - b).abs().max())
+                row['psnr_vs_dense_db'] = 10 * math.log10(1 / mse) if mse > 0 else float('inf')
+            other_sr.unlink(missing_ok=True)
+        dense_sr.unlink(missing_ok=True)
+        header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, one forward '
+                  f'pass on CPU ({torch.get_num_threads()} threads, machine shared: timings are noisy); '
+                  f'torch.matmul peak {peak:.1f} GFLOP/s.')
+        write_outputs(rows, out_dir, peak, header)
+    print(f'wrote {out_dir}/results.csv, results.md, scaling.png')
+
+
+if __name__ == '__main__':
+    main()

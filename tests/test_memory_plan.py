@@ -1,0 +1,102 @@
+"""The memory-budget planner: budget parsing, its choices, and its refusals."""
+
+import math
+
+import pytest
+import torch
+
+import extracter  # noqa: F401  (before basicsr)
+from extracter.archs.extracter_arch import Extracter
+from extracter.utils.inference import run_refsr
+from extracter.utils.memory_plan import (
+    DEFAULT_CHUNK,
+    DEFAULT_KEY_CHUNK,
+    MIN_CHUNK,
+    MIN_KEY_CHUNK,
+    MemoryBudgetError,
+    NetSpec,
+    estimate,
+    parse_memory,
+    plan_memory,
+)
+
+# the released EXTRACTER size with the paper's geometry (window 6 / stride 2), without building it
+RELEASED = NetSpec('Extracter', n_params=9_426_447, n_feats=64, top_k=2, window=6, stride=2, padding=2)
+
+
+@pytest.mark.parametrize('text,expected', [('6G', 6 * 2 ** 30), ('512M', 512 * 2 ** 20), ('1.5GB', 3 * 2 ** 29),
+                                           ('2GiB', 2 * 2 ** 30), ('100k', 102400), (12345, 12345), ('7', 7)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize('bad', ['', 'lots', '6X', '-1G', 0, '0G'])
+def test_parse_memory_rejects(bad):
+    with pytest.raises(ValueError, match='max_memory'):
+        parse_memory(bad)
+
+
+def test_small_request_runs_untiled_with_default_chunks():
+    plan = plan_memory(RELEASED, (64, 64), (256, 256), '6G')
+    assert plan.tile_size is None and plan.search_mode == 'chunked'
+    assert (plan.chunk_size, plan.key_chunk_size) == (DEFAULT_CHUNK, DEFAULT_KEY_CHUNK)
+    assert plan.estimate <= plan.budget
+
+
+def test_tighter_budgets_tile_smaller_and_stay_within_budget():
+    tiles = []
+    for budget in ('6G', '3G', '2G'):
+        plan = plan_memory(RELEASED, (256, 256), (1024, 1024), budget)
+        assert plan.estimate <= parse_memory(budget)
+        assert plan.tile_size is not None and plan.tile_size % RELEASED.stride == 0
+        assert plan.tile_pad % RELEASED.stride == 0
+        tiles.append(plan.tile_size)
+    assert tiles[0] > tiles[1] > tiles[2]
+    # the 2048x2048 case of the issue fits 6G, tiled
+    plan = plan_memory(RELEASED, (512, 512), (2048, 2048), '6G')
+    assert plan.tile_size is not None and plan.estimate <= 6 * 2 ** 30
+
+
+def test_estimates_grow_with_size_and_dense_is_quadratic():
+    sizes = (128, 256, 512)
+    dense = [estimate(RELEASED, (s, s), (4 * s, 4 * s), mode='dense')['search_blocks'] for s in sizes]
+    chunked = [estimate(RELEASED, (s, s), (4 * s, 4 * s))['search_blocks'] for s in sizes]
+    assert dense[2] / dense[1] > 5  # 4x the pixels: the relevance matrix (patches^2) takes over
+    assert chunked[2] / chunked[1] < 2  # blocks of fixed size
+    parts = estimate(RELEASED, (256, 256), (1024, 1024), cache_keys=True)
+    assert parts['cached_keys'] == 4 * 256 * 36 * 128 * 128
+
+
+def test_refusals_say_why():
+    with pytest.raises(MemoryBudgetError, match=r'encoded 2048x2048 reference.*raise max_memory'):
+        plan_memory(RELEASED, (512, 512), (2048, 2048), '2G')
+    with pytest.raises(MemoryBudgetError, match=r'tile_size=256.*smaller tile'):
+        plan_memory(RELEASED, (512, 512), (1024, 1024), '2G', tile=(256, 16))
+    with pytest.raises(MemoryBudgetError, match=r'dense search.*chunked'):
+        plan_memory(RELEASED, (512, 512), (2048, 2048), '16G', search_mode='dense')
+
+
+def test_given_tile_is_kept_and_rounded_to_the_stride():
+    plan = plan_memory(RELEASED, (256, 256), (1024, 1024), '4G', tile=(63, 5))
+    assert (plan.tile_size, plan.tile_pad) == (62, 6)
+
+
+def test_run_refsr_with_a_budget_tiles_and_agrees_with_untiled():
+    torch.manual_seed(0)
+    net = Extracter(num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=16, top_k=2, dfe_init='random',
+                    window=6, stride=2, padding=2).eval()
+    lr, ref = torch.rand(1, 3, 32, 24), torch.rand(1, 3, 64, 64)
+    spec = NetSpec.from_net(net)
+    assert (spec.n_feats, spec.top_k, spec.stride) == (16, 2, 2)
+    # below what the untiled run needs even with the smallest search blocks: the planner must tile
+    untiled_need = estimate(spec, (32, 24), (64, 64), chunk=MIN_CHUNK, key_chunk=MIN_KEY_CHUNK)['total']
+    budget = int(untiled_need * 0.8)
+    sr, plan = run_refsr(net, lr, ref, max_memory=budget, tile={'tile_pad': 6}, return_plan=True)
+    assert plan.tile_size is not None and plan.tile_pad == 6 and plan.search_mode == 'chunked'
+    assert plan.estimate <= budget
+    full = run_refsr(net, lr, ref)
+    mse = float(((sr - full) ** 2).mean())
+    assert mse == 0 or 10 * math.log10(1 / mse) >= 50
+    assert net.search_transfer.mode == 'dense'  # restored
+    with pytest.raises(MemoryBudgetError, match='max_memory'):
+        run_refsr(net, lr, ref, max_memory=spec.n_params * 4)

@@ -1,0 +1,147 @@
+"""The chunked search & transfer equals the dense (faithful) one: indices, scores, textures and network outputs."""
+
+import pytest
+import torch
+
+import extracter  # noqa: F401  (before basicsr)
+from extracter.archs.extracter_arch import Extracter
+from extracter.archs.search_transfer import SearchTransfer
+from extracter.archs.ttsr_arch import TTSR
+
+ATOL = 1e-5
+
+
+def _features(lr_hw, ref_hw, channels=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lr = torch.randn(2, channels, *lr_hw, generator=g)
+    ref3 = torch.randn(2, channels, *ref_hw, generator=g)
+    refsr = ref3 + 0.1 * torch.randn(2, channels, *ref_hw, generator=g)
+    ref2 = torch.randn(2, 5, 2 * ref_hw[0], 2 * ref_hw[1], generator=g)
+    ref1 = torch.randn(2, 3, 4 * ref_hw[0], 4 * ref_hw[1], generator=g)
+    return lr, refsr, ref1, ref2, ref3
+
+
+# geometry, top_k, LR / ref relu3_1 sizes (non-square), chunk sizes that do not divide the patch counts
+CASES = [
+    ((3, 1, 1), 1, (7, 9), (10, 6), 5, 7),
+    ((3, 1, 1), 2, (5, 11), (9, 7), 13, 4),
+    ((6, 2, 2), 3, (10, 14), (12, 8), 7, 5),
+    ((6, 2, 2), 2, (8, 6), (14, 10), 1, 3),
+    ((12, 4, 4), 1, (12, 16), (16, 20), 3, 4),
+    ((12, 4, 4), 3, (8, 12), (20, 12), 100, 2),
+]
+
+
+@pytest.mark.parametrize('geometry,top_k,lr_hw,ref_hw,chunk,key_chunk', CASES)
+def test_chunked_equals_dense(geometry, top_k, lr_hw, ref_hw, chunk, key_chunk):
+    lr, refsr, ref1, ref2, ref3 = _features(lr_hw, ref_hw)
+    dense = SearchTransfer(*geometry, top_k=top_k, mode='dense')
+    chunked = SearchTransfer(*geometry, top_k=top_k, mode='chunked', chunk_size=chunk, key_chunk_size=key_chunk)
+    s_d, i_d = dense.search(lr, refsr)
+    s_c, i_c = chunked.search(lr, refsr)
+    assert s_c.shape == s_d.shape == (2, top_k, lr_hw[0] * lr_hw[1] // geometry[1] ** 2)
+    assert torch.equal(i_c, i_d)
+    torch.testing.assert_close(s_c, s_d, atol=ATOL, rtol=0)
+    out_d = dense(lr, refsr, ref1, ref2, ref3)
+    out_c = chunked(lr, refsr, ref1, ref2, ref3)
+    for list_d, list_c in zip(out_d, out_c):
+        assert len(list_d) == len(list_c) == top_k
+        for a, b in zip(list_d, list_c):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+
+
+def test_ttsr_constant_normalisation_in_both_modes():
+    lr, refsr, ref1, ref2, ref3 = _features((6, 7), (9, 8))
+    dense = SearchTransfer(3, 1, 1, top_k=1, overlap_norm='ttsr')
+    chunked = SearchTransfer(3, 1, 1, top_k=1, overlap_norm='ttsr', mode='chunked', chunk_size=4, key_chunk_size=9)
+    for a, b in zip(dense(lr, refsr, ref1, ref2, ref3), chunked(lr, refsr, ref1, ref2, ref3)):
+        torch.testing.assert_close(b[0], a[0], atol=ATOL, rtol=0)
+    # TTSR's constant 9 leaves the border darker than the exact count would: the corner of T_lv3 is the centre
+    # pixel-value sum of 4 patches divided by 9
+    exact = SearchTransfer(3, 1, 1, top_k=1, mode='chunked', chunk_size=4, key_chunk_size=9)
+    t_ttsr = chunked(lr, refsr, ref1, ref2, ref3)[1][0]
+    t_exact = exact(lr, refsr, ref1, ref2, ref3)[1][0]
+    torch.testing.assert_close(t_ttsr[..., 0, 0] * 9 / 4, t_exact[..., 0, 0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize('geometry', [(3, 1, 1), (6, 2, 2), (5, 2, 1)])
+def test_separable_divisor_equals_fold_of_ones(geometry):
+    dense = SearchTransfer(*geometry, mode='dense')
+    chunked = SearchTransfer(*geometry, mode='chunked')
+    like = torch.zeros(1)
+    for level, hw in ((3, (9, 13)), (2, (18, 26)), (1, (36, 52))):
+        assert torch.equal(chunked.divisor(level, hw, like), dense.divisor(level, hw, like))
+
+
+def test_chunked_search_never_builds_the_whole_relevance_matrix(monkeypatch):
+    lr, refsr, *_ = _features((12, 10), (14, 12))
+    st = SearchTransfer(3, 1, 1, top_k=2, mode='chunked', chunk_size=16, key_chunk_size=20)
+    sizes = []
+    real_bmm = torch.bmm
+
+    def spy(a, b):
+        out = real_bmm(a, b)
+        sizes.append(out.shape[1:])
+        return out
+    monkeypatch.setattr(torch, 'bmm', spy)
+    st.search(lr, refsr)
+    assert sizes and max(s[0] for s in sizes) <= 16 and max(s[1] for s in sizes) <= 20
+    assert len(sizes) == -(-120 // 16) * -(-168 // 20)  # every LR block against every reference block
+
+
+def test_prepared_and_cached_keys_give_the_same_result():
+    lr, refsr, ref1, ref2, ref3 = _features((8, 9), (10, 7))
+    st = SearchTransfer(3, 1, 1, top_k=2, mode='chunked', chunk_size=10, key_chunk_size=6)
+    s0, i0 = st.search(lr, refsr)
+    s1, i1 = st.search(lr, refsr, key_blocks=st.prepare_keys(refsr))
+    st.set_chunking(cache_keys=True)
+    s2, i2 = st.search(lr, refsr)
+    assert torch.equal(i0, i1) and torch.equal(i0, i2)
+    torch.testing.assert_close(s1, s0, atol=ATOL, rtol=0)
+    torch.testing.assert_close(s2, s0, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match='key_blocks'):
+        st.search(lr, refsr, key_blocks=st.prepare_keys(refsr[..., :5, :]))
+
+
+def test_bad_settings_and_too_small_reference_raise():
+    with pytest.raises(ValueError, match='search mode'):
+        SearchTransfer(mode='sparse')
+    with pytest.raises(ValueError, match='chunk sizes'):
+        SearchTransfer(mode='chunked', chunk_size=0)
+    lr, refsr, *_ = _features((4, 4), (1, 1))
+    for mode in ('dense', 'chunked'):
+        with pytest.raises(ValueError, match='fewer than top_k'):
+            SearchTransfer(3, 1, 1, top_k=2, mode=mode).search(lr, refsr)
+
+
+def _tiny_extracter(**kw):
+    torch.manual_seed(0)
+    return Extracter(num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=16, top_k=2,
+                     dfe_init='random', **kw).eval()
+
+
+@pytest.mark.parametrize('geometry', [(3, 1, 1), (6, 2, 2)])
+def test_networks_give_the_same_output_in_both_modes(geometry):
+    torch.manual_seed(1)
+    lr, ref = torch.rand(1, 3, 12, 10), torch.rand(1, 3, 40, 56)
+    net = _tiny_extracter(window=geometry[0], stride=geometry[1], padding=geometry[2])
+    with torch.no_grad():
+        dense = net(lr, ref, return_aux=True)
+        net.set_search_mode('chunked', chunk_size=7, key_chunk_size=11)
+        chunked = net(lr, ref, return_aux=True)
+    torch.testing.assert_close(chunked['sr'], dense['sr'], atol=ATOL, rtol=0)
+    for a, b in zip(dense['T_lv1'], chunked['T_lv1']):
+        torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    assert net.search_transfer.mode == 'chunked'
+
+
+def test_ttsr_gives_the_same_output_in_both_modes():
+    torch.manual_seed(2)
+    lr, ref = torch.rand(1, 3, 9, 11), torch.rand(1, 3, 24, 28)
+    net = TTSR(num_res_blocks='1+1+1+1', n_feats=16, lte_init='random').eval()
+    chunked_net = TTSR(num_res_blocks='1+1+1+1', n_feats=16, lte_init='random', search_mode='chunked',
+                       chunk_size=10, key_chunk_size=9).eval()
+    chunked_net.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_net(lr, ref), net(lr, ref), atol=ATOL, rtol=0)
