@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional, Sequence
 if __package__ in (None, ''):  # run as a script: make the package importable from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402

@@ -14,12 +14,11 @@ import os
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_torch_save, atomic_write
+from extracter.utils.inference import refsr_kwargs_from_options, run_refsr
 
 FEATURE_EXTRACTOR_NAMES = ('dfe', 'lte')  # EXTRACTER's DFE, TTSR's LTE
 
@@ -57,17 +57,6 @@ def load_checkpoint(path: str, device: Optional[torch.device] = None) -> Dict[st
         return torch.load(path, map_location=dist_util.map_location(device or torch.device('cpu')), weights_only=True)
     except Exception as err:
         raise ValueError(f'cannot read checkpoint {path}: {err}') from err
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, scale: int = 1) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """Reflect-pad the bottom/right of ``x`` so that its size / ``scale`` is a multiple of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph = (-(h // scale)) % multiple * scale
-    pw = (-(w // scale)) % multiple * scale
-    if ph or pw:
-        mode = 'reflect' if ph < h and pw < w else 'replicate'
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (ph, pw)
 
 
 def crop_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -297,32 +286,14 @@ class RefSRModel(BaseModel):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
 
     def _forward_any_size(self, net: nn.Module) -> torch.Tensor:
-        """Pad the LR (and ``lq_up``) to the search stride, crop the reference to 4x the stride, crop SR back."""
-        tile_opt = (self.opt.get('val') or {}).get('tile')
-        if tile_opt:
-            return self._tiled_forward(net, tile_opt)
-        lr_mult, ref_mult = net.required_multiples()
-        lq, (ph, pw) = pad_to_multiple(self.lq, lr_mult)
-        lq_up = None
-        if self.lq_up is not None:
-            lq_up, _ = pad_to_multiple(self.lq_up, lr_mult, scale=4)
+        """SR through :func:`extracter.utils.inference.run_refsr`: the LR is reflect-padded to the search stride and
+        the SR cropped back; the reference is cropped to 4x the stride (the original test protocol). ``val.tile``,
+        ``val.max_memory`` and ``val.search`` bound the memory for large images (docs/large_images.md)."""
+        _, ref_mult = net.required_multiples()
         ref = crop_to_multiple(self.ref, ref_mult)
         ref_downup = crop_to_multiple(self.ref_downup, ref_mult) if self.ref_downup is not None else None
-        sr = net(lq, ref, lq_up, ref_downup)
-        h, w = self.lq.shape[-2:]
-        return sr[..., :4 * h, :4 * w]
-
-    def _tiled_forward(self, net: nn.Module, tile_opt: Dict[str, Any]) -> torch.Tensor:
-        """Hook for ``val.tile``: delegates to ``extracter.utils.tiling.tiled_forward`` when that module exists."""
-        try:
-            from extracter.utils import tiling  # provided by the large-image work, if merged
-        except ImportError:
-            tiling = None
-        fn = getattr(tiling, 'tiled_forward', None)
-        if fn is None:
-            raise NotImplementedError('val.tile is set but extracter.utils.tiling.tiled_forward is not available; '
-                                      'remove the tile block')
-        return fn(net, self.lq, self.ref, lq_up=self.lq_up, ref_downup=self.ref_downup, **tile_opt)
+        kwargs = refsr_kwargs_from_options(self.opt.get('val'))
+        return run_refsr(net, self.lq, ref, lr_up=self.lq_up, ref_downup=ref_downup, **kwargs)
 
     def test(self) -> None:
         net = self._inference_net()

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from extracter.utils.inference import refsr_kwargs_from_options
+
 
 class OptionError(ValueError):
     """A mistake in an option file: an unknown or misspelt key, a bad value, or a file it names that is missing."""
@@ -28,7 +30,7 @@ PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_net
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
               'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
 LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
-VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'search_geometry'}
+VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'max_memory', 'search', 'search_geometry'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger'}
 DIST_KEYS = {'backend', 'timeout_s'}
 LOADER_KEYS = {'name', 'type', 'batch_size_per_gpu', 'num_worker_per_gpu', 'use_shuffle', 'dataset_enlarge_ratio',
@@ -237,6 +239,10 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
         geometry = val.get('search_geometry')
         if geometry is not None:
             check_keys(geometry, ('window', 'stride', 'padding'), 'val.search_geometry.', source)
+        try:
+            refsr_kwargs_from_options(val)  # tile / max_memory / search blocks
+        except ValueError as err:
+            raise OptionError(_where(source, f'val: {err}')) from err
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
