@@ -67,7 +67,9 @@ def texture_source_panels(scores: torch.Tensor, ref_id: torch.Tensor, index: tor
     position of the reference patch it copied, in the colour code of the reference panels), and the references
     overlaid with that colour code. ``scores``/``ref_id``/``index``: [L] for one image, rank 0."""
     gh, gw = lr_grid
-    score_map = heatmap(scores.reshape(gh, gw).cpu().numpy(), 0.0, 1.0)
+    score_values = scores.reshape(gh, gw).cpu().numpy()
+    lo, hi = float(score_values.min()), float(score_values.max())
+    score_map = heatmap(score_values, lo, hi)
     src = np.zeros((gh * gw, 3), np.uint8)
     ids, idx = ref_id.cpu().numpy(), index.cpu().numpy()
     codes = [coordinate_colours(*g).reshape(-1, 3) for g in ref_grids]
@@ -76,9 +78,9 @@ def texture_source_panels(scores: torch.Tensor, ref_id: torch.Tensor, index: tor
         src[sel] = code[idx[sel]]
     src_map = src.reshape(gh, gw, 3)
     up = (out_hw[1], out_hw[0])
-    panels = [('relevance of the top-1 match (0..1)', np.asarray(Image.fromarray(score_map).resize(up, Image.NEAREST))),
-              ('source position of the copied texture', np.asarray(Image.fromarray(src_map).resize(up,
-                                                                                                   Image.NEAREST)))]
+    panels = [(f'relevance of the top-1 match ({lo:.2f} dark .. {hi:.2f} bright)',
+               np.asarray(Image.fromarray(score_map).resize(up, Image.NEAREST))),
+              ('source position of the copied texture', np.asarray(Image.fromarray(src_map).resize(up, Image.NEAREST)))]
     for r, (ref, grid) in enumerate(zip(refs, ref_grids)):
         code = np.asarray(Image.fromarray(coordinate_colours(*grid)).resize((ref.shape[1], ref.shape[0]),
                                                                             Image.NEAREST))
