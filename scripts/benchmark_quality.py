@@ -53,7 +53,8 @@ def vid4_cases(root: Path, crop: int, margin: int, frame_step: int):
                 yield seq.name, t, k, hr, ref
 
 
-def evaluate(net, shared: Path, crop: int, margin: int, frame_step: int, device: str, max_memory: str):
+def evaluate(net, shared: Path, crop: int, margin: int, frame_step: int, device: str, max_memory: str,
+             sisr_crop: int = 0):
     stride = net.search_transfer.stride
     kwargs = {'max_memory': max_memory}
     rows = []
@@ -71,7 +72,11 @@ def evaluate(net, shared: Path, crop: int, margin: int, frame_step: int, device:
     for name in ('Set5', 'Set14'):
         folder = shared / 'sisr' / name
         for fname in tqdm(list_images(folder), desc=name, unit='img'):
-            hr = deg.crop_to_multiple(read_image(folder / fname), 4 * stride, fname)
+            hr = read_image(folder / fname)
+            if sisr_crop:  # a centred crop, to bound the time of the self-reference search on a CPU
+                y, x = max((hr.shape[0] - sisr_crop) // 2, 0), max((hr.shape[1] - sisr_crop) // 2, 0)
+                hr = hr[y:y + sisr_crop, x:x + sisr_crop]
+            hr = deg.crop_to_multiple(np.ascontiguousarray(hr), 4 * stride, fname)
             lq = deg.make_lq(hr)
             res = super_resolve(net, sample_from(lq, [deg.make_lq_up(lq)], stride), device, kwargs)
             rows.append((name, fname, 'bicubic', *metrics(res['bicubic'], hr)))
@@ -134,6 +139,7 @@ def main() -> None:
     parser.add_argument('--crop', type=int, default=256, help='HR crop side of the Vid4 targets (multiple of 16)')
     parser.add_argument('--margin', type=int, default=32, help='extra reference context around the target region')
     parser.add_argument('--frame-step', type=int, default=8, help='every n-th frame is a target')
+    parser.add_argument('--sisr-crop', type=int, default=0, help='centred crop of Set5/Set14 images (0: whole)')
     parser.add_argument('--max-memory', default='4G')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--title', default=None)
@@ -146,7 +152,8 @@ def main() -> None:
     archive_existing(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    rows = evaluate(net, shared, args.crop, args.margin, args.frame_step, args.device, args.max_memory)
+    rows = evaluate(net, shared, args.crop, args.margin, args.frame_step, args.device, args.max_memory,
+                    args.sisr_crop)
     table = write_report(rows, summarise(rows), out, args.title or f'{Path(args.weights).name}')
     print(table)
     print(f'{len(rows)} measurements in {time.time() - t0:.0f} s; report in {out}')
