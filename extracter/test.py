@@ -25,10 +25,10 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename  # noqa: E402
 from basicsr.utils.options import dict2str  # noqa: E402
 
-from extracter.train import setup_run_logger  # noqa: E402
+from extracter.train import run_cli, setup_run_logger  # noqa: E402
 from extracter.utils import dist as dist_util  # noqa: E402
 from extracter.utils.file_io import atomic_write_text  # noqa: E402
-from extracter.utils.options import OptionError, parse_options  # noqa: E402
+from extracter.utils.options import parse_options  # noqa: E402
 
 ROOT_PATH = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -93,12 +93,7 @@ def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) 
 
 
 def main() -> None:
-    try:
-        test_pipeline(ROOT_PATH)
-    except (OptionError, FileExistsError, FileNotFoundError) as err:
-        raise SystemExit(f'error: {err}') from err
-    finally:
-        dist_util.destroy()
+    run_cli(test_pipeline)
 
 
 if __name__ == '__main__':

@@ -271,13 +271,18 @@ def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None)
     return opt
 
 
-def main() -> None:
+def run_cli(pipeline) -> None:
+    """Run a pipeline as a command: option and file errors become one clear line, distributed state is cleaned up."""
     try:
-        train_pipeline(ROOT_PATH)
+        pipeline(ROOT_PATH)
     except (OptionError, FileExistsError, FileNotFoundError) as err:
         raise SystemExit(f'error: {err}') from err
     finally:
         dist_util.destroy()
+
+
+def main() -> None:
+    run_cli(train_pipeline)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,22 @@ def make_ref_downup(ref: torch.Tensor) -> torch.Tensor:
     return bicubic_resize(bicubic_resize(ref, (h // SCALE, w // SCALE)), (h, w))
 
 
+def check_image_pair(lr: torch.Tensor, ref: torch.Tensor, lr_up: Optional[torch.Tensor] = None,
+                     ref_downup: Optional[torch.Tensor] = None) -> None:
+    """Shapes any size of input must have: RGB batches of one size, ``lr_up`` 4x the LR, ``ref_downup`` as ``ref``."""
+    for name, t in (('lr', lr), ('ref', ref)):
+        if t.dim() != 4 or t.size(1) != 3:
+            raise ValueError(f'{name} must be an RGB batch [N, 3, H, W], got shape {tuple(t.shape)}')
+    if lr.size(0) != ref.size(0):
+        raise ValueError(f'lr and ref batch sizes differ: {lr.size(0)} vs {ref.size(0)}')
+    h, w = lr.shape[-2:]
+    if lr_up is not None and tuple(lr_up.shape[-2:]) != (SCALE * h, SCALE * w):
+        raise ValueError(f'lr_up must be 4x the LR size ({SCALE * h}x{SCALE * w}), got {tuple(lr_up.shape[-2:])}')
+    if ref_downup is not None and ref_downup.shape[-2:] != ref.shape[-2:]:
+        raise ValueError(f'ref_downup must have the reference size {tuple(ref.shape[-2:])}, '
+                         f'got {tuple(ref_downup.shape[-2:])}')
+
+
 @dataclass
 class ReferenceFeatures:
     """A reference encoded once, to be searched by any number of LR images or tiles.
@@ -100,12 +116,8 @@ class RefSRNet(nn.Module):
 
     def check_inputs(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optional[torch.Tensor],
                      ref_downup: Optional[torch.Tensor]) -> None:
+        check_image_pair(lr, ref, lr_up, ref_downup)
         lr_mult, ref_mult = self.required_multiples()
-        for name, t in (('lr', lr), ('ref', ref)):
-            if t.dim() != 4 or t.size(1) != 3:
-                raise ValueError(f'{name} must be an RGB batch [N, 3, H, W], got shape {tuple(t.shape)}')
-        if lr.size(0) != ref.size(0):
-            raise ValueError(f'lr and ref batch sizes differ: {lr.size(0)} vs {ref.size(0)}')
         h, w = lr.shape[-2:]
         if h % lr_mult or w % lr_mult:
             raise ValueError(f'LR size {h}x{w} is not a multiple of {lr_mult} (the search stride); pad or crop it '
@@ -114,10 +126,6 @@ class RefSRNet(nn.Module):
         if rh % ref_mult or rw % ref_mult or rh < ref_mult or rw < ref_mult:
             raise ValueError(f'reference size {rh}x{rw} is not a positive multiple of {ref_mult} '
                              f'(4 x the search stride); crop or pad it')
-        if lr_up is not None and tuple(lr_up.shape[-2:]) != (h * SCALE, w * SCALE):
-            raise ValueError(f'lr_up must be 4x the LR size ({h * SCALE}x{w * SCALE}), got {tuple(lr_up.shape[-2:])}')
-        if ref_downup is not None and ref_downup.shape[-2:] != ref.shape[-2:]:
-            raise ValueError(f'ref_downup must have the reference size {rh}x{rw}, got {tuple(ref_downup.shape[-2:])}')
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optional[torch.Tensor] = None,
                 ref_downup: Optional[torch.Tensor] = None, return_aux: bool = False):

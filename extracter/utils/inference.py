@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.refsr_base import SCALE, RefSRNet, make_lr_up
+from extracter.archs.refsr_base import SCALE, RefSRNet, check_image_pair, make_lr_up
 from extracter.utils.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, parse_memory, plan_memory
 from extracter.utils.tiling import round_tile, tiled_forward
 
@@ -77,17 +77,8 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optiona
         progress: ``progress(done, total)`` after each tile.
     Runs under ``torch.no_grad()``; the net's settings are restored afterwards.
     """
-    for name, t in (('lr', lr), ('ref', ref)):
-        if t.dim() != 4 or t.size(1) != 3:
-            raise ValueError(f'{name} must be an RGB batch [N, 3, H, W], got shape {tuple(t.shape)}')
-    if lr.size(0) != ref.size(0):
-        raise ValueError(f'lr and ref batch sizes differ: {lr.size(0)} vs {ref.size(0)}')
+    check_image_pair(lr, ref, lr_up, ref_downup)
     h, w = lr.shape[-2:]
-    if lr_up is not None and tuple(lr_up.shape[-2:]) != (SCALE * h, SCALE * w):
-        raise ValueError(f'lr_up must be 4x the LR size ({SCALE * h}x{SCALE * w}), got {tuple(lr_up.shape[-2:])}')
-    if ref_downup is not None and ref_downup.shape[-2:] != ref.shape[-2:]:
-        raise ValueError(f'ref_downup must have the reference size {tuple(ref.shape[-2:])}, '
-                         f'got {tuple(ref_downup.shape[-2:])}')
     tile_t, plan_pad = None, DEFAULT_TILE_PAD
     if tile is not None:
         if not isinstance(tile, Mapping) or ('tile_size' not in tile and max_memory is None):
