@@ -90,6 +90,7 @@ class Timers:
     def __init__(self, net) -> None:
         self.t = {'vgg': 0.0, 'search': 0.0, 'matmul': 0.0, 'transfer': 0.0}
         self.flops = 0.0
+        self.start = time.perf_counter()
         ext, st = net.texture_extractor(), net.search_transfer
         ext.register_forward_pre_hook(lambda m, i: self._start('vgg'))
         ext.register_forward_hook(lambda m, i, o: self._stop('vgg'))
@@ -112,6 +113,10 @@ class Timers:
             t = time.perf_counter()
             out = fn(*args, **kwargs)
             self.t[key] += time.perf_counter() - t
+            if name == 'search':  # a partial figure for the parent, should the case time out
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+                print(json.dumps({'tiles_done': 0, 'tiles': 0, 'elapsed_s': time.perf_counter() - self.start,
+                                  'search_s': self.t['search'], 'peak_rss_gib': peak}), file=sys.stderr, flush=True)
             return out
         setattr(obj, name, timed)
 
@@ -152,8 +157,8 @@ def run_case(args) -> dict:
     else:
         kwargs = {'max_memory': args.case_budget}
     row['matmul_peak_gflops'] = matmul_peak_gflops(3072)  # under this case's conditions (the machine is shared)
-    timers = Timers(net)
     t = time.perf_counter()
+    timers = Timers(net)
 
     def progress(done, total):  # partial figures, read by the parent if the case times out
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
@@ -202,8 +207,12 @@ def child(size: int, method: str, budget: str, args, out_dir: Path) -> dict:
         if partial:  # how far it got, and the RSS peak so far (tiles are alike, so it is near the final one)
             last = partial[-1]
             row['peak_rss_gib'] = last['peak_rss_gib']
-            row['note'] += (f": {last['tiles_done']}/{last['tiles']} tiles in {last['elapsed_s']:.0f} s, "
-                            f"peak RSS so far {last['peak_rss_gib']:.2f} GiB")
+            search = [p for p in partial if 'search_s' in p]
+            if search:
+                row['search_s'] = search[-1]['search_s']
+                row['note'] += f"; search done after {search[-1]['elapsed_s']:.0f} s"
+            row['note'] += (f"; {last['tiles_done']} tiles of {last.get('tiles') or '?'} done after "
+                            f"{last['elapsed_s']:.0f} s, peak RSS so far {last['peak_rss_gib']:.2f} GiB")
         return row
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
     if proc.returncode != 0 or not lines:

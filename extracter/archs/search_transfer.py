@@ -50,6 +50,14 @@ def _patch_range(x_pad: torch.Tensor, k: int, s: int, grid_w: int, j0: int, j1: 
     return _patch_rows(x_pad, k, s, r0, r1)[:, :, j0 - r0 * grid_w:j1 - r0 * grid_w]
 
 
+def _inv_patch_norms(x_pad: torch.Tensor, k: int, s: int, eps: float = 1e-12) -> torch.Tensor:
+    """1 / max(|patch|, eps) for every patch of an already padded map, [N, grid_h*grid_w]; the squared norms are a
+    box sum of the channel-summed squares (much cheaper than a norm over unfolded patches)."""
+    sq = x_pad.pow(2).sum(dim=1, keepdim=True)
+    sums = F.avg_pool2d(sq, kernel_size=k, stride=s, divisor_override=1)
+    return sums.clamp_min_(0).sqrt_().clamp_min_(eps).reciprocal_().flatten(1)
+
+
 def _overlap_count_1d(n: int, k: int, s: int, p: int, like: torch.Tensor) -> torch.Tensor:
     """How many patches (window k, stride s, padding p) cover each of n positions along one axis."""
     g = (n + 2 * p - k) // s + 1
@@ -148,22 +156,32 @@ class SearchTransfer(nn.Module):
         """The L2-normalised reference patches in blocks of ``key_chunk_size``, each [N, C*k*k, block]."""
         k, s, p = self.window, self.stride, self.padding
         ref_pad = F.pad(ref_feat, (p, p, p, p))
-        gh, gw = self.grid_size(*ref_feat.shape[-2:])
-        n_keys = gh * gw
-        return [F.normalize(_patch_range(ref_pad, k, s, gw, j0, min(j0 + self.key_chunk_size, n_keys)), dim=1)
-                for j0 in range(0, n_keys, self.key_chunk_size)]
+        _, gw = self.grid_size(*ref_feat.shape[-2:])
+        inv = _inv_patch_norms(ref_pad, k, s)
+        n_keys = inv.size(1)
+        blocks = []
+        for j0 in range(0, n_keys, self.key_chunk_size):
+            j1 = min(j0 + self.key_chunk_size, n_keys)
+            blocks.append(_patch_range(ref_pad, k, s, gw, j0, j1).mul_(inv[:, None, j0:j1]))
+        return blocks
 
     def search_chunked(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
                        key_blocks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Exact blocked search with a running top-k: peak memory about chunk_size x key_chunk_size relevances plus
-        one block of query and one of key patches."""
+        one block of query and one of key patches.
+
+        The cosine relevance is computed as raw dot products scaled by the inverse patch norms (box sums of squared
+        features): the key scale is applied to each relevance block, and the query scale, which cannot change a
+        query's ranking, only to the kept scores. Equal to the dense search up to float rounding (~1e-7)."""
         k, s, p = self.window, self.stride, self.padding
         n = lr_feat.size(0)
         lr_pad = F.pad(lr_feat, (p, p, p, p))
         ref_pad = F.pad(ref_feat, (p, p, p, p))
-        gh, gw = self.grid_size(*lr_feat.shape[-2:])
-        rgh, rgw = self.grid_size(*ref_feat.shape[-2:])
-        n_query, n_keys = gh * gw, rgh * rgw
+        _, gw = self.grid_size(*lr_feat.shape[-2:])
+        _, rgw = self.grid_size(*ref_feat.shape[-2:])
+        q_inv = _inv_patch_norms(lr_pad, k, s)  # [N, L]
+        k_inv = _inv_patch_norms(ref_pad, k, s)  # [N, Lr]
+        n_query, n_keys = q_inv.size(1), k_inv.size(1)
         kc = self.key_chunk_size
         if key_blocks is None and self.cache_keys and n_query > self.chunk_size:
             key_blocks = self.prepare_keys(ref_feat)
@@ -174,14 +192,16 @@ class SearchTransfer(nn.Module):
         index = torch.empty(n, top_k, n_query, dtype=torch.long, device=lr_feat.device)
         for i0 in range(0, n_query, self.chunk_size):
             i1 = min(i0 + self.chunk_size, n_query)
-            query_t = F.normalize(_patch_range(lr_pad, k, s, gw, i0, i1), dim=1).transpose(1, 2)  # [N, Lb, D]
+            query_t = _patch_range(lr_pad, k, s, gw, i0, i1).transpose(1, 2)  # [N, Lb, D], not normalised
             best_s: Optional[torch.Tensor] = None
             best_i: Optional[torch.Tensor] = None
             for b, j0 in enumerate(range(0, n_keys, kc)):
                 j1 = min(j0 + kc, n_keys)
-                keys = key_blocks[b] if key_blocks is not None else F.normalize(
-                    _patch_range(ref_pad, k, s, rgw, j0, j1), dim=1)
-                relevance = torch.bmm(query_t, keys)  # [N, Lb, Kb], the dense matrix's block transposed
+                if key_blocks is not None:
+                    relevance = torch.bmm(query_t, key_blocks[b])  # [N, Lb, Kb]: the dense matrix's block, transposed
+                else:
+                    relevance = torch.bmm(query_t, _patch_range(ref_pad, k, s, rgw, j0, j1))
+                    relevance.mul_(k_inv[:, None, j0:j1])
                 blk_s, blk_i = torch.topk(relevance, min(top_k, j1 - j0), dim=2, largest=True, sorted=True)
                 del relevance
                 blk_i += j0
@@ -192,7 +212,7 @@ class SearchTransfer(nn.Module):
                     cand_i = torch.cat((best_i, blk_i), dim=2)
                     best_s, pos = torch.topk(cand_s, min(top_k, cand_s.size(2)), dim=2, largest=True, sorted=True)
                     best_i = torch.gather(cand_i, 2, pos)
-            scores[:, :, i0:i1] = best_s.transpose(1, 2)
+            scores[:, :, i0:i1] = (best_s * q_inv[:, i0:i1, None]).transpose(1, 2)
             index[:, :, i0:i1] = best_i.transpose(1, 2)
         return scores, index
 
