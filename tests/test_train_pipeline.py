@@ -22,12 +22,7 @@ from extracter.utils.options import load_yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _train_yml(tmp_path: Path, cufed_root: Path, base: str = 'tiny_rec_cpu.yml', **train) -> Path:
