@@ -29,7 +29,7 @@ from extracter.archs.refsr_base import SCALE  # noqa: E402
 from extracter.data.image_io import ImageReadError  # noqa: E402
 from extracter.data.inference_dataset import RefSRInferenceDataset  # noqa: E402
 from extracter.registry import ARCH_REGISTRY  # noqa: E402
-from extracter.utils.inference import run_refsr  # noqa: E402
+from extracter.utils.inference import pad_to_multiple, run_refsr  # noqa: E402
 from extracter.utils.memory_plan import MemoryBudgetError  # noqa: E402
 from extracter.utils.multi_ref import run_refsr_multi, union_search  # noqa: E402
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8, texture_source_panels  # noqa: E402
@@ -60,9 +60,7 @@ def load_network(weights: str, opt_path: Optional[str] = None, device: str = 'cp
     arch = opt.pop('type', None)
     if arch not in ('Extracter', 'TTSR'):
         raise InferenceError(f'network_g.type must be Extracter or TTSR, got {arch!r}')
-    for key in ('dfe_init', 'lte_init'):  # the weights file holds the feature extractor
-        if key in opt or (key == 'dfe_init') == (arch == 'Extracter'):
-            opt[key] = 'random'
+    opt['dfe_init' if arch == 'Extracter' else 'lte_init'] = 'random'  # the weights file holds the extractor
     opt.pop('vgg19_path', None)
     net = ARCH_REGISTRY.get(arch)(**opt)
     if not os.path.isfile(weights):
@@ -106,15 +104,12 @@ def super_resolve(net, sample: Dict[str, Any], device: str, run_kwargs: Dict[str
     out = {'sr': tensor_to_uint8(sr), 'bicubic': tensor_to_uint8(bicubic),
            'refs': [tensor_to_uint8(r) for r in refs]}
     if texture_map:
-        out['texture_panels'] = texture_panels(net, lq, lq_up, refs, refs_du, (SCALE * h, SCALE * w),
-                                               (sr.shape[-2], sr.shape[-1]))
+        out['texture_panels'] = texture_panels(net, lq, lq_up, refs, refs_du, (SCALE * h, SCALE * w))
     return out
 
 
-def texture_panels(net, lq, lq_up, refs, refs_du, out_hw, padded_out_hw):
+def texture_panels(net, lq, lq_up, refs, refs_du, out_hw):
     """Search once more on the (padded) inputs to show which reference patch each output region copied."""
-    from extracter.utils.inference import pad_to_multiple
-
     lr_mult, ref_mult = net.required_multiples()
     with torch.no_grad():
         lq_p = pad_to_multiple(lq, lr_mult)[0]

@@ -200,18 +200,10 @@ def _cli(*args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def _script_main():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('create_lmdb', REPO_ROOT / 'scripts' / 'create_lmdb.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_create_lmdb_script_main(cufed_root, tmp_path, capsys):
     """The command line's main(): packs and verifies, then refuses to overwrite (exit status 1, reason on stderr)."""
-    main = _script_main()
+    from scripts.create_lmdb import main
+
     args = ['--no-progress', '--folder', str(cufed_root / 'train' / 'ref'), '--lmdb', str(tmp_path / 'ref.lmdb')]
     assert main(args) == 0
     assert f'wrote {tmp_path / "ref.lmdb"}: 6 records, verified' in capsys.readouterr().out

@@ -1,21 +1,12 @@
 """scripts/show_dataset.py: an image grid of a dataset's samples, written once."""
 
-import importlib.util
 
 from PIL import Image
 
-from tests.data_helpers import REPO_ROOT
-
-
-def _main():
-    spec = importlib.util.spec_from_file_location('show_dataset', REPO_ROOT / 'scripts' / 'show_dataset.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
 
 def test_show_dataset_grid(cufed_root, tmp_path, capsys):
-    main = _main()
+    from scripts.show_dataset import main
+
     out = tmp_path / 'grid.png'
     args = ['--type', 'CUFED5Dataset', '--set', f'dataroot={cufed_root / "test" / "CUFED5"}',
             '--set', 'ref_level=2',
