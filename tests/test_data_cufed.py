@@ -101,6 +101,30 @@ def test_augmentations_keep_lr_group_and_ref_group_aligned(cufed_root):
     assert len(seen_lr) > 3 and len(seen_ref) > 3 and independent
 
 
+def test_joint_augment_mode_moves_reference_with_target(cufed_root):
+    """augment_mode='joint': the Ref group takes the LR group's transform, and the random stream is the original's
+    (same LR-group transforms as 'independent' for the same seed)."""
+    kw = dict(ref_size_mode='none', pad_multiple=16)
+    plain = _train(cufed_root, use_hflip=False, use_vflip=False, use_rot=False, **kw)[0]
+    plain = {k: _u8(plain[k]) for k in KEYS}
+    joint, independent = _train(cufed_root, augment_mode='joint', **kw), _train(cufed_root, **kw)
+    seen = set()
+    for seed in range(10):
+        random.seed(seed)
+        s = joint[0]
+        random.seed(seed)
+        t = independent[0]
+        lr_t = _which_transform(plain['gt'], _u8(s['gt']))
+        assert lr_t is not None and lr_t == _which_transform(plain['ref'], _u8(s['ref']))
+        assert lr_t == _which_transform(plain['gt'], _u8(t['gt']))
+        np.testing.assert_array_equal(_u8(s['ref_downup']), deg.apply_augment(plain['ref_downup'], lr_t[0], False,
+                                                                               lr_t[1]))
+        seen.add(lr_t)
+    assert len(seen) > 3
+    with pytest.raises(ValueError, match='augment_mode'):
+        _train(cufed_root, augment_mode='same')
+
+
 def _which_transform(orig: np.ndarray, got: np.ndarray):
     """The (hflip, vflip, k) image of ``orig`` that ``got`` equals, canonically (the 8 dihedral elements)."""
     for hf in (False, True):

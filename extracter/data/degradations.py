@@ -104,14 +104,19 @@ def random_crop(img: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     return img[top:top + ch, left:left + cw]
 
 
-def draw_augment(use_hflip: bool, use_vflip: bool, use_rot: bool) -> Dict[str, Tuple[bool, bool, int]]:
-    """Independent (hflip, vflip, k) for the LR group and the Ref group, drawn in the original's order."""
+def draw_augment(use_hflip: bool, use_vflip: bool, use_rot: bool,
+                 joint: bool = False) -> Dict[str, Tuple[bool, bool, int]]:
+    """Independent (hflip, vflip, k) for the LR group and the Ref group, drawn in the original's order.
+
+    ``joint``: the Ref group takes the LR group's transform (the draws are the same, so the random stream is too)."""
     hf_lr = use_hflip and random.random() < 0.5
     hf_ref = use_hflip and random.random() < 0.5
     vf_lr = use_vflip and random.random() < 0.5
     vf_ref = use_vflip and random.random() < 0.5
     k_lr = random.randint(0, 3) if use_rot else 0
     k_ref = random.randint(0, 3) if use_rot else 0
+    if joint:
+        return {'lr': (hf_lr, vf_lr, k_lr), 'ref': (hf_lr, vf_lr, k_lr)}
     return {'lr': (hf_lr, vf_lr, k_lr), 'ref': (hf_ref, vf_ref, k_ref)}
 
 

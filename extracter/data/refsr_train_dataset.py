@@ -29,6 +29,7 @@ from extracter.data.options import REQUIRED, merge_options, positive_multiple_of
 from extracter.data.sources import open_source
 
 REF_SIZE_MODES = ('zero_pad', 'replicate_pad', 'random_crop', 'none')
+AUGMENT_MODES = ('independent', 'joint')
 
 
 @DATASET_REGISTRY.register()
@@ -41,6 +42,10 @@ class RefSRTrainDataset(Dataset):
         io_backend: ``{type: disk}`` (default) or ``{type: lmdb}``.
         gt_size: HR crop size (int or [h, w]); ``None`` keeps the whole HR.
         use_hflip, use_vflip, use_rot: the original augmentations (default on).
+        augment_mode: ``independent`` (the original: the HR/LR group and the Ref group are flipped and rotated
+            independently, so 7 references in 8 come in another orientation than their target) or ``joint`` (both
+            groups get the same transform: the reference keeps its orientation relative to the target, as in
+            video frames or photos of one scene; our option, used by the CPU demo model's last stage).
         swap_prob: probability of exchanging HR and Ref (default 0; EXTRACTER uses 0.5).
         pad_multiple: HR and Ref are replicate-padded to a multiple of this (>= 4, multiple of 4; default 4;
             EXTRACTER uses 16). For search stride s, 4 * s is what the network needs.
@@ -51,7 +56,7 @@ class RefSRTrainDataset(Dataset):
     DEFAULTS: Dict[str, Any] = {
         'dataroot_gt': REQUIRED, 'dataroot_ref': REQUIRED, 'io_backend': None, 'gt_size': None,
         'use_hflip': True, 'use_vflip': True, 'use_rot': True, 'swap_prob': 0.0, 'pad_multiple': 4,
-        'ref_size_mode': 'zero_pad', 'ref_size': 160,
+        'ref_size_mode': 'zero_pad', 'ref_size': 160, 'augment_mode': 'independent',
     }
 
     def __init__(self, opt: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
@@ -68,6 +73,8 @@ class RefSRTrainDataset(Dataset):
         self.ref_size = deg.as_hw(o['ref_size'], 'ref_size') if self.ref_size_mode != 'none' else None
         if self.ref_size is not None:
             self.ref_size = tuple(-(-s // self.pad_multiple) * self.pad_multiple for s in self.ref_size)
+        if o['augment_mode'] not in AUGMENT_MODES:
+            raise ValueError(f"augment_mode must be one of {AUGMENT_MODES}, got {o['augment_mode']!r}")
         self.swap_prob = float(o['swap_prob'])
         if not 0.0 <= self.swap_prob <= 1.0:
             raise ValueError(f'swap_prob must be in [0, 1], got {self.swap_prob}')
@@ -109,7 +116,8 @@ class RefSRTrainDataset(Dataset):
         if self.ref_size_mode == 'zero_pad':
             for k in deg.REF_GROUP:
                 images[k] = deg.pad_to_size(images[k], self.ref_size, 'constant')
-        params = deg.draw_augment(self.opt['use_hflip'], self.opt['use_vflip'], self.opt['use_rot'])
+        params = deg.draw_augment(self.opt['use_hflip'], self.opt['use_vflip'], self.opt['use_rot'],
+                                  joint=self.opt['augment_mode'] == 'joint')
         images = deg.augment_sample(images, params)
         sample: Dict[str, Any] = {k: deg.to_tensor(v) for k, v in images.items()}
         sample.update(lq_path=gt_path, gt_path=gt_path, ref_path=ref_path)
