@@ -56,7 +56,7 @@ def crop(arr: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
     return arr[y:y + h, x:x + w]
 
 
-def pair_overlap(img: np.ndarray, size: int, rng: np.random.Generator):
+def pair_overlap(img: np.ndarray, size: int, rng: np.random.Generator, shift=(0.2, 0.7)):
     h, w = img.shape[:2]
     scale = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     src = int(round(size * scale))  # the reference covers src x src source pixels, resampled to size x size
@@ -64,9 +64,10 @@ def pair_overlap(img: np.ndarray, size: int, rng: np.random.Generator):
         return None
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
     hr = crop(img, y, x, size, size)
-    # partial overlap: shift the reference window by 20-70% of the patch in a random direction
+    # partial overlap: shift the reference window by shift[0]-shift[1] of the patch (20-70% by default) in a random
+    # direction
     for _ in range(20):
-        frac = rng.uniform(0.2, 0.7, size=2) * rng.choice([-1, 1], size=2)
+        frac = rng.uniform(shift[0], shift[1], size=2) * rng.choice([-1, 1], size=2)
         ry, rx = int(y + frac[0] * size), int(x + frac[1] * size)
         if 0 <= ry <= h - src and 0 <= rx <= w - src:
             break
@@ -79,16 +80,17 @@ def pair_overlap(img: np.ndarray, size: int, rng: np.random.Generator):
     return hr, np.asarray(ref), f'scale={scale:.2f};shift=({ry - y},{rx - x})'
 
 
-def pair_video(frames, size: int, rng: np.random.Generator):
+def pair_video(frames, size: int, rng: np.random.Generator, max_step: int = 4, max_shift: float = 1 / 3):
     t = int(rng.integers(0, len(frames)))
-    step = int(rng.integers(1, 5)) * int(rng.choice([-1, 1]))
+    step = int(rng.integers(1, max_step + 1)) * int(rng.choice([-1, 1]))
     u = min(max(t + step, 0), len(frames) - 1)
     if u == t:
         u = t + 1 if t + 1 < len(frames) else t - 1
     a, b = frames[t], frames[u]
     h, w = a.shape[:2]
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    dy, dx = (int(v) for v in rng.integers(-size // 3, size // 3 + 1, size=2))
+    reach = int(size * max_shift + 1e-9)  # 1e-9: size * (1 / 3) may fall just short of size // 3
+    dy, dx = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
     ry, rx = min(max(y + dy, 0), h - size), min(max(x + dx, 0), w - size)
     ref = photometric(Image.fromarray(crop(b, ry, rx, size, size)), rng)
     return crop(a, y, x, size, size), np.asarray(ref), f'frames=({t},{u});shift=({ry - y},{rx - x})'
@@ -104,9 +106,17 @@ def pair_unrelated(images, size: int, rng: np.random.Generator):
     return out[0], out[1], f'images=({i},{j})'
 
 
-def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False) -> Path:
+def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False,
+          overlap_shift=(0.2, 0.7), video_steps: int = 4, video_shift: float = 1 / 3) -> Path:
+    """Write ``num`` pairs of ``size`` x ``size`` to ``out`` (atomically). ``overlap_shift``: range of the reference
+    window's shift for ``overlap`` pairs, as a fraction of ``size`` per axis; ``video_steps``: the largest frame
+    distance for ``video`` pairs; ``video_shift``: their largest window shift, as a fraction of ``size``."""
     if size % 16:
         raise ValueError(f'--size must be a multiple of 16, got {size}')
+    if not 0 <= overlap_shift[0] <= overlap_shift[1] < 1:
+        raise ValueError(f'--overlap-shift must satisfy 0 <= LO <= HI < 1, got {tuple(overlap_shift)}')
+    if video_steps < 1 or not 0 <= video_shift < 1:
+        raise ValueError(f'--video-steps must be >= 1 and --video-shift in [0, 1), got {video_steps}, {video_shift}')
     still_dirs = (shared / 'train' / 'bsd200', shared / 'train' / 'yang91')
     stills = [read_image(d / n) for d in still_dirs for n in list_images(d)]
     stills = [s for s in stills if min(s.shape[:2]) >= size + 8]
@@ -127,9 +137,9 @@ def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_M
         while len(rows) < num:
             kind = KINDS[int(rng.choice(len(KINDS), p=np.asarray(mix) / sum(mix)))]
             if kind == 'overlap':
-                made = pair_overlap(stills[int(rng.integers(len(stills)))], size, rng)
+                made = pair_overlap(stills[int(rng.integers(len(stills)))], size, rng, overlap_shift)
             elif kind == 'video':
-                made = pair_video(frames, size, rng)
+                made = pair_video(frames, size, rng, video_steps, video_shift)
             else:
                 made = pair_unrelated(stills, size, rng)
             if made is None:
@@ -157,10 +167,16 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--mix', type=float, nargs=3, default=DEFAULT_MIX, metavar=KINDS,
                         help='proportions of the pair kinds')
+    parser.add_argument('--overlap-shift', type=float, nargs=2, default=(0.2, 0.7), metavar=('LO', 'HI'),
+                        help='overlap pairs: shift of the reference window per axis, as a fraction of --size')
+    parser.add_argument('--video-steps', type=int, default=4, help='video pairs: largest frame distance')
+    parser.add_argument('--video-shift', type=float, default=1 / 3,
+                        help='video pairs: largest window shift, as a fraction of --size')
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args()
     try:
-        out = build(Path(args.shared), Path(args.output), args.num, args.size, args.seed, args.mix, args.overwrite)
+        out = build(Path(args.shared), Path(args.output), args.num, args.size, args.seed, args.mix, args.overwrite,
+                    tuple(args.overlap_shift), args.video_steps, args.video_shift)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         raise SystemExit(f'error: {err}') from err
     print(f'wrote {args.num} pairs to {out}')

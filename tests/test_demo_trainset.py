@@ -29,3 +29,26 @@ def test_recipe_builds_cufed_layout_deterministically(shared_data, tmp_path):
 def test_recipe_rejects_bad_size(shared_data, tmp_path):
     with pytest.raises(ValueError, match='multiple of 16'):
         build(shared_data, tmp_path / 'x', num=2, size=50, seed=0)
+
+
+def test_recipe_shift_options_bound_the_reference_window(shared_data, tmp_path):
+    """The stage-3 set (references covering most of their target) is the same recipe with tighter shifts."""
+    out = build(shared_data, tmp_path / 'near', num=16, size=48, seed=1, mix=(0.5, 0.5, 0.0),
+                overlap_shift=(0.0, 0.1), video_steps=1, video_shift=0.1)
+    rows = list(csv.DictReader(open(out / 'pairs.csv')))
+    assert {r['kind'] for r in rows} == {'overlap', 'video'}
+    for r in rows:
+        fields = dict(item.split('=') for item in r['how'].split(';'))
+        dy, dx = (int(v) for v in fields['shift'].strip('()').split(','))
+        assert max(abs(dy), abs(dx)) <= 5, r  # 0.1 x 48 = 4.8 pixels, rounded to whole pixels
+        if r['kind'] == 'video':
+            t, u = (int(v) for v in fields['frames'].strip('()').split(','))
+            assert abs(t - u) == 1, r
+
+
+@pytest.mark.parametrize('kwargs, message', [({'overlap_shift': (0.5, 0.2)}, 'overlap-shift'),
+                                             ({'video_steps': 0}, 'video-steps'),
+                                             ({'video_shift': 1.0}, 'video-shift')])
+def test_recipe_rejects_bad_shift_options(shared_data, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build(shared_data, tmp_path / 'x', num=2, size=48, seed=0, **kwargs)
