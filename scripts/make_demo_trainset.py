@@ -9,6 +9,9 @@ here has real differences (the kinds below, drawn with a fixed seed):
 - ``video`` (MPI Sintel): the reference comes from a neighbouring frame (1 to 4 frames away) near the same place:
   real motion, occlusion and lighting changes.
 - ``unrelated``: the reference is a crop of another photograph, so the single-image path keeps learning.
+- ``self``: the reference is the target's own bicubic x4 down-up (what the self-reference protocol gives the
+  network at test time): a perfect match without any detail, so the network learns not to over-trust a match
+  (off by default; the last stage of the demo model uses it).
 Vid4, Set5 and Set14 are not used: they are held aside for ``scripts/benchmark_quality.py``.
 
 Output: ``OUT/train/input/NNNNN.png`` (HR) and ``OUT/train/ref/NNNNN.png`` (reference, same name), plus
@@ -31,10 +34,11 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageEnhance, ImageFilter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from extracter.data import degradations as deg  # noqa: E402
 from extracter.data.image_io import list_images, read_image  # noqa: E402
 
-KINDS = ('overlap', 'video', 'unrelated')
-DEFAULT_MIX = (0.6, 0.25, 0.15)
+KINDS = ('overlap', 'video', 'unrelated', 'self')
+DEFAULT_MIX = (0.6, 0.25, 0.15, 0.0)
 
 
 def photometric(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -89,8 +93,10 @@ def pair_video(frames, size: int, rng: np.random.Generator, max_step: int = 4, m
     a, b = frames[t], frames[u]
     h, w = a.shape[:2]
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    reach = int(size * max_shift + 1e-9)  # 1e-9: size * (1 / 3) may fall just short of size // 3
-    dy, dx = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
+    # shifts in [floor(-size * max_shift), floor(size * max_shift)], as (-size // 3, size // 3) for the default;
+    # 1e-9: size * (1 / 3) may fall just short of size / 3
+    low, high = int(np.floor(-size * max_shift + 1e-9)), int(np.floor(size * max_shift + 1e-9))
+    dy, dx = (int(v) for v in rng.integers(low, high + 1, size=2))
     ry, rx = min(max(y + dy, 0), h - size), min(max(x + dx, 0), w - size)
     ref = photometric(Image.fromarray(crop(b, ry, rx, size, size)), rng)
     return crop(a, y, x, size, size), np.asarray(ref), f'frames=({t},{u});shift=({ry - y},{rx - x})'
@@ -106,6 +112,12 @@ def pair_unrelated(images, size: int, rng: np.random.Generator):
     return out[0], out[1], f'images=({i},{j})'
 
 
+def pair_self(img: np.ndarray, size: int, rng: np.random.Generator):
+    y, x = int(rng.integers(0, img.shape[0] - size + 1)), int(rng.integers(0, img.shape[1] - size + 1))
+    hr = np.ascontiguousarray(crop(img, y, x, size, size))
+    return hr, deg.make_lq_up(deg.make_lq(hr)), 'self-reference (bicubic x4 down-up)'
+
+
 def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False,
           overlap_shift=(0.2, 0.7), video_steps: int = 4, video_shift: float = 1 / 3) -> Path:
     """Write ``num`` pairs of ``size`` x ``size`` to ``out`` (atomically). ``overlap_shift``: range of the reference
@@ -113,6 +125,10 @@ def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_M
     distance for ``video`` pairs; ``video_shift``: their largest window shift, as a fraction of ``size``."""
     if size % 16:
         raise ValueError(f'--size must be a multiple of 16, got {size}')
+    if len(mix) == len(KINDS) - 1:
+        mix = tuple(mix) + (0.0,)  # three proportions: no 'self' pairs
+    if len(mix) != len(KINDS) or min(mix) < 0 or sum(mix) <= 0:
+        raise ValueError(f'--mix takes 3 or 4 non-negative proportions {KINDS}, got {mix}')
     if not 0 <= overlap_shift[0] <= overlap_shift[1] < 1:
         raise ValueError(f'--overlap-shift must satisfy 0 <= LO <= HI < 1, got {tuple(overlap_shift)}')
     if video_steps < 1 or not 0 <= video_shift < 1:
@@ -140,8 +156,10 @@ def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_M
                 made = pair_overlap(stills[int(rng.integers(len(stills)))], size, rng, overlap_shift)
             elif kind == 'video':
                 made = pair_video(frames, size, rng, video_steps, video_shift)
-            else:
+            elif kind == 'unrelated':
                 made = pair_unrelated(stills, size, rng)
+            else:
+                made = pair_self(stills[int(rng.integers(len(stills)))], size, rng)
             if made is None:
                 continue
             hr, ref, how = made
@@ -165,8 +183,8 @@ def main() -> None:
     parser.add_argument('--num', type=int, default=4000, help='number of pairs')
     parser.add_argument('--size', type=int, default=96, help='HR and reference patch side (multiple of 16)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--mix', type=float, nargs=3, default=DEFAULT_MIX, metavar=KINDS,
-                        help='proportions of the pair kinds')
+    parser.add_argument('--mix', type=float, nargs='+', default=DEFAULT_MIX, metavar='P',
+                        help=f'proportions of the pair kinds {KINDS} (3 or 4 numbers; default {DEFAULT_MIX})')
     parser.add_argument('--overlap-shift', type=float, nargs=2, default=(0.2, 0.7), metavar=('LO', 'HI'),
                         help='overlap pairs: shift of the reference window per axis, as a fraction of --size')
     parser.add_argument('--video-steps', type=int, default=4, help='video pairs: largest frame distance')

@@ -52,3 +52,13 @@ def test_recipe_shift_options_bound_the_reference_window(shared_data, tmp_path):
 def test_recipe_rejects_bad_shift_options(shared_data, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build(shared_data, tmp_path / 'x', num=2, size=48, seed=0, **kwargs)
+
+
+def test_self_reference_pairs_are_the_targets_own_down_up(shared_data, tmp_path):
+    from extracter.data import degradations as deg
+    out = build(shared_data, tmp_path / 's', num=4, size=48, seed=2, mix=(0, 0, 0, 1))
+    for name in sorted(p.name for p in (out / 'train' / 'input').iterdir()):
+        hr, ref = read_image(out / 'train' / 'input' / name), read_image(out / 'train' / 'ref' / name)
+        np.testing.assert_array_equal(ref, deg.make_lq_up(deg.make_lq(hr)))
+    with pytest.raises(ValueError, match='--mix'):
+        build(shared_data, tmp_path / 'bad', num=2, size=48, seed=0, mix=(1, 0))
