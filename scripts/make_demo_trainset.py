@@ -15,7 +15,8 @@ here has real differences (the kinds below, drawn with a fixed seed):
 Vid4, Set5 and Set14 are not used: they are held aside for ``scripts/benchmark_quality.py``.
 
 Output: ``OUT/train/input/NNNNN.png`` (HR) and ``OUT/train/ref/NNNNN.png`` (reference, same name), plus
-``OUT/pairs.csv`` recording how each pair was made. Use it with ``options/train/demo_cpu.yml``.
+``OUT/pairs.csv`` recording how each pair was made. Use it with ``options/train/demo_cpu.yml`` (stages 1-2) and,
+with the options given in ``options/train/demo_cpu_ref.yml``, for stage 3.
 
 Example:
   python scripts/make_demo_trainset.py --shared ../shared/data -o datasets/demo_train --num 4000
