@@ -1,4 +1,5 @@
-"""The committed CPU demo model: it loads strictly and beats bicubic on a real pair (a small, fast check)."""
+"""The committed CPU demo model: it loads strictly, beats bicubic on a real pair, and the reference is what makes
+the difference (it beats the same model given the self-reference). A small, fast check."""
 
 from pathlib import Path
 
@@ -14,7 +15,7 @@ WEIGHTS = Path(__file__).resolve().parents[1] / 'pretrained' / 'demo_cpu' / 'ext
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason=f'demo checkpoint {WEIGHTS} not present')
-def test_demo_model_beats_bicubic_on_a_real_pair(shared_data):
+def test_demo_model_beats_bicubic_and_uses_the_reference(shared_data):
     net = load_network(str(WEIGHTS))
     frames = shared_data / 'video' / 'vid4-calendar'
     hr_full, ref_full = read_image(frames / 'frame_010.png'), read_image(frames / 'frame_011.png')
@@ -22,6 +23,11 @@ def test_demo_model_beats_bicubic_on_a_real_pair(shared_data):
     ref = np.ascontiguousarray(ref_full[184:344, 284:444])  # the same region of the next frame, with a margin
     lq = deg.make_lq(hr)
     result = super_resolve(net, sample_from(lq, [ref], net.search_transfer.stride), 'cpu', {})
+    self_ref = super_resolve(net, sample_from(lq, [deg.make_lq_up(lq)], net.search_transfer.stride), 'cpu', {})
     psnr_sr, _ = metrics(result['sr'], hr)
+    psnr_self, _ = metrics(self_ref['sr'], hr)
     psnr_bicubic, _ = metrics(result['bicubic'], hr)
-    assert psnr_sr > psnr_bicubic + 0.3, (psnr_sr, psnr_bicubic)
+    # measured when committed: 23.38 dB with the next frame, 21.77 with the self-reference, 21.42 bicubic
+    assert psnr_sr > psnr_bicubic + 1.0, (psnr_sr, psnr_bicubic)
+    assert psnr_sr > psnr_self + 0.5, (psnr_sr, psnr_self)
+    assert psnr_self > psnr_bicubic, (psnr_self, psnr_bicubic)
