@@ -61,13 +61,18 @@ def crop(arr: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
     return arr[y:y + h, x:x + w]
 
 
+def random_window(img: np.ndarray, size: int, rng: np.random.Generator):
+    """Top-left corner of a uniformly drawn ``size`` x ``size`` window of ``img``."""
+    return int(rng.integers(0, img.shape[0] - size + 1)), int(rng.integers(0, img.shape[1] - size + 1))
+
+
 def pair_overlap(img: np.ndarray, size: int, rng: np.random.Generator, shift=(0.2, 0.7)):
     h, w = img.shape[:2]
     scale = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     src = int(round(size * scale))  # the reference covers src x src source pixels, resampled to size x size
     if min(h, w) < max(size, src) + 8:
         return None
-    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    y, x = random_window(img, size, rng)
     hr = crop(img, y, x, size, size)
     # partial overlap: shift the reference window by shift[0]-shift[1] of the patch (20-70% by default) in a random
     # direction
@@ -93,7 +98,7 @@ def pair_video(frames, size: int, rng: np.random.Generator, max_step: int = 4, m
         u = t + 1 if t + 1 < len(frames) else t - 1
     a, b = frames[t], frames[u]
     h, w = a.shape[:2]
-    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    y, x = random_window(a, size, rng)
     # shifts in [floor(-size * max_shift), floor(size * max_shift)], as (-size // 3, size // 3) for the default;
     # 1e-9: size * (1 / 3) may fall just short of size / 3
     low, high = int(np.floor(-size * max_shift + 1e-9)), int(np.floor(size * max_shift + 1e-9))
@@ -107,15 +112,12 @@ def pair_unrelated(images, size: int, rng: np.random.Generator):
     i, j = rng.choice(len(images), size=2, replace=False)
     out = []
     for img in (images[i], images[j]):
-        h, w = img.shape[:2]
-        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        out.append(crop(img, y, x, size, size))
+        out.append(crop(img, *random_window(img, size, rng), size, size))
     return out[0], out[1], f'images=({i},{j})'
 
 
 def pair_self(img: np.ndarray, size: int, rng: np.random.Generator):
-    y, x = int(rng.integers(0, img.shape[0] - size + 1)), int(rng.integers(0, img.shape[1] - size + 1))
-    hr = np.ascontiguousarray(crop(img, y, x, size, size))
+    hr = np.ascontiguousarray(crop(img, *random_window(img, size, rng), size, size))
     return hr, deg.make_lq_up(deg.make_lq(hr)), 'self-reference (bicubic x4 down-up)'
 
 

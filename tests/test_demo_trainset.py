@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 
+from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
 from scripts.make_demo_trainset import build
 
@@ -55,7 +56,6 @@ def test_recipe_rejects_bad_shift_options(shared_data, tmp_path, kwargs, message
 
 
 def test_self_reference_pairs_are_the_targets_own_down_up(shared_data, tmp_path):
-    from extracter.data import degradations as deg
     out = build(shared_data, tmp_path / 's', num=4, size=48, seed=2, mix=(0, 0, 0, 1))
     for name in sorted(p.name for p in (out / 'train' / 'input').iterdir()):
         hr, ref = read_image(out / 'train' / 'input' / name), read_image(out / 'train' / 'ref' / name)

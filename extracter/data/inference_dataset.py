@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import is_image_file, list_images, read_image
-from extracter.data.options import merge_options
+from extracter.data.options import merge_options, require_disk_backend
 
 REF_FITS = ('pad', 'crop')
 
@@ -51,8 +51,7 @@ class RefSRInferenceDataset(Dataset):
         super().__init__()
         self.opt = merge_options(type(self).__name__, self.DEFAULTS, opt, kwargs)
         o = self.opt
-        if o['io_backend'] and o['io_backend'].get('type', 'disk') != 'disk':
-            raise ValueError('RefSRInferenceDataset reads image files only (io_backend type disk)')
+        require_disk_backend(type(self).__name__, o['io_backend'], 'image files')
         if not o['dataroot_lq']:
             raise ValueError("RefSRInferenceDataset: missing required option 'dataroot_lq'")
         stride = int(o['stride'])

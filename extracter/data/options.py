@@ -37,3 +37,9 @@ def positive_multiple_of_4(value: Any, name: str) -> int:
     if value < 4 or value % 4:
         raise ValueError(f'{name} must be a positive multiple of 4, got {value}')
     return value
+
+
+def require_disk_backend(cls_name: str, io_backend: Optional[Mapping[str, Any]], what: str) -> None:
+    """For datasets that read files only: an ``io_backend`` other than ``{type: disk}`` is an error."""
+    if io_backend and io_backend.get('type', 'disk') != 'disk':
+        raise ValueError(f'{cls_name} reads {what} only (io_backend type disk)')

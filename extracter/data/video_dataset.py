@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import is_image_file, list_images, read_image
-from extracter.data.options import REQUIRED, merge_options, positive_multiple_of_4
+from extracter.data.options import REQUIRED, merge_options, positive_multiple_of_4, require_disk_backend
 
 
 def find_sequences(root: str) -> List[Tuple[str, List[str]]]:
@@ -55,8 +55,7 @@ class VideoRefDataset(Dataset):
         super().__init__()
         self.opt = merge_options(type(self).__name__, self.DEFAULTS, opt, kwargs)
         o = self.opt
-        if o['io_backend'] and o['io_backend'].get('type', 'disk') != 'disk':
-            raise ValueError('VideoRefDataset reads frame folders only (io_backend type disk)')
+        require_disk_backend(type(self).__name__, o['io_backend'], 'frame folders')
         offsets: Sequence[int] = [o['offsets']] if isinstance(o['offsets'], int) else list(o['offsets'])
         if not offsets or any(int(k) < 1 for k in offsets):
             raise ValueError(f'offsets must be a non-empty list of integers >= 1, got {o["offsets"]!r}')
