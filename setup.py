@@ -24,4 +24,9 @@ setup(
     python_requires='>=3.9',
     install_requires=read_requirements(),
     license='MIT',
+    entry_points={'console_scripts': [
+        'extracter-train = extracter.train:main',
+        'extracter-test = extracter.test:main',
+        'extracter-infer = extracter.infer:main',
+    ]},
 )

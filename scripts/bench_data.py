@@ -12,9 +12,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import extracter  # noqa: E402,F401  (before basicsr, see extracter/compat.py)
+import extracter  # noqa: F401  (before basicsr, see extracter/compat.py)
 
 
 def build_fixture(src: str, root: str, num: int) -> None:

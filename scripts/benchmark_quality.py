@@ -17,21 +17,19 @@ Example:
 
 import argparse
 import csv
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from extracter.data import degradations as deg  # noqa: E402
-from extracter.data.image_io import list_images, read_image  # noqa: E402
-from extracter.infer import load_network, super_resolve  # noqa: E402
-from extracter.utils.file_io import atomic_write, atomic_write_text  # noqa: E402
-from scripts.demo import archive_existing, metrics, sample_from  # noqa: E402
+from extracter.data import degradations as deg
+from extracter.data.image_io import list_images, read_image
+from extracter.inference.folder import super_resolve
+from extracter.inference.network import load_network
+from extracter.utils.file_io import atomic_write, atomic_write_text
+from scripts.demo import archive_existing, metrics, sample_from
 
 OFFSETS = (1, 2, 4, 8, 16)
 

@@ -33,13 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+import extracter  # noqa: F401  (registers the archs; imported before basicsr)
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import extracter  # noqa: E402,F401  (registers the archs; imported before basicsr)
 
 DATA = ROOT.parent / 'shared' / 'data' / 'refsr-pairs' / 'dcsr-camerafusion'
 GIB = 2 ** 30
@@ -136,8 +134,8 @@ def rss_now() -> int:
 def run_case(args) -> dict:
     """One forward pass in this (child) process; prints a JSON line."""
     from extracter.archs.extracter_arch import Extracter
-    from extracter.utils.inference import run_refsr
-    from extracter.utils.memory_plan import MemoryBudgetError, NetSpec, estimate
+    from extracter.inference.engine import run_refsr
+    from extracter.inference.memory_plan import MemoryBudgetError, NetSpec, estimate
 
     torch.set_grad_enabled(False)
     torch.manual_seed(args.seed)
@@ -306,7 +304,7 @@ def main() -> None:
     parser.add_argument('--case-budget', help=argparse.SUPPRESS)
     parser.add_argument('--save-sr', help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from extracter.utils.memory_plan import parse_memory
+    from extracter.inference.memory_plan import parse_memory
     args.dense_limit_bytes = parse_memory(args.dense_limit)
     if args.case_size is not None:
         print(json.dumps(run_case(args)), flush=True)

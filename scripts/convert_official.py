@@ -15,16 +15,13 @@ Example:
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from extracter.utils.convert import ConversionError, convert_state_dict  # noqa: E402
-from extracter.utils.file_io import atomic_torch_save, atomic_write_text, refuse_overwrite  # noqa: E402
+from extracter.archs.convert import ConversionError, convert_state_dict
+from extracter.utils.checkpoint import CheckpointError, load_checkpoint
+from extracter.utils.file_io import atomic_torch_save, atomic_write_text, refuse_overwrite
 
 
 def convert(input_path: str, output: str, overwrite: bool = False) -> dict:
@@ -32,12 +29,10 @@ def convert(input_path: str, output: str, overwrite: bool = False) -> dict:
     yml = out.with_suffix('.yml')
     refuse_overwrite(out, overwrite)
     refuse_overwrite(yml, overwrite)
-    if not Path(input_path).is_file():
-        raise FileNotFoundError(f'checkpoint not found: {input_path}')
     try:
-        raw = torch.load(input_path, map_location='cpu', weights_only=True)
-    except Exception as err:  # any unpickling failure means the same to the user
-        raise ConversionError(f'{input_path}: cannot be read as a weights-only torch checkpoint: {err}') from err
+        raw = load_checkpoint(input_path)
+    except CheckpointError as err:
+        raise ConversionError(str(err)) from None
     state, options, notes = convert_state_dict(raw, source=input_path)
     atomic_torch_save({'params': state}, out)
     header = (f'# network_g options for {out.name}, converted from {Path(input_path).name}\n'

@@ -16,20 +16,18 @@ with randomly initialised weights and says so: the pictures then show the pipeli
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from extracter.data import degradations as deg  # noqa: E402
-from extracter.data.image_io import read_image  # noqa: E402
-from extracter.infer import load_network, super_resolve  # noqa: E402
-from extracter.utils.file_io import atomic_write_text  # noqa: E402
-from extracter.utils.visualize import save_png, side_by_side  # noqa: E402
+from extracter.data import degradations as deg
+from extracter.data.image_io import read_image
+from extracter.inference.folder import super_resolve
+from extracter.inference.network import load_network
+from extracter.utils.file_io import atomic_write_text
+from extracter.utils.visualize import save_png, side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'

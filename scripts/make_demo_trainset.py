@@ -26,17 +26,14 @@ import argparse
 import csv
 import os
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageEnhance, ImageFilter  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from extracter.data import degradations as deg  # noqa: E402
-from extracter.data.image_io import list_images, read_image  # noqa: E402
+from extracter.data import degradations as deg
+from extracter.data.image_io import list_images, read_image
 
 KINDS = ('overlap', 'video', 'unrelated', 'self')
 DEFAULT_MIX = (0.6, 0.25, 0.15, 0.0)

@@ -9,15 +9,11 @@ Example:
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from extracter.registry import ARCH_REGISTRY  # noqa: E402
+from extracter.registry import ARCH_REGISTRY
 
 CONFIGS = {
     'TTSR (released)': ('TTSR', dict(lte_init='random')),

@@ -15,9 +15,7 @@ import random
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import extracter  # noqa: E402,F401  (before basicsr, see extracter/compat.py)
+import extracter  # noqa: F401  (before basicsr, see extracter/compat.py)
 
 COLUMNS = (('lq', 'LR (x4 nearest)'), ('lq_up', 'upsampled LR'), ('ref', 'Ref'), ('ref_downup', 'Ref down-up'),
            ('gt', 'HR'))

@@ -5,7 +5,7 @@ import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from extracter.utils.convert import ConversionError, convert_state_dict
+from extracter.archs.convert import ConversionError, convert_state_dict
 from scripts.convert_official import convert
 
 

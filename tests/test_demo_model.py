@@ -8,7 +8,8 @@ import pytest
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
-from extracter.infer import load_network, super_resolve
+from extracter.inference.folder import super_resolve
+from extracter.inference.network import load_network
 from scripts.demo import metrics, sample_from
 
 WEIGHTS = Path(__file__).resolve().parents[1] / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'

@@ -6,10 +6,12 @@ import torch
 import yaml
 from PIL import Image
 
+from extracter.archs.search_transfer import split_index
 from extracter.data.image_io import ImageReadError
-from extracter.infer import InferenceError, load_network, run
+from extracter.infer import InferenceError, run
+from extracter.inference import run_refsr
+from extracter.inference.network import load_network
 from extracter.registry import ARCH_REGISTRY
-from extracter.utils.multi_ref import run_refsr_multi
 
 NET_OPT = dict(type='Extracter', num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=8, top_k=2,
                window=6, stride=2, padding=2, dfe_init='random')
@@ -89,8 +91,11 @@ def test_error_cases(weights, images, tmp_path):
     bad.write_bytes(b'not an image')
     with pytest.raises(ImageReadError, match='bad.png'):
         run(base + ['--lr', str(bad), '--ref', str(images / 'ref' / 'a.png')])
-    with pytest.raises(FileNotFoundError, match='network options not found'):
+    with pytest.raises(FileNotFoundError, match='weights not found'):
         load_network(str(tmp_path / 'nowhere.pth'))
+    (tmp_path / 'no_yaml.pth').write_bytes((weights).read_bytes())
+    with pytest.raises(FileNotFoundError, match='network options not found'):
+        load_network(str(tmp_path / 'no_yaml.pth'))
     with pytest.raises(InferenceError, match='--ref'):
         run(base + ['--lr', str(images / 'lr' / 'a.png')])
 
@@ -100,19 +105,19 @@ def test_several_references_search_their_union(weights, images, tmp_path):
     lr = torch.rand(1, 3, 12, 16)
     ref_a, ref_b = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 32, 56)
     with torch.no_grad():
-        assert torch.allclose(run_refsr_multi(net, lr, [ref_a]), net(lr, ref_a), atol=1e-6)
-        both = run_refsr_multi(net, lr, [ref_a, ref_b], return_aux=True)
+        assert torch.allclose(run_refsr(net, lr, [ref_a]), net(lr, ref_a), atol=1e-6)
+        both = run_refsr(net, lr, [ref_a, ref_b], return_aux=True)
         # with top-1, a duplicated reference offers the same best patches: the result is unchanged
         opt = {**NET_OPT, 'top_k': 1}
         top1 = ARCH_REGISTRY.get(opt.pop('type'))(**opt).eval()
-        assert torch.allclose(run_refsr_multi(top1, lr, [ref_a, ref_a]), top1(lr, ref_a), atol=1e-6)
-    ids = both['ref_id'][0, 0]
+        assert torch.allclose(run_refsr(top1, lr, [ref_a, ref_a]), top1(lr, ref_a), atol=1e-6)
+    ids, _ = split_index(both.index[0, 0], both.patch_counts)
     assert set(ids.unique().tolist()) <= {0, 1}
     # the union's top-1 scores are at least as high as either reference's own
     with torch.no_grad():
-        s_a = net(lr, ref_a, return_aux=True)['S'][0]
-        s_b = net(lr, ref_b, return_aux=True)['S'][0]
-    assert (both['S'][0] >= torch.maximum(s_a, s_b) - 1e-6).all()
+        s_a = net(lr, ref_a, return_aux=True)['S'][0].flatten()
+        s_b = net(lr, ref_b, return_aux=True)['S'][0].flatten()
+    assert (both.scores[0, 0] >= torch.maximum(s_a, s_b) - 1e-6).all()
     out = tmp_path / 'multi'
     run(['--weights', str(weights), '--lr', str(images / 'lr' / 'a.png'), '--ref', str(images / 'ref' / 'a.png'),
          '--ref', str(images / 'ref' / 'b.png'), '-o', str(out), '--texture-map'])

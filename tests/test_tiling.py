@@ -11,8 +11,8 @@ import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.refsr_base import make_lr_up
 from extracter.archs.ttsr_arch import TTSR
-from extracter.utils.inference import pad_to_multiple, refsr_kwargs_from_options, run_refsr
-from extracter.utils.tiling import round_tile, search_features_tiled, tile_spans, tiled_forward
+from extracter.inference.engine import pad_to_multiple, refsr_kwargs_from_options, run_refsr
+from extracter.inference.tiling import round_tile, search_features_tiled, tile_spans, tiled_forward
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'refsr-pairs' / 'ttsr-demo'
 

@@ -8,11 +8,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
-from torch import nn
 
+from extracter.archs.csfi import CSFIMainNet
 from extracter.archs.gde import GDE
-from extracter.archs.modules import CSFIMainNet, parse_block_counts
-from extracter.archs.refsr_base import RefSRNet
+from extracter.archs.modules import parse_block_counts
+from extracter.archs.refsr_base import ArchFacts, RefSRNet
 from extracter.archs.search_transfer import SearchTransfer
 from extracter.archs.vgg import TextureExtractor
 
@@ -40,6 +40,9 @@ class Extracter(RefSRNet):
         chunk_size, key_chunk_size: LR / reference patches per block of the chunked search.
     """
 
+    facts = ArchFacts(feature_extractor='dfe', feature_extractor_init='dfe_init', adjustable_geometry=True,
+                      main_maps_per_lr_px=19.0)
+
     def __init__(
         self,
         num_res_blocks: BlockCounts = (8, 16, 8, 4),
@@ -58,9 +61,7 @@ class Extracter(RefSRNet):
         key_chunk_size: int = 8192,
     ) -> None:
         super().__init__()
-        if n_feats < 2 or n_feats % 2:
-            raise ValueError(f'n_feats must be a positive even number, got {n_feats}')
-        self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
+        self.set_main_width(n_feats, num_res_blocks)
         self.num_grad_blocks = parse_block_counts(num_grad_blocks, 4, 'num_grad_blocks')
         self.dfe = TextureExtractor(init=dfe_init, vgg19_path=vgg19_path, requires_grad=dfe_requires_grad)
         self.search_transfer = SearchTransfer(window, stride, padding, top_k=top_k, overlap_norm='exact',
@@ -69,13 +70,6 @@ class Extracter(RefSRNet):
         self.main = CSFIMainNet(self.num_res_blocks, n_feats, res_scale, top_k,
                                 texture_attention=True, out_conv=False)
         self.gde = GDE(self.num_grad_blocks, n_feats, res_scale)
-
-    def set_search_geometry(self, window: int, stride: int, padding: int) -> None:
-        """The paper's dynamic window and stride: change the search geometry of trained weights at inference."""
-        self.search_transfer.set_geometry(window, stride, padding)
-
-    def texture_extractor(self) -> nn.Module:
-        return self.dfe
 
     def _reconstruct(self, lr_m11: torch.Tensor, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         merged, x31, x32, x33 = self.main(lr_m11, S, T_lv3, T_lv2, T_lv1)

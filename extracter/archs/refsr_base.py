@@ -1,13 +1,20 @@
-"""What EXTRACTER and TTSR share at the model boundary: input checks, the down/up-sampled inputs, [0,1] <-> [-1,1]."""
+"""What EXTRACTER and TTSR share at the model boundary: the facts each architecture states about itself
+(:class:`ArchFacts`), input checks, the down/up-sampled inputs, [0,1] <-> [-1,1], and the forward pass over one or
+several encoded references.
 
+Everything outside ``archs/`` asks the network (``net.facts``, :meth:`RefSRNet.size_multiples`,
+:meth:`RefSRNet.set_search_geometry`, :meth:`RefSRNet.options_for_weights`) instead of checking class names.
+"""
+
+import inspect
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALE = 4
+SCALE = 4  # the one upscaling factor of the RefSR archs (and of the datasets and the inference engine)
 
 
 def bicubic_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -48,7 +55,8 @@ class ReferenceFeatures:
 
     ``search``: relu3_1 of the down-up-sampled reference (the search keys); ``lv1``/``lv2``/``lv3``: relu1_1,
     relu2_1, relu3_1 of the reference (the transferred textures); ``key_blocks``: optionally the normalised key
-    patches of the chunked search (:meth:`SearchTransfer.prepare_keys`), valid for the geometry they were made with.
+    patches of the chunked search (:meth:`SearchTransfer.prepare_keys`), valid for the geometry they were made with;
+    ``ref_id``: which of several references this is (its position in the list given to the search).
     """
 
     search: torch.Tensor
@@ -56,20 +64,85 @@ class ReferenceFeatures:
     lv2: torch.Tensor
     lv3: torch.Tensor
     key_blocks: Optional[List[torch.Tensor]] = None
+    ref_id: int = 0
+
+
+References = Union[ReferenceFeatures, Sequence[ReferenceFeatures]]
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What code outside ``archs/`` may need to know of an architecture, stated by the architecture itself.
+
+    Attributes:
+        feature_extractor: attribute holding the VGG-19 texture extractor (a parameter group of its own in training).
+        feature_extractor_init: constructor option that chooses its initialisation (``'vgg19'`` | ``'random'``).
+        adjustable_geometry: whether :meth:`RefSRNet.set_search_geometry` may change window/stride/padding.
+        main_maps_per_lr_px: the memory planner's profile: main-network activations per LR pixel, in n_feats-channel
+            x4 maps (measured on CPU with ``scripts/benchmark_scaling.py``, +10%).
+    """
+
+    feature_extractor: str
+    feature_extractor_init: str
+    adjustable_geometry: bool
+    main_maps_per_lr_px: float
 
 
 class RefSRNet(nn.Module):
-    """Base class: subclasses provide ``search_transfer`` (a SearchTransfer), ``texture_extractor`` (the VGG-19
-    slices) and ``_reconstruct`` (the main network, from the LR in [-1, 1] and the transferred textures).
+    """Base class: subclasses state their :class:`ArchFacts` (``facts``), hold ``search_transfer`` (a SearchTransfer),
+    ``n_feats`` and the extractor named by ``facts.feature_extractor``, and implement ``_reconstruct`` (the main
+    network, from the LR in [-1, 1] and the transferred textures).
 
-    ``forward`` is :meth:`encode_reference` followed by :meth:`forward_features`; tiled inference calls the
-    second once per tile with the same encoded reference.
+    ``forward`` is :meth:`encode_reference` followed by :meth:`forward_features`; the inference engine
+    (:mod:`extracter.inference`) calls them separately (one encoding, several tiles; several references).
     """
 
+    facts: ClassVar[ArchFacts]
+    scale: ClassVar[int] = SCALE
     search_transfer: nn.Module
+    n_feats: int
 
-    def texture_extractor(self) -> nn.Module:
-        raise NotImplementedError
+    def set_main_width(self, n_feats: int, num_res_blocks) -> None:
+        """The main network's width and block counts ([shallow features, stage 1, stage 2, stage 3]), checked."""
+        from extracter.archs.modules import parse_block_counts
+
+        if n_feats < 2 or n_feats % 2:
+            raise ValueError(f'n_feats must be a positive even number, got {n_feats}')
+        self.n_feats = n_feats
+        self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
+
+    # ------------------------------------------------------------------ facts
+    def feature_extractor(self) -> nn.Module:
+        """The VGG-19 texture extractor (EXTRACTER's DFE, TTSR's LTE)."""
+        return getattr(self, self.facts.feature_extractor)
+
+    @classmethod
+    def constructor_default(cls, name: str) -> Any:
+        return inspect.signature(cls.__init__).parameters[name].default
+
+    @classmethod
+    def size_multiples_for(cls, options: Mapping[str, Any]) -> Tuple[int, int]:
+        """(LR side multiple, reference side multiple) of a network built from ``options`` (a ``network_g`` block),
+        without building it: the search stride and 4x the stride."""
+        stride = int(options.get('stride', cls.constructor_default('stride'))) if cls.facts.adjustable_geometry else 1
+        return stride, SCALE * stride
+
+    @classmethod
+    def options_for_weights(cls, options: Mapping[str, Any]) -> Dict[str, Any]:
+        """Constructor options for loading a complete checkpoint: the extractor is not initialised from the VGG-19
+        file (the checkpoint holds it), so that file need not exist."""
+        out = {k: v for k, v in options.items() if k not in ('type', 'vgg19_path')}
+        out[cls.facts.feature_extractor_init] = 'random'
+        return out
+
+    def set_search_geometry(self, window: int, stride: int, padding: int) -> None:
+        """EXTRACTER's dynamic window and stride: change the search geometry of trained weights. Architectures with a
+        fixed geometry (TTSR) accept only their own."""
+        st = self.search_transfer
+        if not self.facts.adjustable_geometry and (window, stride, padding) != (st.window, st.stride, st.padding):
+            raise ValueError(f'{type(self).__name__} has a fixed search geometry (window {st.window}, stride '
+                             f'{st.stride}, padding {st.padding}); only EXTRACTER can change it')
+        st.set_geometry(window, stride, padding)
 
     def _reconstruct(self, lr_m11: torch.Tensor, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         raise NotImplementedError
@@ -79,35 +152,49 @@ class RefSRNet(nn.Module):
         """``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same result) search & transfer."""
         self.search_transfer.set_chunking(mode, chunk_size, key_chunk_size, cache_keys)
 
-    def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None) -> ReferenceFeatures:
+    def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
+                         ref_id: int = 0) -> ReferenceFeatures:
         """Texture features of the reference ``ref`` [N,3,H,W] in [0, 1] (computed once, searched by every tile)."""
         if ref_downup is None:
             ref_downup = make_ref_downup(ref)
-        extractor = self.texture_extractor()
+        extractor = self.feature_extractor()
         search = extractor(ref_downup)[2]
         lv1, lv2, lv3 = extractor(ref)
-        return ReferenceFeatures(search=search, lv1=lv1, lv2=lv2, lv3=lv3)
+        return ReferenceFeatures(search=search, lv1=lv1, lv2=lv2, lv3=lv3, ref_id=ref_id)
 
     def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
         """relu3_1 of the upsampled LR (the search queries), at the LR size."""
-        return self.texture_extractor()(lr_up)[2]
+        return self.feature_extractor()(lr_up)[2]
 
-    def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: ReferenceFeatures,
+    def search(self, lr_feat: torch.Tensor, refs: References) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Top-k over the union of the references' patches (TTSR Eq. 4-5, 7): (scores, index) [N, top_k, L], the
+        index running over the references' patches in order (see :meth:`SearchTransfer.search`)."""
+        refs = as_reference_list(refs)
+        return self.search_transfer.search(lr_feat, [r.search for r in refs], [r.key_blocks for r in refs])
+
+    def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: References,
                          return_aux: bool = False, search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        """SR of ``lr`` [N,3,h,w] in [0, 1] (with its upsampled ``lr_up``) against an encoded reference. No size
-        checks: :meth:`forward` and :func:`extracter.utils.inference.run_refsr` make them.
+        """SR of ``lr`` [N,3,h,w] in [0, 1] (with its upsampled ``lr_up``) against one or several encoded references.
+        No size checks: :meth:`forward` and :func:`extracter.inference.run_refsr` make them.
 
         ``search``: a precomputed (scores, index) [N, top_k, L] for this LR's patch grid (tiled inference searches
-        the whole LR once); then ``lr_up`` is not used."""
+        the whole LR once); then ``lr_up`` is not used. With ``return_aux`` a dict that also holds the soft attention
+        ``S``, the textures and the search result (``scores``, ``index``)."""
+        refs = as_reference_list(ref_feats)
         st = self.search_transfer
         if search is None:
-            search = st.search(self.search_features(lr_up), ref_feats.search, ref_feats.key_blocks)
-        S, T_lv3, T_lv2, T_lv1 = st.transfer(search[0], search[1], tuple(lr.shape[-2:]), ref_feats.lv1,
-                                             ref_feats.lv2, ref_feats.lv3)
+            search = self.search(self.search_features(lr_up), refs)
+        S, T_lv3, T_lv2, T_lv1 = st.transfer(search[0], search[1], tuple(lr.shape[-2:]), [r.lv1 for r in refs],
+                                             [r.lv2 for r in refs], [r.lv3 for r in refs])
         sr = (self._reconstruct(lr * 2 - 1, S, T_lv3, T_lv2, T_lv1) + 1) / 2
         if return_aux:
-            return {'sr': sr, 'S': S, 'T_lv3': T_lv3, 'T_lv2': T_lv2, 'T_lv1': T_lv1}
+            return {'sr': sr, 'S': S, 'T_lv3': T_lv3, 'T_lv2': T_lv2, 'T_lv1': T_lv1, 'scores': search[0],
+                    'index': search[1]}
         return sr
+
+    def size_multiples(self) -> Tuple[int, int]:
+        """(LR side multiple, reference side multiple) that the current search geometry needs."""
+        return self.required_multiples()
 
     def required_multiples(self) -> Tuple[int, int]:
         """(LR side multiple, reference side multiple) that the current search geometry needs."""
@@ -136,3 +223,16 @@ class RefSRNet(nn.Module):
         if lr_up is None:
             lr_up = make_lr_up(lr)
         return self.forward_features(lr, lr_up, self.encode_reference(ref, ref_downup), return_aux=return_aux)
+
+
+def as_reference_list(refs: References) -> List[ReferenceFeatures]:
+    """One encoded reference or several, as a list whose ``ref_id`` are the list positions."""
+    if isinstance(refs, ReferenceFeatures):
+        refs = [refs]
+    refs = list(refs)
+    if not refs:
+        raise ValueError('at least one encoded reference is needed')
+    for i, r in enumerate(refs):
+        if r.ref_id != i:
+            r.ref_id = i
+    return refs

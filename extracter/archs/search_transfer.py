@@ -17,6 +17,12 @@ EXTRACTER's released code passes padding and stride to ``unfold`` swapped in the
 padding == stride (true for both released geometries, window 3s / stride s / padding s). We pass them in the right
 order, which equals the original wherever the original works, and also allows other geometries.
 
+Several references (our extension; neither paper does this): the search takes a list of reference feature maps,
+searches each and keeps the top-k over the union of all their patches (the top-k of a union is the top-k of the
+per-reference top-k lists, so this is exact); the returned index runs over the references' patches in order (reference
+r's patch j is ``offset_r + j``, the offsets being the cumulated patch counts, see :func:`split_index`), and the
+transfer gathers every position's patch from the reference it came from. With one reference nothing changes.
+
 Two implementations with the same results (ties aside):
 - ``mode='dense'`` (the faithful default, as the original code): the whole relevance matrix between all LR and all
   reference patches, and every reference patch unfolded at every level for every rank. Memory grows with
@@ -28,7 +34,7 @@ Two implementations with the same results (ties aside):
   for the whole image.
 """
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,19 @@ from torch import nn
 OVERLAP_NORMS = ('exact', 'ttsr')
 SEARCH_MODES = ('dense', 'chunked')
 FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
+Maps = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _as_list(x: Maps) -> List[torch.Tensor]:
+    return [x] if isinstance(x, torch.Tensor) else list(x)
+
+
+def split_index(index: torch.Tensor, patch_counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(reference id, patch index within that reference) of a search index over several references whose patch
+    grids hold ``patch_counts`` patches."""
+    offsets = torch.tensor([0] + list(patch_counts), device=index.device).cumsum(0)
+    ref_id = torch.searchsorted(offsets[1:], index.contiguous(), right=True)
+    return ref_id, index - offsets[ref_id]
 
 
 def _patch_rows(x_pad: torch.Tensor, k: int, s: int, r0: int, r1: int) -> torch.Tensor:
@@ -134,15 +153,51 @@ class SearchTransfer(nn.Module):
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     # ------------------------------------------------------------------ search (Eq. 4, 5, 7)
-    def search(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
-               key_blocks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Top-k relevance. Returns scores and reference-patch indices, both [N, top_k, H*W] (rank-sorted)."""
-        n_keys = self.grid_size(*ref_feat.shape[-2:])
-        if n_keys[0] * n_keys[1] < self.top_k:
-            raise ValueError(f'the reference has {n_keys[0] * n_keys[1]} patches, fewer than top_k={self.top_k}')
-        if self.mode == 'dense':
-            return self.search_dense(lr_feat, ref_feat)
-        return self.search_chunked(lr_feat, ref_feat, key_blocks)
+    def search(self, lr_feat: torch.Tensor, ref_feat: Maps,
+               key_blocks=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Top-k relevance of the LR patches against the patches of one reference map or of several (their union).
+        Returns scores and reference-patch indices, both [N, top_k, H*W] (rank-sorted); with several references
+        the index runs over all their patches in order (:func:`split_index`). ``key_blocks``: per reference, the
+        :meth:`prepare_keys` blocks or None (one reference: the blocks themselves)."""
+        maps = _as_list(ref_feat)
+        if isinstance(ref_feat, torch.Tensor):
+            key_blocks = [key_blocks]
+        key_blocks = list(key_blocks) if key_blocks is not None else [None] * len(maps)
+        counts = self.patch_counts(maps)
+        if sum(counts) < self.top_k:
+            raise ValueError(f'the reference has {sum(counts)} patches, fewer than top_k={self.top_k}')
+        results = []
+        for feat, blocks in zip(maps, key_blocks):
+            if counts[len(results)] < self.top_k:  # a tiny reference among several: search it for what it has
+                results.append(self._search_one(feat, lr_feat, blocks, counts[len(results)]))
+            else:
+                results.append(self._search_one(feat, lr_feat, blocks, self.top_k))
+        if len(results) == 1:
+            return results[0]
+        offsets = [0]
+        for c in counts[:-1]:
+            offsets.append(offsets[-1] + c)
+        scores = torch.cat([r[0] for r in results], dim=1)
+        index = torch.cat([r[1] + off for r, off in zip(results, offsets)], dim=1)
+        top, pos = torch.topk(scores, self.top_k, dim=1, largest=True, sorted=True)
+        return top, torch.gather(index, 1, pos)
+
+    def patch_counts(self, ref_maps: Maps) -> List[int]:
+        """Number of search patches of each reference map (relu3_1)."""
+        counts = []
+        for feat in _as_list(ref_maps):
+            gh, gw = self.grid_size(*feat.shape[-2:])
+            counts.append(gh * gw)
+        return counts
+
+    def _search_one(self, ref_feat: torch.Tensor, lr_feat: torch.Tensor, key_blocks, top_k: int):
+        saved, self.top_k = self.top_k, top_k
+        try:
+            if self.mode == 'dense':
+                return self.search_dense(lr_feat, ref_feat)
+            return self.search_chunked(lr_feat, ref_feat, key_blocks)
+        finally:
+            self.top_k = saved
 
     def search_dense(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The faithful search: the whole relevance matrix [N, Lr, L] at once."""
@@ -230,59 +285,73 @@ class SearchTransfer(nn.Module):
         ones = like.new_ones(1, k * k, n_patches)
         return F.fold(ones, output_size=out_hw, kernel_size=k, padding=p, stride=s)
 
-    def transfer_level(self, value: torch.Tensor, index: torch.Tensor, level: int,
+    def transfer_level(self, value: Maps, index: torch.Tensor, level: int,
                        out_hw: Tuple[int, int], divisor: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Gather the reference patches at ``index`` [N, L] from ``value`` and fold them onto ``out_hw``."""
+        """Gather the reference patches at ``index`` [N, L] from ``value`` (one map, or one per reference) and fold
+        them onto ``out_hw``."""
+        values = _as_list(value)
         if divisor is None:
-            divisor = self.divisor(level, out_hw, value)
+            divisor = self.divisor(level, out_hw, values[0])
         if self.mode == 'chunked':
-            return self._fold_by_index(value, index, level, out_hw) / divisor
+            return self._fold_by_index(values, index, level, out_hw) / divisor
         k, s, p = self.level_geometry(level)
-        unfolded = F.unfold(value, kernel_size=k, padding=p, stride=s)  # [N, C*k*k, Lr]
+        unfolded = torch.cat([F.unfold(v, kernel_size=k, padding=p, stride=s) for v in values], dim=2)  # [N, D, Lr]
         gathered = torch.gather(unfolded, 2, index.unsqueeze(1).expand(-1, unfolded.size(1), -1))
         folded = F.fold(gathered, output_size=out_hw, kernel_size=k, padding=p, stride=s)
         return folded / divisor
 
-    def _fold_by_index(self, value: torch.Tensor, index: torch.Tensor, level: int,
+    def _fold_by_index(self, values: List[torch.Tensor], index: torch.Tensor, level: int,
                        out_hw: Tuple[int, int]) -> torch.Tensor:
         """fold(gather(unfold(value), index)) without unfolding ``value``: for bands of LR patch rows, the selected
-        patches are read straight from the padded map and folded into their band of the output."""
+        patches are read straight from the padded map(s) and folded into their band of the output. Several
+        references are laid end to end in one flat buffer; each index finds its reference's offset and row width."""
         k, s, p = self.level_geometry(level)
-        n, c = value.shape[:2]
-        v_pad = F.pad(value, (p, p, p, p))
-        vh, vw = v_pad.shape[-2:]
-        ref_gw = (vw - k) // s + 1
+        n, c = values[0].shape[:2]
+        pads = [F.pad(v, (p, p, p, p)) for v in values]
+        flat = torch.cat([v.reshape(n, c, -1) for v in pads], dim=2) if len(pads) > 1 else pads[0].reshape(n, c, -1)
+        dev = values[0].device
+        widths = torch.tensor([v.shape[-1] for v in pads], device=dev)
+        grid_w = (widths - k) // s + 1
+        grid_h = torch.tensor([(v.shape[-2] - k) // s + 1 for v in pads], device=dev)
+        patch_off = torch.cat((grid_w.new_zeros(1), (grid_h * grid_w).cumsum(0)))
+        sizes = torch.tensor([v.shape[-2] * v.shape[-1] for v in pads], device=dev)
+        base = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
         gh = (out_hw[0] + 2 * p - k) // s + 1
         gw = (out_hw[1] + 2 * p - k) // s + 1
         out_w = out_hw[1] + 2 * p
-        out = value.new_zeros(n, c, out_hw[0] + 2 * p, out_w)
-        # flat offsets of a patch's pixels in the padded map, in unfold's (dy, dx) order
-        ar = torch.arange(k, device=value.device)
-        offsets = (ar[:, None] * vw + ar[None, :]).view(k * k, 1)
-        flat = v_pad.reshape(n, c, vh * vw)
+        out = values[0].new_zeros(n, c, out_hw[0] + 2 * p, out_w)
+        # a patch's pixels in unfold's (dy, dx) order
+        ar = torch.arange(k, device=dev)
+        dy = ar.repeat_interleave(k).view(k * k, 1)
+        dx = ar.repeat(k).view(k * k, 1)
         rows = max(1, self.chunk_size // gw)
         for r0 in range(0, gh, rows):
             r1 = min(gh, r0 + rows)
             band_h = (r1 - r0 - 1) * s + k
-            idx = index[:, r0 * gw:r1 * gw]  # [N, Lb]
-            starts = torch.div(idx, ref_gw, rounding_mode='floor') * (s * vw) + (idx % ref_gw) * s
+            idx = index[:, r0 * gw:r1 * gw].contiguous()  # [N, Lb]
+            ref = torch.searchsorted(patch_off[1:], idx, right=True)
+            local = idx - patch_off[ref]
+            row_w = widths[ref]
+            starts = base[ref] + torch.div(local, grid_w[ref], rounding_mode='floor') * (s * row_w) + (
+                local % grid_w[ref]) * s
             for b in range(n):
-                pos = (offsets + starts[b].view(1, -1)).view(-1)  # [k*k*Lb], (dy, dx)-major
+                pos = (starts[b].view(1, -1) + dy * row_w[b].view(1, -1) + dx).view(-1)  # [k*k*Lb], (dy, dx)-major
                 cols = flat[b].index_select(1, pos).view(1, c * k * k, -1)
                 out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols, output_size=(band_h, out_w),
                                                                    kernel_size=k, stride=s)
         return out[:, :, p:p + out_hw[0], p:p + out_hw[1]]
 
-    def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: torch.Tensor,
-                 ref_lv2: torch.Tensor, ref_lv3: torch.Tensor):
+    def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: Maps,
+                 ref_lv2: Maps, ref_lv3: Maps):
         """Soft attention and textures (lists over ranks) from a search result [N, top_k, L] for an LR of
-        ``lr_hw`` (relu3_1 size); see :meth:`forward`."""
+        ``lr_hw`` (relu3_1 size); the reference maps are one per reference, in the order they were searched; see
+        :meth:`forward`."""
         n = scores.size(0)
         h, w = lr_hw
         gh, gw = self.grid_size(h, w)
         sizes = {3: (h, w), 2: (2 * h, 2 * w), 1: (4 * h, 4 * w)}
         values = {3: ref_lv3, 2: ref_lv2, 1: ref_lv1}
-        divisors = {lv: self.divisor(lv, sizes[lv], ref_lv3) for lv in (3, 2, 1)}
+        divisors = {lv: self.divisor(lv, sizes[lv], _as_list(ref_lv3)[0]) for lv in (3, 2, 1)}
         S: List[torch.Tensor] = []
         T: dict = {3: [], 2: [], 1: []}
         for rank in range(self.top_k):

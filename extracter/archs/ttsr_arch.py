@@ -4,10 +4,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
-from torch import nn
 
-from extracter.archs.modules import CSFIMainNet, parse_block_counts
-from extracter.archs.refsr_base import RefSRNet
+from extracter.archs.csfi import CSFIMainNet
+from extracter.archs.refsr_base import ArchFacts, RefSRNet
 from extracter.archs.search_transfer import SearchTransfer
 from extracter.archs.vgg import TextureExtractor
 
@@ -30,6 +29,9 @@ class TTSR(RefSRNet):
         chunk_size, key_chunk_size: LR / reference patches per block of the chunked search.
     """
 
+    facts = ArchFacts(feature_extractor='lte', feature_extractor_init='lte_init', adjustable_geometry=False,
+                      main_maps_per_lr_px=17.0)
+
     def __init__(
         self,
         num_res_blocks: Union[str, Sequence[int]] = (16, 16, 8, 4),
@@ -43,17 +45,12 @@ class TTSR(RefSRNet):
         key_chunk_size: int = 8192,
     ) -> None:
         super().__init__()
-        if n_feats < 2 or n_feats % 2:
-            raise ValueError(f'n_feats must be a positive even number, got {n_feats}')
-        self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
+        self.set_main_width(n_feats, num_res_blocks)
         self.lte = TextureExtractor(init=lte_init, vgg19_path=vgg19_path, requires_grad=lte_requires_grad)
         self.search_transfer = SearchTransfer(3, 1, 1, top_k=1, overlap_norm='ttsr', mode=search_mode,
                                               chunk_size=chunk_size, key_chunk_size=key_chunk_size)
         self.main = CSFIMainNet(self.num_res_blocks, n_feats, res_scale, top_k=1,
                                 texture_attention=False, out_conv=True)
-
-    def texture_extractor(self) -> nn.Module:
-        return self.lte
 
     def _reconstruct(self, lr_m11: torch.Tensor, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         sr, _, _, _ = self.main(lr_m11, S, T_lv3, T_lv2, T_lv1)

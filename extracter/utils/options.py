@@ -1,9 +1,17 @@
-"""Option files: loading, validation (unknown keys, missing files), BasicSR's derived paths, command line.
+"""The options schema: loading, validation, derived values, BasicSR's paths, command line. Option files are parsed
+and validated here, once, before anything is created on disk.
 
 Every mistake is an :class:`OptionError` that names the file and the dotted key, with a suggestion for typos
-(``difflib``). Keys of ``network_*``, losses, optimisers, schedulers and metrics are checked against the signature of
-the class or function they configure; dataset keys are checked against the dataset class' ``option_keys`` when it
-declares them (plus the loader keys below).
+(``difflib``). What is checked, section by section (each a function below):
+- keys: ``network_*``, losses, optimisers, schedulers and metrics against the signature of the class they configure;
+  datasets against the dataset class' ``DEFAULTS`` (plus the loader keys); the other sections against the key sets
+  below; renamed keys name their new spelling;
+- types and ranges of the scalar options (:data:`SCALARS`);
+- the inference keys of ``val`` (tile / max_memory / search) by :class:`extracter.inference.InferenceOptions`;
+- files and folders the options name.
+Derived: every dataset that takes a ``stride`` gets the network's search stride (under ``val.search``'s geometry when
+it switches it), so the size rules are stated once, by the architecture; a hand-written ``stride`` that disagrees is an
+error.
 """
 
 import argparse
@@ -16,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-from extracter.utils.inference import refsr_kwargs_from_options
+from extracter.inference.options import InferenceOptions
 
 
 class OptionError(ValueError):
@@ -30,7 +38,8 @@ PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_net
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
               'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
 LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
-VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'max_memory', 'search', 'search_geometry'}
+VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics')  # besides the inference keys (tile, ...)
+RENAMED_KEYS = {'val.search_geometry': 'val.search.window / val.search.stride / val.search.padding'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger'}
 DIST_KEYS = {'backend', 'timeout_s'}
 LOADER_KEYS = {'name', 'type', 'batch_size_per_gpu', 'num_worker_per_gpu', 'use_shuffle', 'dataset_enlarge_ratio',
@@ -92,7 +101,8 @@ def _registry_lookup(registry) -> Callable[[str], Callable]:
     return lookup
 
 
-def _optimizer_lookup(name: str) -> Callable:
+def optimizer_class(name: str) -> Callable:
+    """The ``torch.optim`` optimiser named ``name`` (``train.optim_g.type``)."""
     import torch
 
     opt_cls = getattr(torch.optim, str(name), None)
@@ -104,7 +114,8 @@ def _optimizer_lookup(name: str) -> Callable:
 SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
 
 
-def _scheduler_lookup(name: str) -> Callable:
+def scheduler_class(name: str) -> Callable:
+    """BasicSR's scheduler named ``name``; ``MultiStepLR`` means BasicSR's MultiStepRestartLR, as in BasicSR."""
     from basicsr.models import lr_scheduler
 
     if name not in SCHEDULERS:
@@ -139,12 +150,167 @@ def _dataset_option_keys(dataset_type: str) -> Optional[set]:
     return set(keys) | set(BASICSR_KEYS)
 
 
-def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', check_files: bool = True) -> None:
-    """Check every key and (``check_files``) the files the options name; raise :class:`OptionError` on the first
-    problem."""
-    from basicsr.metrics import METRIC_REGISTRY
-    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY
+# Types and ranges of scalar options: dotted key pattern ('*' = any phase) -> (type, minimum, maximum or None).
+SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
+    'datasets.*.batch_size_per_gpu': (int, 1, None),
+    'datasets.*.num_worker_per_gpu': (int, 0, None),
+    'datasets.*.dataset_enlarge_ratio': (int, 1, None),
+    'datasets.*.gt_size': (int, 4, None),
+    'datasets.*.ref_level': (int, 1, 5),
+    'datasets.*.swap_prob': (float, 0, 1),
+    'train.total_iter': (int, 1, None),
+    'train.rec_only_iter': (int, 0, None),
+    'train.net_d_iters': (int, 1, None),
+    'train.warmup_iter': (int, -1, None),
+    'train.ema_decay': (float, 0, 1),
+    'train.lr_fe': (float, 0, None),
+    'train.optim_g.lr': (float, 0, None),
+    'train.optim_d.lr': (float, 0, None),
+    'train.optim_g.weight_decay': (float, 0, None),
+    'train.pixel_opt.loss_weight': (float, 0, None),
+    'train.perceptual_opt.loss_weight': (float, 0, None),
+    'train.gradient_opt.loss_weight': (float, 0, None),
+    'train.gan_opt.loss_weight': (float, 0, None),
+    'val.val_freq': (int, 1, None),
+    'logger.print_freq': (int, 1, None),
+    'logger.save_checkpoint_freq': (int, 1, None),
+    'manual_seed': (int, 0, None),
+    'network_g.n_feats': (int, 2, None),
+    'network_g.top_k': (int, 1, None),
+    'network_g.window': (int, 1, None),
+    'network_g.stride': (int, 1, None),
+    'network_g.padding': (int, 0, None),
+}
 
+
+def check_scalar(value: Any, kind: type, lo: Optional[float], hi: Optional[float], key: str, source: str) -> None:
+    """A type (int: a whole number, not a bool; float: any number) and an inclusive range; the error names the key."""
+    ok_type = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+    what = 'an integer' if kind is int else 'a number'
+    if not ok_type:
+        raise OptionError(_where(source, f'{key} must be {what}, got {value!r}'))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f'>= {lo}' if hi is None else f'between {lo} and {hi}'
+        raise OptionError(_where(source, f'{key} must be {bounds}, got {value!r}'))
+
+
+def _check_scalars(opt: Dict[str, Any], source: str) -> None:
+    for pattern, (kind, lo, hi) in SCALARS.items():
+        parts = pattern.split('.')
+        nodes = [('', opt)]
+        for part in parts[:-1]:
+            nxt = []
+            for prefix, node in nodes:
+                if not isinstance(node, dict):
+                    continue
+                keys = list(node) if part == '*' else [part] if part in node else []
+                nxt += [(f'{prefix}{k}.', node[k]) for k in keys]
+            nodes = nxt
+        for prefix, node in nodes:
+            if isinstance(node, dict) and node.get(parts[-1]) is not None:
+                check_scalar(node[parts[-1]], kind, lo, hi, prefix + parts[-1], source)
+
+
+def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> None:
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    for net_key in ('network_g', 'network_d'):
+        if net_key in opt:
+            _check_typed_block(opt[net_key], f'{net_key}.', source, _registry_lookup(ARCH_REGISTRY), 'architecture')
+            require(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
+
+
+def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
+    from basicsr.utils.registry import DATASET_REGISTRY
+
+    kind = str(phase).split('_')[0]
+    if kind not in ('train', 'val', 'test'):
+        raise OptionError(_where(source, f"datasets.{phase}: phase must be 'train', 'val[_*]' or 'test[_*]'"))
+    if kind == 'train' and not is_train:
+        raise OptionError(_where(source, f'datasets.{phase}: a test option file has no training set'))
+    prefix = f'datasets.{phase}.'
+    if not isinstance(ds, dict):
+        raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
+    for req in ('name', 'type'):
+        if req not in ds:
+            raise OptionError(_where(source, f'{prefix}{req} is missing'))
+    try:
+        cls = DATASET_REGISTRY.get(ds['type'])
+    except KeyError:
+        names = sorted(k for k, _ in DATASET_REGISTRY)
+        close = difflib.get_close_matches(str(ds['type']), names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ''
+        raise OptionError(_where(source, f"{prefix}type: unknown dataset {ds['type']!r}{hint}")) from None
+    own = _dataset_option_keys(ds['type'])
+    if own is not None:
+        check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
+    from extracter.data.options import REQUIRED
+
+    for key, default in (getattr(cls, 'DEFAULTS', None) or {}).items():
+        if default is REQUIRED and ds.get(key) is None:
+            raise OptionError(_where(source, f'{prefix}{key} is missing (required by {ds["type"]})'))
+    for key in DATASET_PATH_KEYS:
+        if isinstance(ds.get(key), str):
+            require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
+    if kind == 'train':
+        for req in ('batch_size_per_gpu', 'num_worker_per_gpu'):
+            if req not in ds:
+                raise OptionError(_where(source, f'{prefix}{req} is missing'))
+
+
+def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None:
+    from basicsr.utils.registry import LOSS_REGISTRY
+
+    if 'train' not in opt:
+        raise OptionError(_where(source, "required key 'train' is missing"))
+    if not any(str(p).split('_')[0] == 'train' for p in opt['datasets']):
+        raise OptionError(_where(source, 'datasets.train is missing'))
+    train = opt['train']
+    if not isinstance(train, dict):
+        raise OptionError(_where(source, 'train must be a mapping'))
+    check_keys(train, TRAIN_KEYS, 'train.', source)
+    for req in ('optim_g', 'total_iter', 'pixel_opt'):
+        if req not in train:
+            raise OptionError(_where(source, f'train.{req} is missing'))
+    for key in LOSS_KEYS:
+        if train.get(key) is not None:
+            _check_typed_block(train[key], f'train.{key}.', source, _registry_lookup(LOSS_REGISTRY), 'loss')
+            require(train[key].get('vgg19_path'), f'train.{key}.vgg19_path', source)
+    _check_typed_block(train['optim_g'], 'train.optim_g.', source, optimizer_class, 'optimiser', skip=1)
+    if train.get('gan_opt') is not None:
+        if 'network_d' not in opt:
+            raise OptionError(_where(source, 'train.gan_opt needs a network_d block (the discriminator)'))
+        if 'optim_d' not in train:
+            raise OptionError(_where(source, 'train.gan_opt needs train.optim_d (the discriminator optimiser)'))
+    if 'optim_d' in train:
+        _check_typed_block(train['optim_d'], 'train.optim_d.', source, optimizer_class, 'optimiser', skip=1)
+    if train.get('scheduler') is not None:
+        _check_typed_block(train['scheduler'], 'train.scheduler.', source, scheduler_class, 'scheduler', skip=1)
+    check_keys(opt.get('logger') or {}, LOGGER_KEYS, 'logger.', source)
+
+
+def _validate_val(val: Any, source: str) -> InferenceOptions:
+    from basicsr.metrics import METRIC_REGISTRY
+
+    if not isinstance(val, dict):
+        raise OptionError(_where(source, 'val must be a mapping'))
+    for key in val:
+        if f'val.{key}' in RENAMED_KEYS:
+            raise OptionError(_where(source, f'val.{key} was renamed: use {RENAMED_KEYS["val." + key]}'))
+    check_keys(val, set(VAL_OWN_KEYS) | {'tile', 'max_memory', 'search'}, 'val.', source)
+    for name, metric in (val.get('metrics') or {}).items():
+        _check_typed_block(metric, f'val.metrics.{name}.', source, _registry_lookup(METRIC_REGISTRY), 'metric',
+                           skip=2, extra=METRIC_EXTRA_KEYS)
+    try:
+        return InferenceOptions.from_mapping(val, 'val.', ignore=VAL_OWN_KEYS)
+    except ValueError as err:
+        raise OptionError(_where(source, str(err))) from None
+
+
+def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', check_files: bool = True) -> None:
+    """Check every key, type and range and (``check_files``) the files the options name; raise :class:`OptionError`
+    on the first problem."""
     require = functools.partial(_require_file, check=check_files)
     if not isinstance(opt, dict):
         raise OptionError(_where(source, 'the option file must hold a mapping at the top level'))
@@ -154,95 +320,48 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
             raise OptionError(_where(source, f'required key {key!r} is missing'))
     if opt.get('scale', 4) != 4:
         raise OptionError(_where(source, f"scale: only x4 is supported, got {opt['scale']!r}"))
-
-    # networks: keys are the constructor's arguments
-    for net_key in ('network_g', 'network_d'):
-        if net_key in opt:
-            _check_typed_block(opt[net_key], f'{net_key}.', source, _registry_lookup(ARCH_REGISTRY), 'architecture')
-            require(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
-
+    _validate_networks(opt, source, require)
     path_opt = opt.get('path') or {}
     check_keys(path_opt, PATH_KEYS, 'path.', source)
     for key in ('pretrain_network_g', 'pretrain_network_d', 'resume_state'):
         require(path_opt.get(key), f'path.{key}', source)
-
-    # datasets
     datasets = opt['datasets']
     if not isinstance(datasets, dict) or not datasets:
         raise OptionError(_where(source, 'datasets must be a non-empty mapping of phases (train, val, test_1, ...)'))
     for phase, ds in datasets.items():
-        kind = str(phase).split('_')[0]
-        if kind not in ('train', 'val', 'test'):
-            raise OptionError(_where(source, f"datasets.{phase}: phase must be 'train', 'val[_*]' or 'test[_*]'"))
-        if kind == 'train' and not is_train:
-            raise OptionError(_where(source, f'datasets.{phase}: a test option file has no training set'))
-        prefix = f'datasets.{phase}.'
-        if not isinstance(ds, dict):
-            raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
-        for req in ('name', 'type'):
-            if req not in ds:
-                raise OptionError(_where(source, f'{prefix}{req} is missing'))
-        try:
-            DATASET_REGISTRY.get(ds['type'])
-        except KeyError:
-            names = sorted(k for k, _ in DATASET_REGISTRY)
-            close = difflib.get_close_matches(str(ds['type']), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise OptionError(_where(source, f"{prefix}type: unknown dataset {ds['type']!r}{hint}")) from None
-        own = _dataset_option_keys(ds['type'])
-        if own is not None:
-            check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
-        for key in DATASET_PATH_KEYS:
-            if isinstance(ds.get(key), str):
-                require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
-        if kind == 'train':
-            for req in ('batch_size_per_gpu', 'num_worker_per_gpu'):
-                if req not in ds:
-                    raise OptionError(_where(source, f'{prefix}{req} is missing'))
-
+        _validate_dataset(phase, ds, is_train, source, require)
     if is_train:
-        if 'train' not in opt:
-            raise OptionError(_where(source, "required key 'train' is missing"))
-        if not any(str(p).split('_')[0] == 'train' for p in datasets):
-            raise OptionError(_where(source, 'datasets.train is missing'))
-        train = opt['train']
-        check_keys(train, TRAIN_KEYS, 'train.', source)
-        for req in ('optim_g', 'total_iter', 'pixel_opt'):
-            if req not in train:
-                raise OptionError(_where(source, f'train.{req} is missing'))
-        for key in LOSS_KEYS:
-            if train.get(key) is not None:
-                _check_typed_block(train[key], f'train.{key}.', source, _registry_lookup(LOSS_REGISTRY), 'loss')
-                require(train[key].get('vgg19_path'), f'train.{key}.vgg19_path', source)
-        _check_typed_block(train['optim_g'], 'train.optim_g.', source, _optimizer_lookup, 'optimiser', skip=1)
-        if train.get('gan_opt') is not None:
-            if 'network_d' not in opt:
-                raise OptionError(_where(source, 'train.gan_opt needs a network_d block (the discriminator)'))
-            if 'optim_d' not in train:
-                raise OptionError(_where(source, 'train.gan_opt needs train.optim_d (the discriminator optimiser)'))
-        if 'optim_d' in train:
-            _check_typed_block(train['optim_d'], 'train.optim_d.', source, _optimizer_lookup, 'optimiser', skip=1)
-        if train.get('scheduler') is not None:
-            _check_typed_block(train['scheduler'], 'train.scheduler.', source, _scheduler_lookup, 'scheduler', skip=1)
-        for key in ('total_iter', 'rec_only_iter', 'net_d_iters', 'warmup_iter'):
-            if key in train and not isinstance(train[key], int):
-                raise OptionError(_where(source, f'train.{key} must be an integer, got {train[key]!r}'))
-        check_keys(opt.get('logger') or {}, LOGGER_KEYS, 'logger.', source)
+        _validate_train(opt, source, require)
     check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
+    if opt.get('val') is not None:
+        _validate_val(opt['val'], source)
+    _check_scalars(opt, source)
+    derive_dataset_strides(opt, source)
 
-    val = opt.get('val')
-    if val is not None:
-        check_keys(val, VAL_KEYS, 'val.', source)
-        for name, metric in (val.get('metrics') or {}).items():
-            _check_typed_block(metric, f'val.metrics.{name}.', source, _registry_lookup(METRIC_REGISTRY), 'metric',
-                               skip=2, extra=METRIC_EXTRA_KEYS)
-        geometry = val.get('search_geometry')
-        if geometry is not None:
-            check_keys(geometry, ('window', 'stride', 'padding'), 'val.search_geometry.', source)
-        try:
-            refsr_kwargs_from_options(val)  # tile / max_memory / search blocks
-        except ValueError as err:
-            raise OptionError(_where(source, f'val: {err}')) from err
+
+def derive_dataset_strides(opt: Dict[str, Any], source: str = '') -> None:
+    """Give every dataset that takes a ``stride`` the search stride its images must fit: the network's, or the one
+    ``val.search`` switches to for validation/test sets. A hand-written ``stride`` that disagrees is an error."""
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
+
+    arch = ARCH_REGISTRY.get(opt['network_g']['type'])
+    if not hasattr(arch, 'size_multiples_for'):
+        return
+    train_stride = arch.size_multiples_for(opt['network_g'])[0]
+    geometry = (((opt.get('val') or {}).get('search')) or {})
+    eval_stride = arch.size_multiples_for({**opt['network_g'], **({'stride': geometry['stride']}
+                                                                    if 'stride' in geometry else {})})[0]
+    for phase, ds in opt['datasets'].items():
+        defaults = getattr(DATASET_REGISTRY.get(ds['type']), 'DEFAULTS', None) or {}
+        if 'stride' not in defaults:
+            continue
+        stride = train_stride if str(phase).startswith('train') else eval_stride
+        given = ds.get('stride')
+        if given is not None and given != stride:
+            where = 'val.search.stride' if stride != train_stride else 'network_g.stride'
+            raise OptionError(_where(source, f'datasets.{phase}.stride: {given!r} disagrees with the search stride '
+                                             f'{stride} ({where}); leave it out, it is taken from the network'))
+        ds['stride'] = stride
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -25,9 +25,6 @@ FLOAT = 4
 # bytes per reference pixel: peak while encoding (VGG-19 to relu3_1 of ref and ref_downup) and kept afterwards
 ENCODE_PEAK_PER_REF_PX = 1300
 FEATURES_PER_REF_PX = 800  # 512 B of features, plus allocator retention measured on CPU
-# main network activations per LR pixel, in units of n_feats-channel x4 maps (measured, +10%)
-MAIN_MAPS_PER_LR_PX = {'Extracter': 19.0, 'TTSR': 17.0}
-DEFAULT_MAIN_MAPS = 19.0
 TEXTURE_FLOATS_PER_LR_PX = 64 * 16 + 128 * 4 + 256  # T_lv1 + T_lv2 + T_lv3 per rank
 DEFAULT_CHUNK, DEFAULT_KEY_CHUNK = 4096, 8192
 MIN_CHUNK, MIN_KEY_CHUNK = 256, 512
@@ -66,13 +63,13 @@ class NetSpec:
     window: int
     stride: int
     padding: int
+    main_maps_per_lr_px: float  # main network activations per LR pixel, in n_feats-channel x4 maps (ArchFacts)
 
     @classmethod
     def from_net(cls, net: nn.Module) -> 'NetSpec':
         st = net.search_transfer
-        n_feats = net.main.SFE.conv_head.out_channels
-        return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), n_feats, st.top_k,
-                   st.window, st.stride, st.padding)
+        return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), net.n_feats, st.top_k, st.window,
+                   st.stride, st.padding, net.facts.main_maps_per_lr_px)
 
 
 @dataclass
@@ -127,8 +124,7 @@ def search_block_bytes(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int,
 def tile_bytes(spec: NetSpec, tile_hw: Tuple[int, int]) -> int:
     """Main network activations and transferred textures for one LR (tile) of ``tile_hw`` pixels."""
     px = tile_hw[0] * tile_hw[1]
-    maps = MAIN_MAPS_PER_LR_PX.get(spec.arch, DEFAULT_MAIN_MAPS)
-    return int(FLOAT * px * (16 * spec.n_feats * maps + spec.top_k * TEXTURE_FLOATS_PER_LR_PX))
+    return int(FLOAT * px * (16 * spec.n_feats * spec.main_maps_per_lr_px + spec.top_k * TEXTURE_FLOATS_PER_LR_PX))
 
 
 def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mode: str = 'chunked',

@@ -5,17 +5,17 @@ reference, and the tiles' centres are stitched.
 split into tiles of ``tile_size`` x ``tile_size`` (the last row/column may be smaller), each processed with
 ``tile_pad`` extra LR pixels of context on every side (where the image has them), and only the tile's own area of
 the x4 output is kept. Both are rounded to multiples of the search stride (the LR multiple of
-``net.required_multiples()``), so that every tile's search patches sit on the untiled patch grid.
+``net.size_multiples()``), so that every tile's search patches sit on the untiled patch grid.
 
 The search itself is not tiled: it runs once for the whole LR (chunked, bounded memory), and each tile takes its
 window of the result; see :func:`tiled_forward`.
 """
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet
+from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, as_reference_list
 
 # LR pixels of context for the tiled VGG-19 pass: its receptive field up to relu3_1 is 24 upsampled-LR pixels
 VGG_MARGIN = 8
@@ -47,7 +47,7 @@ def search_features_tiled(net: RefSRNet, lr_up: torch.Tensor, tile_size: int,
     more than VGG-19's receptive field up to relu3_1, so the result equals the untiled one)."""
     n, _, hu, wu = lr_up.shape
     h, w = hu // SCALE, wu // SCALE
-    multiple = net.required_multiples()[0]
+    multiple = net.size_multiples()[0]
     out = None
     for y0, y1, iy0, iy1 in tile_spans(h, tile_size, margin, multiple):
         for x0, x1, ix0, ix1 in tile_spans(w, tile_size, margin, multiple):
@@ -58,11 +58,12 @@ def search_features_tiled(net: RefSRNet, lr_up: torch.Tensor, tile_size: int,
     return out
 
 
-def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor, ref_feats: ReferenceFeatures,
-                  tile_size: int, tile_pad: int,
-                  progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """SR [N,3,4h,4w] of ``lr`` [N,3,h,w] tile by tile; ``lr`` must already have the net's LR multiple and
-    ``lr_up`` is the upsampled whole LR. ``progress(done, total)`` is called after each tile.
+def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
+                  ref_feats: Union[ReferenceFeatures, Sequence[ReferenceFeatures]], tile_size: int, tile_pad: int,
+                  progress: Optional[Callable[[int, int], None]] = None, return_search: bool = False):
+    """SR [N,3,4h,4w] of ``lr`` [N,3,h,w] tile by tile against one or several encoded references; ``lr`` must
+    already have the net's LR multiple and ``lr_up`` is the upsampled whole LR. ``progress(done, total)`` is called
+    after each tile. ``return_search``: also return the whole LR's search result (scores, index).
 
     The search runs once for the whole LR (its query features are computed tile by tile, exactly): every tile
     then uses the untiled search result for its patches, so only the main network sees tile borders, and no
@@ -71,12 +72,13 @@ def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor, ref_feat
     """
     n, _, h, w = lr.shape
     st = net.search_transfer
-    multiple = net.required_multiples()[0]
+    multiple = net.size_multiples()[0]
     s = st.stride
-    scores, index = st.search(search_features_tiled(net, lr_up, tile_size), ref_feats.search, ref_feats.key_blocks)
+    refs = as_reference_list(ref_feats)
+    flat_scores, flat_index = net.search(search_features_tiled(net, lr_up, tile_size), refs)
     gh, gw = st.grid_size(h, w)
-    scores = scores.view(n, st.top_k, gh, gw)
-    index = index.view(n, st.top_k, gh, gw)
+    scores = flat_scores.view(n, st.top_k, gh, gw)
+    index = flat_index.view(n, st.top_k, gh, gw)
     spans_y = tile_spans(h, tile_size, tile_pad, multiple)
     spans_x = tile_spans(w, tile_size, tile_pad, multiple)
     out = lr.new_empty(n, 3, SCALE * h, SCALE * w)
@@ -88,11 +90,11 @@ def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor, ref_feat
             py, px = iy0 // s, ix0 // s
             search = (scores[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1),
                       index[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1))
-            tile_sr = net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, ref_feats, search=search)
+            tile_sr = net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search)
             out[:, :, SCALE * y0:SCALE * y1, SCALE * x0:SCALE * x1] = tile_sr[
                 :, :, SCALE * (y0 - iy0):SCALE * (y1 - iy0), SCALE * (x0 - ix0):SCALE * (x1 - ix0)]
             del tile_sr, search
             done += 1
             if progress is not None:
                 progress(done, total)
-    return out
+    return (out, (flat_scores, flat_index)) if return_search else out

@@ -1,0 +1,177 @@
+"""Super-resolve files and folders with the engine: what ``infer.py``, the demo and the quality benchmark share.
+
+For every input ``x`` the outputs are ``x_sr.png``, ``x_bicubic.png``, ``x_compare.png`` (bicubic | SR |
+references) and optionally ``x_texture.png`` (where the textures came from, drawn from the run's own search).
+Guarantees: output names never collide (inputs whose names differ only in the extension get the extension in
+their output names), existing outputs are never replaced without ``overwrite``, everything is written atomically,
+and with ``skip_existing`` an input whose outputs all exist is skipped (a rerun finishes an interrupted job).
+Under ``torchrun`` each process takes every WORLD_SIZE-th input (:func:`shard`).
+"""
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from extracter.archs.refsr_base import SCALE, RefSRNet
+from extracter.archs.search_transfer import split_index
+from extracter.inference.engine import run_refsr
+from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8, texture_source_panels
+
+OUTPUT_KINDS = ('sr', 'bicubic', 'compare')
+TEXTURE_KIND = 'texture'
+
+
+def output_stems(lq_paths: Sequence[str]) -> List[str]:
+    """Output name stems: the file stem, or ``stem_ext`` where two inputs share a stem (``a.png``/``a.jpg``)."""
+    stems = [Path(p).stem for p in lq_paths]
+    counts = Counter(stems)
+    out = [f'{s}_{Path(p).suffix.lstrip(".").lower()}' if counts[s] > 1 else s for s, p in zip(stems, lq_paths)]
+    dup = [s for s, c in Counter(out).items() if c > 1]
+    if dup:  # e.g. 'a.png' and 'a.PNG' in one folder
+        raise ValueError(f'inputs would write the same outputs {dup[0]}_*.png: rename one of them')
+    return out
+
+
+def output_paths(out_dir: Path, stem: str, texture_map: bool) -> Dict[str, Path]:
+    kinds = list(OUTPUT_KINDS) + ([TEXTURE_KIND] if texture_map else [])
+    return {kind: out_dir / f'{stem}_{kind}.png' for kind in kinds}
+
+
+def shard(n: int, rank: int, world_size: int) -> List[int]:
+    """The inputs process ``rank`` of ``world_size`` handles: every world_size-th, starting at ``rank``."""
+    return list(range(rank, n, world_size))
+
+
+def batch_of_one(sample: Dict[str, Any]) -> Dict[str, Any]:
+    """A dataset sample as a batch of one (tensors and lists of tensors get a leading dimension)."""
+    out = {}
+    for key, value in sample.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.unsqueeze(0)
+        elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            out[key] = [t.unsqueeze(0) for t in value]
+        else:
+            out[key] = value
+    return out
+
+
+def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs: Dict[str, Any],
+                  texture_map: bool = False, progress=None) -> Dict[str, Any]:
+    """SR of one batch-of-one sample (the inference dataset's contract) with its one or several references, through
+    :func:`run_refsr`. Returns uint8 images (``sr``, ``bicubic``, ``refs``), the relevance statistics
+    (``relevance``: mean/min/max top-1 relevance) and, with ``texture_map``, the texture-source panels drawn from this
+    run's own search result."""
+    lq, lq_up = sample['lq'].to(device), sample['lq_up'].to(device)
+    h, w = (int(v) for v in sample['lq_size'].reshape(-1)[:2])
+    refs = sample['ref'] if isinstance(sample['ref'], list) else [sample['ref']]
+    refs_du = sample['ref_downup'] if isinstance(sample['ref_downup'], list) else [sample['ref_downup']]
+    refs = [r.to(device) for r in refs]
+    refs_du = [r.to(device) for r in refs_du]
+    res = run_refsr(net, lq, refs, lr_up=lq_up, ref_downup=refs_du, progress=progress, return_aux=True, **run_kwargs)
+    sr = res.sr[..., :SCALE * h, :SCALE * w]
+    top1 = res.scores[0, 0]
+    out = {'sr': tensor_to_uint8(sr), 'bicubic': tensor_to_uint8(lq_up[..., :SCALE * h, :SCALE * w]),
+           'refs': [tensor_to_uint8(r) for r in refs], 'plan': res.plan,
+           'relevance': {'mean': float(top1.mean()), 'min': float(top1.min()), 'max': float(top1.max())}}
+    if texture_map:
+        out['texture_panels'] = texture_panels(res, refs, (SCALE * h, SCALE * w))
+    return out
+
+
+def texture_panels(res, refs: Sequence[torch.Tensor], out_hw: Tuple[int, int]):
+    """Which reference patch each output region copied (top-1), from a :class:`RefSRResult`."""
+    ref_id, index = split_index(res.index[0, 0], res.patch_counts)
+    # the references as searched (padded to the network's multiple; the padding mode matters for display only)
+    padded_refs = [tensor_to_uint8(F.pad(r, (0, rw - r.shape[-1], 0, rh - r.shape[-2]), mode='replicate'))
+                   for r, (rh, rw) in zip(refs, res.padded_ref_hw)]
+    full_hw = (SCALE * res.padded_lr_hw[0], SCALE * res.padded_lr_hw[1])
+    panels = texture_source_panels(res.scores[0, 0], ref_id, index, res.lr_grid, res.ref_grids, padded_refs, full_hw)
+    return [(label, p[:out_hw[0], :out_hw[1]]) if i < 2 else (label, p) for i, (label, p) in enumerate(panels)]
+
+
+def write_outputs(result: Dict[str, Any], paths: Dict[str, Path]) -> None:
+    """The pictures of one input, each written atomically."""
+    save_png(result['sr'], paths['sr'])
+    save_png(result['bicubic'], paths['bicubic'])
+    panels = [('bicubic x4', result['bicubic']), ('SR x4', result['sr'])]
+    panels += [(f'reference {j + 1}', r) for j, r in enumerate(result['refs'])]
+    save_png(side_by_side(panels, height=result['sr'].shape[0]), paths['compare'])
+    if TEXTURE_KIND in paths:
+        panels = [('SR x4', result['sr'])] + result['texture_panels']
+        save_png(side_by_side(panels, height=result['sr'].shape[0]), paths[TEXTURE_KIND])
+
+
+@dataclass
+class FolderReport:
+    """What a folder run did: outputs written per input, inputs skipped (outputs existed) and failures."""
+
+    written: List[Dict[str, Path]] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def plan_folder(lq_paths: Sequence[str], out_dir: Path, texture_map: bool, overwrite: bool,
+                skip_existing: bool) -> Tuple[List[Dict[str, Path]], List[bool]]:
+    """Output paths per input and whether each input is to be run. Refuses (before any work) when outputs exist and
+    neither ``overwrite`` nor ``skip_existing`` is set, or when the output folder is not writable."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f'output {out_dir} is a file, not a folder; give a folder with -o')
+    planned = [output_paths(out_dir, stem, texture_map) for stem in output_stems(lq_paths)]
+    todo = []
+    existing = []
+    for paths in planned:
+        present = [p for p in paths.values() if p.exists()]
+        if skip_existing and len(present) == len(paths):
+            todo.append(False)
+            continue
+        existing += present
+        todo.append(True)
+    if existing and not overwrite:
+        hint = '--overwrite to replace them or --skip-existing to finish the rest'
+        raise FileExistsError(f'{len(existing)} output file(s) exist, e.g. {existing[0]}; pass {hint}')
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f'output folder {out_dir} is not writable (checked {probe})')
+    return planned, todo
+
+
+def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, Any], device: str = 'cpu',
+                 texture_map: bool = False, overwrite: bool = False, skip_existing: bool = False,
+                 rank: int = 0, world_size: int = 1, keep_going: bool = False,
+                 on_image: Optional[Callable[[int, int, str], None]] = None,
+                 after_plan: Optional[Callable[[], None]] = None) -> FolderReport:
+    """Super-resolve every input of an inference dataset (:class:`RefSRInferenceDataset`) into ``out_dir``; this
+    process handles :func:`shard` (rank, world_size) of them. ``keep_going``: an input that fails (an unreadable
+    image) is reported and the rest continue; else the first failure is raised. ``on_image(done, total, name)``;
+    ``after_plan()``: called once every output has been checked (a barrier, when several processes share the folder)."""
+    out_dir = Path(out_dir)
+    planned, todo = plan_folder(dataset.lq_paths, out_dir, texture_map, overwrite, skip_existing)
+    if after_plan is not None:
+        after_plan()
+    report = FolderReport()
+    mine = shard(len(planned), rank, world_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for done, i in enumerate(mine, start=1):
+        name = os.path.basename(dataset.lq_paths[i])
+        if not todo[i]:
+            report.skipped.append(name)
+        else:
+            try:
+                result = super_resolve(net, batch_of_one(dataset[i]), device, run_kwargs, texture_map)
+            except (ValueError, OSError) as err:
+                if not keep_going:
+                    raise
+                report.failed.append((name, str(err)))
+            else:
+                write_outputs(result, planned[i])
+                report.written.append(planned[i])
+        if on_image is not None:
+            on_image(done, len(mine), name)
+    return report

@@ -1,0 +1,91 @@
+"""A network for inference from a checkpoint: its options (the YAML beside the weights, or any YAML with a
+``network_g`` block) and its weights, loaded strictly through :mod:`extracter.utils.checkpoint`."""
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import yaml
+
+from extracter.archs.refsr_base import RefSRNet
+from extracter.utils.checkpoint import CheckpointError, load_checkpoint, network_state
+
+CONVERT_HINT = ('checkpoints of the original EXTRACTER/TTSR code must be converted first: '
+                'python scripts/convert_official.py ORIGINAL.pth -o converted.pth')
+
+
+class NetworkLoadError(ValueError):
+    """The network options or the weights cannot be used; the message names the file."""
+
+
+def network_options(weights: str, opt_path: Optional[str] = None) -> Dict[str, Any]:
+    """``network_g`` from ``opt_path`` or from the YAML beside the weights (``W.pth`` -> ``W.yml``)."""
+    path = Path(opt_path) if opt_path else Path(weights).with_suffix('.yml')
+    if not path.is_file():
+        raise FileNotFoundError(f'network options not found: {path} (give --opt with a network_g block)')
+    try:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise NetworkLoadError(f'{path}: not valid YAML ({str(err).splitlines()[0]})') from None
+    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
+        raise NetworkLoadError(f'{path}: no network_g block')
+    return dict(opt['network_g'])
+
+
+def build_network(options: Dict[str, Any], source: str = 'network_g') -> RefSRNet:
+    """The architecture named by ``options['type']``, built for loading a complete checkpoint afterwards."""
+    from extracter.registry import ARCH_REGISTRY
+
+    arch = options.get('type')
+    try:
+        cls = ARCH_REGISTRY.get(arch)
+    except KeyError:
+        raise NetworkLoadError(f'{source}: unknown network type {arch!r}') from None
+    if not (isinstance(cls, type) and issubclass(cls, RefSRNet)):
+        raise NetworkLoadError(f'{source}: {arch} is not a reference-based SR network')
+    try:
+        return cls(**cls.options_for_weights(options))
+    except TypeError as err:
+        raise NetworkLoadError(f'{source}: {err}') from None
+
+
+def describe_mismatch(err: RuntimeError, limit: int = 3) -> str:
+    """A short summary of a strict-load failure: how many keys are missing / unexpected / of another shape."""
+    text = str(err)
+    parts = []
+    for label in ('Missing key(s)', 'Unexpected key(s)'):
+        if label in text:
+            chunk = text.split(label, 1)[1].split('. ', 1)[0]
+            keys = [k.strip().strip('"') for k in chunk.split(':', 1)[-1].split(',') if k.strip()]
+            parts.append(f'{len(keys)} {label.lower().replace("(s)", "s")} (e.g. {", ".join(keys[:limit])})')
+    n_shape = text.count('size mismatch')
+    if n_shape:
+        parts.append(f'{n_shape} tensors of another shape')
+    return '; '.join(parts) or text.splitlines()[0][:300]
+
+
+def load_state_into(net: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    """``net.load_state_dict`` with an error that names the file and summarises the mismatch."""
+    try:
+        net.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        raise NetworkLoadError(f'{source} does not match {type(net).__name__} as configured: '
+                               f'{describe_mismatch(err)}; check the network_g options, or ({CONVERT_HINT})') from None
+
+
+def load_network(weights: str, opt_path: Optional[str] = None, device: str = 'cpu',
+                 param_key: Optional[str] = None) -> RefSRNet:
+    """Build the network from its options and load the weights strictly (EMA weights preferred; untrusted file:
+    weights_only). Returns it in eval mode on ``device``."""
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f'weights not found: {weights}')
+    options = network_options(weights, opt_path)
+    net = build_network(options, str(opt_path or Path(weights).with_suffix('.yml')))
+    try:
+        state = network_state(load_checkpoint(weights), weights, param_key)
+    except CheckpointError as err:
+        raise NetworkLoadError(str(err)) from None
+    load_state_into(net, state, weights)
+    return net.eval().to(device)

@@ -1,0 +1,41 @@
+"""What the training and test pipelines share: the repository root, the run's log file, the command-line boundary."""
+
+import logging
+from os import path as osp
+from typing import Callable
+
+from basicsr.utils import get_root_logger
+
+from extracter.utils import dist as dist_util
+from extracter.utils.options import OptionError
+
+ROOT_PATH = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def setup_run_logger(log_file: str) -> logging.Logger:
+    """BasicSR's 'basicsr' logger with this run's log file (rank 0). basicsr's get_root_logger attaches a file only on
+    its first call in a process; here each run (also a second one in the same process) gets its own file."""
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO)
+    for handler in list(logger.handlers):
+        if getattr(handler, 'extracter_run_file', False):
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(logging.INFO if dist_util.is_main_process() else logging.ERROR)
+    if dist_util.is_main_process():
+        handler = logging.FileHandler(log_file, 'w', encoding='utf-8')
+        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s: %(message)s'))
+        handler.extracter_run_file = True
+        logger.addHandler(handler)
+    return logger
+
+
+def run_cli(pipeline: Callable[[str], object]) -> None:
+    """Run a pipeline as a command: option and file errors become one clear line, distributed state is cleaned up."""
+    from extracter.utils.checkpoint import CheckpointError
+
+    try:
+        pipeline(ROOT_PATH)
+    except (OptionError, CheckpointError, FileExistsError, FileNotFoundError) as err:
+        raise SystemExit(f'error: {err}') from err
+    finally:
+        dist_util.destroy()

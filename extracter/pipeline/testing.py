@@ -1,0 +1,96 @@
+"""Testing: SR images, a progress bar, and a metrics table per test set (BasicSR's ``results/<name>/`` layout).
+
+Writes ``results/<name>/visualization/<dataset>/<image>_<suffix>.png`` and, per dataset,
+``results/<name>/metrics_<dataset>.csv`` and ``.md`` (one row per image, then the mean). The metrics are BasicSR's
+``calculate_psnr``/``calculate_ssim`` on the saved uint8 images (Y channel, border crops as configured).
+"""
+
+import csv
+import io
+import os
+from os import path as osp
+from typing import Any, Dict, List, Optional
+
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.models import build_model
+from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename
+from basicsr.utils.options import dict2str
+
+from extracter.pipeline.common import ROOT_PATH, setup_run_logger
+from extracter.utils import dist as dist_util
+from extracter.utils.file_io import atomic_write_text
+from extracter.utils.options import parse_options
+
+
+def prepare_results_dir(opt: Dict[str, Any]) -> None:
+    """``results/<name>``: one holding results (pictures or metrics) is archived with ``--overwrite`` and refused
+    without it; an empty one, or one with only the log of a failed start, is reused."""
+    results_root = opt['path']['results_root']
+    if dist_util.is_main_process():
+        if osp.exists(results_root) and holds_results(results_root):
+            if not opt['overwrite']:
+                raise FileExistsError(f'{results_root} already exists; pass --overwrite to archive it (renamed to '
+                                      '<name>_archived_<time>) and test again (it holds results)')
+            mkdir_and_rename(results_root)
+        os.makedirs(opt['path']['visualization'], exist_ok=True)
+    dist_util.barrier()
+
+
+def holds_results(root: str) -> bool:
+    vis = osp.join(root, 'visualization')
+    return (any(n.startswith('metrics_') for n in os.listdir(root))
+            or (osp.isdir(vis) and any(files for _, _, files in os.walk(vis))))
+
+
+def metrics_table(records: List[Dict[str, Any]], metric_names: List[str]) -> Dict[str, str]:
+    """CSV and Markdown texts: one row per image and a final ``mean`` row."""
+    means = {m: sum(r[m] for r in records) / len(records) for m in metric_names} if records else {}
+    rows = [[r['name']] + [f'{r[m]:.4f}' for m in metric_names] for r in records]
+    if records:
+        rows.append(['mean'] + [f'{means[m]:.4f}' for m in metric_names])
+    header = ['image'] + metric_names
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator='\n')
+    writer.writerow(header)
+    writer.writerows(rows)
+    md = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    md += ['| ' + ' | '.join(row) + ' |' for row in rows]
+    return {'csv': buf.getvalue(), 'md': '\n'.join(md) + '\n'}
+
+
+def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    opt, args = parse_options(root_path, is_train=False, argv=argv)
+    opt.setdefault('val', {})
+    opt['val'].setdefault('pbar', True)
+    opt['val'].setdefault('save_img', True)
+    results_root = opt['path']['results_root']
+    # data and model first: a test that cannot start leaves no results folder behind
+    loaders, info = [], []
+    for _, ds_opt in sorted(opt['datasets'].items()):
+        test_set = build_dataset(ds_opt)
+        loaders.append(build_dataloader(test_set, ds_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
+                                        seed=opt['manual_seed']))
+        info.append(f'Test set {ds_opt["name"]}: {len(test_set)} images')
+    model = build_model(opt)
+    prepare_results_dir(opt)
+    log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
+    logger = setup_run_logger(log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str({k: v for k, v in opt.items() if k != 'device'}))
+    for line in info:
+        logger.info(line)
+    metric_names = list((opt['val'].get('metrics') or {}).keys())
+    tables = {}
+    for loader in loaders:
+        name = loader.dataset.opt['name']
+        logger.info(f'Testing {name}...')
+        model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=opt['val']['save_img'])
+        if dist_util.is_main_process():
+            table = metrics_table(model.metric_records[name], metric_names)
+            for ext, text in table.items():
+                atomic_write_text(osp.join(results_root, f'metrics_{name}.{ext}'), text)
+            logger.info(f'{name}: metrics table written to {osp.join(results_root, f"metrics_{name}.csv")} '
+                        f'(and .md)\n{table["md"]}')
+            tables[name] = model.metric_records[name]
+    opt['tables'] = tables
+    return opt
