@@ -10,21 +10,21 @@ arXiv:2404.00722. Re-implemented from the paper and the authors' code (github.co
 * :meth:`DRCT.forward` computes what the original computes (checked against outputs of the original code by
   ``tests/test_drct.py`` on the fixtures of ``tests/fixtures/parity_drct``).
 
-The network (paper, Sec. 3 and Fig. 2): shallow features by one 3x3 convolution; deep features by a stack of
-Residual Deep feature extraction Groups (RDG), each one Swin-Dense-Residual-Connected Block (SDRCB) of five Swin
-Transformer layers whose inputs are densely concatenated (growth ``gc`` channels per layer), then LayerNorm and a 3x3
-convolution with a long skip; reconstruction by a pixel-shuffle upsampler. Like the original, the input is an RGB image
-in [0, 1] whose height and width are multiples of ``window_size`` (see :meth:`DRCT.pad_multiple` and
-:meth:`DRCT.forward_padded`, which reflect-pads as the original test code does).
+The network (the paper's method section; component names as there): shallow features by one 3x3 convolution; deep
+features by a stack of Residual Deep feature extraction Groups (RDG), each one Swin-Dense-Residual-Connected Block
+(SDRCB) of five Swin Transformer layers whose inputs are densely concatenated (growth ``gc`` channels per layer),
+then LayerNorm and a 3x3 convolution with a long skip; reconstruction by a pixel-shuffle upsampler. Like the
+original, the input is an RGB image in [0, 1] whose height and width are multiples of ``window_size`` (see
+:meth:`DRCT.pad_multiple` and :meth:`DRCT.forward_padded`, which reflect-pads as the original test code does).
 
 Facts of the original kept here on purpose:
 
 * ``depths`` only sets the number of groups (``len(depths)``) and the stochastic-depth rates: every group has exactly
   five Swin layers whatever ``depths[i]`` says, and all five use the first rate of the group's slice of
   ``linspace(0, drop_path_rate, sum(depths))``.
-* Layer ``j`` (0-based) of a group works on ``embed_dim + j * gc`` channels with
-  ``num_heads[i] - ((embed_dim + j * gc) % num_heads[i])`` heads; layers 1 and 3 use shifted windows; layers 3 and 4
-  use an MLP ratio of 1 instead of ``mlp_ratio``.
+* Layer ``j`` (0-based) of a group works on ``embed_dim + j * gc`` channels with ``num_heads[i]`` heads (j = 0) or
+  ``num_heads[i] - ((embed_dim + j * gc) % num_heads[i])`` heads (j >= 1); layers 1 and 3 (``swin2``,
+  ``swin4``) use shifted windows; layers 3 and 4 (``swin4``, ``swin5``) use an MLP ratio of 1 instead of ``mlp_ratio``.
 * ``compress_ratio``, ``squeeze_factor``, ``conv_scale``, ``overlap_ratio`` and ``use_checkpoint`` are accepted and
   unused (leftovers of HAT in the original).
 * The relative position index (every layer) and the shifted-window attention mask for an ``img_size`` input (shifted
@@ -33,7 +33,9 @@ Facts of the original kept here on purpose:
 
 One deliberate difference: the original also takes ``**kwargs`` and silently ignores unknown keys; here an unknown key
 is a ``TypeError``, so a misspelt ``network_g`` option is reported (every key of the original's option files is a
-named argument). Invalid configurations on which the original fails later (in forward) raise ``ValueError`` here.
+named argument). Configurations on which the original fails (at construction with an unclear error, or only in
+forward) raise a ``ValueError`` that says why. A mask recomputed for another input size takes the input's dtype (the
+original keeps it float32, which only matters in half precision).
 """
 
 import math
