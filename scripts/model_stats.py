@@ -4,8 +4,13 @@
 Multiply-adds are counted by PyTorch's FlopCounterMode (convolutions, the search's matrix products, linear layers;
 element-wise operations, interpolation and fold/unfold are not counted), reported as GMACs = FLOPs / 2.
 
+The single-image DRCT rows (released x4 configurations of the original's options/test YAMLs) count parameters like
+the original README (``sum(p.numel() for p in model.parameters())``: DRCT 14,139,579 = "14.13M", DRCT-L 27,580,719 =
+"27.58M"); the persistent buffers that are in their state dict besides (relative position indices and the
+shifted-window masks for img_size 64) are listed separately. Their GMACs are for an LR input of --sisr-size.
+
 Example:
-  python scripts/model_stats.py --lr-size 40 40 --ref-size 160 160
+  python scripts/model_stats.py --lr-size 40 40 --ref-size 160 160 --sisr-size 64 64
 """
 
 import argparse
@@ -24,6 +29,27 @@ CONFIGS = {
     'EXTRACTER train.py, w6/s2': ('Extracter', dict(num_res_blocks='8+16+8+4', num_grad_blocks='8+9+9+9', top_k=2,
                                                      window=6, stride=2, padding=2)),
 }
+
+_DRCT_RELEASED = dict(upscale=4, in_chans=3, img_size=64, window_size=16, compress_ratio=3, squeeze_factor=30,
+                      conv_scale=0.01, overlap_ratio=0.5, img_range=1.0, embed_dim=180, mlp_ratio=2,
+                      upsampler='pixelshuffle', resi_connection='1conv')
+SISR_CONFIGS = {
+    'DRCT x4 (options/test/DRCT_SRx4.yml)': ('DRCT', dict(_DRCT_RELEASED, depths=[6] * 6, num_heads=[6] * 6)),
+    'DRCT-L x4 (options/test/DRCT-L_SRx4_ImageNet-pretrain.yml)': (
+        'DRCT', dict(_DRCT_RELEASED, depths=[6] * 12, num_heads=[6] * 12)),
+}
+
+
+def sisr_stats(arch: str, kwargs: dict, lr_hw) -> dict:
+    net = ARCH_REGISTRY.get(arch)(**kwargs).eval()
+    params = sum(p.numel() for p in net.parameters())
+    persistent = net.state_dict()
+    index = sum(v.numel() for k, v in persistent.items() if k.endswith('relative_position_index'))
+    mask = sum(v.numel() for k, v in persistent.items() if k.endswith('attn_mask'))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net.forward_padded(torch.rand(1, 3, *lr_hw))
+    return {'params': params, 'index': index, 'mask': mask, 'gmacs': counter.get_total_flops() / 2e9}
 
 
 def stats(arch: str, kwargs: dict, lr_hw, ref_hw) -> dict:
@@ -51,7 +77,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--lr-size', type=int, nargs=2, default=(40, 40), metavar=('H', 'W'))
     parser.add_argument('--ref-size', type=int, nargs=2, default=(160, 160), metavar=('H', 'W'))
+    parser.add_argument('--sisr-size', type=int, nargs=2, default=(64, 64), metavar=('H', 'W'),
+                        help='LR input of the single-image rows (DRCT); padded to its window multiple')
+    parser.add_argument('--only', choices=('refsr', 'sisr'), help='print one table only')
     args = parser.parse_args()
+    if args.only != 'sisr':
+        refsr_table(args)
+    if args.only != 'refsr':
+        sisr_table(args)
+
+
+def sisr_table(args: argparse.Namespace) -> None:
+    h, w = args.sisr_size
+    print(f'\nSingle-image SR: LR {h}x{w} -> SR x4\n')
+    print('| configuration | parameters | + relative position index (buffer) | + attention masks (buffer) | GMACs |')
+    print('|---|---:|---:|---:|---:|')
+    for label, (arch, kwargs) in SISR_CONFIGS.items():
+        s = sisr_stats(arch, kwargs, (h, w))
+        print(f"| {label} | {s['params']:,} | {s['index']:,} | {s['mask']:,} | {s['gmacs']:.2f} |")
+
+
+def refsr_table(args: argparse.Namespace) -> None:
     print(f'LR {args.lr_size[0]}x{args.lr_size[1]} -> SR {4 * args.lr_size[0]}x{4 * args.lr_size[1]}, '
           f'reference {args.ref_size[0]}x{args.ref_size[1]}\n')
     print('| configuration | parameters | frozen | GMACs | extractor | search | main net | GDE |')
