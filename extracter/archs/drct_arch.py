@@ -38,6 +38,7 @@ forward) raise a ``ValueError`` that says why. A mask recomputed for another inp
 original keeps it float32, which only matters in half precision).
 """
 
+import inspect
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -451,6 +452,26 @@ class DRCT(nn.Module):
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set:
         return {'relative_position_bias_table'}
+
+    # ------------------------------------------------------------------ facts (see extracter.archs.refsr_base)
+    uses_reference = False  # single-image SR
+
+    @classmethod
+    def scale_for(cls, options: Mapping[str, Any]) -> int:
+        """The upscaling factor of a network built from ``options`` (``upscale``)."""
+        return int(options.get('upscale', inspect.signature(cls.__init__).parameters['upscale'].default))
+
+    def scale_of(self) -> int:
+        return self.upscale
+
+    @classmethod
+    def options_for_weights(cls, options: Mapping[str, Any]) -> Dict[str, Any]:
+        """Constructor options for loading a complete checkpoint (nothing to skip: no pretrained sub-network)."""
+        return {k: v for k, v in options.items() if k != 'type'}
+
+    def size_multiples(self) -> Tuple[int, int]:
+        """(LR side multiple, -): the inference engine pads the input to it (the window)."""
+        return self.pad_multiple(), self.pad_multiple()
 
     def pad_multiple(self) -> int:
         """The input's height and width must be multiples of this (the window size, as the original test pads to).

@@ -99,6 +99,7 @@ class RefSRNet(nn.Module):
 
     facts: ClassVar[ArchFacts]
     scale: ClassVar[int] = SCALE
+    uses_reference: ClassVar[bool] = True  # a fact every architecture states (DRCT: False)
     search_transfer: nn.Module
     n_feats: int
 
@@ -119,6 +120,14 @@ class RefSRNet(nn.Module):
     @classmethod
     def constructor_default(cls, name: str) -> Any:
         return inspect.signature(cls.__init__).parameters[name].default
+
+    @classmethod
+    def scale_for(cls, options: Mapping[str, Any]) -> int:
+        """The upscaling factor of a network built from ``options``: always x4 for the RefSR archs."""
+        return SCALE
+
+    def scale_of(self) -> int:
+        return SCALE
 
     @classmethod
     def size_multiples_for(cls, options: Mapping[str, Any]) -> Tuple[int, int]:

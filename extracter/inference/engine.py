@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from extracter.archs.refsr_base import SCALE, RefSRNet, check_image_pair, make_lr_up
 from extracter.inference.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
-from extracter.inference.tiling import round_tile, tiled_forward
+from extracter.inference.tiling import round_tile, tile_loop, tiled_forward
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 PAD_MODES = ('reflect', 'replicate')
@@ -181,6 +181,30 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
                                patch_counts=st.patch_counts([e.search for e in encoded]),
                                padded_lr_hw=tuple(lr_p.shape[-2:]), padded_ref_hw=ref_sizes, plan=plan)
     return (sr, plan) if return_plan else sr
+
+
+def run_sisr(net: torch.nn.Module, lr: torch.Tensor, tile: Optional[Mapping[str, int]] = None,
+             pad_mode: str = 'reflect', progress: Optional[Callable[[int, int], None]] = None,
+             **ignored: Any) -> torch.Tensor:
+    """Single-image SR (DRCT) at any size, the original's test-time behaviour: reflect-pad to the network's size
+    multiple (the window), run untiled or tile by tile (``tile: {tile_size, tile_pad}``, LR pixels, rounded to that
+    multiple, through the same tile loop as RefSR), crop back to ``scale`` x the input. Returns the output clamped
+    to [0, 1] (as BasicSR's tensor2img does on saving). ``ignored``: RefSR-only options (``max_memory``, search)
+    are accepted and have no effect."""
+    if lr.dim() != 4:
+        raise ValueError(f'lr must be a batch [N, C, H, W], got shape {tuple(lr.shape)}')
+    h, w = lr.shape[-2:]
+    scale = net.scale_of()
+    multiple = net.size_multiples()[0]
+    with torch.no_grad():
+        lr_p, _ = pad_to_multiple(lr, multiple, pad_mode)
+        if tile is None or tile.get('tile_size') is None:
+            sr = net(lr_p)
+        else:
+            size, pad = round_tile(int(tile['tile_size']), int(tile.get('tile_pad', 0)), multiple)
+            sr = tile_loop(lr_p, scale, size, pad, multiple,
+                           lambda y0, y1, x0, x1: net(lr_p[:, :, y0:y1, x0:x1]), progress)
+    return sr[:, :, :scale * h, :scale * w].clamp_(0, 1)
 
 
 def refsr_kwargs_from_options(opt: Optional[Mapping[str, Any]], prefix: str = '',

@@ -58,6 +58,30 @@ def search_features_tiled(net: RefSRNet, lr_up: torch.Tensor, tile_size: int,
     return out
 
 
+def tile_loop(lr: torch.Tensor, scale: int, tile_size: int, tile_pad: int, multiple: int,
+              run_tile: Callable[[int, int, int, int], torch.Tensor],
+              progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """The one tile loop (RefSR and single-image SR): ``run_tile(iy0, iy1, ix0, ix1)`` returns the x``scale`` output
+    of the LR window [iy0:iy1, ix0:ix1] (the tile with its context); only the tile's own area is kept."""
+    n, _, h, w = lr.shape
+    spans_y = tile_spans(h, tile_size, tile_pad, multiple)
+    spans_x = tile_spans(w, tile_size, tile_pad, multiple)
+    out: Optional[torch.Tensor] = None
+    total, done = len(spans_y) * len(spans_x), 0
+    for y0, y1, iy0, iy1 in spans_y:
+        for x0, x1, ix0, ix1 in spans_x:
+            tile_sr = run_tile(iy0, iy1, ix0, ix1)
+            if out is None:
+                out = tile_sr.new_empty(n, tile_sr.size(1), scale * h, scale * w)
+            out[:, :, scale * y0:scale * y1, scale * x0:scale * x1] = tile_sr[
+                :, :, scale * (y0 - iy0):scale * (y1 - iy0), scale * (x0 - ix0):scale * (x1 - ix0)]
+            del tile_sr
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out
+
+
 def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
                   ref_feats: Union[ReferenceFeatures, Sequence[ReferenceFeatures]], tile_size: int, tile_pad: int,
                   progress: Optional[Callable[[int, int], None]] = None, return_search: bool = False):
@@ -72,29 +96,20 @@ def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
     """
     n, _, h, w = lr.shape
     st = net.search_transfer
-    multiple = net.size_multiples()[0]
     s = st.stride
     refs = as_reference_list(ref_feats)
     flat_scores, flat_index = net.search(search_features_tiled(net, lr_up, tile_size), refs)
     gh, gw = st.grid_size(h, w)
     scores = flat_scores.view(n, st.top_k, gh, gw)
     index = flat_index.view(n, st.top_k, gh, gw)
-    spans_y = tile_spans(h, tile_size, tile_pad, multiple)
-    spans_x = tile_spans(w, tile_size, tile_pad, multiple)
-    out = lr.new_empty(n, 3, SCALE * h, SCALE * w)
-    total, done = len(spans_y) * len(spans_x), 0
-    for y0, y1, iy0, iy1 in spans_y:
-        for x0, x1, ix0, ix1 in spans_x:
-            # the tile's own patch grid is a window of the whole LR's (tile bounds are multiples of the stride)
-            th, tw = st.grid_size(iy1 - iy0, ix1 - ix0)
-            py, px = iy0 // s, ix0 // s
-            search = (scores[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1),
-                      index[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1))
-            tile_sr = net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search)
-            out[:, :, SCALE * y0:SCALE * y1, SCALE * x0:SCALE * x1] = tile_sr[
-                :, :, SCALE * (y0 - iy0):SCALE * (y1 - iy0), SCALE * (x0 - ix0):SCALE * (x1 - ix0)]
-            del tile_sr, search
-            done += 1
-            if progress is not None:
-                progress(done, total)
+
+    def run_tile(iy0: int, iy1: int, ix0: int, ix1: int) -> torch.Tensor:
+        # the tile's own patch grid is a window of the whole LR's (tile bounds are multiples of the stride)
+        th, tw = st.grid_size(iy1 - iy0, ix1 - ix0)
+        py, px = iy0 // s, ix0 // s
+        search = (scores[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1),
+                  index[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1))
+        return net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search)
+
+    out = tile_loop(lr, SCALE, tile_size, tile_pad, net.size_multiples()[0], run_tile, progress)
     return (out, (flat_scores, flat_index)) if return_search else out
