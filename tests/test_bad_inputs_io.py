@@ -295,9 +295,12 @@ def test_atomic_write_failure_and_ctrl_c_leave_no_temp_and_keep_the_old_file(tmp
         assert sorted(os.listdir(tmp_path)) == ['result.txt'] and target.read_text() == 'old'
     parsed = parse_temp_name(names[0])
     assert parsed == ('result.txt', 'tmp', host_tag(), os.getpid())
-    assert names[0].startswith(f'.result.txt.extracter-tmp-{host_tag()}-{os.getpid()}.')
+    assert names[0].startswith(f'.result.txt.extracter-tmp-{host_tag()}-{os.getpid()}.') and names[0].endswith('.tmp')
     with pytest.raises(IsADirectoryError, match='is a folder'):
         atomic_write_text(tmp_path, 'x')
+    with pytest.raises(NotADirectoryError, match=f'cannot write into {target / "sub"}: {target} is a file'):
+        atomic_write_text(target / 'sub' / 'x.txt', 'x')
+    assert sorted(os.listdir(tmp_path)) == ['result.txt'] and target.read_text() == 'old'
 
 
 def test_interruptible_installs_chains_and_restores_handlers(tmp_path):
@@ -345,7 +348,7 @@ def test_clean_stale_temp_files(tmp_path):
     dead, host = _dead_pid(), host_tag()
     (tmp_path / 'keep.png').write_bytes(b'mine')
     (tmp_path / '.hidden.png.tmp').write_bytes(b'not ours')
-    (tmp_path / f'.a.png.extracter-tmp-{host}-{dead}.x1y2').write_bytes(b'stale')
+    (tmp_path / f'.a.png.extracter-tmp-{host}-{dead}.x1y2.tmp').write_bytes(b'stale')
     (tmp_path / f'.b.lmdb.extracter-tmp-{host}-{dead}.k3').mkdir()
     (tmp_path / f'.b.lmdb.extracter-tmp-{host}-{dead}.k3' / 'data.mdb').write_bytes(b'stale')
     (tmp_path / f'.c.png.extracter-tmp-{host}-{os.getpid()}.z').write_bytes(b'live')
@@ -359,7 +362,7 @@ def test_clean_stale_temp_files(tmp_path):
     logged = []
     report = clean_stale_temp_files(tmp_path, log=logged.append)
     assert sorted(os.path.basename(p) for p in report.removed) == [
-        f'.a.png.extracter-tmp-{host}-{dead}.x1y2', f'.b.lmdb.extracter-tmp-{host}-{dead}.k3',
+        f'.a.png.extracter-tmp-{host}-{dead}.x1y2.tmp', f'.b.lmdb.extracter-tmp-{host}-{dead}.k3',
         f'.e.lmdb.extracter-old-{host}-{dead}']
     assert report.restored == [str(tmp_path / 'old.lmdb')]
     assert (tmp_path / 'old.lmdb' / 'data.mdb').read_bytes() == b'previous lmdb'
@@ -534,7 +537,8 @@ def test_create_lmdb_pixel_flag_warnings_and_path_errors(tmp_path, capsys):
     for bad_args, expected in [
         (['--folder', str(src / '000.png'), '--lmdb', str(tmp_path / 'y.lmdb')], 'is a file, expected a folder'),
         (['--folder', str(tmp_path / 'nowhere'), '--lmdb', str(tmp_path / 'y.lmdb')], 'nowhere: no such folder'),
-        (['--folder', str(src), '--lmdb', str(src / '000.png' / 'y.lmdb')], f'cannot write into {src / "000.png"}'),
+        (['--folder', str(src), '--lmdb', str(src / '000.png' / 'y.lmdb')],
+         f'{src / "000.png"} is a file, not a folder'),
         (['--folder', str(src), '--lmdb', str(dst)], 'refusing to touch existing LMDB'),
     ]:
         before = _tree(tmp_path)

@@ -3,7 +3,7 @@
 Each LMDB is built in a temporary folder beside its destination, then verified (record count, and every record
 decoded and compared with a checksum of the pixels that were encoded), and only then moved into place. A failure
 anywhere (an unreadable image, a missing pair, a full disk, Ctrl-C, SIGTERM) leaves no LMDB at the destination
-and removes the temporary folders (``.<name>.lmdb.extracter-tmp-<host>-<pid>.<random>``); an existing LMDB is
+and removes the temporary folders (``.<name>.lmdb.extracter-tmp-<host>-<pid>.<random>.tmp``); an existing LMDB is
 replaced only with ``overwrite=True``, and a run killed outright (SIGKILL) leaves a temporary folder that the next
 run in that folder removes (:func:`extracter.utils.file_io.clean_stale_temp_files`). Records are lossless PNGs of the
 uint8 RGB image as :func:`extracter.data.image_io.read_image` reads it (EXIF orientation applied, greyscale
@@ -22,7 +22,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import lmdb
 
 from extracter.data.image_io import ImageReadError, decode_image_bytes, encode_png, list_images, read_image
-from extracter.utils.file_io import clean_stale_temp_files, interruptible, signals_deferred, temp_prefix
+from extracter.utils.file_io import (
+    TEMP_SUFFIX,
+    clean_stale_temp_files,
+    ensure_folder,
+    interruptible,
+    signals_deferred,
+    temp_prefix,
+)
 
 COMMIT_EVERY = 500
 MIN_MAP_SIZE = 64 << 20  # initial LMDB map size; it grows (doubling) when full
@@ -227,9 +234,9 @@ def _pack(jobs: Sequence[PackJob], compress_level: int, show_progress: bool, log
           problems: List[str]) -> None:
     for job in jobs:
         parent = os.path.dirname(os.path.abspath(job.dst))
+        ensure_folder(parent)
         try:
-            os.makedirs(parent, exist_ok=True)
-            job.tmp = tempfile.mkdtemp(prefix=temp_prefix(job.dst), dir=parent)
+            job.tmp = tempfile.mkdtemp(prefix=temp_prefix(job.dst), suffix=TEMP_SUFFIX, dir=parent)
         except OSError as err:
             raise OSError(err.errno, f'cannot write into {parent}: {err.strerror}') from err
         log(f'packing {len(job.files)} images into {job.dst}')

@@ -2,7 +2,8 @@
 
 Every output is written to a temporary file (or folder) beside its destination and renamed onto it when complete, so
 a destination holds either its previous content or the new one, never half of it. The temporary names follow one
-pattern, ``.<name>.extracter-tmp-<host>-<pid>.<random>`` (``extracter-old`` for a replaced LMDB kept for a moment),
+pattern, ``.<name>.extracter-tmp-<host>-<pid>.<random>.tmp`` (``extracter-old`` for a replaced LMDB kept for a
+moment),
 so that they can be recognised later:
 
 - on an exception, Ctrl-C, or SIGTERM/SIGHUP (a job scheduler's kill, a closed terminal) the temporary file is
@@ -29,8 +30,9 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 PathLike = Union[str, os.PathLike]
 
 TEMP_MARK = 'extracter'
+TEMP_SUFFIX = '.tmp'  # kept at the end, where tools and .gitignore files look for it
 _TEMP_RE = re.compile(r'^\.(?P<name>.+)\.extracter-(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)'
-                      r'(?:\.[A-Za-z0-9_]+)?$')
+                      r'(?:\.[A-Za-z0-9_]+)?(?:\.tmp)?$')
 _MAX_NAME_IN_TEMP = 100  # file names are limited to 255 bytes; the temporary name adds about 40
 _SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP') if hasattr(signal, n))
 
@@ -165,10 +167,24 @@ def refuse_overwrite(path: PathLike, overwrite: bool, flag: str = '--overwrite')
         raise FileExistsError(errno.EEXIST, f'{path} already exists; pass {flag} to replace it')
 
 
-def _mkstemp_in(folder: Path, prefix: str) -> str:
+def ensure_folder(folder: PathLike) -> None:
+    """``mkdir -p``, with errors that name the folder (and the file in the way, if any)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocker = Path(folder)
+        while not blocker.exists() and blocker != blocker.parent:
+            blocker = blocker.parent
+        raise NotADirectoryError(errno.ENOTDIR, f'cannot write into {folder}: {blocker} is a file, not a folder') \
+            from err
+    except OSError as err:
+        raise OSError(err.errno, f'cannot write into {folder}: {err.strerror}') from err
+
+
+def _mkstemp_in(folder: Path, prefix: str) -> str:
+    ensure_folder(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
     except OSError as err:  # the folder's name, not the temporary file's, says what is wrong
         raise OSError(err.errno, f'cannot write into {folder}: {err.strerror}') from err
     os.close(fd)
@@ -179,7 +195,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file in the target folder, then rename it onto ``path``.
 
     A crash mid-write leaves the previous file (if any) intact; the temporary file
-    (``.<name>.extracter-tmp-<host>-<pid>.<random>``) is removed on an exception, Ctrl-C, SIGTERM or SIGHUP.
+    (``.<name>.extracter-tmp-<host>-<pid>.<random>.tmp``) is removed on an exception, Ctrl-C, SIGTERM or SIGHUP.
     """
     path = Path(path)
     if path.is_dir():
