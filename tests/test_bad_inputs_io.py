@@ -264,6 +264,10 @@ def test_low_range_16bit_warns_and_significant_bits_rescales(tmp_path):
     (tmp_path / 'sbit14.png').write_bytes(_with_sbit((tmp_path / 'rgb12.png').read_bytes(), 14, 3))
     arr, _ = _read_with_warnings(tmp_path / 'sbit14.png')
     np.testing.assert_array_equal(arr, np.rint(data.astype(np.float64) * 255 / 16383).astype(np.uint8))
+    # 14-bit data (no warning in the default mode: not nearly black) is stretched by 2**14 - 1
+    cv2.imwrite(str(tmp_path / 'rgb14.png'), (data * 4)[..., ::-1])
+    arr, _ = _read_with_warnings(tmp_path / 'rgb14.png')
+    np.testing.assert_array_equal(arr, np.rint((data * 4).astype(np.float64) * 255 / 16383).astype(np.uint8))
     # full-range 16-bit data is read the same in both modes, without a warning
     full = data * 16
     cv2.imwrite(str(tmp_path / 'full.png'), full[..., ::-1])

@@ -213,8 +213,9 @@ def _to_rgb_uint8(img: Image.Image, name: str, fp, rawmode: str, notes: List[str
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageReadError(f'{name}: could not convert mode {mode} to RGB (got shape {arr.shape})')
-    if ';16' in rawmode and mode in ('RGB', 'RGBA') and int(arr.max()) < (LOW_RANGE_16BIT >> 8):
-        # 48/64-bit colour whose high bytes are all < 16: look at the full samples (a second decode, by OpenCV)
+    low = (1 << 14) if _scaling == 'significant-bits' else LOW_RANGE_16BIT
+    if ';16' in rawmode and mode in ('RGB', 'RGBA') and int(arr.max()) < (low >> 8):
+        # 48/64-bit colour whose high bytes are all small: look at the full samples (a second decode, by OpenCV)
         samples = _decode_16bit_colour(_read_all(fp))
         if samples is None:
             notes.append(f'{name}: 16-bit colour image whose 8-bit maximum is {int(arr.max())} (nearly black); its '
@@ -229,11 +230,10 @@ def _to_rgb_uint8(img: Image.Image, name: str, fp, rawmode: str, notes: List[str
 
 def _scale_16bit(samples: np.ndarray, name: str, fp, notes: List[str]) -> np.ndarray:
     peak = int(samples.max()) if samples.size else 0
+    if _scaling == 'significant-bits' and peak < (1 << 14):
+        return _to_uint8(samples, _significant_bits(peak, _png_sbit(_read_all(fp))))
     if peak >= LOW_RANGE_16BIT:
         return _to_uint8(samples, 16)
-    if _scaling == 'significant-bits':
-        bits = _significant_bits(peak, _png_sbit(_read_all(fp)))
-        return _to_uint8(samples, bits)
     bits = _significant_bits(peak, None)
     notes.append(f'{name}: 16-bit image whose maximum sample is {peak} (< {LOW_RANGE_16BIT}), as {bits}-bit data '
                  'stored unscaled in 16 bits would be; keeping the high byte (the default, as OpenCV and BasicSR do) '

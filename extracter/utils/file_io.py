@@ -129,16 +129,18 @@ def interruptible() -> Iterator[None]:
                 continue
             if isinstance(current, _Handler) or current == signal.SIG_IGN:
                 continue
+            handler = _Handler(current)
             try:
-                signal.signal(sig, _Handler(current))
+                signal.signal(sig, handler)
             except (ValueError, OSError):
                 continue
-            installed.append((sig, current))
+            installed.append((sig, handler, current))
     try:
         yield
     finally:
-        for sig, previous in reversed(installed):
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        for sig, handler, previous in reversed(installed):
+            if signal.getsignal(sig) is handler:  # not if someone installed theirs meanwhile
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextmanager
@@ -154,6 +156,8 @@ def signals_deferred() -> Iterator[None]:
             handler = signal.getsignal(signum)
             if callable(handler):
                 handler(signum, None)
+            elif handler != signal.SIG_IGN:  # ours was removed meanwhile: the default action is to end
+                raise Terminated(signum)
 
 
 # --- writing ----------------------------------------------------------------------------------------------------------
