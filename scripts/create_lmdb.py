@@ -6,18 +6,18 @@
 
 Every LMDB is written to a temporary folder, verified (count, and every record decoded and compared with the
 pixels that were packed) and only then moved into place. Missing pairs and unreadable files are reported by name and
-nothing is written. An existing LMDB is never touched unless --overwrite is given. Exit status: 0 on success, 1 on
-failure.
+nothing is written. An existing LMDB is never touched unless --overwrite is given. Ctrl-C or SIGTERM removes the
+temporary folders; those of a run killed outright are removed by the next run. Exit status: 0 on success, 2 on bad
+input (one `error:` line on stderr; --debug adds the traceback), 1 on an unexpected error, 130 on Ctrl-C, 143 on
+SIGTERM.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import extracter  # noqa: E402,F401  (before basicsr, see extracter/compat.py)
-from extracter.data.lmdb_pack import PackError, PackJob, cufed_jobs, folder_files, pack  # noqa: E402
+from extracter.data.lmdb_pack import PackError, PackJob, cufed_jobs, folder_files, pack
+from extracter.utils.cli import add_image_arguments, apply_image_arguments, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--compress-level', type=int, default=1, help='PNG compression level 0..9 (BasicSR uses 1)')
     p.add_argument('--overwrite', action='store_true', help='replace existing LMDBs')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    add_image_arguments(p)
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = p.parse_args(argv)
     if args.folder and not args.lmdb:
         p.error('--folder needs --lmdb')
@@ -39,23 +41,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
+def run(argv) -> int:
     args = parse_args(argv)
-    try:
-        if args.cufed:
-            sets = [s.strip().lower() for s in args.sets.split(',') if s.strip()]
-            bad = sorted(set(sets) - {'train', 'cufed5'})
-            if bad or not sets:
-                print(f'error: --sets takes train and/or cufed5, got {args.sets!r}', file=sys.stderr)
-                return 1
-            jobs = cufed_jobs(args.cufed, args.out, sets)
-        else:
-            jobs = [PackJob(args.lmdb, folder_files(args.folder))]
-        pack(jobs, compress_level=args.compress_level, overwrite=args.overwrite, show_progress=not args.no_progress)
-    except (PackError, FileNotFoundError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+    apply_image_arguments(args)
+    if args.cufed:
+        sets = [s.strip().lower() for s in args.sets.split(',') if s.strip()]
+        bad = sorted(set(sets) - {'train', 'cufed5'})
+        if bad or not sets:
+            raise ValueError(f'--sets takes train and/or cufed5, got {args.sets!r}')
+        jobs = cufed_jobs(args.cufed, args.out, sets)
+    else:
+        jobs = [PackJob(args.lmdb, folder_files(args.folder))]
+    pack(jobs, compress_level=args.compress_level, overwrite=args.overwrite, show_progress=not args.no_progress)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv, known=(PackError,))
 
 
 if __name__ == '__main__':

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extracter.data.image_io import ImageReadError, decode_image_bytes, encode_png, list_images, read_image
+from extracter.data.image_io import (
+    ImageInputWarning,
+    ImageReadError,
+    decode_image_bytes,
+    encode_png,
+    list_images,
+    read_image,
+)
 from tests.data_helpers import shared_data_dir
 
 
@@ -41,11 +48,14 @@ def test_real_greyscale_set14_image():
 
 
 def test_alpha_is_dropped(tmp_path, photo):
+    """The colour under the alpha channel is kept (a warning says so, see tests/test_bad_inputs_io.py)."""
     alpha = np.full(photo.shape[:2], 7, np.uint8)
     Image.fromarray(np.dstack([photo, alpha]), 'RGBA').save(tmp_path / 'a.png')
-    np.testing.assert_array_equal(read_image(tmp_path / 'a.png'), photo)
+    with pytest.warns(ImageInputWarning, match='a.png: the alpha channel is dropped'):
+        np.testing.assert_array_equal(read_image(tmp_path / 'a.png'), photo)
     Image.fromarray(np.dstack([photo[..., 0], alpha]), 'LA').save(tmp_path / 'la.png')
-    np.testing.assert_array_equal(read_image(tmp_path / 'la.png')[..., 1], photo[..., 0])
+    with pytest.warns(ImageInputWarning, match='la.png: the alpha channel is dropped'):
+        np.testing.assert_array_equal(read_image(tmp_path / 'la.png')[..., 1], photo[..., 0])
 
 
 def test_16bit_grey_and_rgb_keep_high_byte(tmp_path, photo):

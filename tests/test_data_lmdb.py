@@ -201,16 +201,16 @@ def _cli(*args):
 
 
 def test_create_lmdb_script_main(cufed_root, tmp_path, capsys):
-    """The command line's main(): packs and verifies, then refuses to overwrite (exit status 1, reason on stderr)."""
+    """The command line's main(): packs and verifies, then refuses to overwrite (exit status 2, reason on stderr)."""
     from scripts.create_lmdb import main
 
     args = ['--no-progress', '--folder', str(cufed_root / 'train' / 'ref'), '--lmdb', str(tmp_path / 'ref.lmdb')]
     assert main(args) == 0
     assert f'wrote {tmp_path / "ref.lmdb"}: 6 records, verified' in capsys.readouterr().out
-    assert main(args) == 1
+    assert main(args) == 2
     assert 'refusing to touch existing LMDB' in capsys.readouterr().err
     assert main(args + ['--overwrite']) == 0
-    assert main(['--no-progress', '--cufed', str(cufed_root), '--sets', 'nope']) == 1
+    assert main(['--no-progress', '--cufed', str(cufed_root), '--sets', 'nope']) == 2
     assert '--sets takes train and/or cufed5' in capsys.readouterr().err
 
 
@@ -225,14 +225,14 @@ def test_create_lmdb_script_cli(cufed_root, tmp_path):
 
 @pytest.mark.slow
 def test_create_lmdb_script_cli_refuses_and_reports(cufed_root, tmp_path):
-    """Exit status 1 with the reason on stderr: an existing LMDB without --overwrite, a missing pair."""
+    """Exit status 2 with the reason on stderr: an existing LMDB without --overwrite, a missing pair."""
     _cli('--folder', str(cufed_root / 'train' / 'ref'), '--lmdb', str(tmp_path / 'ref.lmdb'))
     res = _cli('--folder', str(cufed_root / 'train' / 'ref'), '--lmdb', str(tmp_path / 'ref.lmdb'))
-    assert res.returncode == 1 and '--overwrite' in res.stderr
+    assert res.returncode == 2 and '--overwrite' in res.stderr
     root = _copy_cufed(cufed_root, tmp_path / 'CUFED')
     os.remove(root / 'train' / 'input' / '000001.png')
     res = _cli('--cufed', str(root), '--sets', 'train')
-    assert res.returncode == 1 and 'train/ref/000001.png: no input (HR) image with this name' in res.stderr
+    assert res.returncode == 2 and 'train/ref/000001.png: no input (HR) image with this name' in res.stderr
     assert not (root / 'train' / 'input.lmdb').exists()
 
 

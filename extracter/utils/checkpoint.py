@@ -21,18 +21,39 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or that does not hold what was asked for; the message names it."""
 
 
-def load_checkpoint(path: PathLike, map_location: Any = 'cpu') -> Any:
-    """``torch.load(path, weights_only=True)``; a missing or unreadable file is an error naming it."""
+def _why_unreadable(path: str, err: Exception) -> str:
+    """What an unpicklable file most likely is, in words."""
+    text = str(err)
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith(b'PK') and ('central directory' in text or 'zip archive' in text):
+        return 'a truncated or corrupt PyTorch file (an interrupted download or copy?)'
+    if 'Unsupported global' in text or 'This file can still be loaded' in text:
+        return ('a PyTorch file holding objects other than tensors (a pickled model?); only weights-only files '
+                'are read')
+    if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return 'a text file, not PyTorch weights'
+    return 'not a PyTorch weights file'
+
+
+def load_checkpoint(path: PathLike, map_location: Any = 'cpu', what: str = 'a PyTorch checkpoint') -> Any:
+    """``torch.load(path, weights_only=True)``; a missing, empty, foreign or corrupt file is an error naming it and
+    ``what`` was expected."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise CheckpointError(f'{path} is a folder, not a checkpoint file')
+        raise CheckpointError(f'{path} is a folder, expected the file of {what}')
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+        raise FileNotFoundError(f'{path}: no such file (checkpoint not found; expected {what})')
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f'{path}: empty file (0 bytes), expected {what}')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # any unpickling failure means the same to the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f'{path}: not a readable weights-only torch checkpoint ({first[:200]})') from err
+    except OSError as err:
+        raise OSError(err.errno, f'{path}: cannot read ({err.strerror or err})') from err
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001  unpickling untrusted data fails in many ways; all mean the same
+        raise CheckpointError(f'{path}: {_why_unreadable(path, err)}; expected {what}') from err
 
 
 def strip_module_prefix(state: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,0 +1,155 @@
+"""The error boundary of command lines: bad input ends in one ``error: <message>`` line, not a traceback.
+
+Usage in a script::
+
+    def main(argv):               # parses argv, raises on failure, returns 0 (or None)
+        ...
+
+    if __name__ == '__main__':
+        sys.exit(run_main(main))
+
+Exit statuses: 0 success; 2 a known error (bad input or environment: ``ValueError`` and its subclasses such as
+``ImageReadError`` or ``OptionError``, ``OSError`` and its subclasses such as ``FileNotFoundError``,
+``FileExistsError``, ``PermissionError``, ``IsADirectoryError``, a full disk, ``MemoryError``, and the script's own
+``known`` types); 1 anything unexpected (a bug: the message says to rerun with ``--debug`` and report it); 130 Ctrl-C;
+128 + n for signal n (143 for SIGTERM), as a shell reports a killed process. ``--debug`` anywhere on the command line
+(or ``EXTRACTER_DEBUG=1``) prints the traceback as well; the flag is removed before ``main`` sees ``argv``.
+
+While ``main`` runs, SIGTERM and SIGHUP raise :class:`~extracter.utils.file_io.Terminated`, so temporary files are
+removed (see :mod:`extracter.utils.file_io`), and :class:`~extracter.data.image_io.ImageInputWarning` prints as one
+``warning: <message>`` line.
+"""
+
+import argparse
+import errno
+import os
+import sys
+import traceback
+import warnings
+from typing import Callable, List, Optional, Sequence, Tuple, Type
+
+from extracter.data.image_io import (
+    SCALINGS,
+    ImageInputWarning,
+    get_max_image_pixels,
+    set_16bit_scaling,
+    set_max_image_pixels,
+)
+from extracter.utils.file_io import Terminated, interruptible
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+KNOWN_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, OSError, MemoryError)
+
+
+def format_error(err: BaseException) -> str:
+    """The message of a known error, as one readable line (several for errors that list problems)."""
+    if isinstance(err, MemoryError):
+        detail = str(err)
+        return 'out of memory' + (f': {detail}' if detail else '') + \
+            ' (use smaller images or tiles, or a machine with more memory)'
+    if isinstance(err, OSError) and err.strerror:
+        # '[Errno 2] No such file or directory: x' -> 'x: No such file or directory'
+        where = ' -> '.join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        if err.errno == errno.ENOSPC:
+            return f'{where + ": " if where else ""}{err.strerror} (free some space and run again)'
+        return f'{where}: {err.strerror}' if where else err.strerror
+    return str(err) or type(err).__name__
+
+
+def _strip_flag(argv: Sequence[str], flag: str) -> Tuple[List[str], bool]:
+    argv = list(argv)
+    found = flag in argv
+    return [a for a in argv if a != flag], found
+
+
+def _show_warning(previous):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ImageInputWarning):
+            print(f'warning: {message}', file=sys.stderr if file is None else file)
+        else:
+            previous(message, category, filename, lineno, file, line)
+    return show
+
+
+def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
+             debug_flag: str = '--debug', known: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run ``main(argv)`` (``argv`` defaults to ``sys.argv[1:]``) and return its exit status, turning errors into
+    messages as described in the module docstring. ``SystemExit`` raised by ``main`` (argparse's usage errors, exit
+    status 2) passes through unchanged."""
+    argv, debug = _strip_flag(sys.argv[1:] if argv is None else argv, debug_flag)
+    debug = debug or os.environ.get('EXTRACTER_DEBUG', '') not in ('', '0')
+
+    def fail(status: int, message: str) -> int:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f'error: {message}', file=sys.stderr)
+        return status
+
+    previous_show = warnings.showwarning
+    warnings.showwarning = _show_warning(previous_show)
+    try:
+        with interruptible():
+            status = main(argv)
+        return EXIT_OK if status is None else int(status)
+    except Terminated as err:
+        return fail(int(err.code), f'{err}; temporary files were removed, no partial output was left')
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, 'interrupted (Ctrl-C); temporary files were removed, no partial output was left')
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        try:
+            sys.stdout = open(os.devnull, 'w')  # noqa: SIM115  (keep Python from failing again on exit)
+        except OSError:
+            pass
+        return EXIT_UNEXPECTED
+    except KNOWN_ERRORS + tuple(known) as err:
+        return fail(EXIT_ERROR, format_error(err))
+    except SystemExit:
+        raise
+    except Exception as err:  # noqa: BLE001  the boundary: a bug, reported as one
+        hint = '' if debug else f'; rerun with {debug_flag} for the traceback'
+        return fail(EXIT_UNEXPECTED, f'unexpected {type(err).__name__}: {err}{hint} (please report it)')
+    finally:
+        warnings.showwarning = previous_show
+
+
+# --- image reading flags ----------------------------------------------------------------------------------------------
+
+
+def parse_pixel_count(text: str) -> int:
+    """``--max-image-pixels`` values: a whole number (``_`` allowed), ``W x H`` (``20000x20000``), or 0 / none
+    (no limit)."""
+    t = text.strip().lower().replace(' ', '')
+    try:
+        if t in ('none', '0'):
+            return 0
+        if 'x' in t:
+            w, h = t.split('x')
+            value = int(w) * int(h)
+        else:
+            value = int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected a number of pixels (e.g. 400000000 or 20000x20000), got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected a positive number of pixels, got {text!r}')
+    return value
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels`` and ``--16bit-scaling``, applied by :func:`apply_image_arguments`."""
+    parser.add_argument('--max-image-pixels', type=parse_pixel_count, default=None, metavar='N',
+                        help=f'largest image read, in pixels (default {get_max_image_pixels() or 0:,}; a guard '
+                             'against decompression bombs); also WxH; 0: no limit')
+    parser.add_argument('--16bit-scaling', dest='sixteen_bit_scaling', choices=SCALINGS, default=None,
+                        help='16-bit images: high-byte (default, as OpenCV/BasicSR) or significant-bits (stretch '
+                             '10/12-bit data stored unscaled in 16 bits)')
+
+
+def apply_image_arguments(args: argparse.Namespace) -> None:
+    if getattr(args, 'max_image_pixels', None) is not None:
+        set_max_image_pixels(args.max_image_pixels or None)
+    if getattr(args, 'sixteen_bit_scaling', None):
+        set_16bit_scaling(args.sixteen_bit_scaling)
