@@ -66,9 +66,10 @@ def convert(input_path: str, output: str, overwrite: bool = False) -> dict:
     if disc is not None:
         refuse_overwrite(out_d, overwrite)
     atomic_torch_save({'params': state}, out)
-    header = (f'# network_g options for {out.name}, converted from {Path(input_path).name}\n'
-              '# The search geometry (window/stride/padding) is not stored in the weights: 3/1/1 as released;\n'
-              '# the paper evaluates with 6/2/2. Both work with these weights.\n')
+    header = f'# network_g options for {out.name}, converted from {Path(input_path).name}\n'
+    if options['type'] == 'Extracter':  # TTSR's search geometry is fixed (3/1/1)
+        header += ('# The search geometry (window/stride/padding) is not stored in the weights: 3/1/1 as released;\n'
+                   '# the paper evaluates with 6/2/2. Both work with these weights.\n')
     doc = {'network_g': options}
     result = {'output': str(out), 'options': str(yml), 'network_g': options, 'notes': load_notes + notes}
     if disc is not None:
