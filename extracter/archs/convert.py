@@ -4,6 +4,7 @@ Original layouts (``torch.save(model.state_dict())`` in their trainers):
 - EXTRACTER: ``FE.*`` (VGG slices + frozen ``sub_mean``) and ``SR.*`` (main network and GDE in one module).
 - TTSR: ``LTE.*`` and ``MainNet.*`` (plus ``LTE_copy.*`` when saved without the trainer's filter: a frozen copy
   of LTE used only by the transferal perceptual loss; dropped).
+- mmagic/mmediting TTSR: ``generator.*`` and ``extractor.*`` (see :mod:`extracter.archs.convert_mmagic`).
 Possibly nested under ``model`` / ``state_dict`` / ``params`` and prefixed ``module.`` (DataParallel/DDP).
 
 The mapping is a prefix rename (our attribute names follow the original ones); block counts, ``top_k`` and
@@ -48,7 +49,8 @@ def detect_arch(state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> s
         return 'Extracter'
     if {'MainNet', 'LTE'} & set(prefixes):
         return 'TTSR'
-    raise ConversionError(f'{source}: neither an EXTRACTER (SR.*, FE.*) nor a TTSR (MainNet.*, LTE.*) checkpoint; '
+    raise ConversionError(f'{source}: neither an EXTRACTER (SR.*, FE.*), a TTSR (MainNet.*, LTE.*) nor an mmagic TTSR '
+                          f'(generator.*, extractor.*) checkpoint; '
                           f'key prefixes found: {dict(prefixes)}')
 
 
@@ -117,6 +119,12 @@ def convert_state_dict(raw, source: str = 'checkpoint') -> Tuple[Dict[str, torch
                                                                    List[str]]:
     """Returns (our state dict, network options, notes). Raises :class:`ConversionError` on anything unknown."""
     state = unwrap_state_dict(raw, source)
+    from extracter.archs.convert_mmagic import convert_mmagic_state, is_mmagic_state
+
+    if is_mmagic_state(state):
+        mapped, options, notes = convert_mmagic_state(state, source)
+        verify_strict_load(mapped, options, source)
+        return mapped, options, notes
     arch = detect_arch(state, source)
     mapper = _map_extracter_key if arch == 'Extracter' else _map_ttsr_key
     notes: List[str] = []
