@@ -1,38 +1,40 @@
-"""Approximate (sub-quadratic) texture search with exact re-ranking, for large RefSR inputs.
+"""Approximate texture search for large inputs: reduced-dimension retrieval, then exact search in candidate windows.
 
 Same contract as :meth:`SearchTransfer.search_chunked <extracter.archs.search_transfer.SearchTransfer.search_chunked>`:
 for every LR patch (unfold with window k, stride s, padding p of relu3_1 features) the top-k reference patches by the
 cosine relevance of TTSR Eq. 4, ``r_ij = <q_i / |q_i|, k_j / |k_j|>``, returned as ``(scores, index)``, each
 [N, top_k, L], rank-sorted; the scores are the exact relevances of the chosen patches.
 
-Method (coarse-to-fine with reduced descriptors, then exact search in candidate windows):
+Method (reduced-descriptor retrieval, then exact search in shared candidate windows), chosen by measurement on real
+VGG relu3_1 features (docs/benchmarks/search/README.md has the numbers, also of the alternatives):
 
-1. Reduced descriptors. The C feature channels are projected per pixel onto their top ``reduced_channels`` principal
-   directions (uncentred PCA fitted on the reference pixels, which best preserves inner products), and, where the
-   geometry allows it (k, s, p even), average-pooled 2x2 so a k x k patch becomes a (k/2) x (k/2) one on the same
-   patch grid. A reduced patch dotted with another, divided by the two EXACT patch norms, approximates r_ij.
-2. Anchors. A sparse grid of LR patches (every ``anchor_step``-th along each axis) is searched against EVERY
-   reference patch in the reduced space (blocked matmuls, running top-``anchor_top``). This is the only quadratic
-   part, (L / anchor_step^2) x Lr x reduced dimension, about 1/1000 of the exact search's work.
-3. Candidate windows. The LR patch grid is cut into ``tile`` x ``tile`` tiles. For a tile, every anchor match of the
-   anchors in and around it (one anchor step beyond its border) proposes a (2 * radius + 1)^2 window of reference
-   patches centred on the match (the displacement of an anchor, applied to the queries near it, with some slack):
-   this propagates matches between neighbours as in coarse-to-fine RefSR searches (MASA-SR, DCSR) and PatchMatch.
-   The union of the windows, in the order of the anchor scores, is capped at ``max_candidates``.
-4. Exact search in the windows. The tile's LR patches against its candidates, with full-dimensional patches gathered
-   straight from channels-last feature maps: one [tile^2, C k^2] x [C k^2, M] matmul per tile and the exact cosine
-   relevance (dot product times the inverse patch norms, box sums of squared features as in the chunked search),
-   then top-k. The returned scores are therefore exact relevances of the chosen reference patches, and the result
-   equals the exact search for every LR patch whose exact top-k lies in its tile's candidate set.
+1. Reduced descriptors, a factorised PCA fitted on the reference: the C channels of every pixel are projected on
+   their top ``channel_dims`` uncentred principal directions (the subspace that best preserves inner products), then
+   the channel-reduced k x k patches on their top ``patch_dims`` directions. A reduced query dotted with a reduced
+   key, divided by the key's EXACT norm, approximates r_ij up to the query's (rank-irrelevant) norm.
+2. Retrieval: the LR patches of a sub-grid (every ``query_step``-th along each axis) against the reference patches of
+   a sub-grid (every ``key_step``-th) in the reduced space, keeping the top ``candidates`` of each. This is the only
+   quadratic part, patch_dims / (C k^2 query_step^2 key_step^2) of the exact search's work.
+3. Candidate windows: the LR patch grid is cut into ``tile`` x ``tile`` tiles; a tile's candidate set is the union
+   of the (2 ``jitter`` + 1)^2 windows around the retrieved matches of its sub-grid queries and of those one step
+   around it, rank-major (every query's first match before any second one), capped at ``max_candidates``. Sharing
+   the set propagates matches between neighbouring queries (as coarse-to-fine and PatchMatch searches do), and the
+   windows catch the near-ties next to a retrieved match (relevances of neighbouring reference patches differ by
+   less than 1e-3 for about half of the LR patches of real pairs).
+4. Exact search in the windows: the tile's full patches against its candidates, both gathered straight from
+   channels-last feature maps, one [tile^2, C k^2] x [C k^2, M] matmul per tile, and the exact cosine relevance (dot
+   product times the inverse patch norms, box sums of squared features as in the chunked search); top-k. The scores
+   are therefore the exact relevances of the chosen patches, and a query's result equals the exact search's whenever
+   its exact top-k lies in its tile's candidate set.
 
-The candidate set covers everything when the reference has at most ``max_candidates`` patches, and the search is
-small when L x Lr <= ``exact_below``: in both cases the exact chunked search is run instead (same result as
-``mode='chunked'``). A ``radius`` at least the reference grid's larger side also covers everything (every window is
-the whole reference); the tiled path then equals the exact search too (ties aside), which the tests use.
+When the candidates cover everything the result is the exact search's: the exact chunked search is run when the
+reference has at most ``max_candidates`` patches, or when L x Lr <= ``exact_below`` (small inputs). A ``jitter`` at
+least the reference grid's larger side also makes every window the whole reference; with ``fallback=False`` the
+tiled path then equals the exact search (ties aside), which the tests check.
 
-Memory: about ``anchor_chunk`` x ``key_chunk_size`` reduced relevances, one tile's ``max_candidates`` full patches
-(M x C k^2 floats) and its tile^2 x M relevances, plus reduced maps (``reduced_channels`` / C of the features). Never an
-L x Lr matrix.
+Memory: the reduced key descriptors (Lr / key_step^2 x patch_dims floats), ``query_chunk_size`` x that many
+retrieval relevances, one tile's candidate patches (``max_candidates`` x C k^2 floats) and its tile^2 x M relevances.
+Never an L x Lr matrix.
 """
 
 from typing import Optional, Tuple
@@ -90,7 +92,6 @@ def exact_search_queries(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: 
     _, gw = grid_size(*lr_feat.shape[-2:], k, s, p)
     q_inv = _inv_patch_norms(lr_pad, k, s)
     k_inv = _inv_patch_norms(ref_pad, k, s)
-    n_keys = k_inv.size(1)
     rgh, rgw = grid_size(*ref_feat.shape[-2:], k, s, p)
     width = lr_pad.size(-1)
     offsets = _pixel_offsets(k, width, lr_feat.device)
@@ -114,7 +115,6 @@ def exact_search_queries(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: 
                 best_s, best_i = _merge_topk(best_s, best_i, blk_s, blk_i + r0 * rgw, top_k)
             scores[b, :, i0:i0 + qi.numel()] = (best_s * q_inv[b, qi, None]).t()
             index[b, :, i0:i0 + qi.numel()] = best_i.t()
-    del n_keys
     return scores, index
 
 
@@ -172,10 +172,10 @@ def _subgrid_index(gh: int, gw: int, step: int, device) -> torch.Tensor:
 @torch.no_grad()
 def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: int, stride: int, padding: int,
                        top_k: int = 1, *, channel_dims: int = 64, patch_dims: int = 256, candidates: int = 8,
-                       query_step: Optional[int] = None, key_step: Optional[int] = None, jitter: int = 1,
+                       query_step: int = 1, key_step: Optional[int] = None, jitter: int = 1,
                        tile: int = 8, max_candidates: int = 1024, exact_below: int = 1 << 24,
                        query_chunk_size: int = 4096, fit_samples: int = 8192,
-                       seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = 0, fallback: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Approximate top-k texture search with exact re-ranking (see the module docstring).
 
     Args:
@@ -185,8 +185,9 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         channel_dims: channels kept by the per-pixel PCA.
         patch_dims: dimensions kept by the patch PCA of the channel-reduced patches (the retrieval dimension).
         candidates: reduced-space matches retrieved per query sub-grid point.
-        query_step, key_step: retrieval sub-grids: every ``step``-th LR / reference patch along each axis (default
-            ``max(1, 2 // stride)``: patches two feature pixels apart).
+        query_step, key_step: retrieval sub-grids: every ``step``-th LR / reference patch along each axis (defaults:
+            every query; reference patches ``max(1, 2 // stride)`` apart, two feature pixels, the windows covering
+            the skipped ones). ``query_step=2`` at 3/1/1 lost 10 points of recall@1 on the real DCSR pair.
         jitter: reference patches added on each side of every retrieved match (its (2 jitter + 1)^2 window).
         tile: LR patches per side of a tile (the queries sharing one candidate set).
         max_candidates: reference patches per tile at most (taken in the order of the reduced scores). When the
@@ -195,6 +196,8 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         query_chunk_size: query descriptors per retrieval block (memory: this x reference sub-grid relevances).
         fit_samples: pixels and patches the PCA is fitted on.
         seed: the PCA's patch sample.
+        fallback: run the exact chunked search where the candidates would cover everything (``max_candidates`` >=
+            Lr) or the input is small (see ``exact_below``); ``False`` always takes the approximate path.
 
     Returns:
         scores, index: [N, top_k, L], rank-sorted; scores are exact cosine relevances.
@@ -206,14 +209,14 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
     n_query, n_keys = gh * gw, rgh * rgw
     if n_keys < top_k:
         raise ValueError(f'the reference has {n_keys} patches, fewer than top_k={top_k}')
-    query_step = max(1, 2 // s) if query_step is None else int(query_step)
+    query_step = int(query_step)
     key_step = max(1, 2 // s) if key_step is None else int(key_step)
     jitter = int(jitter)
     if min(query_step, key_step, candidates, tile, channel_dims, patch_dims) < 1 or jitter < 0:
         raise ValueError('steps, candidates, tile and dims must be >= 1 and jitter >= 0')
     if max_candidates < top_k:
         raise ValueError(f'max_candidates={max_candidates} must be at least top_k={top_k}')
-    if n_query * n_keys <= exact_below or n_keys <= max_candidates:
+    if fallback and (n_query * n_keys <= exact_below or n_keys <= max_candidates):
         st = SearchTransfer(k, s, p, top_k=top_k, mode='chunked', chunk_size=query_chunk_size)
         return st.search_chunked(lr_feat, ref_feat)
     dev = lr_feat.device
@@ -314,9 +317,9 @@ def recall_at_1(approx: Tuple[torch.Tensor, torch.Tensor], exact: Tuple[torch.Te
 
 def recall_at_k(approx: Tuple[torch.Tensor, torch.Tensor], exact: Tuple[torch.Tensor, torch.Tensor],
                 tol: float = 1e-4) -> float:
-    """Mean over LR patches and ranks of the fraction of the exact top-k found by the approximate top-k; an exact
-    entry counts as found when its index is there or the approximate k-th score is within ``tol`` of it."""
+    """Fraction of the exact top-k entries (over LR patches and ranks) found in the approximate top-k; the exact
+    entry of rank r also counts as found when the approximate rank-r score is within ``tol`` of it (a tie)."""
     (a_s, a_i), (e_s, e_i) = approx, exact
     found = (e_i[:, :, None, :] == a_i[:, None, :, :]).any(dim=2)  # [N, k, L]
-    found |= _tie_equal(a_s[:, -1:, :], e_s, tol)
+    found |= _tie_equal(a_s, e_s, tol)
     return found.float().mean().item()
