@@ -1,0 +1,325 @@
+"""Approximate texture search for large inputs: reduced-dimension retrieval, then exact search in candidate windows.
+
+Same contract as :meth:`SearchTransfer.search_chunked <extracter.archs.search_transfer.SearchTransfer.search_chunked>`:
+for every LR patch (unfold with window k, stride s, padding p of relu3_1 features) the top-k reference patches by the
+cosine relevance of TTSR Eq. 4, ``r_ij = <q_i / |q_i|, k_j / |k_j|>``, returned as ``(scores, index)``, each
+[N, top_k, L], rank-sorted; the scores are the exact relevances of the chosen patches.
+
+Method (reduced-descriptor retrieval, then exact search in shared candidate windows), chosen by measurement on real
+VGG relu3_1 features (docs/benchmarks/search/README.md has the numbers, also of the alternatives):
+
+1. Reduced descriptors, a factorised PCA fitted on the reference: the C channels of every pixel are projected on
+   their top ``channel_dims`` uncentred principal directions (the subspace that best preserves inner products), then
+   the channel-reduced k x k patches on their top ``patch_dims`` directions. A reduced query dotted with a reduced
+   key, divided by the key's EXACT norm, approximates r_ij up to the query's (rank-irrelevant) norm.
+2. Retrieval: the LR patches of a sub-grid (every ``query_step``-th along each axis) against the reference patches of
+   a sub-grid (every ``key_step``-th) in the reduced space, keeping the top ``candidates`` of each. This is the only
+   quadratic part, patch_dims / (C k^2 query_step^2 key_step^2) of the exact search's work.
+3. Candidate windows: the LR patch grid is cut into ``tile`` x ``tile`` tiles; a tile's candidate set is the union
+   of the (2 ``jitter`` + 1)^2 windows around the retrieved matches of its sub-grid queries and of those one step
+   around it, rank-major (every query's first match before any second one), capped at ``max_candidates``. Sharing
+   the set propagates matches between neighbouring queries (as coarse-to-fine and PatchMatch searches do), and the
+   windows catch the near-ties next to a retrieved match (relevances of neighbouring reference patches differ by
+   less than 1e-3 for about half of the LR patches of real pairs).
+4. Exact search in the windows: the tile's full patches against its candidates, both gathered straight from
+   channels-last feature maps, one [tile^2, C k^2] x [C k^2, M] matmul per tile, and the exact cosine relevance (dot
+   product times the inverse patch norms, box sums of squared features as in the chunked search); top-k. The scores
+   are therefore the exact relevances of the chosen patches, and a query's result equals the exact search's whenever
+   its exact top-k lies in its tile's candidate set.
+
+When the candidates cover everything the result is the exact search's: the exact chunked search is run when the
+reference has at most ``max_candidates`` patches, or when L x Lr <= ``exact_below`` (small inputs). A ``jitter`` at
+least the reference grid's larger side also makes every window the whole reference; with ``fallback=False`` the
+tiled path then equals the exact search (ties aside), which the tests check.
+
+Memory: the reduced key descriptors (Lr / key_step^2 x patch_dims floats), ``query_chunk_size`` x that many
+retrieval relevances, one tile's candidate patches (``max_candidates`` x C k^2 floats) and its tile^2 x M relevances.
+Never an L x Lr matrix.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from extracter.archs.search_transfer import SearchTransfer, _inv_patch_norms, _patch_rows
+
+__all__ = ['approximate_search', 'exact_search_queries', 'grid_size', 'recall_at_1', 'recall_at_k']
+
+
+def grid_size(h: int, w: int, window: int, stride: int, padding: int) -> Tuple[int, int]:
+    """Patch positions along each side of an h x w map."""
+    return (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
+
+
+def _pixel_offsets(window: int, width: int, device) -> torch.Tensor:
+    """Flat offsets of a patch's pixels in a channels-last padded map of row length ``width``, (dy, dx) order."""
+    ar = torch.arange(window, device=device)
+    return (ar[:, None] * width + ar[None, :]).view(-1)
+
+
+def _gather_patches(flat: torch.Tensor, starts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Patches [n, k*k*C] (ordered dy, dx, c) from a channels-last padded map ``flat`` [Hp*Wp, C]; ``starts``: the flat
+    index of each patch's top-left pixel."""
+    idx = (starts[:, None] + offsets[None, :]).view(-1)
+    return flat.index_select(0, idx).view(starts.numel(), -1)
+
+
+def _patch_starts(index: torch.Tensor, grid_w: int, stride: int, width: int) -> torch.Tensor:
+    """Flat top-left pixel index (in a padded map of row length ``width``) of patches with flat grid ``index``."""
+    return torch.div(index, grid_w, rounding_mode='floor') * (stride * width) + (index % grid_w) * stride
+
+
+def _merge_topk(best_s, best_i, blk_s, blk_i, k):
+    if best_s is None:
+        return blk_s, blk_i
+    cand_s = torch.cat((best_s, blk_s), dim=-1)
+    cand_i = torch.cat((best_i, blk_i), dim=-1)
+    best_s, pos = torch.topk(cand_s, min(k, cand_s.size(-1)), dim=-1, largest=True, sorted=True)
+    return best_s, torch.gather(cand_i, -1, pos)
+
+
+@torch.no_grad()
+def exact_search_queries(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: int, stride: int, padding: int,
+                         top_k: int, query_index: torch.Tensor, key_chunk_size: int = 8192,
+                         query_chunk_size: int = 2048) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The exact search for a subset of LR patches (flat grid indices ``query_index`` [Q], shared by the batch)
+    against every reference patch: (scores, index), each [N, top_k, Q]. Same arithmetic as the chunked search."""
+    k, s, p = window, stride, padding
+    n, c = lr_feat.shape[:2]
+    lr_pad = F.pad(lr_feat, (p, p, p, p))
+    ref_pad = F.pad(ref_feat, (p, p, p, p))
+    _, gw = grid_size(*lr_feat.shape[-2:], k, s, p)
+    q_inv = _inv_patch_norms(lr_pad, k, s)
+    k_inv = _inv_patch_norms(ref_pad, k, s)
+    rgh, rgw = grid_size(*ref_feat.shape[-2:], k, s, p)
+    width = lr_pad.size(-1)
+    offsets = _pixel_offsets(k, width, lr_feat.device)
+    query_index = query_index.to(lr_feat.device)
+    scores = lr_feat.new_empty(n, top_k, query_index.numel())
+    index = torch.empty(n, top_k, query_index.numel(), dtype=torch.long, device=lr_feat.device)
+    key_rows = max(1, key_chunk_size // rgw)
+    for b in range(n):
+        flat = lr_pad[b].permute(1, 2, 0).reshape(-1, c)
+        for i0 in range(0, query_index.numel(), query_chunk_size):
+            qi = query_index[i0:i0 + query_chunk_size]
+            # (dy, dx, c) order -> unfold's (c, dy, dx) order so that the keys can come from F.unfold
+            query = _gather_patches(flat, _patch_starts(qi, gw, s, width), offsets)
+            query = query.view(-1, k * k, c).transpose(1, 2).reshape(qi.numel(), -1)
+            best_s = best_i = None
+            for r0 in range(0, rgh, key_rows):
+                r1 = min(rgh, r0 + key_rows)
+                keys = _patch_rows(ref_pad[b:b + 1], k, s, r0, r1)[0]  # [C*k*k, rows*rgw]
+                rel = (query @ keys).mul_(k_inv[b, None, r0 * rgw:r1 * rgw])
+                blk_s, blk_i = torch.topk(rel, min(top_k, rel.size(1)), dim=1)
+                best_s, best_i = _merge_topk(best_s, best_i, blk_s, blk_i + r0 * rgw, top_k)
+            scores[b, :, i0:i0 + qi.numel()] = (best_s * q_inv[b, qi, None]).t()
+            index[b, :, i0:i0 + qi.numel()] = best_i.t()
+    return scores, index
+
+
+def _second_moment_top(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """[D, dims]: the top eigenvectors of the uncentred second moment of the rows of ``x`` [n, D] (the subspace that
+    best preserves inner products), largest first."""
+    _, vecs = torch.linalg.eigh((x.t() @ x).double())
+    return vecs[:, -dims:].flip(1).contiguous()
+
+
+def _fit_reduction(ref_pad: torch.Tensor, window: int, stride: int, channel_dims: int, patch_dims: int,
+                   fit_samples: int, generator: torch.Generator) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Factorised PCA of the reference patches: per-pixel channel directions P [c', C], then patch directions W
+    [c' k^2, d] of the channel-reduced patches (``None`` when c' k^2 <= d). Fitted on at most ``fit_samples``
+    pixels / patches of the padded reference ``ref_pad`` [C, H, W]."""
+    c = ref_pad.size(0)
+    pixels = ref_pad.reshape(c, -1)
+    step = max(1, pixels.size(1) // fit_samples)
+    proj = _second_moment_top(pixels[:, ::step].t(), min(channel_dims, c)).t().to(ref_pad.dtype)  # [c', C]
+    dc = proj.size(0) * window * window
+    if dc <= patch_dims:
+        return proj, None
+    red = torch.einsum('dc,chw->dhw', proj, ref_pad)
+    patches = F.unfold(red[None], kernel_size=window, stride=stride)[0]  # [c' k^2, Lr]
+    pick = torch.randperm(patches.size(1), generator=generator)[:fit_samples].to(patches.device)
+    return proj, _second_moment_top(patches[:, pick].t(), patch_dims).to(ref_pad.dtype)
+
+
+def _descriptors(x_pad: torch.Tensor, proj: torch.Tensor, patch_proj: Optional[torch.Tensor], window: int,
+                 stride: int, step: int, inv_norm: torch.Tensor, grid_w: int, rows_per_block: int) -> torch.Tensor:
+    """Reduced descriptors [n, d] of the patches on every ``step``-th row and column of the patch grid of the padded
+    map ``x_pad`` [C, H, W], divided by the exact patch norms (``inv_norm`` [L]). Computed in bands of patch rows."""
+    red = torch.einsum('dc,chw->dhw', proj, x_pad)[None]
+    gh = (x_pad.size(1) - window) // stride + 1
+    rows = torch.arange(0, gh, step, device=x_pad.device)
+    cols = torch.arange(0, grid_w, step, device=x_pad.device)
+    out = []
+    for b0 in range(0, rows.numel(), rows_per_block):
+        r = rows[b0:b0 + rows_per_block]
+        r0, r1 = int(r[0]), int(r[-1]) + 1
+        band = _patch_rows(red, window, stride, r0, r1)[0].view(-1, r1 - r0, grid_w)[:, r - r0][:, :, cols]
+        band = band.reshape(band.size(0), -1)  # [c' k^2, n]
+        desc = band.t() if patch_proj is None else band.t() @ patch_proj
+        flat = (r[:, None] * grid_w + cols[None, :]).view(-1)
+        out.append(desc * inv_norm[flat, None])
+    return torch.cat(out)
+
+
+def _subgrid_index(gh: int, gw: int, step: int, device) -> torch.Tensor:
+    rows = torch.arange(0, gh, step, device=device)
+    cols = torch.arange(0, gw, step, device=device)
+    return (rows[:, None] * gw + cols[None, :]).view(-1)
+
+
+@torch.no_grad()
+def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: int, stride: int, padding: int,
+                       top_k: int = 1, *, channel_dims: int = 64, patch_dims: int = 256, candidates: int = 8,
+                       query_step: int = 1, key_step: Optional[int] = None, jitter: int = 1,
+                       tile: int = 8, max_candidates: int = 1024, exact_below: int = 1 << 24,
+                       query_chunk_size: int = 4096, fit_samples: int = 8192,
+                       seed: int = 0, fallback: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Approximate top-k texture search with exact re-ranking (see the module docstring).
+
+    Args:
+        lr_feat: relu3_1 of the up-sampled LR [N, C, h, w] (queries); ref_feat: of the down-up-sampled reference
+            [N, C, H, W] (keys).
+        window, stride, padding, top_k: as :class:`SearchTransfer`.
+        channel_dims: channels kept by the per-pixel PCA.
+        patch_dims: dimensions kept by the patch PCA of the channel-reduced patches (the retrieval dimension).
+        candidates: reduced-space matches retrieved per query sub-grid point.
+        query_step, key_step: retrieval sub-grids: every ``step``-th LR / reference patch along each axis (defaults:
+            every query; reference patches ``max(1, 2 // stride)`` apart, two feature pixels, the windows covering
+            the skipped ones). ``query_step=2`` at 3/1/1 lost 10 points of recall@1 on the real DCSR pair.
+        jitter: reference patches added on each side of every retrieved match (its (2 jitter + 1)^2 window).
+        tile: LR patches per side of a tile (the queries sharing one candidate set).
+        max_candidates: reference patches per tile at most (taken in the order of the reduced scores). When the
+            reference has no more patches than this, the candidates cover everything: the exact search is run.
+        exact_below: run the exact chunked search when L x Lr is at most this.
+        query_chunk_size: query descriptors per retrieval block (memory: this x reference sub-grid relevances).
+        fit_samples: pixels and patches the PCA is fitted on.
+        seed: the PCA's patch sample.
+        fallback: run the exact chunked search where the candidates would cover everything (``max_candidates`` >=
+            Lr) or the input is small (see ``exact_below``); ``False`` always takes the approximate path.
+
+    Returns:
+        scores, index: [N, top_k, L], rank-sorted; scores are exact cosine relevances.
+    """
+    k, s, p = int(window), int(stride), int(padding)
+    n, c, h, w = lr_feat.shape
+    gh, gw = grid_size(h, w, k, s, p)
+    rgh, rgw = grid_size(*ref_feat.shape[-2:], k, s, p)
+    n_query, n_keys = gh * gw, rgh * rgw
+    if n_keys < top_k:
+        raise ValueError(f'the reference has {n_keys} patches, fewer than top_k={top_k}')
+    query_step = int(query_step)
+    key_step = max(1, 2 // s) if key_step is None else int(key_step)
+    jitter = int(jitter)
+    if min(query_step, key_step, candidates, tile, channel_dims, patch_dims) < 1 or jitter < 0:
+        raise ValueError('steps, candidates, tile and dims must be >= 1 and jitter >= 0')
+    if max_candidates < top_k:
+        raise ValueError(f'max_candidates={max_candidates} must be at least top_k={top_k}')
+    if fallback and (n_query * n_keys <= exact_below or n_keys <= max_candidates):
+        st = SearchTransfer(k, s, p, top_k=top_k, mode='chunked', chunk_size=query_chunk_size)
+        return st.search_chunked(lr_feat, ref_feat)
+    dev = lr_feat.device
+    lr_pad = F.pad(lr_feat, (p, p, p, p))
+    ref_pad = F.pad(ref_feat, (p, p, p, p))
+    q_inv = _inv_patch_norms(lr_pad, k, s)  # [N, L]
+    k_inv = _inv_patch_norms(ref_pad, k, s)  # [N, Lr]
+    width, rwidth = lr_pad.size(-1), ref_pad.size(-1)
+    offsets = _pixel_offsets(k, width, dev)
+    roffsets = _pixel_offsets(k, rwidth, dev)
+    q_sub = _subgrid_index(gh, gw, query_step, dev)
+    k_sub = _subgrid_index(rgh, rgw, key_step, dev)
+    sub_h, sub_w = (gh + query_step - 1) // query_step, (gw + query_step - 1) // query_step
+    n_cand = min(candidates, k_sub.numel())
+    band_rows = max(1, query_chunk_size // max(1, gw // query_step))
+    win = torch.arange(-jitter, jitter + 1, device=dev)
+    gen = torch.Generator().manual_seed(seed)
+
+    scores = lr_feat.new_empty(n, top_k, n_query)
+    index = torch.empty(n, top_k, n_query, dtype=torch.long, device=dev)
+    for b in range(n):
+        # 1. reduced descriptors: channel PCA per pixel, then PCA of the reduced patches; exact norms
+        proj, patch_proj = _fit_reduction(ref_pad[b], k, s, channel_dims, patch_dims, fit_samples, gen)
+        keys = _descriptors(ref_pad[b], proj, patch_proj, k, s, key_step, k_inv[b], rgw, band_rows)  # [Lr', d]
+        keys_t = keys.t().contiguous()
+        del keys
+        # 2. retrieval: every query sub-grid point against every key sub-grid point, top-candidates
+        cand_s = lr_feat.new_empty(q_sub.numel(), n_cand)
+        cand_i = torch.empty(q_sub.numel(), n_cand, dtype=torch.long, device=dev)
+        queries = _descriptors(lr_pad[b], proj, patch_proj, k, s, query_step, torch.ones_like(q_inv[b]), gw,
+                               band_rows)
+        for i0 in range(0, q_sub.numel(), query_chunk_size):
+            rel = queries[i0:i0 + query_chunk_size] @ keys_t
+            top_s, top_i = torch.topk(rel, n_cand, dim=1)
+            del rel
+            cand_s[i0:i0 + top_s.size(0)] = top_s
+            cand_i[i0:i0 + top_s.size(0)] = k_sub[top_i]
+        del queries, keys_t
+        cand_s = cand_s.view(sub_h, sub_w, n_cand)
+        cand_y = torch.div(cand_i, rgw, rounding_mode='floor').view(sub_h, sub_w, n_cand)
+        cand_x = (cand_i % rgw).view(sub_h, sub_w, n_cand)
+
+        # 3. tiles: exact search in the union of the retrieved matches (and their jitter windows) of the tile's
+        # sub-grid queries and of those one step around it
+        flat = lr_pad[b].permute(1, 2, 0).reshape(-1, c)
+        rflat = ref_pad[b].permute(1, 2, 0).reshape(-1, c)
+        for y0 in range(0, gh, tile):
+            y1 = min(gh, y0 + tile)
+            sr0, sr1 = max(0, -(-y0 // query_step) - 1), min(sub_h, (y1 - 1) // query_step + 2)
+            for x0 in range(0, gw, tile):
+                x1 = min(gw, x0 + tile)
+                sc0, sc1 = max(0, -(-x0 // query_step) - 1), min(sub_w, (x1 - 1) // query_step + 2)
+                # priority: rank-major (every query's first match before any second match), by score within a rank
+                blk_s = cand_s[sr0:sr1, sc0:sc1].reshape(-1, n_cand).t()
+                order = torch.argsort(blk_s, dim=1, descending=True)
+                cy = cand_y[sr0:sr1, sc0:sc1].reshape(-1, n_cand).t().gather(1, order).reshape(-1)
+                cx = cand_x[sr0:sr1, sc0:sc1].reshape(-1, n_cand).t().gather(1, order).reshape(-1)
+                if jitter:
+                    cy = (cy[:, None, None] + win[None, :, None]).clamp_(0, rgh - 1).expand(-1, -1, win.numel())
+                    cx = (cx[:, None, None] + win[None, None, :]).clamp_(0, rgw - 1).expand(-1, win.numel(), -1)
+                cand = _first_unique((cy * rgw + cx).reshape(-1), n_keys)[:max_candidates]
+                if cand.numel() < top_k:
+                    extra = torch.ones(n_keys, dtype=torch.bool, device=dev)
+                    extra[cand] = False
+                    cand = torch.cat((cand, extra.nonzero().view(-1)[:top_k - cand.numel()]))
+                qy = torch.arange(y0, y1, device=dev)
+                qx = torch.arange(x0, x1, device=dev)
+                q_idx = (qy[:, None] * gw + qx[None, :]).view(-1)
+                query = _gather_patches(flat, _patch_starts(q_idx, gw, s, width), offsets)
+                key_patches = _gather_patches(rflat, _patch_starts(cand, rgw, s, rwidth), roffsets)
+                rel = (query @ key_patches.t()).mul_(k_inv[b, None, cand])
+                best_s, pos = torch.topk(rel, top_k, dim=1)
+                scores[b, :, q_idx] = (best_s * q_inv[b, q_idx, None]).t()
+                index[b, :, q_idx] = cand[pos].t()
+    return scores, index
+
+
+def _first_unique(values: torch.Tensor, size: int) -> torch.Tensor:
+    """The distinct entries of ``values`` (integers in [0, size)) in the order of their first occurrence."""
+    first = torch.full((size,), values.numel(), dtype=torch.long, device=values.device)
+    first.scatter_reduce_(0, values, torch.arange(values.numel(), device=values.device), reduce='amin')
+    seen = (first < values.numel()).nonzero().view(-1)
+    return seen[torch.argsort(first[seen])]
+
+
+def _tie_equal(approx_scores: torch.Tensor, exact_scores: torch.Tensor, tol: float) -> torch.Tensor:
+    return approx_scores >= exact_scores - tol
+
+
+def recall_at_1(approx: Tuple[torch.Tensor, torch.Tensor], exact: Tuple[torch.Tensor, torch.Tensor],
+                tol: float = 1e-4) -> float:
+    """Fraction of LR patches whose approximate top-1 is the exact top-1, a patch within ``tol`` relevance of it
+    counting as equal (ties)."""
+    (a_s, a_i), (e_s, e_i) = approx, exact
+    hit = (a_i[:, 0] == e_i[:, 0]) | _tie_equal(a_s[:, 0], e_s[:, 0], tol)
+    return hit.float().mean().item()
+
+
+def recall_at_k(approx: Tuple[torch.Tensor, torch.Tensor], exact: Tuple[torch.Tensor, torch.Tensor],
+                tol: float = 1e-4) -> float:
+    """Fraction of the exact top-k entries (over LR patches and ranks) found in the approximate top-k; the exact
+    entry of rank r also counts as found when the approximate rank-r score is within ``tol`` of it (a tie)."""
+    (a_s, a_i), (e_s, e_i) = approx, exact
+    found = (e_i[:, :, None, :] == a_i[:, None, :, :]).any(dim=2)  # [N, k, L]
+    found |= _tie_equal(a_s, e_s, tol)
+    return found.float().mean().item()
