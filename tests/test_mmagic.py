@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from extracter.archs.convert import ConversionError, build_network, convert_state_dict
 
+from extracter.archs.convert import ConversionError, build_network, convert_state_dict
 from extracter.archs.convert_mmagic import convert_mmagic_discriminator, map_mmagic_key
 from extracter.archs.discriminator_arch import RefSRDiscriminator
 from extracter.utils.restricted_unpickle import Placeholder, find_placeholders, restricted_load
