@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
     """The same :class:`InferenceOptions` as the ``val`` section of option files, from the flags."""
     geometry = tuple(args.search_geometry) if args.search_geometry else None
-    return InferenceOptions(tile_size=args.tile, tile_pad=args.tile_pad if args.tile else None,
+    return InferenceOptions(tile_size=args.tile, tile_pad=args.tile_pad if args.tile is not None else None,
                             max_memory=args.max_memory, search=SearchOptions(mode=args.search, geometry=geometry))
 
 

@@ -211,3 +211,10 @@ def test_torchrun_shards_a_folder_and_writes_every_output_once(weights, lr_folde
          '-o', str(single)])
     for name in names:
         assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(single / name)))
+
+
+def test_tile_zero_is_an_error_not_untiled(weights, lr_folder, tmp_path):
+    with pytest.raises(InferenceOptionError, match='tile.tile_size must be >= 1'):
+        run(['--weights', str(weights), '--lr', str(lr_folder / 'lr'), '--ref', str(lr_folder / 'ref.png'),
+             '-o', str(tmp_path / 'o'), '--tile', '0'])
+    assert not (tmp_path / 'o').exists()
