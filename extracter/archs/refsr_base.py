@@ -55,8 +55,8 @@ class ReferenceFeatures:
 
     ``search``: relu3_1 of the down-up-sampled reference (the search keys); ``lv1``/``lv2``/``lv3``: relu1_1,
     relu2_1, relu3_1 of the reference (the transferred textures); ``key_blocks``: optionally the normalised key
-    patches of the chunked search (:meth:`SearchTransfer.prepare_keys`), valid for the geometry they were made with;
-    ``ref_id``: which of several references this is (its position in the list given to the search).
+    patches of the chunked search (:meth:`SearchTransfer.prepare_keys`), valid for the geometry they were made with.
+    Several references are a list: a reference's id is its position in that list.
     """
 
     search: torch.Tensor
@@ -64,7 +64,6 @@ class ReferenceFeatures:
     lv2: torch.Tensor
     lv3: torch.Tensor
     key_blocks: Optional[List[torch.Tensor]] = None
-    ref_id: int = 0
 
 
 References = Union[ReferenceFeatures, Sequence[ReferenceFeatures]]
@@ -161,15 +160,14 @@ class RefSRNet(nn.Module):
         """``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same result) search & transfer."""
         self.search_transfer.set_chunking(mode, chunk_size, key_chunk_size, cache_keys)
 
-    def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
-                         ref_id: int = 0) -> ReferenceFeatures:
+    def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None) -> ReferenceFeatures:
         """Texture features of the reference ``ref`` [N,3,H,W] in [0, 1] (computed once, searched by every tile)."""
         if ref_downup is None:
             ref_downup = make_ref_downup(ref)
         extractor = self.feature_extractor()
         search = extractor(ref_downup)[2]
         lv1, lv2, lv3 = extractor(ref)
-        return ReferenceFeatures(search=search, lv1=lv1, lv2=lv2, lv3=lv3, ref_id=ref_id)
+        return ReferenceFeatures(search=search, lv1=lv1, lv2=lv2, lv3=lv3)
 
     def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
         """relu3_1 of the upsampled LR (the search queries), at the LR size."""
@@ -203,17 +201,15 @@ class RefSRNet(nn.Module):
 
     def size_multiples(self) -> Tuple[int, int]:
         """(LR side multiple, reference side multiple) that the current search geometry needs."""
-        return self.required_multiples()
-
-    def required_multiples(self) -> Tuple[int, int]:
-        """(LR side multiple, reference side multiple) that the current search geometry needs."""
         stride = self.search_transfer.stride
         return stride, SCALE * stride
+
+    required_multiples = size_multiples  # the earlier name, kept for callers
 
     def check_inputs(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optional[torch.Tensor],
                      ref_downup: Optional[torch.Tensor]) -> None:
         check_image_pair(lr, ref, lr_up, ref_downup)
-        lr_mult, ref_mult = self.required_multiples()
+        lr_mult, ref_mult = self.size_multiples()
         h, w = lr.shape[-2:]
         if h % lr_mult or w % lr_mult:
             raise ValueError(f'LR size {h}x{w} is not a multiple of {lr_mult} (the search stride); pad or crop it '
@@ -235,13 +231,8 @@ class RefSRNet(nn.Module):
 
 
 def as_reference_list(refs: References) -> List[ReferenceFeatures]:
-    """One encoded reference or several, as a list whose ``ref_id`` are the list positions."""
-    if isinstance(refs, ReferenceFeatures):
-        refs = [refs]
-    refs = list(refs)
+    """One encoded reference or several, as a list (a reference's id is its position)."""
+    refs = [refs] if isinstance(refs, ReferenceFeatures) else list(refs)
     if not refs:
         raise ValueError('at least one encoded reference is needed')
-    for i, r in enumerate(refs):
-        if r.ref_id != i:
-            r.ref_id = i
     return refs

@@ -34,6 +34,7 @@ Two implementations with the same results (ties aside):
   for the whole image.
 """
 
+import itertools
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -166,17 +167,13 @@ class SearchTransfer(nn.Module):
         counts = self.patch_counts(maps)
         if sum(counts) < self.top_k:
             raise ValueError(f'the reference has {sum(counts)} patches, fewer than top_k={self.top_k}')
-        results = []
-        for feat, blocks in zip(maps, key_blocks):
-            if counts[len(results)] < self.top_k:  # a tiny reference among several: search it for what it has
-                results.append(self._search_one(feat, lr_feat, blocks, counts[len(results)]))
-            else:
-                results.append(self._search_one(feat, lr_feat, blocks, self.top_k))
+        # each reference's own top-k (a tiny one among several: all it has), then the top-k of their union
+        results = [self.search_dense(lr_feat, feat, min(self.top_k, n)) if self.mode == 'dense' else
+                   self.search_chunked(lr_feat, feat, blocks, min(self.top_k, n))
+                   for feat, blocks, n in zip(maps, key_blocks, counts)]
         if len(results) == 1:
             return results[0]
-        offsets = [0]
-        for c in counts[:-1]:
-            offsets.append(offsets[-1] + c)
+        offsets = [0, *itertools.accumulate(counts[:-1])]
         scores = torch.cat([r[0] for r in results], dim=1)
         index = torch.cat([r[1] + off for r, off in zip(results, offsets)], dim=1)
         top, pos = torch.topk(scores, self.top_k, dim=1, largest=True, sorted=True)
@@ -190,22 +187,14 @@ class SearchTransfer(nn.Module):
             counts.append(gh * gw)
         return counts
 
-    def _search_one(self, ref_feat: torch.Tensor, lr_feat: torch.Tensor, key_blocks, top_k: int):
-        saved, self.top_k = self.top_k, top_k
-        try:
-            if self.mode == 'dense':
-                return self.search_dense(lr_feat, ref_feat)
-            return self.search_chunked(lr_feat, ref_feat, key_blocks)
-        finally:
-            self.top_k = saved
-
-    def search_dense(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The faithful search: the whole relevance matrix [N, Lr, L] at once."""
+    def search_dense(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
+                     top_k: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The faithful search: the whole relevance matrix [N, Lr, L] at once (``top_k``: default the module's)."""
         k, s, p = self.window, self.stride, self.padding
         query = F.normalize(F.unfold(lr_feat, kernel_size=k, padding=p, stride=s), dim=1)  # [N, C*k*k, L]
         keys = F.normalize(F.unfold(ref_feat, kernel_size=k, padding=p, stride=s), dim=1)  # [N, C*k*k, Lr]
         relevance = torch.bmm(keys.transpose(1, 2), query)  # [N, Lr, L]
-        return torch.topk(relevance, self.top_k, dim=1, largest=True, sorted=True)
+        return torch.topk(relevance, top_k or self.top_k, dim=1, largest=True, sorted=True)
 
     def prepare_keys(self, ref_feat: torch.Tensor) -> List[torch.Tensor]:
         """The L2-normalised reference patches in blocks of ``key_chunk_size``, each [N, C*k*k, block]."""
@@ -221,7 +210,8 @@ class SearchTransfer(nn.Module):
         return blocks
 
     def search_chunked(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
-                       key_blocks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                       key_blocks: Optional[List[torch.Tensor]] = None,
+                       top_k: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Exact blocked search with a running top-k: peak memory about chunk_size x key_chunk_size relevances plus
         one block of query and one of key patches.
 
@@ -242,7 +232,7 @@ class SearchTransfer(nn.Module):
             key_blocks = self.prepare_keys(ref_feat)
         if key_blocks is not None and sum(b.size(2) for b in key_blocks) != n_keys:
             raise ValueError('key_blocks do not match the reference features (prepare them with prepare_keys)')
-        top_k = self.top_k
+        top_k = top_k or self.top_k
         scores = lr_feat.new_empty(n, top_k, n_query)
         index = torch.empty(n, top_k, n_query, dtype=torch.long, device=lr_feat.device)
         for i0 in range(0, n_query, self.chunk_size):
@@ -329,7 +319,7 @@ class SearchTransfer(nn.Module):
             r1 = min(gh, r0 + rows)
             band_h = (r1 - r0 - 1) * s + k
             idx = index[:, r0 * gw:r1 * gw].contiguous()  # [N, Lb]
-            ref = torch.searchsorted(patch_off[1:], idx, right=True)
+            ref = torch.searchsorted(patch_off[1:], idx, right=True) if len(pads) > 1 else torch.zeros_like(idx)
             local = idx - patch_off[ref]
             row_w = widths[ref]
             starts = base[ref] + torch.div(local, grid_w[ref], rounding_mode='floor') * (s * row_w) + (

@@ -158,9 +158,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
                 tile_t = (plan.tile_size, plan.tile_pad)
         st = net.search_transfer
         encoded = []
-        for i, (r, du) in enumerate(zip(refs_p, refs_du)):
+        for r, du in zip(refs_p, refs_du):
             net.check_inputs(lr_p, r, None, du)
-            feats = net.encode_reference(r, du, ref_id=i)
+            feats = net.encode_reference(r, du)
             if st.mode == 'chunked' and plan is not None and plan.cache_keys:
                 feats.key_blocks = st.prepare_keys(feats.search)
             encoded.append(feats)

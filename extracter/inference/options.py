@@ -21,6 +21,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from extracter.inference.memory_plan import parse_memory
+
 SEARCH_MODES = ('dense', 'chunked')
 TILE_KEYS = ('tile_size', 'tile_pad')
 SEARCH_KEYS = ('mode', 'chunk_size', 'key_chunk_size', 'window', 'stride', 'padding')
@@ -89,8 +91,6 @@ class InferenceOptions:
     search: SearchOptions = field(default_factory=SearchOptions)
 
     def __post_init__(self) -> None:
-        from extracter.inference.memory_plan import parse_memory
-
         if self.tile_size is not None:
             _int(self.tile_size, 'tile.tile_size', 1)
         if self.tile_pad is not None:

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from extracter.inference.engine import refsr_kwargs_from_options, run_refsr
+from extracter.inference.network import load_state_into
 from extracter.utils import dist as dist_util
 from extracter.utils.checkpoint import load_checkpoint as _read_checkpoint
 from extracter.utils.checkpoint import network_state
@@ -393,8 +394,6 @@ class RefSRModel:
 
     # ------------------------------------------------------------------ checkpoints
     def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: Optional[str] = 'params'):
-        from extracter.inference.network import load_state_into
-
         net = self.get_bare_model(net)
         state = network_state(load_checkpoint(load_path), load_path, param_key)
         get_root_logger().info(f'Loading {type(net).__name__} from {load_path} [{param_key}]')

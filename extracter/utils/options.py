@@ -345,7 +345,7 @@ def derive_dataset_strides(opt: Dict[str, Any], source: str = '') -> None:
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 
     arch = ARCH_REGISTRY.get(opt['network_g']['type'])
-    if not hasattr(arch, 'size_multiples_for'):
+    if not getattr(arch, 'uses_reference', False):  # single-image archs pad their inputs themselves
         return
     train_stride = arch.size_multiples_for(opt['network_g'])[0]
     geometry = (((opt.get('val') or {}).get('search')) or {})
