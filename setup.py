@@ -23,6 +23,8 @@ setup(
     packages=find_packages(include=['extracter', 'extracter.*']),
     python_requires='>=3.9',
     install_requires=read_requirements(),
+    # optional: faiss' inner-product index for the approximate search's retrieval (search.approximate.backend: faiss)
+    extras_require={'faiss': ['faiss-cpu>=1.7']},
     license='MIT',
     entry_points={'console_scripts': [
         'extracter-train = extracter.train:main',

@@ -32,7 +32,7 @@ from extracter.inference.engine import search_settings  # noqa: E402
 from extracter.inference.folder import infer_folder  # noqa: E402
 from extracter.inference.memory_plan import MemoryBudgetError  # noqa: E402
 from extracter.inference.network import NetworkLoadError, load_network  # noqa: E402
-from extracter.inference.options import InferenceOptions, SearchOptions  # noqa: E402
+from extracter.inference.options import SEARCH_MODES, InferenceOptions, SearchOptions  # noqa: E402
 
 
 class InferenceError(ValueError):
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--tile', type=int, default=None, help='tile size in LR pixels (bounded memory)')
     parser.add_argument('--tile-pad', type=int, default=16, help='tile overlap in LR pixels')
     parser.add_argument('--max-memory', default=None, help="working-memory budget, e.g. '6G' (picks chunks/tiles)")
-    parser.add_argument('--search', default=None, choices=('dense', 'chunked'),
-                        help='search implementation (default: the network\'s own; chunked under --max-memory)')
+    parser.add_argument('--search', default='auto', choices=SEARCH_MODES,
+                        help='texture search: dense or chunked (exact), approximate (large images: sub-quadratic, '
+                             'exact relevances of the chosen patches), or auto (default: approximate where the '
+                             'exact search is expensive, else the network\'s own, chunked under --max-memory)')
     parser.add_argument('--search-geometry', type=int, nargs=3, default=None, metavar=('WINDOW', 'STRIDE', 'PAD'),
                         help='EXTRACTER: search geometry for this run, e.g. 12 4 4 for large images')
     parser.add_argument('--param-key', default=None, help="checkpoint key (default: params_ema, else params)")
@@ -121,6 +123,8 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Path]]:
         bar.close()
         if world > 1:
             dist.destroy_process_group()
+    for name, used in report.searches:
+        print(f'{name}: {used}')
     if report.skipped:
         print(f'skipped {len(report.skipped)} input(s) whose outputs exist')
     return report.written

@@ -76,7 +76,7 @@ def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs
     sr = res.sr[..., :SCALE * h, :SCALE * w]
     top1 = res.scores[0, 0]
     out = {'sr': tensor_to_uint8(sr), 'bicubic': tensor_to_uint8(lq_up[..., :SCALE * h, :SCALE * w]),
-           'refs': [tensor_to_uint8(r) for r in refs], 'plan': res.plan,
+           'refs': [tensor_to_uint8(r) for r in refs], 'plan': res.plan, 'search_used': res.search_used,
            'relevance': {'mean': float(top1.mean()), 'min': float(top1.min()), 'max': float(top1.max())}}
     if texture_map:
         out['texture_panels'] = texture_panels(res, refs, (SCALE * h, SCALE * w))
@@ -113,6 +113,7 @@ class FolderReport:
     written: List[Dict[str, Path]] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
+    searches: List[Tuple[str, str]] = field(default_factory=list)  # (input, the search that ran for it)
 
 
 def plan_folder(lq_paths: Sequence[str], out_dir: Path, texture_map: bool, overwrite: bool,
@@ -172,6 +173,7 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
             else:
                 write_outputs(result, planned[i])
                 report.written.append(planned[i])
+                report.searches.append((name, result['search_used']))
         if on_image is not None:
             on_image(done, len(mine), name)
     return report

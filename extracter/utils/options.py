@@ -332,6 +332,10 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
         _validate_dataset(phase, ds, is_train, source, require)
     if is_train:
         _validate_train(opt, source, require)
+        if opt['network_g'].get('search_mode') == 'approximate':
+            raise OptionError(_where(source, 'network_g.search_mode: approximate is for inference only (training '
+                                             'searches exactly: dense or chunked); val.search.mode may choose it '
+                                             'for validation'))
     check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
     if opt.get('val') is not None:
         _validate_val(opt['val'], source)
