@@ -217,14 +217,19 @@ class RefSRModel:
         for key in ('lq', 'ref'):
             if key not in data:
                 raise KeyError(f'the batch has no {key!r}; RefSR samples need lq, ref (and lq_up, ref_downup, gt)')
-        self.lq = data['lq'].to(self.device, non_blocking=True)
-        self.ref = data['ref'].to(self.device, non_blocking=True)
-        self.lq_up = data['lq_up'].to(self.device, non_blocking=True) if 'lq_up' in data else None
-        self.ref_downup = data['ref_downup'].to(self.device, non_blocking=True) if 'ref_downup' in data else None
+        self.lq = self._to_device(data['lq'])
+        self.ref = self._to_device(data['ref'])  # a list of references (CUFED5 ref_level: all) stays a list
+        self.lq_up = self._to_device(data['lq_up']) if 'lq_up' in data else None
+        self.ref_downup = self._to_device(data['ref_downup']) if 'ref_downup' in data else None
         if 'gt' in data:
             self.gt = data['gt'].to(self.device, non_blocking=True)
         elif hasattr(self, 'gt'):
             del self.gt
+
+    def _to_device(self, x):
+        if isinstance(x, (list, tuple)):
+            return [t.to(self.device, non_blocking=True) for t in x]
+        return x.to(self.device, non_blocking=True)
 
     def in_rec_only_phase(self, current_iter: int) -> bool:
         """The warm-up phase (iterations 1..rec_only_iter) trains with the reconstruction loss only."""
