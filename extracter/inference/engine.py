@@ -105,7 +105,7 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
               key_chunk_size: Optional[int] = None, search_geometry: Optional[Tuple[int, int, int]] = None,
               approximate: Optional[ApproximateSettings] = None,
               pad_mode: str = 'reflect', return_plan: bool = False, return_aux: bool = False,
-              progress: Optional[Callable[[int, int], None]] = None):
+              progress: Optional[Callable[[int, int], None]] = None, stage: Optional[Callable[[str], None]] = None):
     """Super-resolve ``lr`` [N,3,h,w] with one reference ``ref`` [N,3,H,W] or several (a list, any sizes), all in
     [0, 1]; returns SR [N,3,4h,4w] in [0, 1].
 
@@ -128,6 +128,8 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
         return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan) instead.
         progress: ``progress(done, total)`` after each tile.
+        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'``, then ``'search'`` (tiles follow,
+            reported by ``progress``) or, untiled, ``'search and main network'``.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
     every search mode, with tiles and budgets. Runs under ``torch.no_grad()``; the net's settings are restored.
     """
@@ -175,8 +177,10 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
                 tile_t = (plan.tile_size, plan.tile_pad)
         st = net.search_transfer
         encoded = []
-        for r, du in zip(refs_p, refs_du):
+        for i, (r, du) in enumerate(zip(refs_p, refs_du), start=1):
             net.check_inputs(lr_p, r, None, du)
+            if stage is not None:
+                stage(f'encoding reference {i}/{len(refs_p)}')
             feats = net.encode_reference(r, du)
             if st.mode == 'chunked' and plan is not None and plan.cache_keys:
                 feats.key_blocks = st.prepare_keys(feats.search)
@@ -184,6 +188,8 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         del refs_du
         if lr_up is None:
             lr_up = make_lr_up(lr_p)
+        if stage is not None:
+            stage('search and main network' if tile_t is None else 'search')
         if tile_t is None:
             out = net.forward_features(lr_p, lr_up, encoded, return_aux=True)
             sr, search = out['sr'], (out['scores'], out['index'])

@@ -61,18 +61,19 @@ def batch_of_one(sample: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs: Dict[str, Any],
-                  texture_map: bool = False, progress=None) -> Dict[str, Any]:
+                  texture_map: bool = False, progress=None, stage=None) -> Dict[str, Any]:
     """SR of one batch-of-one sample (the inference dataset's contract) with its one or several references, through
     :func:`run_refsr`. Returns uint8 images (``sr``, ``bicubic``, ``refs``), the relevance statistics
     (``relevance``: mean/min/max top-1 relevance) and, with ``texture_map``, the texture-source panels drawn from this
-    run's own search result."""
+    run's own search result. ``progress``/``stage``: :func:`run_refsr`'s callbacks (tiles done; stage names)."""
     lq, lq_up = sample['lq'].to(device), sample['lq_up'].to(device)
     h, w = (int(v) for v in sample['lq_size'].reshape(-1)[:2])
     refs = sample['ref'] if isinstance(sample['ref'], list) else [sample['ref']]
     refs_du = sample['ref_downup'] if isinstance(sample['ref_downup'], list) else [sample['ref_downup']]
     refs = [r.to(device) for r in refs]
     refs_du = [r.to(device) for r in refs_du]
-    res = run_refsr(net, lq, refs, lr_up=lq_up, ref_downup=refs_du, progress=progress, return_aux=True, **run_kwargs)
+    res = run_refsr(net, lq, refs, lr_up=lq_up, ref_downup=refs_du, progress=progress, stage=stage,
+                    return_aux=True, **run_kwargs)
     sr = res.sr[..., :SCALE * h, :SCALE * w]
     top1 = res.scores[0, 0]
     out = {'sr': tensor_to_uint8(sr), 'bicubic': tensor_to_uint8(lq_up[..., :SCALE * h, :SCALE * w]),
