@@ -110,10 +110,10 @@ def tiling_budget(weights: Path, lr_hw, ref_hw) -> int:
 
 def test_tiles_report_progress_and_eta(models, pair, tmp_path, one_thread):
     runner = make_runner(tmp_path, models)
-    lr = upload(runner, 'lr.png', pair['lr'])
+    lr = upload(runner, 'lr.png', motorcycle_pair(320)['lr'])  # 80 x 80: tiles (with 16 px of context) help
     ref = upload(runner, 'ref.png', pair['ref'])
     runner.run(JobRequest(lr=lr, refs=[ref]))  # a first job: the next one's ETA starts from its speed
-    budget = tiling_budget(models / 'refsr' / 'tiny.pth', (24, 24), (128, 192))  # sizes padded to the multiples
+    budget = tiling_budget(models / 'refsr' / 'tiny.pth', (80, 80), (128, 192))  # sizes padded to the multiples
     stages = []
     runner.run(JobRequest(lr=lr, refs=[ref], max_memory=str(budget)), stages.append)
     tiles = [p for p in stages if 'tiles' in p.stage]

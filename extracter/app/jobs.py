@@ -54,6 +54,7 @@ MIN_REF_SIDE = 16
 # LR itself gets a note (a useful reference is an HR picture: about 16 times the LR's pixels).
 MIN_REF_AREA_RATIO = 0.25
 WEIGHT_SUFFIXES = ('.pth', '.pt')
+TEXTURE_MIN_H = 320
 SISR_TILE = {'tile_size': 256, 'tile_pad': 16}  # single-image models: tiles above this size (LR pixels)
 
 
@@ -408,7 +409,8 @@ class JobRunner:
         save_png(out['bicubic'], files['bicubic'])
         texture = None
         if out.get('texture_panels'):
-            texture = side_by_side(out['texture_panels'], height=min(out['sr'].shape[0], 512))
+            # at least TEXTURE_MIN_H pixels high, so that the panels' labels fit
+            texture = side_by_side(out['texture_panels'], height=min(max(out['sr'].shape[0], TEXTURE_MIN_H), 512))
             files['texture'] = folder / f'{job_id}_texture.png'
             save_png(texture, files['texture'])
         seconds = time.time() - t0
@@ -460,7 +462,8 @@ class JobRunner:
 
 
 class _EtaClock:
-    """Seconds left: from the tiles' pace once tiles run, else from the previous job's seconds per LR pixel."""
+    """Seconds left: from the tiles' pace once tiles run (the search counted in the first tile: an over- rather
+    than an under-estimate), else from the previous job's seconds per LR pixel (None for a process's first job)."""
 
     def __init__(self, seconds_per_lr_px: Optional[float], lr_px: int) -> None:
         self.t0 = time.time()
@@ -474,15 +477,15 @@ class _EtaClock:
     def untiled_left(self) -> Optional[float]:
         if self.expected is None:
             return None
-        return max(0.0, self.expected - (time.time() - (self.t_search or self.t0)))
+        return max(0.0, self.expected - (time.time() - self.t0))
 
     def tiles_left(self, done: int, total: int) -> Optional[float]:
         start = self.t_search or self.t0
         return (time.time() - start) / done * (total - done) if done else self.untiled_left()
 
     def compute_seconds(self) -> float:
-        """Seconds from the search on (what scales with the LR's size), for the next job's estimate."""
-        return time.time() - (self.t_search or self.t0)
+        """Seconds of the computation (after the model is loaded), for the next job's estimate."""
+        return time.time() - self.t0
 
 
 def _cap(text: str) -> str:
