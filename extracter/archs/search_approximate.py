@@ -52,10 +52,11 @@ __all__ = ['ApproximateSettings', 'approximate_search', 'exact_search_queries', 
            'approximate_search_bytes']
 
 # ``search mode auto`` (infer.py's default): the approximate search where the exact search would cost more than this
-# many multiply-adds (LR patches x reference patches x C k^2), the exact one below. 2^40 ~ 1.1e12: ~20-30 s of exact
-# search on one CPU core, e.g. a 1024 x 1024 output at window 6 / stride 2 (2.5e12) or 512 x 512 at 3/1 (6.2e11 ->
-# exact); docs/benchmarks/search has the measurements behind it.
-AUTO_APPROXIMATE_ABOVE = 1 << 40
+# many multiply-adds (LR patches x reference patches x C k^2), the exact one below. 2^39 ~ 5.5e11, ~10-15 s of exact
+# search on one CPU core: at window 6 / stride 2 outputs above ~700 x 700 with a same-size reference (1024: 2.5e12),
+# at the demo model's 3/1 above ~500 x 500 (512: 6.2e11; a 720 x 480 frame: 1.1e12). Where the benchmark
+# (docs/benchmarks/search) shows the approximate search within 0.05 dB of the exact one.
+AUTO_APPROXIMATE_ABOVE = 1 << 39
 BACKENDS = ('torch', 'faiss')
 
 
@@ -436,11 +437,12 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
 
 
 def _first_unique(values: torch.Tensor, size: int) -> torch.Tensor:
-    """The distinct entries of ``values`` (integers in [0, size)) in the order of their first occurrence."""
-    first = torch.full((size,), values.numel(), dtype=torch.long, device=values.device)
-    first.scatter_reduce_(0, values, torch.arange(values.numel(), device=values.device), reduce='amin')
-    seen = (first < values.numel()).nonzero().view(-1)
-    return seen[torch.argsort(first[seen])]
+    """The distinct entries of ``values`` (integers in [0, size)) in the order of their first occurrence (work in
+    the number of values, not in ``size``)."""
+    uniq, inverse = torch.unique(values, return_inverse=True)
+    first = torch.full((uniq.numel(),), values.numel(), dtype=torch.long, device=values.device)
+    first.scatter_reduce_(0, inverse, torch.arange(values.numel(), device=values.device), reduce='amin')
+    return uniq[torch.argsort(first)]
 
 
 def _tie_equal(approx_scores: torch.Tensor, exact_scores: torch.Tensor, tol: float) -> torch.Tensor:
