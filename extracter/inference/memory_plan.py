@@ -44,8 +44,10 @@ def parse_memory(value) -> int:
             raise ValueError(f'max_memory must be positive, got {value}')
         return int(value)
     match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*', str(value).upper())
-    if not match or float(match.group(1)) <= 0:
+    if not match:
         raise ValueError(f"max_memory must look like '6G', '512M' or a number of bytes, got {value!r}")
+    if float(match.group(1)) <= 0:
+        raise ValueError(f'max_memory must be positive (a working-memory budget such as 6G), got {value!r}')
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
