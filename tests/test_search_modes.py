@@ -29,11 +29,11 @@ def _features(shape, seed):
     return torch.relu(torch.nn.functional.avg_pool2d(torch.randn(*shape, generator=g), 3, 1, 1) + 0.1)
 
 
-def covering(n_keys: int, side: int) -> ApproximateSettings:
+def covering(n_keys: int, side: int, refine: int = 0) -> ApproximateSettings:
     """Settings whose candidate windows cover the whole reference (``n_keys`` patches, patch grids at most ``side``
     long), on the approximate path (no fallback)."""
     return ApproximateSettings(channel_dims=8, patch_dims=32, candidates=2, fallback=False, jitter=side,
-                               max_candidates=n_keys, tile=3)
+                               max_candidates=n_keys, tile=3, refine=refine)
 
 
 def tiny_net(seed: int = 0) -> Extracter:
@@ -46,12 +46,12 @@ def psnr(a, b):
     return float('inf') if mse == 0 else 10 * np.log10(1 / mse)
 
 
-@pytest.mark.parametrize('geometry,top_k', [((3, 1, 1), 1), ((6, 2, 2), 3)])
-def test_search_transfer_approximate_mode_contract_and_union(geometry, top_k):
+@pytest.mark.parametrize('geometry,top_k,refine', [((3, 1, 1), 1, 0), ((6, 2, 2), 3, 0), ((6, 2, 2), 2, 5)])
+def test_search_transfer_approximate_mode_contract_and_union(geometry, top_k, refine):
     lr = _features((2, 16, 10, 12), 0)
     refs = [_features((2, 16, 12, 9), 1), _features((2, 16, 8, 14), 2)]
     exact = SearchTransfer(*geometry, top_k=top_k, mode='chunked').search(lr, refs)
-    st = SearchTransfer(*geometry, top_k=top_k, mode='approximate', approximate=covering(200, 14))
+    st = SearchTransfer(*geometry, top_k=top_k, mode='approximate', approximate=covering(200, 14, refine))
     scores, index = st.search(lr, refs)
     assert scores.shape == index.shape == exact[0].shape
     torch.testing.assert_close(scores, exact[0], atol=1e-5, rtol=0)

@@ -68,6 +68,7 @@ class ApproximateSettings:
     channel_dims: int = 64
     patch_dims: int = 256
     candidates: int = 8
+    refine: int = 0
     query_step: int = 1
     key_step: Optional[int] = None
     jitter: int = 1
@@ -89,7 +90,7 @@ class ApproximateSettings:
                 if not isinstance(value, bool):
                     raise ValueError(f'fallback must be true or false, got {value!r}')
             elif not (value is None and f.name == 'key_step'):
-                least = 0 if f.name in ('jitter', 'exact_below', 'seed') else 1
+                least = 0 if f.name in ('jitter', 'exact_below', 'seed', 'refine') else 1
                 if isinstance(value, bool) or not isinstance(value, int) or value < least:
                     raise ValueError(f'{f.name} must be an integer >= {least}, got {value!r}')
 
@@ -136,10 +137,13 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     rarea = (ref_hw[0] + 2 * p) * (ref_hw[1] + 2 * p)
     maps = itemsize * channels * 2 * (area + rarea)  # padded maps and their channels-last copies
     n_cand = min(settings.candidates, n_k)
-    cands = n_q * n_cand * (itemsize + 3 * 8 + 8)  # scores, indices, rows, columns (+ one index copy)
+    n_ret = min(max(settings.refine, n_cand), n_k)
+    cands = n_q * n_ret * (itemsize + 2 * 8) + n_q * n_cand * (itemsize + 3 * 8)  # retrieved, kept (rows, columns)
     band = max(1, query_chunk_size // max(1, gw // qs)) * max(gw, rgw)
     reduce = itemsize * (c_red * max(area, rarea) + 2 * c_red * k * k * band + settings.fit_samples * c_red * k * k)
-    retrieval = itemsize * (2 * n_k * d + n_q * d + 2 * min(query_chunk_size, n_q) * n_k) + reduce
+    retrieval = itemsize * (2 * n_k * d + n_q * d + min(query_chunk_size, n_q) * n_k) + reduce
+    if n_ret > n_cand:  # the reduced maps (channels-last) and one block of gathered patches (+ their indices)
+        retrieval = max(retrieval, itemsize * (c_red * (area + rarea) + 3 * (1 << 24)))
     t2 = settings.tile ** 2
     # a tile's candidate entries before de-duplication: its sub-grid queries and those one step around, each window
     windows = (-(-settings.tile // qs) + 2) ** 2 * n_cand * (2 * settings.jitter + 1) ** 2
@@ -254,6 +258,34 @@ def _descriptors(x_pad: torch.Tensor, proj: torch.Tensor, patch_proj: Optional[t
     return torch.cat(out)
 
 
+def _refine(lr_pad: torch.Tensor, ref_pad: torch.Tensor, proj: torch.Tensor, window: int, stride: int,
+            q_index: torch.Tensor, grid_w: int, ref_grid_w: int, k_inv: torch.Tensor, cand_i: torch.Tensor,
+            keep: int, block_floats: int = 1 << 24) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Re-score every query's retrieved matches ``cand_i`` [Q, R] (flat reference patch indices) by the dot product of
+    the channel-reduced patches (c' k^2 dimensions: without the patch PCA's loss) over the exact key norm, and keep
+    the best ``keep``: (scores, indices) [Q, keep], sorted. Per query, gathered straight from channels-last reduced
+    maps, in blocks of about ``block_floats`` gathered floats."""
+    red_lr = torch.einsum('dc,chw->hwd', proj, lr_pad)
+    red_ref = torch.einsum('dc,chw->hwd', proj, ref_pad)
+    c_red = proj.size(0)
+    q_off = _pixel_offsets(window, red_lr.size(1), lr_pad.device)
+    k_off = _pixel_offsets(window, red_ref.size(1), lr_pad.device)
+    flat_lr, flat_ref = red_lr.reshape(-1, c_red), red_ref.reshape(-1, c_red)
+    n_q, n_r = cand_i.shape
+    block = max(1, block_floats // (n_r * c_red * window * window))
+    out_s = lr_pad.new_empty(n_q, keep)
+    out_i = torch.empty(n_q, keep, dtype=torch.long, device=lr_pad.device)
+    for i0 in range(0, n_q, block):
+        ci = cand_i[i0:i0 + block]
+        query = _gather_patches(flat_lr, _patch_starts(q_index[i0:i0 + block], grid_w, stride, red_lr.size(1)), q_off)
+        keys = _gather_patches(flat_ref, _patch_starts(ci.reshape(-1), ref_grid_w, stride, red_ref.size(1)), k_off)
+        rel = torch.bmm(keys.view(ci.size(0), n_r, -1), query[:, :, None])[:, :, 0] * k_inv[ci]
+        top_s, pos = torch.topk(rel, keep, dim=1)
+        out_s[i0:i0 + ci.size(0)] = top_s
+        out_i[i0:i0 + ci.size(0)] = ci.gather(1, pos)
+    return out_s, out_i
+
+
 def _retrieve_torch(queries: torch.Tensor, keys_t: torch.Tensor, n_cand: int, chunk: int, out_s: torch.Tensor,
                     out_i: torch.Tensor) -> None:
     """Top ``n_cand`` keys (columns of ``keys_t`` [d, Lr']) of every query row [Q, d] by inner product, in blocks of
@@ -324,7 +356,10 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
 
             - channel_dims: channels kept by the per-pixel PCA.
             - patch_dims: dimensions kept by the patch PCA of the channel-reduced patches (the retrieval dimension).
-            - candidates: reduced-space matches retrieved per query sub-grid point.
+            - candidates: matches kept per query sub-grid point (their windows make the tiles' candidate sets).
+            - refine: when above ``candidates``, retrieve this many matches in the reduced space and keep the
+              ``candidates`` best by the dot product of the channel-reduced patches (c' k^2 dimensions, the patch
+              PCA's loss undone), per query; 0: keep the reduced space's top ``candidates``.
             - query_step, key_step: retrieval sub-grids: every ``step``-th LR / reference patch along each axis
               (defaults: every query; reference patches ``max(1, 2 // stride)`` apart, two feature pixels, the
               windows covering the skipped ones). ``query_step=2`` at 3/1/1 lost 10 points of recall@1 on the real
@@ -390,13 +425,16 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         keys_t = keys.t().contiguous()
         del keys
         # 2. retrieval: every query sub-grid point against every key sub-grid point, top-candidates
-        cand_s = lr_feat.new_empty(q_sub.numel(), n_cand)
-        cand_i = torch.empty(q_sub.numel(), n_cand, dtype=torch.long, device=dev)
+        n_ret = min(max(cfg.refine, n_cand), k_sub.numel())
+        cand_s = lr_feat.new_empty(q_sub.numel(), n_ret)
+        cand_i = torch.empty(q_sub.numel(), n_ret, dtype=torch.long, device=dev)
         queries = _descriptors(lr_pad[b], proj, patch_proj, k, s, query_step, torch.ones_like(q_inv[b]), gw,
                                band_rows)
-        retrieve(queries, keys_t, n_cand, query_chunk_size, cand_s, cand_i)
+        retrieve(queries, keys_t, n_ret, query_chunk_size, cand_s, cand_i)
         cand_i = k_sub[cand_i]
         del queries, keys_t
+        if n_ret > n_cand:  # 2b. re-score the retrieved matches on the channel-reduced patches, keep the best
+            cand_s, cand_i = _refine(lr_pad[b], ref_pad[b], proj, k, s, q_sub, gw, rgw, k_inv[b], cand_i, n_cand)
         cand_s = cand_s.view(sub_h, sub_w, n_cand)
         cand_y = torch.div(cand_i, rgw, rounding_mode='floor').view(sub_h, sub_w, n_cand)
         cand_x = (cand_i % rgw).view(sub_h, sub_w, n_cand)
