@@ -33,7 +33,6 @@ estimate). Writes ``compare.md`` and ``compare.csv`` (means per set, reference a
 import argparse
 import csv
 import ctypes
-import gc
 import io
 import os
 import threading
@@ -196,22 +195,24 @@ def parse_model_arg(text: str) -> Tuple[str, str]:
 def load_model(label: str, weights: str, device: str) -> Model:
     """The network of ``weights`` with the ``network_g`` of the YAML beside it: a RefSR network through the usual
     loader, a single-image one (``uses_reference`` False, e.g. DRCT) built and loaded strictly the same way."""
-    from extracter.inference.network import load_state_into, network_options
+    from extracter.inference.network import NetworkLoadError, load_state_into, network_options
     from extracter.registry import ARCH_REGISTRY
     from extracter.utils.checkpoint import load_checkpoint, network_state
 
-    options = network_options(weights)
     try:
-        cls = ARCH_REGISTRY.get(options.get('type'))
-    except KeyError:
-        raise SystemExit(f'error: {weights}: unknown network type {options.get("type")!r}') from None
-    if getattr(cls, 'uses_reference', True):
-        net = load_network(weights, device=device)
-        return Model(label, 'refsr', net)
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f'weights not found: {weights}')
-    net = cls(**cls.options_for_weights(options))
-    load_state_into(net, network_state(load_checkpoint(weights), weights, None), weights)
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f'weights not found: {weights}')
+        options = network_options(weights)
+        try:
+            cls = ARCH_REGISTRY.get(options.get('type'))
+        except KeyError:
+            raise NetworkLoadError(f'{weights}: unknown network type {options.get("type")!r}') from None
+        if getattr(cls, 'uses_reference', True):
+            return Model(label, 'refsr', load_network(weights, device=device))
+        net = cls(**cls.options_for_weights(options))
+        load_state_into(net, network_state(load_checkpoint(weights), weights, None), weights)
+    except (OSError, ValueError) as err:  # missing files, NetworkLoadError, CheckpointError: one line
+        raise SystemExit(f'error: --model {label}: {err}') from None
     return Model(label, 'sisr', net.eval().to(device))
 
 
@@ -233,7 +234,6 @@ class PeakMemory:
             return None
 
     def __enter__(self) -> 'PeakMemory':
-        gc.collect()
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -302,7 +302,8 @@ def centre_crop(img: np.ndarray, size: int, multiple: int = 4) -> np.ndarray:
 
 
 def comparison_cases(shared: Optional[Path], sets: Sequence[str], crop: int, margin: int, frame_step: int,
-                     sisr_crop: int, motorcycle_crop: int, max_images: int = 0) -> List[Case]:
+                     sisr_crop: int, motorcycle_crop: int, max_images: int = 0,
+                     motorcycle_ref_crop: int = 0) -> List[Case]:
     """The targets of every set, HR sides multiples of 4 (each model pads the LR to its own multiple)."""
     cases: List[Case] = []
     if 'vid4' in sets:
@@ -328,6 +329,8 @@ def comparison_cases(shared: Optional[Path], sets: Sequence[str], crop: int, mar
         from skimage.data import stereo_motorcycle
 
         left, right, _ = stereo_motorcycle()
+        if motorcycle_ref_crop:  # a centred crop of the right view, to bound the time on a CPU
+            right = centre_crop(right, motorcycle_ref_crop, 1)
         cases.append(Case('motorcycle', 'left view', centre_crop(left, motorcycle_crop), {'right view': [right],
                                                                                          SELF: []}))
     for case in cases:  # the self-reference: the upsampled LR (TTSR's and EXTRACTER's protocol without references)
@@ -412,7 +415,7 @@ def crops_picture(cases, kept, labels, condition_of, size: int, zoom: int) -> Op
         seen.add(case.dataset)
         panels = []
         for label in labels:
-            condition = NONE if label == 'bicubic' else condition_of(case, label)
+            condition = NONE if label in ('HR', 'bicubic') else condition_of(case, label)
             img = case.hr if label == 'HR' else kept.get((case.dataset, case.image, condition, label))
             if img is None:
                 continue
@@ -447,7 +450,7 @@ def run_comparison(args) -> None:
     archive_existing(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = comparison_cases(shared, sets, args.crop, args.margin, args.frame_step, args.sisr_crop,
-                             args.motorcycle_crop, args.max_images)
+                             args.motorcycle_crop, args.max_images, args.motorcycle_ref_crop)
     firsts = {}
     for case in cases:
         firsts.setdefault(case.dataset, case.image)
@@ -487,6 +490,8 @@ def main() -> None:
     parser.add_argument('--sets', default=','.join(SETS), help=f'comparison mode: sets ({",".join(SETS)})')
     parser.add_argument('--max-images', type=int, default=0, help='comparison mode: at most this many targets per set')
     parser.add_argument('--motorcycle-crop', type=int, default=320, help='comparison mode: HR crop of the left view')
+    parser.add_argument('--motorcycle-ref-crop', type=int, default=0,
+                        help='comparison mode: centred crop of the right view (0: the whole view, as the demo)')
     parser.add_argument('--crop-size', type=int, default=64, help='comparison mode: side of the crops in crops.png')
     parser.add_argument('--zoom', type=int, default=3, help='comparison mode: enlargement of the crops in crops.png')
     parser.add_argument('--note', default='', help='comparison mode: a note for the table (e.g. "shared machine")')

@@ -85,8 +85,8 @@ def comparison(tmp_path_factory, tiny_shared, tiny_models):
     try:
         _main(mp, '--model', f'EXT={tiny_models["Extracter"][0]}', '--model', f'TTSR={tiny_models["TTSR"][0]}',
               '--model', f'DRCT={tiny_models["DRCT"][0]}', '--shared', tiny_shared, '-o', out, '--crop', 32,
-              '--margin', 8, '--frame-step', 100, '--sisr-crop', 32, '--motorcycle-crop', 32, '--crop-size', 16,
-              '--zoom', 2, '--note', 'shared machine')
+              '--margin', 8, '--frame-step', 100, '--sisr-crop', 32, '--motorcycle-crop', 32,
+              '--motorcycle-ref-crop', 96, '--crop-size', 16, '--zoom', 2, '--note', 'shared machine')
     finally:
         mp.undo()
     return out
@@ -141,6 +141,8 @@ def test_motorcycle_rows_equal_direct_computations(comparison, tiny_models):
     left, right, _ = stereo_motorcycle()
     top, lft = (left.shape[0] - 32) // 2, (left.shape[1] - 32) // 2
     hr = left[top:top + 32, lft:lft + 32]
+    top, lft = (right.shape[0] - 96) // 2, (right.shape[1] - 96) // 2
+    right = right[top:top + 96, lft:lft + 96]  # --motorcycle-ref-crop 96
     lr = _bicubic(hr, 8, 8)
     rows = {(r['reference'], r['model']): r for r in _rows(comparison / 'per_image.csv')
             if r['dataset'] == 'motorcycle'}
@@ -165,6 +167,7 @@ def test_motorcycle_rows_equal_direct_computations(comparison, tiny_models):
     (['--model', 'A=x.pth', '--model', 'A=y.pth'], 'labels must differ'),
     (['--model', 'A=x.pth', '--sets', 'vid4,urban'], "unknown ['urban']"),
     (['--model', 'A=x.pth', '--weights', 'x.pth'], 'either --weights'),
+    (['--model', 'A=/no/x.pth', '--sets', 'motorcycle'], 'error: --model A: weights not found: /no/x.pth'),
     ([], 'give --weights'),
 ])
 def test_comparison_argument_errors(monkeypatch, tmp_path, argv, message):
