@@ -13,8 +13,9 @@ VGG relu3_1 features (docs/benchmarks/search/README.md has the numbers, also of 
    the channel-reduced k x k patches on their top ``patch_dims`` directions. A reduced query dotted with a reduced
    key, divided by the key's EXACT norm, approximates r_ij up to the query's (rank-irrelevant) norm.
 2. Retrieval: the LR patches of a sub-grid (every ``query_step``-th along each axis) against the reference patches of
-   a sub-grid (every ``key_step``-th) in the reduced space, keeping the top ``candidates`` of each. This is the only
-   quadratic part, patch_dims / (C k^2 query_step^2 key_step^2) of the exact search's work.
+   a sub-grid (every ``key_step``-th) in the reduced space, keeping the top ``refine`` of each, re-scored on the
+   channel-reduced patches (c' k^2 dimensions, gathered per query) to keep the best ``candidates``. The retrieval is
+   the only quadratic part, patch_dims / (C k^2 query_step^2 key_step^2) of the exact search's work.
 3. Candidate windows: the LR patch grid is cut into ``tile`` x ``tile`` tiles; a tile's candidate set is the union
    of the (2 ``jitter`` + 1)^2 windows around the retrieved matches of its sub-grid queries and of those one step
    around it, rank-major (every query's first match before any second one), capped at ``max_candidates``. Sharing
@@ -68,7 +69,7 @@ class ApproximateSettings:
     channel_dims: int = 64
     patch_dims: int = 256
     candidates: int = 8
-    refine: int = 0
+    refine: int = 32
     query_step: int = 1
     key_step: Optional[int] = None
     jitter: int = 1
@@ -359,7 +360,10 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
             - candidates: matches kept per query sub-grid point (their windows make the tiles' candidate sets).
             - refine: when above ``candidates``, retrieve this many matches in the reduced space and keep the
               ``candidates`` best by the dot product of the channel-reduced patches (c' k^2 dimensions, the patch
-              PCA's loss undone), per query; 0: keep the reduced space's top ``candidates``.
+              PCA's loss undone), per query; 0: keep the reduced space's top ``candidates``. On the DCSR pair at
+              1024 / 6/2/2 (800 sampled queries) 32 raised recall@1 from 0.958 to 0.984 for 18% more CPU time: the
+              reduced space's top-1 lies within a window of the exact top-1 for only 63% of the queries, the refined
+              top-1 for 78% (top-8: 86% -> 96%).
             - query_step, key_step: retrieval sub-grids: every ``step``-th LR / reference patch along each axis
               (defaults: every query; reference patches ``max(1, 2 // stride)`` apart, two feature pixels, the
               windows covering the skipped ones). ``query_step=2`` at 3/1/1 lost 10 points of recall@1 on the real

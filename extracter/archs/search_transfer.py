@@ -268,42 +268,52 @@ class SearchTransfer(nn.Module):
     def _fold_by_index(self, values: List[torch.Tensor], index: torch.Tensor, level: int,
                        out_hw: Tuple[int, int]) -> torch.Tensor:
         """fold(gather(unfold(value), index)) without unfolding ``value``: for bands of LR patch rows, the selected
-        patches are read straight from the padded map(s) and folded into their band of the output. Several
-        references are laid end to end in one flat buffer; each index finds its reference's offset and row width."""
+        patches are read straight from the map(s) and folded into their band of the output; pixels of a patch that
+        fall in the zero padding are zeroed after the gather, so the (large) reference maps are never copied into
+        padded ones (tiled inference calls this once per tile, rank and level). Several references are laid end to
+        end in one flat buffer; each index finds its reference's offset, row width and height."""
         k, s, p = self.level_geometry(level)
         n, c = values[0].shape[:2]
-        pads = [F.pad(v, (p, p, p, p)) for v in values]
-        flat = torch.cat([v.reshape(n, c, -1) for v in pads], dim=2) if len(pads) > 1 else pads[0].reshape(n, c, -1)
+        flat = torch.cat([v.reshape(n, c, -1) for v in values], dim=2) if len(values) > 1 else \
+            values[0].reshape(n, c, -1)
         dev = values[0].device
-        widths = torch.tensor([v.shape[-1] for v in pads], device=dev)
-        grid_w = (widths - k) // s + 1
-        grid_h = torch.tensor([(v.shape[-2] - k) // s + 1 for v in pads], device=dev)
+        heights = torch.tensor([v.shape[-2] for v in values], device=dev)
+        widths = torch.tensor([v.shape[-1] for v in values], device=dev)
+        grid_w = (widths + 2 * p - k) // s + 1
+        grid_h = (heights + 2 * p - k) // s + 1
         patch_off = torch.cat((grid_w.new_zeros(1), (grid_h * grid_w).cumsum(0)))
-        sizes = torch.tensor([v.shape[-2] * v.shape[-1] for v in pads], device=dev)
+        sizes = heights * widths
         base = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
         gh = (out_hw[0] + 2 * p - k) // s + 1
         gw = (out_hw[1] + 2 * p - k) // s + 1
         out_w = out_hw[1] + 2 * p
         out = values[0].new_zeros(n, c, out_hw[0] + 2 * p, out_w)
-        # a patch's pixels in unfold's (dy, dx) order
+        # a patch's pixels in unfold's (dy, dx) order, relative to its top-left corner in the padded map
         ar = torch.arange(k, device=dev)
-        dy = ar.repeat_interleave(k).view(k * k, 1)
-        dx = ar.repeat(k).view(k * k, 1)
+        dy = ar.repeat_interleave(k).view(k * k, 1) - p
+        dx = ar.repeat(k).view(k * k, 1) - p
         rows = max(1, self.chunk_size // gw)
         for r0 in range(0, gh, rows):
             r1 = min(gh, r0 + rows)
             band_h = (r1 - r0 - 1) * s + k
             idx = index[:, r0 * gw:r1 * gw].contiguous()  # [N, Lb]
-            ref = torch.searchsorted(patch_off[1:], idx, right=True) if len(pads) > 1 else torch.zeros_like(idx)
+            ref = torch.searchsorted(patch_off[1:], idx, right=True) if len(values) > 1 else torch.zeros_like(idx)
             local = idx - patch_off[ref]
-            row_w = widths[ref]
-            starts = base[ref] + torch.div(local, grid_w[ref], rounding_mode='floor') * (s * row_w) + (
-                local % grid_w[ref]) * s
+            y0 = torch.div(local, grid_w[ref], rounding_mode='floor') * s
+            x0 = (local % grid_w[ref]) * s
             for b in range(n):
-                pos = (starts[b].view(1, -1) + dy * row_w[b].view(1, -1) + dx).view(-1)  # [k*k*Lb], (dy, dx)-major
-                cols = flat[b].index_select(1, pos).view(1, c * k * k, -1)
-                out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols, output_size=(band_h, out_w),
-                                                                   kernel_size=k, stride=s)
+                y = y0[b].view(1, -1) + dy  # [k*k, Lb], rows in the unpadded map
+                x = x0[b].view(1, -1) + dx
+                h_b, w_b = heights[ref[b]].view(1, -1), widths[ref[b]].view(1, -1)
+                outside = ((y < 0) | (y >= h_b) | (x < 0) | (x >= w_b)).view(-1)
+                pos = (base[ref[b]].view(1, -1) + torch.minimum(y.clamp_min(0), h_b - 1) * w_b
+                       + torch.minimum(x.clamp_min(0), w_b - 1)).view(-1)  # [k*k*Lb], (dy, dx)-major
+                cols = flat[b].index_select(1, pos)
+                if p:  # the zero padding
+                    cols.index_fill_(1, outside.nonzero().view(-1), 0)
+                out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols.view(1, c * k * k, -1),
+                                                                   output_size=(band_h, out_w), kernel_size=k,
+                                                                   stride=s)
         return out[:, :, p:p + out_hw[0], p:p + out_hw[1]]
 
     def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: Maps,
