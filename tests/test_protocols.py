@@ -21,8 +21,12 @@ from extracter.evaluation import expand_protocols, merge_metrics
 from extracter.utils.options import OptionError, load_yaml, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
-STITCH = 144  # canvas side for the fixture (its references are at most 140 pixels); CUFED5 itself: MASA-SR's 512
+STITCH = 48  # canvas side for the small fixture (its references are at most 48 pixels); CUFED5 itself: MASA-SR's 512
 SETS = {'L1': 1, 'L3': 3, 'ALL': 'all', 'STITCHED': 'stitched'}
+# a small CUFED5-layout fixture (the network runs on every protocol twice): HR sides not multiples of 8, references
+# of varied sizes, level 1 overlapping the HR most
+HR_SIZES = [(70, 54), (61, 66)]
+REF_SIZES = [(40, 44), (36, 48), (48, 40), (44, 36), (30, 46)]
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -116,7 +120,23 @@ def expected_sr(net, folder: Path, group: str, level, multiple: int):
 
 # ---------------------------------------------------------------- the run
 @pytest.fixture(scope='module')
-def protocol_run(tmp_path_factory, cufed_root):
+def small_cufed5(tmp_path_factory) -> Path:
+    """``NNN_0.png`` .. ``NNN_5.png`` cut from real photographs of ../shared/data (BSD200)."""
+    from tests.data_helpers import shared_data_dir
+
+    photos = shared_data_dir('train', 'bsd200')
+    folder = tmp_path_factory.mktemp('CUFED5_small')
+    for g, (name, (h, w)) in enumerate(zip(sorted(p.name for p in photos.iterdir())[10:], HR_SIZES)):
+        img = read_rgb(photos / name)
+        Image.fromarray(img[20:20 + h, 30:30 + w]).save(folder / f'{g:03d}_0.png')
+        for level, (rh, rw) in enumerate(REF_SIZES, start=1):
+            top, left = 20 + 12 * level, 30 + 10 * level
+            Image.fromarray(img[top:top + rh, left:left + rw]).save(folder / f'{g:03d}_{level}.png')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def protocol_run(tmp_path_factory, small_cufed5):
     from extracter.archs.extracter_arch import Extracter
 
     tmp = tmp_path_factory.mktemp('protocols')
@@ -130,7 +150,7 @@ def protocol_run(tmp_path_factory, cufed_root):
             p.add_(0.02 * torch.randn_like(p))
     ckpt = tmp / 'net_g.pth'
     torch.save({'params': net.state_dict()}, ckpt)
-    folder = cufed_root / 'test' / 'CUFED5'
+    folder = small_cufed5
     base = opt['datasets']['test_1']
     opt['datasets'] = {f'test_{i}': dict(base, name=f'CUFED5_{name}', dataroot=str(folder), ref_level=level)
                        for i, (name, level) in enumerate(SETS.items(), start=1)}
@@ -188,7 +208,7 @@ def test_protocols_give_different_numbers_and_one_summary(protocol_run):
     summary = rows_of(results / 'summary.csv')
     assert [r['test set'] for r in summary] == [f'CUFED5_{s}' for s in SETS]
     for r, s in zip(summary, SETS):
-        assert r['images'] == '3' and f'ref_level {SETS[s]}' in r['reference protocol']
+        assert r['images'] == str(len(HR_SIZES)) and f'ref_level {SETS[s]}' in r['reference protocol']
         for name in NAMES:
             assert r[name] == means[s][name]
     md = (results / 'summary.md').read_text()
@@ -205,10 +225,10 @@ def test_stitch_references_is_masa_srs_test_set_multi(cufed_root):
         deg.stitch_references(refs, 128, [str(folder / f'001_{lv}.png') for lv in range(1, 6)])
 
 
-def test_all_and_stitched_samples(cufed_root):
+def test_all_and_stitched_samples(small_cufed5):
     from extracter.data.cufed5_dataset import CUFED5Dataset
 
-    folder = cufed_root / 'test' / 'CUFED5'
+    folder = small_cufed5
     all_refs = CUFED5Dataset(dataroot=str(folder), ref_level='all', stride=2)[1]
     assert isinstance(all_refs['ref'], list) and len(all_refs['ref']) == len(all_refs['ref_downup']) == 5
     assert [Path(p).name for p in all_refs['ref_path']] == [f'001_{lv}.png' for lv in range(1, 6)]
@@ -218,8 +238,8 @@ def test_all_and_stitched_samples(cufed_root):
     stitched = CUFED5Dataset(dataroot=str(folder), ref_level='stitched', stitch_size=STITCH, stride=2)[1]
     assert tuple(stitched['ref'].shape) == (3, 5 * STITCH, STITCH)
     assert torch.equal(stitched['gt'], all_refs['gt']) and torch.equal(stitched['lq'], all_refs['lq'])
-    with pytest.raises(ValueError, match='larger than the stitching canvas 128x128'):
-        CUFED5Dataset(dataroot=str(folder), ref_level='stitched', stitch_size=128)[0]
+    with pytest.raises(ValueError, match='larger than the stitching canvas 44x44'):
+        CUFED5Dataset(dataroot=str(folder), ref_level='stitched', stitch_size=44)[0]
 
 
 def _test_opt(**val):
