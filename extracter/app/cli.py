@@ -64,14 +64,14 @@ def check_host(host: str, listen_all: bool) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     host = check_host(args.host, args.listen_all)
+    if args.listen_all:
+        print(LISTEN_ALL_WARNING, file=sys.stderr)
     from extracter.inference.memory_plan import parse_memory
 
     try:
         max_upload = parse_memory(args.max_upload)
     except ValueError:
         raise SystemExit(f'error: --max-upload must look like 200M or 1G, got {args.max_upload!r}') from None
-    if args.listen_all:
-        print(LISTEN_ALL_WARNING, file=sys.stderr)
     if args.device.startswith('cuda'):
         import torch
 
