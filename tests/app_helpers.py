@@ -79,11 +79,9 @@ def app_extras() -> Tuple[bool, str]:
     return True, ''
 
 
-def require_app_extras(need_browser: bool = True) -> None:
-    """Skip (or, with EXTRACTER_APP_TESTS=required, fail) when the page's extras are missing."""
+def require_app_extras() -> None:
+    """Skip (or, with EXTRACTER_APP_TESTS=required, fail) when the page's extras or the browser are missing."""
     ok, why = app_extras()
-    if not ok and not need_browser and importlib.util.find_spec('gradio') is not None:
-        ok = True
     if ok:
         return
     if os.environ.get(REQUIRED_ENV) == 'required':

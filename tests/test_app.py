@@ -305,3 +305,16 @@ def test_single_image_model_without_references(pair, tmp_path):
     assert result.single_image and result.sr.shape == (96, 96, 3) and result.relevance is None
     assert any('single-image model drct.pth' in n for n in result.notes)
     assert os.path.isfile(result.files['sr'])
+
+
+def test_the_page_listens_on_this_machine_only_unless_asked(capsys):
+    from extracter.app.cli import check_host, main
+
+    assert check_host('127.0.0.1', False) == '127.0.0.1' and check_host('::1', False) == '::1'
+    for host in ('0.0.0.0', '192.168.1.5', 'example.org'):
+        with pytest.raises(SystemExit, match=f'--host {host} is not a loopback address; .* pass --listen-all'):
+            main(['--host', host])
+    assert check_host('127.0.0.1', True) == '0.0.0.0' and check_host('10.0.0.2', True) == '10.0.0.2'
+    with pytest.raises(SystemExit, match='--max-upload must look like 200M'):
+        main(['--listen-all', '--max-upload', 'lots'])
+    assert 'WARNING: --listen-all: the page listens on every network interface' in capsys.readouterr().err

@@ -25,7 +25,7 @@ DEMO_MODEL = REPO / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
 SCREENSHOTS = Path(os.environ.get('EXTRACTER_SCREENSHOTS', REPO / 'results' / 'app_tests'))
 BUDGET = '2G'
 START_TIMEOUT_S = float(os.environ.get('EXTRACTER_APP_START_TIMEOUT', 300))
-JOB_TIMEOUT_MS = int(float(os.environ.get('EXTRACTER_APP_JOB_TIMEOUT', 600)) * 1000)
+JOB_TIMEOUT_MS = int(float(os.environ.get('EXTRACTER_APP_JOB_TIMEOUT', 600)) * 1000)  # an upload, or a job
 
 
 def free_port() -> int:
@@ -84,33 +84,33 @@ def browser():
 def open_page(browser, url):
     page = browser.new_page(viewport={'width': 1400, 'height': 1100}, accept_downloads=True)
     page.goto(url)
-    page.locator('#run').wait_for(timeout=60_000)
+    page.locator('#run').wait_for(timeout=JOB_TIMEOUT_MS)
     return page
 
 
 def upload(page, elem_id: str, paths) -> None:
     page.locator(f'#{elem_id} input[type=file]').set_input_files([str(p) for p in paths])
     for p in paths:  # the upload has finished when the component lists the file
-        page.locator(f'#{elem_id}').get_by_text(Path(p).name).first.wait_for(timeout=60_000)
+        page.locator(f'#{elem_id}').get_by_text(Path(p).name).first.wait_for(timeout=JOB_TIMEOUT_MS)
 
 
-def run_and_wait(page) -> str:
+def run_and_wait(page, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
     from playwright.sync_api import expect
 
     page.locator('#run').click()
     status = page.locator('#status')
-    expect(status).to_contain_text(re.compile('Done|Could not'), timeout=JOB_TIMEOUT_MS)
+    expect(status).to_contain_text(re.compile('Done|Could not'), timeout=timeout_ms)
     return status.inner_text()
 
 
-def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str):
+def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int = JOB_TIMEOUT_MS):
     """Upload the pair, run, download the PNG; returns (the downloaded SR, the CLI's SR)."""
     lr = save(pair['lr'], tmp_path / 'in' / 'motorcycle_lr.png')
     ref = save(pair['ref'], tmp_path / 'in' / 'motorcycle_ref.png')
     page = open_page(browser, url)
     upload(page, 'lr', [lr])
     upload(page, 'refs', [ref])
-    text = run_and_wait(page)
+    text = run_and_wait(page, timeout_ms)
     assert 'Done.' in text and 'Could not' not in text, text
     assert page.locator('#slider img').count() == 2  # bicubic | SR
     assert page.locator('#texture img').count() == 1
@@ -158,6 +158,6 @@ def test_page_full_size_motorcycle_pair(server, browser, tmp_path):
     """The whole left view (740 x 500) as HR, LR 185 x 125, the full right view as reference."""
     url, _ = server
     pair = motorcycle_pair(None)
-    sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_full.png')
+    sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_full.png', 4 * JOB_TIMEOUT_MS)
     assert sr.shape == pair['hr'].shape
     assert psnr_y(sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])

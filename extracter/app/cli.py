@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from extracter.utils.cli import add_image_arguments, apply_image_arguments
 
 DEFAULT_PORT = 7860
+LAUNCH_ATTEMPTS = 4
 REPO_PRETRAINED = Path(__file__).resolve().parents[2] / 'pretrained'
 LISTEN_ALL_WARNING = ('WARNING: --listen-all: the page listens on every network interface; anyone who can reach this '
                       'machine can use it (and its CPU/GPU time). Only the models in the list can be chosen.')
@@ -64,14 +65,14 @@ def check_host(host: str, listen_all: bool) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     host = check_host(args.host, args.listen_all)
+    if args.listen_all:
+        print(LISTEN_ALL_WARNING, file=sys.stderr)
     from extracter.inference.memory_plan import parse_memory
 
     try:
         max_upload = parse_memory(args.max_upload)
     except ValueError:
         raise SystemExit(f'error: --max-upload must look like 200M or 1G, got {args.max_upload!r}') from None
-    if args.listen_all:
-        print(LISTEN_ALL_WARNING, file=sys.stderr)
     if args.device.startswith('cuda'):
         import torch
 
@@ -99,9 +100,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f'models in {models_dir}: {len(models)}; default memory budget {runner.max_memory}; outputs in {output}')
     page = build_page(runner, str(models_dir))
     page.queue(default_concurrency_limit=1)
-    page.launch(server_name=host, server_port=args.port, share=False, max_file_size=max_upload,
-                allowed_paths=[str(runner.jobs_dir)], ssr_mode=False, show_error=False,
-                run_history=False)
+    launch_kwargs = dict(server_name=host, server_port=args.port, share=False, max_file_size=max_upload,
+                         allowed_paths=[str(runner.jobs_dir)], ssr_mode=False, show_error=False, run_history=False)
+    for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+        try:
+            page.launch(**launch_kwargs)
+            return
+        except ValueError as err:
+            # Gradio checks that the started server answers within 3 s, else refuses to go on without share=True
+            # (which we never set): on a busy machine, close it and try again.
+            if 'localhost is not accessible' not in str(err) or attempt == LAUNCH_ATTEMPTS:
+                raise SystemExit(f'error: the page could not start: {err}') from None
+            print(f'the page did not answer its start-up check in time (a busy machine?); retrying '
+                  f'({attempt}/{LAUNCH_ATTEMPTS - 1})', file=sys.stderr)
+            page.close(verbose=False)
 
 
 if __name__ == '__main__':
