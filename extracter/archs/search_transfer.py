@@ -35,7 +35,7 @@ Two implementations with the same results (ties aside):
 """
 
 import itertools
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from torch import nn
 
 OVERLAP_NORMS = ('exact', 'ttsr')
 SEARCH_MODES = ('dense', 'chunked')
+SearchMode = Literal[SEARCH_MODES]  # constructor annotations (the option schema checks the choice)
 FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
 Maps = Union[torch.Tensor, Sequence[torch.Tensor]]
 
