@@ -17,6 +17,7 @@ Example:
 
 import argparse
 import csv
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from extracter.data import degradations as deg
 from extracter.data.image_io import list_images, read_image
 from extracter.inference.folder import super_resolve
 from extracter.inference.network import load_network
+from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write, atomic_write_text
 from scripts.demo import archive_existing, metrics, sample_from
 
@@ -128,8 +130,8 @@ def write_report(rows, summary, out: Path, title: str) -> str:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', required=True)
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: beside the weights)')
     parser.add_argument('--shared', default=str(Path(__file__).resolve().parents[2] / 'shared' / 'data'))
@@ -141,10 +143,10 @@ def main() -> None:
     parser.add_argument('--max-memory', default='4G')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--title', default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shared = Path(args.shared)
     if not (shared / 'video').is_dir():
-        raise SystemExit(f'error: {shared}/video not found (the real test data, see ../shared/data/README.md)')
+        raise FileNotFoundError(f'{shared}/video not found (the real test data, see ../shared/data/README.md)')
     net = load_network(args.weights, args.opt, args.device)
     out = Path(args.output)
     archive_existing(out)
@@ -158,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from extracter.utils.cli import ArgumentParser, run_main  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data'
 if not DATA.is_dir():
@@ -233,8 +235,8 @@ def plot(rows, out: Path, note: str) -> dict:
     return slopes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=PAIRS)
     parser.add_argument('--sizes', nargs='+', type=int, default=[512, 1024, 2048])
     parser.add_argument('--geometries', nargs='+', default=list(GEOMETRIES), choices=list(GEOMETRIES))
@@ -255,12 +257,12 @@ def main() -> None:
     parser.add_argument('--geometry', help=argparse.SUPPRESS)
     parser.add_argument('--sample', help=argparse.SUPPRESS)
     parser.add_argument('--result', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         _case_worker(args)
         return
     if not DATA.is_dir():
-        raise SystemExit(f'error: the real data folder {DATA} is absent')
+        raise FileNotFoundError(f'the real data folder {DATA} is absent')
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
@@ -291,4 +293,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))
