@@ -32,7 +32,7 @@ from extracter.inference.engine import search_settings  # noqa: E402
 from extracter.inference.folder import infer_folder  # noqa: E402
 from extracter.inference.network import load_network  # noqa: E402
 from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions  # noqa: E402
-from extracter.utils.cli import add_image_arguments, apply_image_arguments, run_main  # noqa: E402
+from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main  # noqa: E402
 from extracter.utils.file_io import check_writable  # noqa: E402
 
 
@@ -41,7 +41,7 @@ class InferenceError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', required=True, help='BasicSR checkpoint ({"params": ...}) or a state dict')
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: the weights path with .yml)')
     parser.add_argument('--lr', required=True, help='an LR image or a folder of LR images')

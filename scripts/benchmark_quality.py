@@ -35,6 +35,7 @@ import csv
 import ctypes
 import io
 import os
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -52,6 +53,7 @@ from extracter.evaluation.protocols import describe_metric, expand_protocols
 from extracter.inference.engine import run_sisr
 from extracter.inference.folder import super_resolve
 from extracter.inference.network import load_network
+from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write, atomic_write_text
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
 from scripts.demo import archive_existing, metrics, sample_from
@@ -482,8 +484,8 @@ def run_comparison(args) -> None:
     print(f'{len(rows)} measurements in {time.time() - t0:.0f} s; report in {out}')
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', default=None, help='one checkpoint: the single-model report')
     parser.add_argument('--model', action='append', default=[], metavar='LABEL=WEIGHTS',
                         help='comparison mode: a model and its label (repeat; options from the YAML beside it)')
@@ -505,7 +507,7 @@ def main() -> None:
     parser.add_argument('--max-memory', default='4G')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--title', default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.model:
         if args.weights:
             raise SystemExit('error: give either --weights (one model) or --model LABEL=WEIGHTS (comparison)')
@@ -515,7 +517,7 @@ def main() -> None:
         raise SystemExit('error: give --weights (one model) or --model LABEL=WEIGHTS, repeated (comparison)')
     shared = Path(args.shared)
     if not (shared / 'video').is_dir():
-        raise SystemExit(f'error: {shared}/video not found (the real test data, see ../shared/data/README.md)')
+        raise FileNotFoundError(f'{shared}/video not found (the real test data, see ../shared/data/README.md)')
     net = load_network(args.weights, args.opt, args.device)
     out = Path(args.output)
     archive_existing(out)
@@ -529,4 +531,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))

@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from extracter.utils.cli import ArgumentParser, run_main  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data'
 if not DATA.is_dir():
@@ -440,7 +442,7 @@ def run_e2e(args, out: Path, log) -> None:
 
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=PAIRS)
     parser.add_argument('--sizes', nargs='+', type=int, default=[512, 1024, 2048])
     parser.add_argument('--cases', nargs='+', type=parse_case, default=[parse_case(c) for c in DEFAULT_CASES],
@@ -475,7 +477,7 @@ def main(argv=None) -> None:
         case_worker(args)
         return
     if not DATA.is_dir():
-        raise SystemExit(f'error: the real data folder {DATA} is absent')
+        raise FileNotFoundError(f'the real data folder {DATA} is absent')
     args.note = NOTE.format(threads=args.threads, machine=args.machine)
     out = Path(args.out)
     kind = 'e2e.csv' if args.e2e else 'results.csv'
@@ -518,4 +520,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))

@@ -40,7 +40,7 @@ Three implementations; the first two with the same results (ties aside):
 """
 
 import itertools
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from extracter.archs.search_approximate import ApproximateSettings, approximate_
 OVERLAP_NORMS = ('exact', 'ttsr')
 SEARCH_MODES = ('dense', 'chunked', 'approximate')
 EXACT_MODES = ('dense', 'chunked')
+SearchMode = Literal[SEARCH_MODES]  # constructor annotations (the option schema checks the choice)
 FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
 Maps = Union[torch.Tensor, Sequence[torch.Tensor]]
 

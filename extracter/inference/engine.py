@@ -21,7 +21,7 @@ from extracter.archs.search_approximate import ApproximateSettings
 from extracter.inference.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
 from extracter.inference.search_choice import choose_search
-from extracter.inference.tiling import round_tile, tile_loop, tiled_forward
+from extracter.inference.tiling import round_tile, tile_loop, tile_pad_floor, tiled_forward
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 PAD_MODES = ('reflect', 'replicate')
@@ -157,7 +157,10 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
                                           approximate=approximate):
         lr_mult, ref_mult = net.size_multiples()
         if tile_t is not None:
-            tile_t = round_tile(*tile_t, lr_mult)
+            tile_t = round_tile(tile_t[0], tile_pad_floor(net, tile_t[1]), lr_mult)
+        if tile is not None and tile_t is None:  # the planner picks the tile size, with the pad asked for
+            plan_pad = tile_pad_floor(net, plan_pad)
+        plan_pad = max(plan_pad, net.min_tile_pad)  # its default pad is raised silently
         lr_p, _ = pad_to_multiple(lr, lr_mult, pad_mode)
         refs_p = [pad_to_multiple(r, ref_mult, pad_mode)[0] for r in refs]
         refs_du = [None if d is None else pad_to_multiple(d, ref_mult, pad_mode)[0] for d in refs_du]
@@ -225,7 +228,7 @@ def run_sisr(net: torch.nn.Module, lr: torch.Tensor, tile: Optional[Mapping[str,
         if tile is None or tile.get('tile_size') is None:
             sr = net(lr_p)
         else:
-            size, pad = round_tile(int(tile['tile_size']), int(tile.get('tile_pad', 0)), multiple)
+            size, pad = round_tile(int(tile['tile_size']), tile_pad_floor(net, int(tile.get('tile_pad', 0))), multiple)
             sr = tile_loop(lr_p, scale, size, pad, multiple,
                            lambda y0, y1, x0, x1: net(lr_p[:, :, y0:y1, x0:x1]), progress)
     return sr[:, :, :scale * h, :scale * w].clamp_(0, 1)

@@ -23,12 +23,14 @@ from extracter.evaluation.protocols import describe_metric
 from extracter.pipeline.common import ROOT_PATH, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text
-from extracter.utils.options import parse_options
+from extracter.utils.options import option_errors, parse_options
 
 
 def prepare_results_dir(opt: Dict[str, Any]) -> None:
-    """``results/<name>``: one holding results (pictures or metrics) is archived with ``--overwrite`` and refused
-    without it; an empty one, or one with only the log of a failed start, is reused."""
+    """``results/<name>``: one holding results (a metrics table: a finished test set) is archived with ``--overwrite``
+    and refused without it; an empty one, one with only the log of a failed start, or the pictures of a run that
+    stopped before its first metrics table (a corrupt image, an interruption) is reused: its pictures are made
+    again."""
     results_root = opt['path']['results_root']
     if dist_util.is_main_process():
         if osp.exists(results_root) and holds_results(results_root):
@@ -41,9 +43,8 @@ def prepare_results_dir(opt: Dict[str, Any]) -> None:
 
 
 def holds_results(root: str) -> bool:
-    vis = osp.join(root, 'visualization')
-    return (any(n.startswith(('metrics_', 'summary.')) for n in os.listdir(root))
-            or (osp.isdir(vis) and any(files for _, _, files in os.walk(vis))))
+    """Whether ``results/<name>`` holds a finished test set (its metrics table or the summary is written last)."""
+    return any(n.startswith(('metrics_', 'summary.')) for n in os.listdir(root))
 
 
 def _texts(header: List[str], rows: List[List[str]], preface: List[str]) -> Dict[str, str]:
@@ -110,8 +111,9 @@ def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) 
     results_root = opt['path']['results_root']
     # data and model first: a test that cannot start leaves no results folder behind
     loaders, info = [], []
-    for _, ds_opt in sorted(opt['datasets'].items()):
-        test_set = build_dataset(ds_opt)
+    for phase, ds_opt in sorted(opt['datasets'].items()):
+        with option_errors(opt['opt_path'], f'datasets.{phase}'):
+            test_set = build_dataset(ds_opt)
         loaders.append(build_dataloader(test_set, ds_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
                                         seed=opt['manual_seed']))
         info.append(f'Test set {ds_opt["name"]}: {len(test_set)} images')

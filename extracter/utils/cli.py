@@ -115,6 +115,15 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
         warnings.showwarning = previous_show
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one ``error:`` line (the flag, the value and where to look)
+    instead of the whole usage text; exit status 2, as argparse's."""
+
+    def error(self, message: str):
+        print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
 # --- image reading flags ----------------------------------------------------------------------------------------------
 
 
