@@ -56,7 +56,9 @@ from extracter.inference.network import load_network
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write, atomic_write_text
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
-from scripts.demo import archive_existing, metrics, sample_from
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: scripts/ importable
+from scripts.demo import archive_existing, metrics, sample_from  # noqa: E402
 
 OFFSETS = (1, 2, 4, 8, 16)
 
