@@ -4,7 +4,12 @@ References, exactly one of:
 - ``ref_path``: one image file, the reference of every input;
 - ``dataroot_ref``: a folder matched by file name: for input ``x.png`` the image ``x.*`` of that folder, or, when a
   sub-folder ``x/`` exists there, every image in it (several references for that input);
-- ``refs``: a mapping from input file name to a list of reference paths (several references per image).
+- ``refs``: a mapping from input file name to a list of reference paths (several references per image);
+or none of them with ``ref_mode``:
+- ``'self'``: the self-reference protocol (TTSR/EXTRACTER's for images without a reference): Ref = ref_downup = the
+  upsampled LR, ``ref_path`` = the LR path;
+- ``'none'``: no reference at all (single-image networks, DRCT): the samples have no ``ref``, ``ref_downup``,
+  ``ref_path``.
 
 Sizes: the LR is replicate-padded at the bottom/right to a multiple of ``lq_multiple`` (default: the stride) and the
 original size is recorded as ``lq_size`` = LongTensor [h, w] (a batch: [N, 2]); the model crops its output back to
@@ -29,6 +34,7 @@ from extracter.data.image_io import is_image_file, list_images, read_image
 from extracter.data.options import merge_options, require_disk_backend
 
 REF_FITS = ('pad', 'crop')
+REF_MODES = ('given', 'self', 'none')
 
 
 @DATASET_REGISTRY.register()
@@ -41,11 +47,12 @@ class RefSRInferenceDataset(Dataset):
         stride: search stride of the network (default 1).
         lq_multiple: LR padding multiple (default stride); ref_multiple: reference multiple (default 4 * stride).
         ref_fit: ``pad`` (default, replicate) or ``crop`` references to ``ref_multiple``.
+        ref_mode: ``given`` (default: one of the three reference options), ``self`` or ``none`` (see above).
     """
 
     DEFAULTS: Dict[str, Any] = {'dataroot_lq': None, 'ref_path': None, 'dataroot_ref': None, 'refs': None,
                                 'stride': 1, 'lq_multiple': None, 'ref_multiple': None, 'ref_fit': 'pad',
-                                'io_backend': None}
+                                'io_backend': None, 'ref_mode': 'given'}
 
     def __init__(self, opt: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__()
@@ -69,10 +76,16 @@ class RefSRInferenceDataset(Dataset):
             self.lq_paths = [lq_root]
         else:
             self.lq_paths = [os.path.join(lq_root, n) for n in list_images(lq_root)]
+        if o['ref_mode'] not in REF_MODES:
+            raise ValueError(f"ref_mode must be one of {REF_MODES}, got {o['ref_mode']!r}")
         given = [k for k in ('ref_path', 'dataroot_ref', 'refs') if o[k]]
-        if len(given) != 1:
+        if o['ref_mode'] != 'given':
+            if given:
+                raise ValueError(f"ref_mode {o['ref_mode']!r} takes no references, got {given}")
+        elif len(given) != 1:
             raise ValueError(f'give exactly one of ref_path, dataroot_ref, refs; got {given or "none"}')
-        self.ref_paths: List[List[str]] = [self._find_refs(p) for p in self.lq_paths]
+        self.ref_paths: List[List[str]] = ([self._find_refs(p) for p in self.lq_paths] if o['ref_mode'] == 'given'
+                                           else [[] for _ in self.lq_paths])
 
     def _find_refs(self, lq_path: str) -> List[str]:
         o = self.opt
@@ -127,7 +140,11 @@ class RefSRInferenceDataset(Dataset):
         refs = [self._load_ref(p) for p in self.ref_paths[index]]
         sample: Dict[str, Any] = {'lq': deg.to_tensor(lq), 'lq_up': deg.to_tensor(lq_up),
                                   'lq_size': torch.tensor([h, w], dtype=torch.long), 'lq_path': lq_path}
-        if len(refs) == 1:
+        if self.opt['ref_mode'] == 'self':
+            sample.update(ref=sample['lq_up'], ref_downup=sample['lq_up'], ref_path=lq_path)
+        elif self.opt['ref_mode'] == 'none':
+            pass
+        elif len(refs) == 1:
             sample.update(ref=refs[0][0], ref_downup=refs[0][1], ref_path=self.ref_paths[index][0])
         else:
             sample.update(ref=[r for r, _ in refs], ref_downup=[d for _, d in refs], ref_path=self.ref_paths[index])
