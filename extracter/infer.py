@@ -4,6 +4,8 @@
     python extracter/infer.py --weights W.pth --lr LR_DIR --ref-dir REF_DIR -o OUT_DIR   # matched by file name
     python extracter/infer.py --weights W.pth --lr LR_DIR --ref REF.png -o OUT_DIR       # one reference for all
     torchrun --nproc_per_node=2 extracter/infer.py ... -o OUT_DIR   # a folder shared between processes
+    python extracter/infer.py --weights W.pth --lr LR.png --self-ref -o OUT_DIR     # no reference: the LR's own
+    python extracter/infer.py --weights DRCT.pth --lr LR.png -o OUT_DIR             # single-image SR (DRCT)
 
 The network options come from the YAML beside the weights (``W.yml``, as ``scripts/convert_official.py`` and the
 demo model have them; key ``network_g``) or from ``--opt`` (any YAML with a ``network_g`` block, e.g. a training
@@ -11,7 +13,8 @@ options file). For every input ``x`` it writes ``x_sr.png``, ``x_bicubic.png`` a
 | reference), and with ``--texture-map`` ``x_texture.png`` (where the textures came from). Existing outputs are never
 replaced unless ``--overwrite``; ``--skip-existing`` finishes an interrupted folder. Several ``--ref`` (or a
 sub-folder ``REF_DIR/x/``) search the union of all the references' patches (our extension), with tiles and memory
-budgets like one reference. This file is a thin command line over :mod:`extracter.inference`.
+budgets like one reference. A single-image network (DRCT) takes no reference; its options may also be read off its
+weights (an original DRCT checkpoint needs no YAML). This file is a thin command line over :mod:`extracter.inference`.
 """
 
 import argparse
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--lr', required=True, help='an LR image or a folder of LR images')
     parser.add_argument('--ref', action='append', default=None, help='reference image (repeat for several)')
     parser.add_argument('--ref-dir', default=None, help='references matched by file name (or sub-folder per image)')
+    parser.add_argument('--self-ref', action='store_true',
+                        help='no reference: the upsampled LR is its own reference (the self-reference protocol)')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N' (under torchrun: cuda:LOCAL_RANK)")
     parser.add_argument('--tile', type=int, default=None, help='tile size in LR pixels (bounded memory)')
@@ -107,7 +112,7 @@ def select_device(name: str, world: int = 1, local_rank: int = 0) -> str:
 
 def check_paths(args: argparse.Namespace) -> None:
     """The input and output paths, with messages that say which flag is wrong and how (before anything is loaded)."""
-    if bool(args.ref) == bool(args.ref_dir):
+    if args.ref and args.ref_dir:
         raise InferenceError('give references with --ref (one or several) or --ref-dir, not both')
     if not os.path.exists(args.lr):
         what = 'image file' if is_image_file(args.lr) else 'image file or folder'
@@ -128,7 +133,29 @@ def check_paths(args: argparse.Namespace) -> None:
     check_writable(args.output)
 
 
+def single_image_options(args: argparse.Namespace, arch: str) -> Dict[str, Any]:
+    """The inference dataset's options for a single-image network; reference and search flags are errors."""
+    given = [flag for flag, on in (('--ref', args.ref), ('--ref-dir', args.ref_dir), ('--self-ref', args.self_ref),
+                                   ('--texture-map', args.texture_map), ('--max-memory', args.max_memory),
+                                   ('--search', args.search != 'auto'),  # auto: the default
+                                   ('--search-geometry', args.search_geometry)) if on]
+    if given:
+        raise InferenceError(f'{arch} is a single-image network: it takes no reference and has no search; leave out '
+                             f'{", ".join(given)}')
+    return {'dataroot_lq': args.lr, 'lq_multiple': 1, 'ref_mode': 'none'}  # the engine pads to the window
+
+
 def dataset_options(args: argparse.Namespace, stride: int) -> Dict[str, Any]:
+    if args.self_ref:
+        if args.ref or args.ref_dir:
+            raise InferenceError('--self-ref uses no reference image: leave out --ref / --ref-dir')
+        return {'dataroot_lq': args.lr, 'stride': stride, 'ref_mode': 'self'}
+    if not args.ref and not args.ref_dir:
+        raise InferenceError('this is a reference-based network: give a reference with --ref REF.png (or --ref-dir '
+                             'DIR); without one, pass --self-ref (the upsampled LR as its own reference, the '
+                             'protocol for sets without references) or use a single-image model (--weights DRCT.pth)')
+    if args.ref and args.ref_dir:
+        raise InferenceError('give references with --ref (one or several) or --ref-dir, not both')
     data_opt: Dict[str, Any] = {'dataroot_lq': args.lr, 'stride': stride}
     if args.ref_dir:
         data_opt['dataroot_ref'] = args.ref_dir
@@ -160,9 +187,12 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Path]]:
     options = inference_options(args)
     check_paths(args)
     net = load_network(args.weights, args.opt, device, args.param_key)
-    with search_settings(net, geometry=options.search.geometry):  # checked now (TTSR refuses); applies per run
-        stride = net.size_multiples()[0]
-    dataset = RefSRInferenceDataset(dataset_options(args, stride))
+    if not getattr(net, 'uses_reference', True):
+        dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
+    else:
+        with search_settings(net, geometry=options.search.geometry):  # checked now (TTSR refuses); applies per run
+            stride = net.size_multiples()[0]
+        dataset = RefSRInferenceDataset(dataset_options(args, stride))
     barrier = None
     if world > 1:  # every process checks all outputs before any writes one
         import torch.distributed as dist

@@ -1,22 +1,31 @@
-"""Single-image SR (DRCT) through the training pipeline: options/train/drct_demo_cpu.yml with a tiny DRCT on a
-CUFED-layout fixture cut from ../shared/data: BasicSR checkpoints, validation PSNR/SSIM on the EMA weights, exact
-resume, and the model/architecture pairing."""
+"""Single-image SR (DRCT) through the training and testing pipelines: options/train/drct_demo_cpu.yml with a tiny
+DRCT on a CUFED-layout fixture cut from ../shared/data (BasicSR checkpoints, validation PSNR/SSIM on the EMA weights,
+exact resume, a 2-process torchrun), the shipped DRCT test options through test.py on real Set5 crops, and the
+option checks (model/architecture pairing, scale, tile's place)."""
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
 from basicsr.metrics import calculate_psnr
 from basicsr.models import build_model
 from basicsr.utils import tensor2img
+from PIL import Image
 
+from extracter import test as test_entry
 from extracter import train as train_entry
 from extracter.archs.drct_arch import DRCT
 from extracter.data.noref_dataset import NoRefTestDataset
 from extracter.inference.engine import run_sisr
 from extracter.models.refsr_model import load_checkpoint
-from extracter.utils.options import load_yaml
+from extracter.utils.options import OptionError, load_yaml, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'options' / 'train' / 'drct_demo_cpu.yml'
@@ -119,3 +128,100 @@ def test_training_crops_must_fit_the_window(tmp_path, cufed_root):
     with pytest.raises(ValueError, match=r'training LR patches of 6x6 .* window 4: make datasets.train.gt_size a '
                                          r'multiple of 16'):
         _run(path, tmp_path / 'r', '--force_yml', 'datasets:train:gt_size=24', 'datasets:train:ref_size=24')
+
+
+def test_torchrun_two_cpu_processes_train_drct(tmp_path, cufed_root):
+    path = _train_yml(tmp_path, cufed_root, validate=False, total_iter=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(REPO / 'extracter' / 'train.py'), '-opt', str(path), '--launcher', 'pytorch', '--root_path',
+           str(tmp_path / 'root')]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / 'root' / 'experiments' / 'drct_demo_cpu'
+    log = next(exp.glob('train_*.log')).read_text()
+    assert 'world size: 2' in log and 'net_g weights identical on all 2 ranks' in log
+    assert set(load_checkpoint(str(exp / 'models' / 'net_g_latest.pth'))) == {'params', 'params_ema'}
+
+
+@pytest.fixture(scope='module')
+def paired_set5(shared_data, tmp_path_factory):
+    """Two Set5 images in BasicSR's paired layout (GTmod4 crops of 76x92 and their PIL-bicubic x4 LR, 19x23: not a
+    multiple of the window)."""
+    from extracter.data import degradations as deg
+    from extracter.data.image_io import read_image
+
+    root = tmp_path_factory.mktemp('Set5')
+    for sub in ('GTmod4', 'LRbicx4'):
+        (root / sub).mkdir()
+    for name in sorted(os.listdir(shared_data / 'sisr' / 'Set5'))[:2]:
+        hr = read_image(shared_data / 'sisr' / 'Set5' / name)[40:116, 30:122]
+        Image.fromarray(hr).save(root / 'GTmod4' / name)
+        Image.fromarray(deg.make_lq(hr)).save(root / 'LRbicx4' / name)
+    return root
+
+
+def _test_yml(tmp_path: Path, name: str, dataset: dict, weights: Path) -> Path:
+    opt = load_yaml(str(REPO / 'options' / 'test' / name))
+    first = next(iter(opt['datasets'].values()))
+    opt['datasets'] = {'test_1': dict(first, **dataset)}
+    opt['network_g'].update(TINY_NET)
+    opt['path']['pretrain_network_g'] = str(weights)
+    opt['num_gpu'] = 0
+    opt['val']['pbar'] = False
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path
+
+
+def _png(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def test_test_py_runs_the_drct_test_options(tmp_path, paired_set5):
+    """options/test/DRCT_SRx4.yml, DRCT_tile_example.yml and DRCT_SRx4_LR.yml (a tiny DRCT in their network_g) on
+    paired Set5 crops: metrics equal BasicSR's on the saved images, the EMA weights are used, tiles match."""
+    net = DRCT(**TINY_NET, upscale=4, upsampler='pixelshuffle')
+    ema = DRCT(**TINY_NET, upscale=4, upsampler='pixelshuffle')
+    weights = tmp_path / 'drct.pth'
+    torch.save({'params': net.state_dict(), 'params_ema': ema.state_dict()}, weights)
+    paired = {'dataroot_gt': str(paired_set5 / 'GTmod4'), 'dataroot_lq': str(paired_set5 / 'LRbicx4')}
+    names = sorted(os.listdir(paired_set5 / 'GTmod4'))
+    results = {}
+    for yml, dataset in (('DRCT_SRx4.yml', paired), ('DRCT_tile_example.yml', paired),
+                         ('DRCT_SRx4_LR.yml', {'dataroot_lq': paired['dataroot_lq']})):
+        opt = test_entry.test_pipeline(str(REPO), ['-opt', str(_test_yml(tmp_path, yml, dataset, weights)),
+                                                   '--root_path', str(tmp_path)])
+        vis = tmp_path / 'results' / opt['name'] / 'visualization' / opt['datasets']['test_1']['name']
+        results[yml] = {n: _png(vis / f'{Path(n).stem}_{opt["name"]}.png') for n in names}
+        if yml == 'DRCT_SRx4.yml':
+            rows = {r['image']: r for r in csv.DictReader(open(tmp_path / 'results' / opt['name'] /
+                                                               'metrics_Set5.csv'))}
+    ema.eval()
+    for n in names:
+        gt = _png(paired_set5 / 'GTmod4' / n)
+        sr = results['DRCT_SRx4.yml'][n]
+        assert sr.shape == gt.shape == (76, 92, 3)
+        assert float(rows[Path(n).stem]['psnr']) == pytest.approx(calculate_psnr(sr, gt, 4, test_y_channel=True),
+                                                                  abs=1e-4)
+        lq = torch.from_numpy(cv2.imread(str(paired_set5 / 'LRbicx4' / n))[..., ::-1].copy()).permute(2, 0, 1)
+        expected = run_sisr(ema, lq[None].float() / 255)  # the EMA weights, padded to the window, cropped back
+        assert np.abs(tensor2img([expected]).astype(int) - sr.astype(int)).max() <= 1
+        # the tile example: tiles of 128 with 32 of context cover these small LR images in one tile: identical
+        assert np.array_equal(results['DRCT_tile_example.yml'][n], sr)
+        assert np.array_equal(results['DRCT_SRx4_LR.yml'][n], sr)  # LR only, no metrics: same pictures
+
+
+def test_scale_must_match_the_network_and_tile_lives_under_val():
+    opt = load_yaml(str(REPO / 'options' / 'test' / 'DRCT_SRx4.yml'))
+    validate_options(opt, is_train=False, source='t.yml', check_files=False)
+    x2 = dict(opt, network_g=dict(opt['network_g'], upscale=2))
+    with pytest.raises(OptionError, match=r'scale: 4 disagrees with network_g \(DRCT upscales x2\)'):
+        validate_options(x2, is_train=False, source='t.yml', check_files=False)
+    validate_options(dict(x2, scale=2), is_train=False, source='t.yml', check_files=False)  # DRCT x2 with x2 data
+    ext = load_yaml(str(REPO / 'options' / 'test' / 'set14.yml'))
+    with pytest.raises(OptionError, match=r'scale: 2 disagrees with network_g \(Extracter upscales x4\)'):
+        validate_options(dict(ext, scale=2), is_train=False, source='t.yml', check_files=False)
+    with pytest.raises(OptionError, match=r't.yml: tile: the tile options live under val \(val.tile'):
+        validate_options(dict(opt, tile={'tile_size': 64, 'tile_pad': 8}), is_train=False, source='t.yml',
+                         check_files=False)

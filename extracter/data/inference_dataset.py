@@ -4,7 +4,12 @@ References, exactly one of:
 - ``ref_path``: one image file, the reference of every input;
 - ``dataroot_ref``: a folder matched by file name: for input ``x.png`` the image ``x.*`` of that folder, or, when a
   sub-folder ``x/`` exists there, every image in it (several references for that input);
-- ``refs``: a mapping from input file name to a list of reference paths (several references per image).
+- ``refs``: a mapping from input file name to a list of reference paths (several references per image);
+or none of them with ``ref_mode``:
+- ``'self'``: the self-reference protocol (TTSR/EXTRACTER's for images without a reference): Ref = ref_downup = the
+  upsampled LR, ``ref_path`` = the LR path;
+- ``'none'``: no reference at all (single-image networks, DRCT): the samples have no ``ref``, ``ref_downup``,
+  ``ref_path``.
 
 Sizes: the LR is replicate-padded at the bottom/right to a multiple of ``lq_multiple`` (default: the stride) and the
 original size is recorded as ``lq_size`` = LongTensor [h, w] (a batch: [N, 2]); the model crops its output back to
@@ -30,6 +35,7 @@ from extracter.data.image_io import is_image_file, list_images, read_image
 from extracter.data.options import merge_options, require_disk_backend
 
 REF_FITS = ('pad', 'crop')
+REF_MODES = ('given', 'self', 'none')
 
 
 @DATASET_REGISTRY.register()
@@ -42,11 +48,12 @@ class RefSRInferenceDataset(Dataset):
         stride: search stride of the network (default 1).
         lq_multiple: LR padding multiple (default stride); ref_multiple: reference multiple (default 4 * stride).
         ref_fit: ``pad`` (default, replicate) or ``crop`` references to ``ref_multiple``.
+        ref_mode: ``given`` (default: one of the three reference options), ``self`` or ``none`` (see above).
     """
 
     DEFAULTS: Dict[str, Any] = {'dataroot_lq': None, 'ref_path': None, 'dataroot_ref': None, 'refs': None,
                                 'stride': 1, 'lq_multiple': None, 'ref_multiple': None, 'ref_fit': 'pad',
-                                'io_backend': None}
+                                'io_backend': None, 'ref_mode': 'given'}
 
     def __init__(self, opt: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__()
@@ -72,10 +79,16 @@ class RefSRInferenceDataset(Dataset):
             raise FileNotFoundError(f'dataroot_lq {lq_root}: no such image file or folder')
         else:
             self.lq_paths = [os.path.join(lq_root, n) for n in list_images(lq_root)]
+        if o['ref_mode'] not in REF_MODES:
+            raise ValueError(f"ref_mode must be one of {REF_MODES}, got {o['ref_mode']!r}")
         given = [k for k in ('ref_path', 'dataroot_ref', 'refs') if o[k]]
-        if len(given) != 1:
+        if o['ref_mode'] != 'given':
+            if given:
+                raise ValueError(f"ref_mode {o['ref_mode']!r} takes no references, got {given}")
+        elif len(given) != 1:
             raise ValueError(f'give exactly one of ref_path, dataroot_ref, refs; got {given or "none"}')
-        self.ref_paths: List[List[str]] = [self._find_refs(p) for p in self.lq_paths]
+        self.ref_paths: List[List[str]] = ([self._find_refs(p) for p in self.lq_paths] if o['ref_mode'] == 'given'
+                                           else [[] for _ in self.lq_paths])
 
     def _find_refs(self, lq_path: str) -> List[str]:
         o = self.opt
@@ -118,15 +131,21 @@ class RefSRInferenceDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         lq_path, ref_paths = self.lq_paths[index], self.ref_paths[index]
         sample = inference_sample(read_image(lq_path), [read_image(p) for p in ref_paths], self.lq_multiple,
-                                  self.ref_multiple, self.opt['ref_fit'], ref_paths)
-        sample.update(lq_path=lq_path, ref_path=ref_paths[0] if len(ref_paths) == 1 else list(ref_paths))
+                                  self.ref_multiple, self.opt['ref_fit'], ref_paths, self.opt['ref_mode'])
+        sample['lq_path'] = lq_path
+        if self.opt['ref_mode'] == 'self':
+            sample['ref_path'] = lq_path
+        elif self.opt['ref_mode'] == 'given':
+            sample['ref_path'] = ref_paths[0] if len(ref_paths) == 1 else list(ref_paths)
         return sample
 
 
 def inference_sample(lq: np.ndarray, refs: Sequence[np.ndarray], lq_multiple: int, ref_multiple: int,
-                     ref_fit: str = 'pad', ref_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                     ref_fit: str = 'pad', ref_names: Optional[Sequence[str]] = None,
+                     ref_mode: str = 'given') -> Dict[str, Any]:
     """The sample of :class:`RefSRInferenceDataset` (without the paths) from decoded uint8 RGB images: what the
-    command line and the web page (:mod:`extracter.app`) both run on."""
+    command line and the web page (:mod:`extracter.app`) both run on. ``ref_mode`` 'self': the upsampled LR is the
+    reference (``refs`` empty); 'none': no reference (single-image networks)."""
     h, w = lq.shape[:2]
     lq = deg.pad_to_multiple(lq, lq_multiple, 'edge')
     pairs = []
@@ -138,7 +157,11 @@ def inference_sample(lq: np.ndarray, refs: Sequence[np.ndarray], lq_multiple: in
         pairs.append((deg.to_tensor(ref), deg.to_tensor(deg.make_ref_downup(ref))))
     sample: Dict[str, Any] = {'lq': deg.to_tensor(lq), 'lq_up': deg.to_tensor(deg.make_lq_up(lq)),
                               'lq_size': torch.tensor([h, w], dtype=torch.long)}
-    if len(pairs) == 1:
+    if ref_mode == 'self':
+        sample.update(ref=sample['lq_up'], ref_downup=sample['lq_up'])
+    elif ref_mode == 'none':
+        pass
+    elif len(pairs) == 1:
         sample.update(ref=pairs[0][0], ref_downup=pairs[0][1])
     else:
         sample.update(ref=[r for r, _ in pairs], ref_downup=[d for _, d in pairs])

@@ -18,10 +18,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.refsr_base import SCALE, RefSRNet
+from extracter.archs.refsr_base import SCALE, RefSRNet, bicubic_resize
 from extracter.archs.search_transfer import split_index
 from extracter.data.image_io import ImageReadError, check_image_file
-from extracter.inference.engine import run_refsr
+from extracter.inference.engine import run_refsr, run_sisr
 from extracter.utils.file_io import check_writable, clean_stale_temp_files, ensure_folder
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8, texture_source_panels
 
@@ -68,9 +68,21 @@ def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs
     """SR of one batch-of-one sample (the inference dataset's contract) with its one or several references, through
     :func:`run_refsr`. Returns uint8 images (``sr``, ``bicubic``, ``refs``), the relevance statistics
     (``relevance``: mean/min/max top-1 relevance) and, with ``texture_map``, the texture-source panels drawn from this
-    run's own search result. ``progress``/``stage``: :func:`run_refsr`'s callbacks (tiles done; stage names)."""
+    run's own search result. ``progress``/``stage``: :func:`run_refsr`'s callbacks (tiles done; stage names). A
+    single-image network (``uses_reference`` False: DRCT) runs through :func:`run_sisr` on the LR alone (``refs``
+    empty, no relevance)."""
     lq, lq_up = sample['lq'].to(device), sample['lq_up'].to(device)
     h, w = (int(v) for v in sample['lq_size'].reshape(-1)[:2])
+    if not getattr(net, 'uses_reference', True):
+        if texture_map:
+            raise ValueError(f'{type(net).__name__} is a single-image network: there is no texture source to map')
+        sr = run_sisr(net, lq, progress=progress, **run_kwargs)
+        scale = sr.shape[-2] // lq.shape[-2]
+        # the dataset's PIL-bicubic x4 LR; another factor: torch's bicubic (for the comparison picture only)
+        bicubic = lq_up if scale == SCALE else bicubic_resize(lq, (scale * lq.shape[-2], scale * lq.shape[-1]))
+        return {'sr': tensor_to_uint8(sr[..., :scale * h, :scale * w]),
+                'bicubic': tensor_to_uint8(bicubic[..., :scale * h, :scale * w]), 'refs': [], 'plan': None,
+                'relevance': None, 'scale': scale}
     refs = sample['ref'] if isinstance(sample['ref'], list) else [sample['ref']]
     refs_du = sample['ref_downup'] if isinstance(sample['ref_downup'], list) else [sample['ref_downup']]
     refs = [r.to(device) for r in refs]
@@ -102,7 +114,8 @@ def write_outputs(result: Dict[str, Any], paths: Dict[str, Path]) -> None:
     """The pictures of one input, each written atomically."""
     save_png(result['sr'], paths['sr'])
     save_png(result['bicubic'], paths['bicubic'])
-    panels = [('bicubic x4', result['bicubic']), ('SR x4', result['sr'])]
+    x = result.get('scale', SCALE)
+    panels = [(f'bicubic x{x}', result['bicubic']), (f'SR x{x}', result['sr'])]
     panels += [(f'reference {j + 1}', r) for j, r in enumerate(result['refs'])]
     save_png(side_by_side(panels, height=result['sr'].shape[0]), paths['compare'])
     if TEXTURE_KIND in paths:

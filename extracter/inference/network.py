@@ -1,5 +1,6 @@
-"""A network for inference from a checkpoint: its options (the YAML beside the weights, or any YAML with a
-``network_g`` block) and its weights, loaded strictly through :mod:`extracter.utils.checkpoint`."""
+"""A network for inference from a checkpoint: its options (the YAML beside the weights, any YAML with a
+``network_g`` block, or, for architectures that can tell, the weights themselves: DRCT) and its weights, loaded
+strictly through :mod:`extracter.utils.checkpoint`."""
 
 import os
 from pathlib import Path
@@ -19,10 +20,32 @@ class NetworkLoadError(ValueError):
     """The network options or the weights cannot be used; the message names the file."""
 
 
-def network_options(weights: str, opt_path: Optional[str] = None) -> Dict[str, Any]:
-    """``network_g`` from ``opt_path`` or from the YAML beside the weights (``W.pth`` -> ``W.yml``)."""
+def options_from_weights(state: Dict[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+    """``network_g`` read off a state dict by the first registered architecture that can
+    (``options_from_state_dict``, e.g. :meth:`extracter.archs.drct_arch.DRCT.options_from_state_dict`); None if none
+    can."""
+    from extracter.registry import ARCH_REGISTRY
+
+    for _, cls in sorted(ARCH_REGISTRY, key=lambda item: item[0]):
+        reader = getattr(cls, 'options_from_state_dict', None)
+        if reader is None:
+            continue
+        try:
+            return reader(state)
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def network_options(weights: str, opt_path: Optional[str] = None,
+                    state: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
+    """``network_g`` from ``opt_path``, or from the YAML beside the weights (``W.pth`` -> ``W.yml``), or else read
+    off the weights' ``state`` where the architecture allows it (DRCT)."""
     path = Path(opt_path) if opt_path else Path(weights).with_suffix('.yml')
     if not path.is_file():
+        inferred = options_from_weights(state) if state is not None and not opt_path else None
+        if inferred is not None:
+            return inferred
         raise FileNotFoundError(f'network options not found: {path} (give --opt with a network_g block)')
     try:
         with open(path, encoding='utf-8') as f:
@@ -34,8 +57,9 @@ def network_options(weights: str, opt_path: Optional[str] = None) -> Dict[str, A
     return dict(opt['network_g'])
 
 
-def build_network(options: Dict[str, Any], source: str = 'network_g') -> RefSRNet:
-    """The architecture named by ``options['type']``, built for loading a complete checkpoint afterwards."""
+def build_network(options: Dict[str, Any], source: str = 'network_g') -> torch.nn.Module:
+    """The architecture named by ``options['type']`` (a RefSR network, or a single-image one: DRCT), built for
+    loading a complete checkpoint afterwards."""
     from extracter.registry import ARCH_REGISTRY
 
     arch = options.get('type')
@@ -43,8 +67,8 @@ def build_network(options: Dict[str, Any], source: str = 'network_g') -> RefSRNe
         cls = ARCH_REGISTRY.get(arch)
     except KeyError:
         raise NetworkLoadError(f'{source}: unknown network type {arch!r}') from None
-    if not (isinstance(cls, type) and issubclass(cls, RefSRNet)):
-        raise NetworkLoadError(f'{source}: {arch} is not a reference-based SR network')
+    if not (isinstance(cls, type) and (issubclass(cls, RefSRNet) or getattr(cls, 'uses_reference', True) is False)):
+        raise NetworkLoadError(f'{source}: {arch} is not an SR network of this package')
     from extracter.utils.options import OptionError, check_annotated_types, check_keys, signature_keys
 
     given = {k: v for k, v in options.items() if k != 'type'}
@@ -90,16 +114,17 @@ def load_state_into(net: torch.nn.Module, state: Dict[str, torch.Tensor], source
 
 
 def load_network(weights: str, opt_path: Optional[str] = None, device: str = 'cpu',
-                 param_key: Optional[str] = None) -> RefSRNet:
-    """Build the network from its options and load the weights strictly (EMA weights preferred; untrusted file:
-    weights_only). Returns it in eval mode on ``device``."""
+                 param_key: Optional[str] = None) -> torch.nn.Module:
+    """Build the network from its options (see :func:`network_options`) and load the weights strictly (EMA weights
+    preferred; untrusted file: weights_only). Returns it in eval mode on ``device``."""
     if not os.path.isfile(weights):
         raise FileNotFoundError(f'weights not found: {weights}')
-    options = network_options(weights, opt_path)
-    net = build_network(options, str(opt_path or Path(weights).with_suffix('.yml')))
     try:
         state = network_state(load_checkpoint(weights), weights, param_key)
     except CheckpointError as err:
         raise NetworkLoadError(str(err)) from None
+    options = network_options(weights, opt_path, state)
+    source = str(opt_path or Path(weights).with_suffix('.yml'))
+    net = build_network(options, source if Path(source).is_file() else f'{weights} (network_g read off the weights)')
     load_state_into(net, state, weights)
     return net.eval().to(device)

@@ -352,6 +352,19 @@ def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> N
             require(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
 
 
+def _check_scale(opt: Dict[str, Any], source: str) -> None:
+    """``scale`` must be the network's own factor (``scale_for``: x4 for the RefSR archs, ``upscale`` for DRCT)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    net_opt = opt['network_g']
+    arch = ARCH_REGISTRY.get(net_opt['type'])
+    net_scale = arch.scale_for(net_opt) if hasattr(arch, 'scale_for') else 4
+    scale = opt.get('scale', 4)
+    if scale != net_scale:
+        raise OptionError(_where(source, f"scale: {scale!r} disagrees with network_g ({net_opt['type']} upscales "
+                                         f'x{net_scale}); they must be equal'))
+
+
 def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
     from basicsr.utils.registry import DATASET_REGISTRY
 
@@ -451,6 +464,8 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
     require = functools.partial(_require_file, check=check_files)
     if not isinstance(opt, dict):
         raise OptionError(_where(source, 'the option file must hold a mapping at the top level'))
+    if 'tile' in opt:  # the original DRCT's place for it
+        raise OptionError(_where(source, 'tile: the tile options live under val (val.tile: {tile_size, tile_pad})'))
     check_keys(opt, TOP_KEYS, '', source)
     for key in ('name', 'model_type', 'network_g', 'datasets'):
         if key not in opt:
@@ -459,9 +474,8 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
     num_gpu = opt.get('num_gpu', 'auto')
     if num_gpu != 'auto' and not (_is_instance(num_gpu, (int,)) and num_gpu >= 0):
         raise OptionError(_where(source, f"num_gpu must be 'auto' or a whole number >= 0, got {num_gpu!r}"))
-    if opt.get('scale', 4) != 4:
-        raise OptionError(_where(source, f"scale: only x4 is supported, got {opt['scale']!r}"))
     _validate_networks(opt, source, require)
+    _check_scale(opt, source)
     path_opt = opt.get('path') or {}
     check_keys(path_opt, PATH_KEYS, 'path.', source)
     for key in ('pretrain_network_g', 'pretrain_network_d', 'resume_state'):
