@@ -217,7 +217,8 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
             else:
                 write_outputs(result, planned[i])
                 report.written.append(planned[i])
-                report.searches.append((name, result['search_used']))
+                if result.get('search_used'):  # RefSR only
+                    report.searches.append((name, result['search_used']))
         if on_image is not None:
             on_image(done, len(mine), name)
     return report
