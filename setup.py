@@ -23,8 +23,10 @@ setup(
     packages=find_packages(include=['extracter', 'extracter.*']),
     python_requires='>=3.9',
     install_requires=read_requirements(),
+    # optional: faiss' inner-product index for the approximate search's retrieval (search.approximate.backend: faiss);
     # the local web page (extracter-app) and its browser test
-    extras_require={'app': read_requirements('requirements-app.txt'),
+    extras_require={'faiss': ['faiss-cpu>=1.7'],
+                    'app': read_requirements('requirements-app.txt'),
                     'app-test': read_requirements('requirements-app-test.txt')},
     license='MIT',
     entry_points={'console_scripts': [

@@ -112,7 +112,9 @@ def test_test_py_writes_images_and_metrics_equal_to_basicsr(tmp_path, cufed_root
         rows = list(csv.DictReader(f))
     assert [r['image'] for r in rows] == ['000_0', '001_0', '002_0', 'mean']
     md = (results / 'metrics_CUFED5_L1.md').read_text()
-    assert md.startswith('| image | psnr_y_b4 | ssim_y_b4 | psnr_y_b0 | ssim_y_b0 |')
+    assert md.startswith('Protocol: CUFED5 ref_level 1: one reference, NNN_1.')  # every metrics file names it
+    assert '| image | psnr_y_b4 | ssim_y_b4 | psnr_y_b0 | ssim_y_b0 | protocol |' in md
+    assert 'psnr_y_b4: PSNR on Y (BT.601, BasicSR), border 4' in md
     for row in rows[:-1]:
         sr = cv2.imread(str(results / 'visualization' / 'CUFED5_L1' / f'{row["image"]}_tiny_cufed5_cpu.png'))
         hr = cv2.imread(str(cufed_root / 'test' / 'CUFED5' / f'{row["image"]}.png'))

@@ -68,6 +68,8 @@ class RefSRInferenceDataset(Dataset):
         lq_root = os.fspath(o['dataroot_lq'])
         if os.path.isfile(lq_root):
             self.lq_paths = [lq_root]
+        elif not os.path.exists(lq_root):
+            raise FileNotFoundError(f'dataroot_lq {lq_root}: no such image file or folder')
         else:
             self.lq_paths = [os.path.join(lq_root, n) for n in list_images(lq_root)]
         given = [k for k in ('ref_path', 'dataroot_ref', 'refs') if o[k]]
@@ -104,6 +106,8 @@ class RefSRInferenceDataset(Dataset):
                     raise ValueError(f'{lq_path}: several references named {stem}.* in {root}: {paths}; '
                                      f'put them in a folder {sub}/ to use them all')
         for p in paths:
+            if os.path.isdir(p):
+                raise IsADirectoryError(f'{p}: reference of {lq_path} is a folder, not an image file')
             if not os.path.isfile(p):
                 raise FileNotFoundError(f'{p}: reference of {lq_path} does not exist')
         return paths

@@ -64,8 +64,11 @@ def load_checkpoint(path: str, device: Optional[torch.device] = None) -> Dict[st
 class RefSRModel:
     """Reference-based x4 SR model for any arch with the ``net(lr, ref, lr_up, ref_downup)`` interface."""
 
+    uses_reference = True  # must agree with the architecture's own fact (``uses_reference``)
+
     def __init__(self, opt: Dict[str, Any]) -> None:
         self.opt = opt
+        self.check_architecture(opt['network_g'].get('type'))
         self.device = opt.get('device') or dist_util.select_device(opt.get('num_gpu', 'auto'))
         self.is_train = opt['is_train']
         self.schedulers: List[Any] = []
@@ -82,6 +85,17 @@ class RefSRModel:
             self.init_training_settings()
 
     # ------------------------------------------------------------------ setup
+    @classmethod
+    def check_architecture(cls, arch: Optional[str]) -> None:
+        """A reference-based model needs a reference-based network and a single-image model a single-image one."""
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        if bool(getattr(ARCH_REGISTRY.get(arch), 'uses_reference', False)) != cls.uses_reference:
+            other = 'SISRModel' if cls.uses_reference else 'RefSRModel'
+            kind = 'reference-based' if cls.uses_reference else 'single-image'
+            raise ValueError(f'model_type {cls.__name__} needs a {kind} network; network_g.type {arch} is not one: '
+                             f'use model_type {other}')
+
     def model_to_device(self, net: nn.Module) -> nn.Module:
         return dist_util.wrap_model(net, self.device, self.opt.get('dist', False),
                                     self.opt.get('find_unused_parameters', False))
@@ -136,7 +150,8 @@ class RefSRModel:
         self.setup_optimizers()
         self.setup_schedulers()
 
-    def feature_extractor(self) -> nn.Module:
+    def feature_extractor(self) -> Optional[nn.Module]:
+        """The parameter group with its own learning rate (``train.lr_fe``); None when the network has none."""
         return self.get_bare_model(self.net_g).feature_extractor()
 
     def setup_optimizers(self) -> None:
@@ -146,7 +161,7 @@ class RefSRModel:
         lr = optim_g.pop('lr')
         lr_fe = train_opt.get('lr_fe')
         fe = self.feature_extractor()
-        fe_ids = {id(p) for p in fe.parameters()}
+        fe_ids = {id(p) for p in fe.parameters()} if fe is not None else set()
         main_params, fe_params = [], []
         for p in self.net_g.parameters():
             if p.requires_grad:
@@ -217,14 +232,19 @@ class RefSRModel:
         for key in ('lq', 'ref'):
             if key not in data:
                 raise KeyError(f'the batch has no {key!r}; RefSR samples need lq, ref (and lq_up, ref_downup, gt)')
-        self.lq = data['lq'].to(self.device, non_blocking=True)
-        self.ref = data['ref'].to(self.device, non_blocking=True)
-        self.lq_up = data['lq_up'].to(self.device, non_blocking=True) if 'lq_up' in data else None
-        self.ref_downup = data['ref_downup'].to(self.device, non_blocking=True) if 'ref_downup' in data else None
+        self.lq = self._to_device(data['lq'])
+        self.ref = self._to_device(data['ref'])  # a list of references (CUFED5 ref_level: all) stays a list
+        self.lq_up = self._to_device(data['lq_up']) if 'lq_up' in data else None
+        self.ref_downup = self._to_device(data['ref_downup']) if 'ref_downup' in data else None
         if 'gt' in data:
             self.gt = data['gt'].to(self.device, non_blocking=True)
         elif hasattr(self, 'gt'):
             del self.gt
+
+    def _to_device(self, x):
+        if isinstance(x, (list, tuple)):
+            return [t.to(self.device, non_blocking=True) for t in x]
+        return x.to(self.device, non_blocking=True)
 
     def in_rec_only_phase(self, current_iter: int) -> bool:
         """The warm-up phase (iterations 1..rec_only_iter) trains with the reconstruction loss only."""
@@ -239,7 +259,7 @@ class RefSRModel:
         # critic steps first (as the original): net_d_iters updates on the detached SR of this batch
         use_gan = self.cri_gan is not None and not rec_only
         self.optimizer_g.zero_grad(set_to_none=True)
-        self.output = self.net_g(self.lq, self.ref, self.lq_up, self.ref_downup)
+        self.output = self.train_forward()
         if use_gan:
             for p in self.net_d.parameters():
                 p.requires_grad = True
@@ -278,6 +298,10 @@ class RefSRModel:
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def train_forward(self) -> torch.Tensor:
+        """The training network's SR of the current batch (with gradients)."""
+        return self.net_g(self.lq, self.ref, self.lq_up, self.ref_downup)
 
     def reduce_loss_dict(self, loss_dict: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Mean of each loss over all processes (every rank gets it, so logs agree)."""

@@ -9,14 +9,16 @@ Every mistake is an :class:`OptionError` that names the file and the dotted key,
 - types and ranges of the scalar options (:data:`SCALARS`);
 - the inference keys of ``val`` (tile / max_memory / search) by :class:`extracter.inference.InferenceOptions`;
 - files and folders the options name.
+- types and values of the options with a fixed set of values (:data:`CHOICES`), e.g. CUFED5's ``ref_level``.
 Derived: every dataset that takes a ``stride`` gets the network's search stride (under ``val.search``'s geometry when
 it switches it), so the size rules are stated once, by the architecture; a hand-written ``stride`` that disagrees is an
-error.
+error. ``val.protocols`` (colour x border x measure, :mod:`extracter.evaluation.protocols`) join ``val.metrics``.
 """
 
 import argparse
 import difflib
 import functools
+import importlib
 import inspect
 import random
 from os import path as osp
@@ -24,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
 
 
@@ -38,7 +41,7 @@ PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_net
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
               'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
 LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
-VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics')  # besides the inference keys (tile, ...)
+VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'protocols')  # besides tile, max_memory, search
 RENAMED_KEYS = {'val.search_geometry': 'val.search.window / val.search.stride / val.search.padding'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger'}
 DIST_KEYS = {'backend', 'timeout_s'}
@@ -156,7 +159,6 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'datasets.*.num_worker_per_gpu': (int, 0, None),
     'datasets.*.dataset_enlarge_ratio': (int, 1, None),
     'datasets.*.gt_size': (int, 4, None),
-    'datasets.*.ref_level': (int, 1, 5),
     'datasets.*.swap_prob': (float, 0, 1),
     'train.total_iter': (int, 1, None),
     'train.rec_only_iter': (int, 0, None),
@@ -183,6 +185,13 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
 }
 
 
+# Options with a fixed set of values: dotted key pattern -> (module, name of the tuple of allowed values), the values
+# stated once by the class they configure.
+CHOICES: Dict[str, Tuple[str, str]] = {
+    'datasets.*.ref_level': ('extracter.data.cufed5_dataset', 'REF_LEVELS'),
+}
+
+
 def check_scalar(value: Any, kind: type, lo: Optional[float], hi: Optional[float], key: str, source: str) -> None:
     """A type (int: a whole number, not a bool; float: any number) and an inclusive range; the error names the key."""
     ok_type = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else (
@@ -195,21 +204,32 @@ def check_scalar(value: Any, kind: type, lo: Optional[float], hi: Optional[float
         raise OptionError(_where(source, f'{key} must be {bounds}, got {value!r}'))
 
 
+def _values_at(opt: Dict[str, Any], pattern: str) -> List[Tuple[str, Any]]:
+    """(dotted key, value) of every option that ``pattern`` ('*' = any key) names and that is set."""
+    parts = pattern.split('.')
+    nodes = [('', opt)]
+    for part in parts[:-1]:
+        nxt = []
+        for prefix, node in nodes:
+            if not isinstance(node, dict):
+                continue
+            keys = list(node) if part == '*' else [part] if part in node else []
+            nxt += [(f'{prefix}{k}.', node[k]) for k in keys]
+        nodes = nxt
+    return [(prefix + parts[-1], node[parts[-1]]) for prefix, node in nodes
+            if isinstance(node, dict) and node.get(parts[-1]) is not None]
+
+
 def _check_scalars(opt: Dict[str, Any], source: str) -> None:
     for pattern, (kind, lo, hi) in SCALARS.items():
-        parts = pattern.split('.')
-        nodes = [('', opt)]
-        for part in parts[:-1]:
-            nxt = []
-            for prefix, node in nodes:
-                if not isinstance(node, dict):
-                    continue
-                keys = list(node) if part == '*' else [part] if part in node else []
-                nxt += [(f'{prefix}{k}.', node[k]) for k in keys]
-            nodes = nxt
-        for prefix, node in nodes:
-            if isinstance(node, dict) and node.get(parts[-1]) is not None:
-                check_scalar(node[parts[-1]], kind, lo, hi, prefix + parts[-1], source)
+        for key, value in _values_at(opt, pattern):
+            check_scalar(value, kind, lo, hi, key, source)
+    for pattern, (module, name) in CHOICES.items():
+        allowed = getattr(importlib.import_module(module), name)
+        for key, value in _values_at(opt, pattern):
+            if isinstance(value, bool) or value not in allowed:
+                raise OptionError(_where(source, f'{key} must be one of {", ".join(map(str, allowed))}, '
+                                                 f'got {value!r}'))
 
 
 def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> None:
@@ -302,6 +322,10 @@ def _validate_val(val: Any, source: str) -> InferenceOptions:
     for name, metric in (val.get('metrics') or {}).items():
         _check_typed_block(metric, f'val.metrics.{name}.', source, _registry_lookup(METRIC_REGISTRY), 'metric',
                            skip=2, extra=METRIC_EXTRA_KEYS)
+    try:  # val.protocols: colour x border x measure (extracter/evaluation/protocols.py)
+        merge_metrics(val.get('metrics'), val.get('protocols'))
+    except ValueError as err:
+        raise OptionError(_where(source, str(err))) from None
     try:
         return InferenceOptions.from_mapping(val, 'val.', ignore=VAL_OWN_KEYS)
     except ValueError as err:
@@ -332,11 +356,17 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
         _validate_dataset(phase, ds, is_train, source, require)
     if is_train:
         _validate_train(opt, source, require)
+        if opt['network_g'].get('search_mode') == 'approximate':
+            raise OptionError(_where(source, 'network_g.search_mode: approximate is for inference only (training '
+                                             'searches exactly: dense or chunked); val.search.mode may choose it '
+                                             'for validation'))
     check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
     if opt.get('val') is not None:
         _validate_val(opt['val'], source)
     _check_scalars(opt, source)
     derive_dataset_strides(opt, source)
+    if (opt.get('val') or {}).get('protocols') is not None:  # derived: the protocols' metrics join val.metrics
+        opt['val']['metrics'] = merge_metrics(opt['val'].get('metrics'), opt['val']['protocols'])
 
 
 def derive_dataset_strides(opt: Dict[str, Any], source: str = '') -> None:
