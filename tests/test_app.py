@@ -88,7 +88,7 @@ def test_job_gives_the_command_lines_sr(models, pair, tmp_path, one_thread):
     assert [p.fraction for p in stages] == sorted(p.fraction for p in stages)
     assert 0 <= result.relevance['min'] <= result.relevance['mean'] <= result.relevance['max'] <= 1 + 1e-6
     assert result.texture is not None and result.texture.shape[1] > 2 * result.texture.shape[0]
-    assert 'chunked search' in result.plan and result.notes == []
+    assert result.plan and result.search and 'search' in result.search and result.notes == []
 
 
 def tiling_budget(weights: Path, lr_hw, ref_hw) -> int:

@@ -55,6 +55,7 @@ MIN_REF_SIDE = 16
 MIN_REF_AREA_RATIO = 0.25
 WEIGHT_SUFFIXES = ('.pth', '.pt')
 TEXTURE_MIN_H = 320
+DEFAULT_SEARCH = 'auto'  # as infer.py: approximate where the exact search is expensive
 SISR_TILE = {'tile_size': 256, 'tile_pad': 16}  # single-image models: tiles above this size (LR pixels)
 
 
@@ -135,7 +136,8 @@ def default_memory_budget(device: str = 'cpu', fraction: float = 0.5) -> str:
 @dataclass
 class JobRequest:
     """What the page sends: paths of uploaded files (inside the runner's ``upload_dir``), the model's checkpoint,
-    and optional memory budget (``'6G'``) and search mode (one of :data:`SEARCH_MODES`, or None: automatic)."""
+    and optional memory budget (``'6G'``) and search mode (one of :data:`SEARCH_MODES`; None: ``'auto'``, as
+    ``infer.py``'s default)."""
 
     lr: Optional[str]
     refs: Sequence[str] = ()
@@ -182,6 +184,7 @@ class JobResult:
     seconds: float
     plan: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    search: Optional[str] = None  # the search that ran, and why (RefSR)
 
 
 def _safe_name(name: Optional[str], fallback: str) -> str:
@@ -365,9 +368,8 @@ class JobRunner:
                       for i, p in enumerate(request.refs)]
         lr_path = self._input_path(request.lr, 'the photo to enlarge (the low-resolution photo)')
         ref_paths = [self._input_path(p, label) for p, label in zip(request.refs, ref_labels)]
-        if request.search_mode not in (None, '', 'auto') + SEARCH_MODES:
-            raise JobError(f'Unknown search mode {request.search_mode!r}: choose one of auto, '
-                           f'{", ".join(SEARCH_MODES)}.')
+        if request.search_mode not in (None, '') + SEARCH_MODES:
+            raise JobError(f'Unknown search mode {request.search_mode!r}: choose one of {", ".join(SEARCH_MODES)}.')
         budget = request.max_memory or self.max_memory
         try:
             parse_memory(budget)
@@ -417,15 +419,14 @@ class JobRunner:
         self._seconds_per_lr_px = eta.compute_seconds() / max(1, h * w)
         report(Progress('done', 1.0))
         return JobResult(job_id, folder, files, out['sr'], out['bicubic'], texture, out.get('relevance'),
-                         entry.label, not entry.uses_reference, seconds, out.get('plan'), notes)
+                         entry.label, not entry.uses_reference, seconds, out.get('plan'), notes,
+                         out.get('search_used'))
 
     def _run_refsr(self, net, lq: np.ndarray, refs: List[np.ndarray], budget: str, search_mode: Optional[str],
                    report: Callable[[Progress], None], eta: '_EtaClock') -> Dict:
         lr_mult, ref_mult = net.size_multiples()
         sample = batch_of_one(inference_sample(lq, refs, lr_mult, ref_mult))
-        run_kwargs = {'max_memory': budget}
-        if search_mode in SEARCH_MODES:
-            run_kwargs['search_mode'] = search_mode
+        run_kwargs = {'max_memory': budget, 'search_mode': search_mode or DEFAULT_SEARCH}
 
         def stage(text: str) -> None:
             if text.startswith('encoding'):

@@ -13,7 +13,7 @@ Gradio stores uploads and the files it serves) to the runner's ``upload_dir`` if
 import os
 from typing import List, Optional, Sequence
 
-from extracter.app.jobs import JobError, JobRequest, JobResult, JobRunner
+from extracter.app.jobs import DEFAULT_SEARCH, JobError, JobRequest, JobResult, JobRunner
 from extracter.inference.options import SEARCH_MODES
 
 TITLE = 'EXTRACTER: enlarge a photo x4 with the help of reference photos'
@@ -21,7 +21,6 @@ INTRO = ('Drop the photo to enlarge and one or more **reference photos**: pictur
          'high resolution (another shot, a neighbouring frame). The network copies their fine texture where it '
          'matches. Without a reference a single-image model is used, if one is installed. Everything runs on this '
          'machine; nothing is uploaded anywhere else.')
-AUTO = 'auto'
 
 
 def _status(kind: str, text: str) -> str:
@@ -35,6 +34,8 @@ def _relevance_text(result: JobResult) -> str:
         r = result.relevance
         lines.append(f'- **Relevance of the best reference match** (cosine of the texture features, 1 = the same '
                      f'texture): mean {r["mean"]:.3f}, lowest {r["min"]:.3f}, highest {r["max"]:.3f}')
+    if result.search:
+        lines.append(f'- **Search:** {result.search}')
     if result.plan:
         lines.append(f'- **Memory plan:** {result.plan}')
     lines += [f'- **Note:** {note}' for note in result.notes]
@@ -64,7 +65,7 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
         refs = [r for r in (refs or []) if r]
         request = JobRequest(lr=lr, refs=refs, model=(model_path or '').strip() or model,
                              max_memory=(budget or '').strip() or None,
-                             search_mode=None if search in (None, AUTO) else search,
+                             search_mode=search or None,
                              lr_name=os.path.basename(lr) if lr else None,
                              ref_names=[os.path.basename(r) for r in refs])
 
@@ -97,9 +98,9 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 with gr.Accordion('Memory and search', open=False):
                     budget = gr.Textbox(label='Memory budget (e.g. 4G; default: half of the memory free at start)',
                                         value=runner.max_memory, elem_id='budget')
-                    search = gr.Radio(choices=[AUTO, *SEARCH_MODES], value=AUTO, elem_id='search',
-                                      label='Search (auto: chunked under the budget; dense is the original, faster '
-                                            'on small photos)')
+                    search = gr.Radio(choices=list(SEARCH_MODES), value=DEFAULT_SEARCH, elem_id='search',
+                                      label='Search (auto: approximate where the exact search is expensive, else '
+                                            'exact; dense and chunked are exact, approximate is sub-quadratic)')
                 run = gr.Button('Enlarge x4', variant='primary', elem_id='run')
             with gr.Column(scale=2):
                 status = gr.Markdown(_status('Ready.', no_model or 'Add a photo and press "Enlarge x4".'),
