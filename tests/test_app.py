@@ -301,9 +301,11 @@ def test_single_image_model_without_references(pair, tmp_path):
         pytest.skip(f'load_network cannot load DRCT checkpoints yet: {err}')
     runner = JobRunner(tmp_path / 'app', models=find_models(folder), max_memory=BUDGET)
     lr = upload(runner, 'lr.png', pair['lr'])
-    result = runner.run(JobRequest(lr=lr))
+    refsr = str(folder / 'refsr' / 'tiny.pth')
+    result = runner.run(JobRequest(lr=lr, model=refsr))  # the page sends the chosen RefSR model, and no reference
     assert result.single_image and result.sr.shape == (96, 96, 3) and result.relevance is None
-    assert any('single-image model drct.pth' in n for n in result.notes)
+    assert result.notes == ['No reference photo was given: used the single-image model drct.pth.']
+    np.testing.assert_array_equal(read_png(result.files['sr']), runner.run(JobRequest(lr=lr)).sr)
     assert os.path.isfile(result.files['sr'])
 
 
