@@ -1,7 +1,10 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   - creates .venv if missing, then runs the main job on a bundled real example
 #   make test   - creates .venv if missing, then runs the test suite
-# Other targets: make venv, make lint, make test-all (includes tests marked slow).
+# Other targets: make venv, make lint, make test-all (includes tests marked slow),
+#   make app     - installs the web page's extra (gradio) if missing, then starts it on http://127.0.0.1:7860
+#                  (options: make app APP_ARGS="--port 8000 --device cuda")
+#   make app-deps - installs the web page's extra and its browser test's (playwright; the browser is Debian's chromium)
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -11,8 +14,11 @@ PY         := $(VENV)/bin/python
 #   make venv TORCH_PKGS="torch torchvision --index-url <your wheel index>"
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 STAMP      := $(VENV)/.installed
+APP_STAMP  := $(VENV)/.app-installed
+APP_TEST_STAMP := $(VENV)/.app-test-installed
+APP_ARGS   ?=
 
-.PHONY: venv demo test test-all lint clean-venv
+.PHONY: venv demo test test-all lint clean-venv app app-deps
 
 venv: $(STAMP)
 
@@ -35,6 +41,19 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+$(APP_STAMP): $(STAMP) requirements-app.txt
+	$(PY) -m pip install -q -r requirements-app.txt
+	touch $(APP_STAMP)
+
+$(APP_TEST_STAMP): $(APP_STAMP) requirements-app-test.txt
+	$(PY) -m pip install -q -r requirements-app-test.txt
+	touch $(APP_TEST_STAMP)
+
+app-deps: $(APP_TEST_STAMP)
+
+app: $(APP_STAMP)
+	$(PY) -m extracter.app $(APP_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,8 +9,8 @@ HERE = Path(__file__).parent
 VERSION = re.search(r"__version__ = '([^']+)'", (HERE / 'extracter' / 'version.py').read_text()).group(1)
 
 
-def read_requirements() -> list:
-    lines = (HERE / 'requirements.txt').read_text().splitlines()
+def read_requirements(name: str = 'requirements.txt') -> list:
+    lines = (HERE / name).read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith('#')]
 
 
@@ -23,10 +23,16 @@ setup(
     packages=find_packages(include=['extracter', 'extracter.*']),
     python_requires='>=3.9',
     install_requires=read_requirements(),
+    # optional: faiss' inner-product index for the approximate search's retrieval (search.approximate.backend: faiss);
+    # the local web page (extracter-app) and its browser test
+    extras_require={'faiss': ['faiss-cpu>=1.7'],
+                    'app': read_requirements('requirements-app.txt'),
+                    'app-test': read_requirements('requirements-app-test.txt')},
     license='MIT',
     entry_points={'console_scripts': [
         'extracter-train = extracter.train:main',
         'extracter-test = extracter.test:main',
         'extracter-infer = extracter.infer:main',
+        'extracter-app = extracter.app.cli:main',
     ]},
 )

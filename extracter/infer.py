@@ -29,13 +29,14 @@ if __package__ in (None, ''):  # run as a script: make the package importable fr
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from extracter.data.image_io import ImageReadError  # noqa: E402
+from extracter.data.image_io import is_image_file  # noqa: E402
 from extracter.data.inference_dataset import RefSRInferenceDataset  # noqa: E402
 from extracter.inference.engine import search_settings  # noqa: E402
 from extracter.inference.folder import infer_folder  # noqa: E402
-from extracter.inference.memory_plan import MemoryBudgetError  # noqa: E402
-from extracter.inference.network import NetworkLoadError, load_network  # noqa: E402
-from extracter.inference.options import InferenceOptions, SearchOptions  # noqa: E402
+from extracter.inference.network import load_network  # noqa: E402
+from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions  # noqa: E402
+from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main  # noqa: E402
+from extracter.utils.file_io import check_writable  # noqa: E402
 
 
 class InferenceError(ValueError):
@@ -43,7 +44,7 @@ class InferenceError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', required=True, help='BasicSR checkpoint ({"params": ...}) or a state dict')
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: the weights path with .yml)')
     parser.add_argument('--lr', required=True, help='an LR image or a folder of LR images')
@@ -56,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--tile', type=int, default=None, help='tile size in LR pixels (bounded memory)')
     parser.add_argument('--tile-pad', type=int, default=16, help='tile overlap in LR pixels')
     parser.add_argument('--max-memory', default=None, help="working-memory budget, e.g. '6G' (picks chunks/tiles)")
-    parser.add_argument('--search', default=None, choices=('dense', 'chunked'),
-                        help='search implementation (default: the network\'s own; chunked under --max-memory)')
+    parser.add_argument('--search', default='auto', choices=SEARCH_MODES,
+                        help='texture search: dense or chunked (exact), approximate (large images: sub-quadratic, '
+                             'exact relevances of the chosen patches), or auto (default: approximate where the '
+                             'exact search is expensive, else the network\'s own, chunked under --max-memory)')
     parser.add_argument('--search-geometry', type=int, nargs=3, default=None, metavar=('WINDOW', 'STRIDE', 'PAD'),
                         help='EXTRACTER: search geometry for this run, e.g. 12 4 4 for large images')
     parser.add_argument('--param-key', default=None, help="checkpoint key (default: params_ema, else params)")
@@ -65,21 +68,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     parser.add_argument('--skip-existing', action='store_true',
                         help='skip inputs whose outputs all exist (finish an interrupted folder)')
+    add_image_arguments(parser)
     return parser
 
 
+# the flag of each InferenceOptions key (its errors start with the key)
+FLAGS = {'tile.tile_size': '--tile', 'tile.tile_pad': '--tile-pad', 'max_memory': '--max-memory',
+         'search.stride': '--search-geometry', 'search.padding': '--search-geometry',
+         'search geometry': '--search-geometry'}
+
+
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
-    """The same :class:`InferenceOptions` as the ``val`` section of option files, from the flags."""
+    """The same :class:`InferenceOptions` as the ``val`` section of option files, from the flags (errors name the
+    flag)."""
     geometry = tuple(args.search_geometry) if args.search_geometry else None
-    return InferenceOptions(tile_size=args.tile, tile_pad=args.tile_pad if args.tile is not None else None,
-                            max_memory=args.max_memory, search=SearchOptions(mode=args.search, geometry=geometry))
+    try:
+        return InferenceOptions(tile_size=args.tile, tile_pad=args.tile_pad if args.tile is not None else None,
+                                max_memory=args.max_memory, search=SearchOptions(mode=args.search, geometry=geometry))
+    except InferenceOptionError as err:
+        msg = str(err)
+        key = next((k for k in FLAGS if msg.startswith(k)), None)
+        raise InferenceError(f'{FLAGS[key]}: {msg}' if key else msg) from None
+
+
+def select_device(name: str, world: int = 1, local_rank: int = 0) -> str:
+    """``--device``: 'cpu', 'cuda' or 'cuda:N', checked against what this machine has (under torchrun, 'cuda' means
+    cuda:LOCAL_RANK)."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InferenceError(f"--device {name!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == 'cpu':
+        return name
+    if dev.type != 'cuda':
+        raise InferenceError(f"--device {name!r}: only 'cpu' and 'cuda' (or 'cuda:N') are supported")
+    if not torch.cuda.is_available():
+        raise InferenceError(f'--device {name}: CUDA is not available here; use --device cpu')
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise InferenceError(f'--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}')
+    return f'cuda:{local_rank}' if world > 1 and dev.index is None else name
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The input and output paths, with messages that say which flag is wrong and how (before anything is loaded)."""
+    if args.ref and args.ref_dir:
+        raise InferenceError('give references with --ref (one or several) or --ref-dir, not both')
+    if not os.path.exists(args.lr):
+        what = 'image file' if is_image_file(args.lr) else 'image file or folder'
+        raise FileNotFoundError(f'--lr {args.lr}: no such {what}')
+    for ref in args.ref or ():
+        if os.path.isdir(ref):
+            raise IsADirectoryError(f'--ref {ref} is a folder; give image files with --ref, or a folder of references '
+                                    'matched by name with --ref-dir')
+        if not os.path.exists(ref):
+            raise FileNotFoundError(f'--ref {ref}: no such image file')
+    if args.ref_dir and not os.path.isdir(args.ref_dir):
+        if os.path.exists(args.ref_dir):
+            raise NotADirectoryError(f'--ref-dir {args.ref_dir} is a file; give a folder of references (or the image '
+                                     'with --ref)')
+        raise FileNotFoundError(f'--ref-dir {args.ref_dir}: no such folder')
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise NotADirectoryError(f'-o {args.output} is a file; give the folder to write the pictures into')
+    check_writable(args.output)
 
 
 def single_image_options(args: argparse.Namespace, arch: str) -> Dict[str, Any]:
     """The inference dataset's options for a single-image network; reference and search flags are errors."""
     given = [flag for flag, on in (('--ref', args.ref), ('--ref-dir', args.ref_dir), ('--self-ref', args.self_ref),
                                    ('--texture-map', args.texture_map), ('--max-memory', args.max_memory),
-                                   ('--search', args.search), ('--search-geometry', args.search_geometry)) if on]
+                                   ('--search', args.search != 'auto'),  # auto: the default
+                                   ('--search-geometry', args.search_geometry)) if on]
     if given:
         raise InferenceError(f'{arch} is a single-image network: it takes no reference and has no search; leave out '
                              f'{", ".join(given)}')
@@ -117,15 +176,16 @@ def distributed_env() -> tuple:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Path]]:
+    """Parse the flags, check everything that can be checked before any work (flags, paths, the output folder,
+    the weights, collisions, existing outputs, every input's header), then super-resolve. Inputs whose pixel data
+    turn out to be corrupt are skipped and reported at the end (an :class:`InferenceError` after the rest were
+    written; ``--skip-existing`` finishes the folder once they are fixed). Returns the outputs written."""
     args = build_parser().parse_args(argv)
+    apply_image_arguments(args)
     rank, world, local_rank = distributed_env()
-    device = args.device
-    if device.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise InferenceError(f'--device {device}: CUDA is not available here')
-        if world > 1 and device == 'cuda':
-            device = f'cuda:{local_rank}'
+    device = select_device(args.device, world, local_rank)
     options = inference_options(args)
+    check_paths(args)
     net = load_network(args.weights, args.opt, device, args.param_key)
     if not getattr(net, 'uses_reference', True):
         dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
@@ -142,25 +202,36 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Path]]:
     bar = tqdm(total=len(range(rank, len(dataset), world)), desc='images', unit='img', disable=rank != 0)
     try:
         report = infer_folder(net, dataset, Path(args.output), options.run_kwargs(), device, args.texture_map,
-                              args.overwrite, args.skip_existing, rank, world, after_plan=barrier,
+                              args.overwrite, args.skip_existing, rank, world, keep_going=True, after_plan=barrier,
                               on_image=lambda done, total, name: (bar.update(1), bar.set_postfix_str(name)))
     finally:
         bar.close()
         if world > 1:
             dist.destroy_process_group()
+    for name, used in report.searches:
+        print(f'{name}: {used}')
+    for line in report.cleaned:
+        print(line, file=sys.stderr)
     if report.skipped:
         print(f'skipped {len(report.skipped)} input(s) whose outputs exist')
+    if report.failed:
+        done = len(report.written) + len(report.skipped)
+        lines = '\n  '.join(msg if name in msg else f'{name}: {msg}' for name, msg in report.failed)
+        raise InferenceError(f'{len(report.failed)} input(s) failed ({done} done, outputs in {args.output}); fix or '
+                             f'remove them and rerun with --skip-existing to finish:\n  {lines}')
     return report.written
 
 
-def main() -> None:
-    try:
-        written = run()
-    except (InferenceError, NetworkLoadError, FileNotFoundError, FileExistsError, ImageReadError, MemoryBudgetError,
-            ValueError) as err:
-        raise SystemExit(f'error: {err}') from err
+def _cli(argv: List[str]) -> int:
+    written = run(argv)
     print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: errors become one ``error:`` line and an exit status (see :mod:`extracter.utils.cli`)."""
+    return run_main(_cli, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

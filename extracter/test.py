@@ -8,6 +8,7 @@ A thin command line over :mod:`extracter.pipeline.testing`.
 
 import os
 import sys
+from typing import Optional, Sequence
 
 if __package__ in (None, ''):  # run as a script: make the package importable from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,9 +22,10 @@ from extracter.pipeline.testing import metrics_table, test_pipeline  # noqa: E40
 __all__ = ['main', 'metrics_table', 'test_pipeline']
 
 
-def main() -> None:
-    run_cli(test_pipeline)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit status (errors: one ``error:`` line, see :mod:`extracter.utils.cli`)."""
+    return run_cli(test_pipeline, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

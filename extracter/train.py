@@ -9,6 +9,7 @@ A thin command line over :mod:`extracter.pipeline.training`.
 
 import os
 import sys
+from typing import Optional, Sequence
 
 if __package__ in (None, ''):  # run as a script: make the package importable from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,9 +23,10 @@ from extracter.pipeline.training import train_pipeline  # noqa: E402
 __all__ = ['main', 'train_pipeline']
 
 
-def main() -> None:
-    run_cli(train_pipeline)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit status (errors: one ``error:`` line, see :mod:`extracter.utils.cli`)."""
+    return run_cli(train_pipeline, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -5,7 +5,6 @@ real photographs (default ../shared/data/train/bsd200), packs it with the LMDB p
     python scripts/bench_data.py --num 200 --workers 0 2
 """
 
-import argparse
 import os
 import random
 import sys
@@ -13,6 +12,7 @@ import tempfile
 import time
 
 import extracter  # noqa: F401  (before basicsr, see extracter/compat.py)
+from extracter.utils.cli import ArgumentParser, run_main
 
 
 def build_fixture(src: str, root: str, num: int) -> None:
@@ -43,9 +43,9 @@ def throughput(ds, workers: int, batch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main(argv=None) -> int:
+def run(argv) -> int:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--src', default=os.path.join(here, '..', 'shared', 'data', 'train', 'bsd200'))
     p.add_argument('--num', type=int, default=200)
     p.add_argument('--batch', type=int, default=9)
@@ -70,6 +70,10 @@ def main(argv=None) -> int:
     for backend, w, sps in rows:
         print(f'| {backend} | {w} | {sps:.0f} |')
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':

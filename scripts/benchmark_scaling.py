@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import extracter  # noqa: F401  (registers the archs; imported before basicsr)
+from extracter.utils.cli import ArgumentParser, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,8 +284,8 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
     atomic_write(out_dir / 'scaling.png', buf.getvalue())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512, 1024, 2048])
     parser.add_argument('--methods', nargs='+', default=['dense', 'chunked', 'ours'],
                         choices=['dense', 'chunked', 'ours'])
@@ -303,9 +304,11 @@ def main() -> None:
     parser.add_argument('--case-method', help=argparse.SUPPRESS)
     parser.add_argument('--case-budget', help=argparse.SUPPRESS)
     parser.add_argument('--save-sr', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from extracter.inference.memory_plan import parse_memory
     args.dense_limit_bytes = parse_memory(args.dense_limit)
+    if min(args.sizes) < 16:
+        raise ValueError(f'--sizes are output sides in pixels (>= 16), got {args.sizes}')
     if args.case_size is not None:
         print(json.dumps(run_case(args)), flush=True)
         return
@@ -318,7 +321,7 @@ def main() -> None:
     parse_memory(args.max_memory)
     out_dir = args.out or ROOT / 'results' / 'benchmark_scaling' / 'w{}_s{}_p{}'.format(*args.geometry)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
-        sys.exit(f'{out_dir} already holds results; pass --overwrite or choose --out')
+        raise FileExistsError(f'{out_dir} already holds results; pass --overwrite or choose --out')
     out_dir.mkdir(parents=True, exist_ok=True)
     peak = matmul_peak_gflops()
     print(f'torch.matmul peak on this machine: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)', flush=True)
@@ -356,4 +359,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))

@@ -20,6 +20,7 @@ Example:
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import yaml
@@ -28,6 +29,7 @@ from extracter.archs.convert import ConversionError, convert_state_dict, unwrap_
 from extracter.archs.convert_mmagic import convert_mmagic_discriminator
 from extracter.utils.checkpoint import CheckpointError
 from extracter.utils.checkpoint import load_checkpoint as read_checkpoint
+from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_torch_save, atomic_write_text, refuse_overwrite
 from extracter.utils.restricted_unpickle import find_placeholders, restricted_load
 
@@ -54,6 +56,11 @@ def convert(input_path: str, output: str, overwrite: bool = False) -> dict:
     out = Path(output)
     yml = out.with_suffix('.yml')
     out_d = out.with_name(f'{out.stem}_net_d{out.suffix}')
+    if out.suffix.lower() in ('.yml', '.yaml') or not out.suffix:
+        raise ConversionError(f'-o {output}: give the weights file to write (e.g. {out.with_suffix(".pth").name}); '
+                              f'its options go beside it as {yml.name}')
+    if Path(input_path).resolve() in (out.resolve(), yml.resolve(), out_d.resolve()):
+        raise ConversionError(f'-o {output} would replace the input {input_path}; write the conversion elsewhere')
     refuse_overwrite(out, overwrite)
     refuse_overwrite(yml, overwrite)
     raw, load_notes = load_checkpoint(input_path)
@@ -76,22 +83,24 @@ def convert(input_path: str, output: str, overwrite: bool = False) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('input', help='checkpoint saved by the original EXTRACTER or TTSR code, or by mmagic')
     parser.add_argument('-o', '--output', required=True, help='output .pth (the .yml is written beside it)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
-    args = parser.parse_args()
-    try:
-        result = convert(args.input, args.output, args.overwrite)
-    except (ConversionError, FileNotFoundError, FileExistsError) as err:
-        raise SystemExit(f'error: {err}') from err
+    args = parser.parse_args(argv)
+    result = convert(args.input, args.output, args.overwrite)
     print(f"wrote {result['output']}{' and ' + result['output_d'] if 'output_d' in result else ''} "
           f"and {result['options']}")
     print(yaml.safe_dump({'network_g': result['network_g']}, sort_keys=False).rstrip())
     for note in result['notes']:
         print('note:', note)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -17,11 +17,11 @@ import sys
 
 import extracter  # noqa: E402,F401  (before basicsr, see extracter/compat.py)
 from extracter.data.lmdb_pack import PackError, PackJob, cufed_jobs, folder_files, pack
-from extracter.utils.cli import add_image_arguments, apply_image_arguments, run_main
+from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n\n')[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--cufed', help='CUFED root folder (with train/input, train/ref, test/CUFED5)')
     src.add_argument('--folder', help='any image folder (needs --lmdb)')

@@ -16,6 +16,7 @@ with randomly initialised weights and says so: the pictures then show the pipeli
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
 from extracter.inference.folder import super_resolve
 from extracter.inference.network import load_network
-from extracter.utils.file_io import atomic_write_text
+from extracter.utils.cli import ArgumentParser, run_main
+from extracter.utils.file_io import atomic_write_text, check_writable
 from extracter.utils.visualize import save_png, side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +64,18 @@ def archive_existing(out: Path) -> None:
         print(f'kept the previous results as {archived}')
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', default=str(DEMO_WEIGHTS))
     parser.add_argument('-o', '--output', default=str(ROOT / 'results' / 'demo'))
     parser.add_argument('--crop', type=int, default=320, help='side of the HR crop of the left view (multiple of 4)')
     parser.add_argument('--device', default='cpu')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not 16 <= args.crop <= 400:
+        raise ValueError(f'--crop must be between 16 and 400 (an HR crop of the 500 x 741 left view), got {args.crop}')
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise NotADirectoryError(f'-o {args.output} is a file; give the folder to write the pictures into')
+    check_writable(args.output)
 
     if Path(args.weights).is_file():
         net = load_network(args.weights, device=args.device)
@@ -135,7 +142,12 @@ def main() -> None:
     atomic_write_text(out / 'metrics.md', table)
     print(table)
     print(f'pictures and metrics in {out}')
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -26,6 +26,7 @@ import argparse
 import csv
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import list_images, read_image
+from extracter.utils.cli import ArgumentParser, run_main
 
 KINDS = ('overlap', 'video', 'unrelated', 'self')
 DEFAULT_MIX = (0.6, 0.25, 0.15, 0.0)
@@ -176,8 +178,8 @@ def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_M
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--shared', default='../shared/data', help='the real-data folder (see its README)')
     parser.add_argument('-o', '--output', default='datasets/demo_train')
     parser.add_argument('--num', type=int, default=4000, help='number of pairs')
@@ -191,14 +193,16 @@ def main() -> None:
     parser.add_argument('--video-shift', type=float, default=1 / 3,
                         help='video pairs: largest window shift, as a fraction of --size')
     parser.add_argument('--overwrite', action='store_true')
-    args = parser.parse_args()
-    try:
-        out = build(Path(args.shared), Path(args.output), args.num, args.size, args.seed, args.mix, args.overwrite,
-                    tuple(args.overlap_shift), args.video_steps, args.video_shift)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        raise SystemExit(f'error: {err}') from err
+    args = parser.parse_args(argv)
+    out = build(Path(args.shared), Path(args.output), args.num, args.size, args.seed, args.mix, args.overwrite,
+                tuple(args.overlap_shift), args.video_steps, args.video_shift)
     print(f'wrote {args.num} pairs to {out}')
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

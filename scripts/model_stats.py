@@ -14,11 +14,13 @@ Example:
 """
 
 import argparse
+import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from extracter.registry import ARCH_REGISTRY
+from extracter.utils.cli import ArgumentParser, run_main
 
 CONFIGS = {
     'TTSR (released)': ('TTSR', dict(lte_init='random')),
@@ -73,18 +75,22 @@ def stats(arch: str, kwargs: dict, lr_hw, ref_hw) -> dict:
     return {'params': params, 'frozen': frozen, 'gmacs': total, 'parts': parts}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--lr-size', type=int, nargs=2, default=(40, 40), metavar=('H', 'W'))
     parser.add_argument('--ref-size', type=int, nargs=2, default=(160, 160), metavar=('H', 'W'))
     parser.add_argument('--sisr-size', type=int, nargs=2, default=(64, 64), metavar=('H', 'W'),
                         help='LR input of the single-image rows (DRCT); padded to its window multiple')
     parser.add_argument('--only', choices=('refsr', 'sisr'), help='print one table only')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.lr_size + args.ref_size + args.sisr_size) < 1:
+        raise ValueError(f'sizes must be positive, got --lr-size {args.lr_size} --ref-size {args.ref_size} '
+                         f'--sisr-size {args.sisr_size}')
     if args.only != 'sisr':
         refsr_table(args)
     if args.only != 'refsr':
         sisr_table(args)
+    return 0
 
 
 def sisr_table(args: argparse.Namespace) -> None:
@@ -110,5 +116,9 @@ def refsr_table(args: argparse.Namespace) -> None:
               f"{p['search']:.2f} | {p.get('main', 0.0):.2f} | {p.get('gde', 0.0):.2f} |")
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

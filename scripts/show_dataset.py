@@ -9,13 +9,13 @@ are visible at HR scale), upsampled LR, Ref, down-up-sampled Ref, HR.
 output is written atomically and an existing file is kept unless ``--overwrite`` is given.
 """
 
-import argparse
 import os
 import random
 import sys
-import tempfile
 
 import extracter  # noqa: F401  (before basicsr, see extracter/compat.py)
+from extracter.utils.cli import ArgumentParser, run_main
+from extracter.utils.file_io import atomic_write, check_writable, refuse_overwrite
 
 COLUMNS = (('lq', 'LR (x4 nearest)'), ('lq_up', 'upsampled LR'), ('ref', 'Ref'), ('ref_downup', 'Ref down-up'),
            ('gt', 'HR'))
@@ -26,12 +26,15 @@ def load_options(args) -> dict:
 
     opt = {}
     if args.yaml:
-        with open(args.yaml, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
+        from extracter.utils.options import load_yaml
+
+        opt = load_yaml(args.yaml)
         for part in args.section.split('.') if args.section else []:
             if not isinstance(opt, dict) or part not in opt:
-                raise KeyError(f'{args.yaml}: no section {args.section!r} (missing {part!r})')
+                raise ValueError(f'{args.yaml}: no section {args.section!r} (missing {part!r})')
             opt = opt[part]
+        if not isinstance(opt, dict):
+            raise ValueError(f'{args.yaml}: section {args.section!r} is not a mapping of dataset options')
         opt = dict(opt)
     if args.type:
         opt['type'] = args.type
@@ -39,7 +42,10 @@ def load_options(args) -> dict:
         key, sep, value = item.partition('=')
         if not sep:
             raise ValueError(f'--set needs key=value, got {item!r}')
-        opt[key.strip()] = yaml.safe_load(value)
+        try:
+            opt[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f'--set {item}: not a YAML value ({str(err).splitlines()[0]})') from None
     if 'type' not in opt:
         raise ValueError('give the dataset type (--type or a "type:" key in the YAML section)')
     opt.setdefault('phase', 'val')
@@ -88,8 +94,8 @@ def make_grid(samples, height: int = 160):
     return grid
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def run(argv) -> int:
+    p = ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--yaml', help='options file holding the dataset block')
     p.add_argument('--section', help='dotted path of the dataset block in --yaml, e.g. datasets.val')
     p.add_argument('--type', help='registered dataset type, e.g. RefSRTrainDataset')
@@ -101,38 +107,34 @@ def main(argv=None) -> int:
     p.add_argument('-o', '--output', required=True, help='PNG file to write')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
     args = p.parse_args(argv)
-    if os.path.exists(args.output) and not args.overwrite:
-        print(f'error: {args.output} exists; pass --overwrite to replace it', file=sys.stderr)
-        return 1
+    if args.num < 1 or args.start < 0 or args.height < 8:
+        raise ValueError(f'-n must be >= 1, --start >= 0 and --height >= 8; got {args.num}, {args.start}, '
+                         f'{args.height}')
+    refuse_overwrite(args.output, args.overwrite)
+    check_writable(os.path.dirname(os.path.abspath(args.output)))
     from basicsr.data import build_dataset
 
+    opt = load_options(args)
     try:
-        ds = build_dataset(load_options(args))
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+        ds = build_dataset(opt)
+    except KeyError as err:  # the registry's "No object named ... found"
+        raise ValueError(f'unknown dataset type {opt["type"]!r} ({err.args[0] if err.args else err})') from None
     random.seed(args.seed)
     idx = range(args.start, min(len(ds), args.start + args.num))
     samples = [ds[i] for i in idx]
     if not samples:
-        print(f'error: no samples in range (dataset has {len(ds)})', file=sys.stderr)
-        return 1
+        raise ValueError(f'--start {args.start}: no samples in range (the dataset has {len(ds)})')
     grid = make_grid(samples, args.height)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.png', dir=out_dir)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            grid.save(f, 'PNG')
-        os.replace(tmp, args.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(args.output, lambda tmp: grid.save(tmp, 'PNG'))
     for i, s in zip(idx, samples):
         ref_path = s['ref_path'] if isinstance(s['ref_path'], str) else ', '.join(s['ref_path'])
         print(f'{i}: lq {tuple(s["lq"].shape[1:])} {s["lq_path"]} | ref {ref_path}')
     print(f'wrote {args.output} ({grid.width}x{grid.height})')
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == '__main__':

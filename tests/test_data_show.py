@@ -16,8 +16,8 @@ def test_show_dataset_grid(cufed_root, tmp_path, capsys):
     assert grid.height == 16 + 3 * (64 + 4) + 4
     assert '2: lq (24, 24)' in capsys.readouterr().out
     before = out.read_bytes()
-    assert main(args) == 1 and 'exists' in capsys.readouterr().err
+    assert main(args) == 2 and 'exists' in capsys.readouterr().err
     assert out.read_bytes() == before
-    assert main(args[:-2] + ['--set', 'nonsense=1', '-o', str(tmp_path / 'x.png')]) == 1
+    assert main(args[:-2] + ['--set', 'nonsense=1', '-o', str(tmp_path / 'x.png')]) == 2
     assert "unknown option(s) ['nonsense']" in capsys.readouterr().err
     assert not (tmp_path / 'x.png').exists()

@@ -73,6 +73,20 @@ def test_one_reference_in_a_list_is_the_plain_forward():
     torch.testing.assert_close(run_refsr(net, lr, [ref]), expected, atol=0, rtol=0)
 
 
+def test_stage_and_progress_callbacks_report_each_stage_in_order():
+    net = tiny_net()
+    lr, refs = three_refs()
+    events = []
+    run_refsr(net, lr, refs[:2], stage=lambda text: events.append(text))
+    assert events == ['encoding reference 1/2', 'encoding reference 2/2', 'search and main network']
+    events.clear()
+    run_refsr(net, lr, refs[:1], tile={'tile_size': 8, 'tile_pad': 2}, stage=events.append,
+              progress=lambda done, total: events.append(f'tiles {done}/{total}'))
+    assert events[:2] == ['encoding reference 1/1', 'search']
+    tiles = events[2:]
+    assert tiles and tiles[-1] == f'tiles {len(tiles)}/{len(tiles)}' and len(tiles) > 1  # 20x28 LR in 8-px tiles
+
+
 def test_texture_map_is_the_runs_own_search(tmp_path, monkeypatch):
     """infer.py draws the texture-source picture from the search result of the run that made the SR: it searches once
     (the search function is called exactly once per image) and the panels are built from that result."""

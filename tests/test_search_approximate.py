@@ -78,8 +78,9 @@ def test_small_inputs_fall_back_to_exact(geometry):
         torch.testing.assert_close(scores, exact[0], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize('refine', [0, 16])
 @pytest.mark.parametrize('geometry,shift', [((3, 1, 1), (3, 5)), ((6, 2, 2), (4, 6))])
-def test_finds_a_shifted_copy(geometry, shift):
+def test_finds_a_shifted_copy(geometry, shift, refine):
     """The reference contains the LR features shifted by a few pixels: the top-1 of every interior LR patch (not
     touching the zero padding) must be the shifted position."""
     k, s, p = geometry
@@ -90,7 +91,7 @@ def test_finds_a_shifted_copy(geometry, shift):
     gh, gw = grid_size(24, 28, *geometry)
     rgh, rgw = grid_size(32, 36, *geometry)
     scores, index = approximate_search(lr, ref, *geometry, 1, fallback=False, max_candidates=256,
-                                       channel_dims=16, patch_dims=64, candidates=4)
+                                       channel_dims=16, patch_dims=64, candidates=4, refine=refine)
     gy, gx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing='ij')
     expected = (gy + dy // s) * rgw + gx + dx // s
     interior = ((gy * s - p >= 0) & (gy * s - p + k <= 24) & (gx * s - p >= 0) & (gx * s - p + k <= 28)).view(-1)
@@ -100,12 +101,12 @@ def test_finds_a_shifted_copy(geometry, shift):
                                rtol=0)
 
 
-@pytest.mark.parametrize('top_k', [1, 2, 3])
-def test_scores_are_exact_relevances_and_sorted(top_k):
+@pytest.mark.parametrize('top_k,refine', [(1, 0), (2, 0), (3, 0), (2, 9)])
+def test_scores_are_exact_relevances_and_sorted(top_k, refine):
     geometry = (6, 2, 2)
     lr, ref = _features((2, 16, 20, 14), 5), _features((2, 16, 18, 22), 6)
     scores, index = approximate_search(lr, ref, *geometry, top_k, fallback=False, max_candidates=20, tile=3,
-                                       **SMALL)
+                                       refine=refine, **SMALL)
     torch.testing.assert_close(scores, _relevance(lr, ref, geometry, index), atol=ATOL, rtol=0)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     # distinct reference patches per LR patch

@@ -11,8 +11,9 @@ import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.refsr_base import make_lr_up
 from extracter.archs.ttsr_arch import TTSR
-from extracter.inference.engine import pad_to_multiple, refsr_kwargs_from_options, run_refsr
-from extracter.inference.tiling import round_tile, search_features_tiled, tile_spans, tiled_forward
+from extracter.inference.engine import pad_to_multiple, refsr_kwargs_from_options, run_refsr, search_settings
+from extracter.inference.tiling import round_tile, search_features_tiled, tile_pad_floor, tile_spans, tiled_forward
+from extracter.utils.input_warning import InputWarning
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'refsr-pairs' / 'ttsr-demo'
 
@@ -60,9 +61,23 @@ def test_tiled_agrees_with_untiled(geometry, mode):
     tiled = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 8}, search_mode=mode)
     assert tiled.shape == full.shape == (1, 3, 64, 96)
     assert psnr(tiled, full) >= 50
-    # without context the seams show: the tile pad matters
-    assert psnr(run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 0}, search_mode=mode), full) < psnr(
-        tiled, full)
+    # without context the seams show: the tile pad matters (the tile loop itself, which uses the pad it is given)
+    with torch.no_grad(), search_settings(net, mode):
+        seams = tiled_forward(net, lr, make_lr_up(lr), net.encode_reference(ref), tile_size=12, tile_pad=0)
+    assert psnr(seams, full) < psnr(tiled, full)
+
+
+def test_tile_pad_below_the_floor_is_raised_with_a_warning():
+    torch.manual_seed(3)
+    lr, ref = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 48, 40)
+    net = tiny_extracter()
+    floor = net.min_tile_pad
+    assert floor == Extracter.facts.min_tile_pad > 0
+    at_floor = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': floor})
+    with pytest.warns(InputWarning, match=f'tile_pad 0 is below what Extracter needs.*using tile_pad {floor}'):
+        raised = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 0})
+    torch.testing.assert_close(raised, at_floor, atol=0, rtol=0)
+    assert tile_pad_floor(net, floor + 3) == floor + 3  # a larger pad is kept as given
 
 
 def test_untiled_run_refsr_equals_forward_and_restores_settings():

@@ -112,7 +112,9 @@ def test_test_py_writes_images_and_metrics_equal_to_basicsr(tmp_path, cufed_root
         rows = list(csv.DictReader(f))
     assert [r['image'] for r in rows] == ['000_0', '001_0', '002_0', 'mean']
     md = (results / 'metrics_CUFED5_L1.md').read_text()
-    assert md.startswith('| image | psnr_y_b4 | ssim_y_b4 | psnr_y_b0 | ssim_y_b0 |')
+    assert md.startswith('Protocol: CUFED5 ref_level 1: one reference, NNN_1.')  # every metrics file names it
+    assert '| image | psnr_y_b4 | ssim_y_b4 | psnr_y_b0 | ssim_y_b0 | protocol |' in md
+    assert 'psnr_y_b4: PSNR on Y (BT.601, BasicSR), border 4' in md
     for row in rows[:-1]:
         sr = cv2.imread(str(results / 'visualization' / 'CUFED5_L1' / f'{row["image"]}_tiny_cufed5_cpu.png'))
         hr = cv2.imread(str(cufed_root / 'test' / 'CUFED5' / f'{row["image"]}.png'))
@@ -129,19 +131,19 @@ def test_test_py_writes_images_and_metrics_equal_to_basicsr(tmp_path, cufed_root
         test_entry.test_pipeline(str(REPO), argv)
 
 
-def test_cli_option_error_is_one_clear_line(tmp_path):
+def test_cli_option_error_is_one_clear_line(tmp_path, capsys):
     bad = tmp_path / 'bad.yml'
     opt = load_yaml(str(REPO / 'options' / 'train' / 'tiny_rec_cpu.yml'))
     opt['train']['optim_g']['lrr'] = 1
     for ds, key in (('train', 'dataroot_gt'), ('train', 'dataroot_ref'), ('val', 'dataroot')):
         opt['datasets'][ds][key] = str(tmp_path)
     bad.write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, str(REPO / 'extracter' / 'train.py'), '-opt', str(bad), '--root_path',
-                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 1
-    assert "error: " in proc.stderr and "'train.optim_g.lrr'; did you mean 'lr'?" in proc.stderr
-    assert 'Traceback' not in proc.stderr
+    from extracter.train import main
+
+    assert main(['-opt', str(bad), '--root_path', str(tmp_path)]) == 2  # a known error: exit status 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "'train.optim_g.lrr'; did you mean 'lr'?" in err
+    assert 'Traceback' not in err and not (tmp_path / 'experiments').exists()
 
 
 def test_torchrun_two_cpu_processes_keep_identical_weights(tmp_path, cufed_root):

@@ -455,6 +455,9 @@ class DRCT(nn.Module):
 
     # ------------------------------------------------------------------ facts (see extracter.archs.refsr_base)
     uses_reference = False  # single-image SR
+    # smallest tile padding (LR pixels) at which tiles match the untiled result (largest difference below 5e-4, an
+    # eighth of an 8-bit level; released size, scripts/measure_tile_pad.py); the engine raises a smaller one to it
+    min_tile_pad = 16
 
     @classmethod
     def scale_for(cls, options: Mapping[str, Any]) -> int:

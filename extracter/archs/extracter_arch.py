@@ -13,8 +13,8 @@ from extracter.archs.csfi import CSFIMainNet
 from extracter.archs.gde import GDE
 from extracter.archs.modules import parse_block_counts
 from extracter.archs.refsr_base import ArchFacts, RefSRNet
-from extracter.archs.search_transfer import SearchTransfer
-from extracter.archs.vgg import TextureExtractor
+from extracter.archs.search_transfer import SearchMode, SearchTransfer
+from extracter.archs.vgg import ExtractorInit, TextureExtractor
 
 BlockCounts = Union[str, Sequence[int]]
 
@@ -41,7 +41,7 @@ class Extracter(RefSRNet):
     """
 
     facts = ArchFacts(feature_extractor='dfe', feature_extractor_init='dfe_init', adjustable_geometry=True,
-                      main_maps_per_lr_px=19.0)
+                      main_maps_per_lr_px=19.0, min_tile_pad=8)
 
     def __init__(
         self,
@@ -53,10 +53,10 @@ class Extracter(RefSRNet):
         window: int = 3,
         stride: int = 1,
         padding: int = 1,
-        dfe_init: str = 'vgg19',
+        dfe_init: ExtractorInit = 'vgg19',
         vgg19_path: Optional[str] = None,
         dfe_requires_grad: bool = True,
-        search_mode: str = 'dense',
+        search_mode: SearchMode = 'dense',
         chunk_size: int = 4096,
         key_chunk_size: int = 8192,
     ) -> None:

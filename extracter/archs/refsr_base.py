@@ -79,12 +79,17 @@ class ArchFacts:
         adjustable_geometry: whether :meth:`RefSRNet.set_search_geometry` may change window/stride/padding.
         main_maps_per_lr_px: the memory planner's profile: main-network activations per LR pixel, in n_feats-channel
             x4 maps (measured on CPU with ``scripts/benchmark_scaling.py``, +10%).
+        min_tile_pad: the smallest tile padding (LR pixels) at which tiled inference matches the untiled result
+            (largest difference below 5e-4, an eighth of an 8-bit level, at the released size; measured with
+            ``scripts/measure_tile_pad.py``, docs/large_images.md): the main network's effective receptive field. A
+            smaller ``tile_pad`` is raised to it with a warning.
     """
 
     feature_extractor: str
     feature_extractor_init: str
     adjustable_geometry: bool
     main_maps_per_lr_px: float
+    min_tile_pad: int
 
 
 class RefSRNet(nn.Module):
@@ -127,6 +132,11 @@ class RefSRNet(nn.Module):
 
     def scale_of(self) -> int:
         return SCALE
+
+    @property
+    def min_tile_pad(self) -> int:
+        """The tile padding below which tiles differ from the untiled result (:attr:`ArchFacts.min_tile_pad`)."""
+        return self.facts.min_tile_pad
 
     @classmethod
     def size_multiples_for(cls, options: Mapping[str, Any]) -> Tuple[int, int]:

@@ -23,7 +23,7 @@ per-reference top-k lists, so this is exact); the returned index runs over the r
 r's patch j is ``offset_r + j``, the offsets being the cumulated patch counts, see :func:`split_index`), and the
 transfer gathers every position's patch from the reference it came from. With one reference nothing changes.
 
-Two implementations with the same results (ties aside):
+Three implementations; the first two with the same results (ties aside):
 - ``mode='dense'`` (the faithful default, as the original code): the whole relevance matrix between all LR and all
   reference patches, and every reference patch unfolded at every level for every rank. Memory grows with
   (LR patches x reference patches).
@@ -32,17 +32,27 @@ Two implementations with the same results (ties aside):
   transfer gathers the selected reference patches straight from the feature map for bands of LR patch rows and folds
   them band by band, with a separable one-channel overlap divisor. Nothing of size (patches x patch length) is kept
   for the whole image.
+- ``mode='approximate'`` (large inputs; never in training): reduced-descriptor retrieval, then the exact relevance in
+  candidate windows (:mod:`extracter.archs.search_approximate`); the same (scores, index) contract, the scores the
+  exact relevances of the chosen patches, and the chunked transfer. Several references: each is searched
+  approximately and the union's top-k kept, as above. Equal to the exact search where its candidates cover the
+  whole reference (small inputs fall back to the chunked search).
 """
 
 import itertools
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extracter.archs.patches import chunked_search, grid_size, inv_patch_norms, patch_range
+from extracter.archs.search_approximate import ApproximateSettings, approximate_search
+
 OVERLAP_NORMS = ('exact', 'ttsr')
-SEARCH_MODES = ('dense', 'chunked')
+SEARCH_MODES = ('dense', 'chunked', 'approximate')
+EXACT_MODES = ('dense', 'chunked')
+SearchMode = Literal[SEARCH_MODES]  # constructor annotations (the option schema checks the choice)
 FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
 Maps = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -59,25 +69,6 @@ def split_index(index: torch.Tensor, patch_counts: Sequence[int]) -> Tuple[torch
     return ref_id, index - offsets[ref_id]
 
 
-def _patch_rows(x_pad: torch.Tensor, k: int, s: int, r0: int, r1: int) -> torch.Tensor:
-    """Unfolded patches of patch rows [r0, r1) of an already padded map: [N, C*k*k, (r1-r0)*grid_w]."""
-    return F.unfold(x_pad[:, :, r0 * s:(r1 - 1) * s + k], kernel_size=k, stride=s)
-
-
-def _patch_range(x_pad: torch.Tensor, k: int, s: int, grid_w: int, j0: int, j1: int) -> torch.Tensor:
-    """Unfolded patches with flat indices [j0, j1) of an already padded map (only the rows they touch)."""
-    r0, r1 = j0 // grid_w, (j1 - 1) // grid_w + 1
-    return _patch_rows(x_pad, k, s, r0, r1)[:, :, j0 - r0 * grid_w:j1 - r0 * grid_w]
-
-
-def _inv_patch_norms(x_pad: torch.Tensor, k: int, s: int, eps: float = 1e-12) -> torch.Tensor:
-    """1 / max(|patch|, eps) for every patch of an already padded map, [N, grid_h*grid_w]; the squared norms are a
-    box sum of the channel-summed squares (much cheaper than a norm over unfolded patches)."""
-    sq = x_pad.pow(2).sum(dim=1, keepdim=True)
-    sums = F.avg_pool2d(sq, kernel_size=k, stride=s, divisor_override=1)
-    return sums.clamp_min_(0).sqrt_().clamp_min_(eps).reciprocal_().flatten(1)
-
-
 def _overlap_count_1d(n: int, k: int, s: int, p: int, like: torch.Tensor) -> torch.Tensor:
     """How many patches (window k, stride s, padding p) cover each of n positions along one axis."""
     g = (n + 2 * p - k) // s + 1
@@ -86,24 +77,27 @@ def _overlap_count_1d(n: int, k: int, s: int, p: int, like: torch.Tensor) -> tor
 
 
 class SearchTransfer(nn.Module):
-    """Search & transfer, dense (faithful) or chunked (bounded memory). Parameter-free; the geometry and the
+    """Search & transfer, dense (faithful), chunked (bounded memory, same result) or approximate (sub-quadratic
+    work, exact relevances of the chosen patches). Parameter-free; the geometry and the
     chunking can be changed at any time.
 
     Args:
         window, stride, padding: search geometry at relu3_1 (x2 and x4 at relu2_1 and relu1_1).
         top_k: reference patches kept per LR patch.
         overlap_norm: ``'exact'`` or ``'ttsr'`` (see the module docstring).
-        mode: ``'dense'`` or ``'chunked'``.
-        chunk_size: chunked mode: LR patches per search block; the transfer works on bands of whole patch rows
-            holding about as many patches (at least one row).
+        mode: ``'dense'``, ``'chunked'`` or ``'approximate'``.
+        chunk_size: chunked and approximate modes: LR patches per search (retrieval) block; the transfer works on
+            bands of whole patch rows holding about as many patches (at least one row).
         key_chunk_size: chunked mode: reference patches per search block.
         cache_keys: chunked mode: normalise the reference patches once per search and keep them (memory
             C*k*k x reference patches) instead of once per LR block.
+        approximate: approximate mode's settings (default :class:`ApproximateSettings`).
     """
 
     def __init__(self, window: int = 3, stride: int = 1, padding: int = 1, top_k: int = 1,
                  overlap_norm: str = 'exact', mode: str = 'dense', chunk_size: int = 4096,
-                 key_chunk_size: int = 8192, cache_keys: bool = False) -> None:
+                 key_chunk_size: int = 8192, cache_keys: bool = False,
+                 approximate: Optional[ApproximateSettings] = None) -> None:
         super().__init__()
         if overlap_norm not in OVERLAP_NORMS:
             raise ValueError(f'overlap_norm must be one of {OVERLAP_NORMS}, got {overlap_norm!r}')
@@ -112,7 +106,7 @@ class SearchTransfer(nn.Module):
         self.top_k = int(top_k)
         self.overlap_norm = overlap_norm
         self.set_geometry(window, stride, padding)
-        self.set_chunking(mode, chunk_size, key_chunk_size, cache_keys)
+        self.set_chunking(mode, chunk_size, key_chunk_size, cache_keys, approximate)
 
     def set_geometry(self, window: int, stride: int, padding: int) -> None:
         """Set the search window, stride and padding at the relu3_1 level (x2 and x4 at the finer levels)."""
@@ -126,8 +120,16 @@ class SearchTransfer(nn.Module):
         self.window, self.stride, self.padding = window, stride, padding
 
     def set_chunking(self, mode: Optional[str] = None, chunk_size: Optional[int] = None,
-                     key_chunk_size: Optional[int] = None, cache_keys: Optional[bool] = None) -> None:
-        """Choose the implementation and its block sizes (``None`` keeps the current value)."""
+                     key_chunk_size: Optional[int] = None, cache_keys: Optional[bool] = None,
+                     approximate: Optional[ApproximateSettings] = None) -> None:
+        """Choose the implementation, its block sizes and the approximate search's settings (``None`` keeps the
+        current value)."""
+        if approximate is not None:
+            if not isinstance(approximate, ApproximateSettings):
+                raise TypeError(f'approximate must be ApproximateSettings, got {type(approximate).__name__}')
+            self.approximate = approximate
+        elif not hasattr(self, 'approximate'):
+            self.approximate = ApproximateSettings()
         mode = getattr(self, 'mode', 'dense') if mode is None else mode
         if mode not in SEARCH_MODES:
             raise ValueError(f'search mode must be one of {SEARCH_MODES}, got {mode!r}')
@@ -141,7 +143,8 @@ class SearchTransfer(nn.Module):
     def extra_repr(self) -> str:
         return (f'window={self.window}, stride={self.stride}, padding={self.padding}, top_k={self.top_k}, '
                 f'overlap_norm={self.overlap_norm}, mode={self.mode}, chunk_size={self.chunk_size}, '
-                f'key_chunk_size={self.key_chunk_size}')
+                f'key_chunk_size={self.key_chunk_size}'
+                + (f', approximate={self.approximate}' if self.mode == 'approximate' else ''))
 
     def level_geometry(self, level: int) -> Tuple[int, int, int]:
         """(window, stride, padding) at relu3_1 (level 3), relu2_1 (level 2, x2) or relu1_1 (level 1, x4)."""
@@ -150,8 +153,7 @@ class SearchTransfer(nn.Module):
 
     def grid_size(self, h: int, w: int) -> Tuple[int, int]:
         """Number of patch positions along each side of a relu3_1 map of size h x w."""
-        k, s, p = self.window, self.stride, self.padding
-        return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        return grid_size(h, w, self.window, self.stride, self.padding)
 
     # ------------------------------------------------------------------ search (Eq. 4, 5, 7)
     def search(self, lr_feat: torch.Tensor, ref_feat: Maps,
@@ -169,6 +171,7 @@ class SearchTransfer(nn.Module):
             raise ValueError(f'the reference has {sum(counts)} patches, fewer than top_k={self.top_k}')
         # each reference's own top-k (a tiny one among several: all it has), then the top-k of their union
         results = [self.search_dense(lr_feat, feat, min(self.top_k, n)) if self.mode == 'dense' else
+                   self.search_approximate(lr_feat, feat, min(self.top_k, n)) if self.mode == 'approximate' else
                    self.search_chunked(lr_feat, feat, blocks, min(self.top_k, n))
                    for feat, blocks, n in zip(maps, key_blocks, counts)]
         if len(results) == 1:
@@ -201,12 +204,12 @@ class SearchTransfer(nn.Module):
         k, s, p = self.window, self.stride, self.padding
         ref_pad = F.pad(ref_feat, (p, p, p, p))
         _, gw = self.grid_size(*ref_feat.shape[-2:])
-        inv = _inv_patch_norms(ref_pad, k, s)
+        inv = inv_patch_norms(ref_pad, k, s)
         n_keys = inv.size(1)
         blocks = []
         for j0 in range(0, n_keys, self.key_chunk_size):
             j1 = min(j0 + self.key_chunk_size, n_keys)
-            blocks.append(_patch_range(ref_pad, k, s, gw, j0, j1).mul_(inv[:, None, j0:j1]))
+            blocks.append(patch_range(ref_pad, k, s, gw, j0, j1).mul_(inv[:, None, j0:j1]))
         return blocks
 
     def search_chunked(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
@@ -218,48 +221,21 @@ class SearchTransfer(nn.Module):
         The cosine relevance is computed as raw dot products scaled by the inverse patch norms (box sums of squared
         features): the key scale is applied to each relevance block, and the query scale, which cannot change a
         query's ranking, only to the kept scores. Equal to the dense search up to float rounding (~1e-7)."""
-        k, s, p = self.window, self.stride, self.padding
-        n = lr_feat.size(0)
-        lr_pad = F.pad(lr_feat, (p, p, p, p))
-        ref_pad = F.pad(ref_feat, (p, p, p, p))
-        _, gw = self.grid_size(*lr_feat.shape[-2:])
-        _, rgw = self.grid_size(*ref_feat.shape[-2:])
-        q_inv = _inv_patch_norms(lr_pad, k, s)  # [N, L]
-        k_inv = _inv_patch_norms(ref_pad, k, s)  # [N, Lr]
-        n_query, n_keys = q_inv.size(1), k_inv.size(1)
-        kc = self.key_chunk_size
-        if key_blocks is None and self.cache_keys and n_query > self.chunk_size:
+        gh, gw = self.grid_size(*lr_feat.shape[-2:])
+        if key_blocks is None and self.cache_keys and gh * gw > self.chunk_size:
             key_blocks = self.prepare_keys(ref_feat)
-        if key_blocks is not None and sum(b.size(2) for b in key_blocks) != n_keys:
-            raise ValueError('key_blocks do not match the reference features (prepare them with prepare_keys)')
-        top_k = top_k or self.top_k
-        scores = lr_feat.new_empty(n, top_k, n_query)
-        index = torch.empty(n, top_k, n_query, dtype=torch.long, device=lr_feat.device)
-        for i0 in range(0, n_query, self.chunk_size):
-            i1 = min(i0 + self.chunk_size, n_query)
-            query_t = _patch_range(lr_pad, k, s, gw, i0, i1).transpose(1, 2)  # [N, Lb, D], not normalised
-            best_s: Optional[torch.Tensor] = None
-            best_i: Optional[torch.Tensor] = None
-            for b, j0 in enumerate(range(0, n_keys, kc)):
-                j1 = min(j0 + kc, n_keys)
-                if key_blocks is not None:
-                    relevance = torch.bmm(query_t, key_blocks[b])  # [N, Lb, Kb]: the dense matrix's block, transposed
-                else:
-                    relevance = torch.bmm(query_t, _patch_range(ref_pad, k, s, rgw, j0, j1))
-                    relevance.mul_(k_inv[:, None, j0:j1])
-                blk_s, blk_i = torch.topk(relevance, min(top_k, j1 - j0), dim=2, largest=True, sorted=True)
-                del relevance
-                blk_i += j0
-                if best_s is None:
-                    best_s, best_i = blk_s, blk_i
-                else:  # running top-k: merge the kept candidates with this block's
-                    cand_s = torch.cat((best_s, blk_s), dim=2)
-                    cand_i = torch.cat((best_i, blk_i), dim=2)
-                    best_s, pos = torch.topk(cand_s, min(top_k, cand_s.size(2)), dim=2, largest=True, sorted=True)
-                    best_i = torch.gather(cand_i, 2, pos)
-            scores[:, :, i0:i1] = (best_s * q_inv[:, i0:i1, None]).transpose(1, 2)
-            index[:, :, i0:i1] = best_i.transpose(1, 2)
-        return scores, index
+        return chunked_search(lr_feat, ref_feat, self.window, self.stride, self.padding, top_k or self.top_k,
+                              self.chunk_size, self.key_chunk_size, key_blocks)
+
+    def search_approximate(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
+                           top_k: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Approximate search with exact re-ranking (:func:`extracter.archs.search_approximate.approximate_search`,
+        with :attr:`approximate` settings): the same contract, the scores exact relevances of the chosen patches.
+        Its retrieval works in blocks of ``chunk_size`` queries; where it falls back to the exact search (the
+        candidates would cover everything), that is the chunked search with this module's block sizes."""
+        return approximate_search(lr_feat, ref_feat, self.window, self.stride, self.padding, top_k or self.top_k,
+                                  self.approximate, query_chunk_size=self.chunk_size,
+                                  exact_chunks=(self.chunk_size, self.key_chunk_size))
 
     # ------------------------------------------------------------------ transfer (Eq. 6)
     def divisor(self, level: int, out_hw: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -267,7 +243,7 @@ class SearchTransfer(nn.Module):
         k, s, p = self.level_geometry(level)
         if self.overlap_norm == 'ttsr':
             return like.new_tensor(float((self.window // self.stride) ** 2))
-        if self.mode == 'chunked':  # the count is separable: rows covering y times columns covering x
+        if self.mode != 'dense':  # the count is separable: rows covering y times columns covering x
             count_y = _overlap_count_1d(out_hw[0], k, s, p, like)
             count_x = _overlap_count_1d(out_hw[1], k, s, p, like)
             return (count_y[:, None] * count_x[None, :]).view(1, 1, *out_hw)
@@ -282,7 +258,7 @@ class SearchTransfer(nn.Module):
         values = _as_list(value)
         if divisor is None:
             divisor = self.divisor(level, out_hw, values[0])
-        if self.mode == 'chunked':
+        if self.mode != 'dense':  # chunked and approximate: transfer by index, band by band
             return self._fold_by_index(values, index, level, out_hw) / divisor
         k, s, p = self.level_geometry(level)
         unfolded = torch.cat([F.unfold(v, kernel_size=k, padding=p, stride=s) for v in values], dim=2)  # [N, D, Lr]
@@ -293,42 +269,52 @@ class SearchTransfer(nn.Module):
     def _fold_by_index(self, values: List[torch.Tensor], index: torch.Tensor, level: int,
                        out_hw: Tuple[int, int]) -> torch.Tensor:
         """fold(gather(unfold(value), index)) without unfolding ``value``: for bands of LR patch rows, the selected
-        patches are read straight from the padded map(s) and folded into their band of the output. Several
-        references are laid end to end in one flat buffer; each index finds its reference's offset and row width."""
+        patches are read straight from the map(s) and folded into their band of the output; pixels of a patch that
+        fall in the zero padding are zeroed after the gather, so the (large) reference maps are never copied into
+        padded ones (tiled inference calls this once per tile, rank and level). Several references are laid end to
+        end in one flat buffer; each index finds its reference's offset, row width and height."""
         k, s, p = self.level_geometry(level)
         n, c = values[0].shape[:2]
-        pads = [F.pad(v, (p, p, p, p)) for v in values]
-        flat = torch.cat([v.reshape(n, c, -1) for v in pads], dim=2) if len(pads) > 1 else pads[0].reshape(n, c, -1)
+        flat = torch.cat([v.reshape(n, c, -1) for v in values], dim=2) if len(values) > 1 else \
+            values[0].reshape(n, c, -1)
         dev = values[0].device
-        widths = torch.tensor([v.shape[-1] for v in pads], device=dev)
-        grid_w = (widths - k) // s + 1
-        grid_h = torch.tensor([(v.shape[-2] - k) // s + 1 for v in pads], device=dev)
+        heights = torch.tensor([v.shape[-2] for v in values], device=dev)
+        widths = torch.tensor([v.shape[-1] for v in values], device=dev)
+        grid_w = (widths + 2 * p - k) // s + 1
+        grid_h = (heights + 2 * p - k) // s + 1
         patch_off = torch.cat((grid_w.new_zeros(1), (grid_h * grid_w).cumsum(0)))
-        sizes = torch.tensor([v.shape[-2] * v.shape[-1] for v in pads], device=dev)
+        sizes = heights * widths
         base = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
         gh = (out_hw[0] + 2 * p - k) // s + 1
         gw = (out_hw[1] + 2 * p - k) // s + 1
         out_w = out_hw[1] + 2 * p
         out = values[0].new_zeros(n, c, out_hw[0] + 2 * p, out_w)
-        # a patch's pixels in unfold's (dy, dx) order
+        # a patch's pixels in unfold's (dy, dx) order, relative to its top-left corner in the padded map
         ar = torch.arange(k, device=dev)
-        dy = ar.repeat_interleave(k).view(k * k, 1)
-        dx = ar.repeat(k).view(k * k, 1)
+        dy = ar.repeat_interleave(k).view(k * k, 1) - p
+        dx = ar.repeat(k).view(k * k, 1) - p
         rows = max(1, self.chunk_size // gw)
         for r0 in range(0, gh, rows):
             r1 = min(gh, r0 + rows)
             band_h = (r1 - r0 - 1) * s + k
             idx = index[:, r0 * gw:r1 * gw].contiguous()  # [N, Lb]
-            ref = torch.searchsorted(patch_off[1:], idx, right=True) if len(pads) > 1 else torch.zeros_like(idx)
+            ref = torch.searchsorted(patch_off[1:], idx, right=True) if len(values) > 1 else torch.zeros_like(idx)
             local = idx - patch_off[ref]
-            row_w = widths[ref]
-            starts = base[ref] + torch.div(local, grid_w[ref], rounding_mode='floor') * (s * row_w) + (
-                local % grid_w[ref]) * s
+            y0 = torch.div(local, grid_w[ref], rounding_mode='floor') * s
+            x0 = (local % grid_w[ref]) * s
             for b in range(n):
-                pos = (starts[b].view(1, -1) + dy * row_w[b].view(1, -1) + dx).view(-1)  # [k*k*Lb], (dy, dx)-major
-                cols = flat[b].index_select(1, pos).view(1, c * k * k, -1)
-                out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols, output_size=(band_h, out_w),
-                                                                   kernel_size=k, stride=s)
+                y = y0[b].view(1, -1) + dy  # [k*k, Lb], rows in the unpadded map
+                x = x0[b].view(1, -1) + dx
+                h_b, w_b = heights[ref[b]].view(1, -1), widths[ref[b]].view(1, -1)
+                outside = ((y < 0) | (y >= h_b) | (x < 0) | (x >= w_b)).view(-1)
+                pos = (base[ref[b]].view(1, -1) + torch.minimum(y.clamp_min(0), h_b - 1) * w_b
+                       + torch.minimum(x.clamp_min(0), w_b - 1)).view(-1)  # [k*k*Lb], (dy, dx)-major
+                cols = flat[b].index_select(1, pos)
+                if p:  # the zero padding
+                    cols.index_fill_(1, outside.nonzero().view(-1), 0)
+                out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols.view(1, c * k * k, -1),
+                                                                   output_size=(band_h, out_w), kernel_size=k,
+                                                                   stride=s)
         return out[:, :, p:p + out_hw[0], p:p + out_hw[1]]
 
     def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: Maps,

@@ -7,8 +7,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from extracter.archs.csfi import CSFIMainNet
 from extracter.archs.refsr_base import ArchFacts, RefSRNet
-from extracter.archs.search_transfer import SearchTransfer
-from extracter.archs.vgg import TextureExtractor
+from extracter.archs.search_transfer import SearchMode, SearchTransfer
+from extracter.archs.vgg import ExtractorInit, TextureExtractor
 
 
 @ARCH_REGISTRY.register()
@@ -30,17 +30,17 @@ class TTSR(RefSRNet):
     """
 
     facts = ArchFacts(feature_extractor='lte', feature_extractor_init='lte_init', adjustable_geometry=False,
-                      main_maps_per_lr_px=17.0)
+                      main_maps_per_lr_px=17.0, min_tile_pad=8)
 
     def __init__(
         self,
         num_res_blocks: Union[str, Sequence[int]] = (16, 16, 8, 4),
         n_feats: int = 64,
         res_scale: float = 1.0,
-        lte_init: str = 'vgg19',
+        lte_init: ExtractorInit = 'vgg19',
         vgg19_path: Optional[str] = None,
         lte_requires_grad: bool = True,
-        search_mode: str = 'dense',
+        search_mode: SearchMode = 'dense',
         chunk_size: int = 4096,
         key_chunk_size: int = 8192,
     ) -> None:

@@ -15,7 +15,7 @@ Sources:
 import importlib.util
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -150,6 +150,10 @@ def load_canonical_vgg19(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+EXTRACTOR_INITS = ('vgg19', 'random')  # ImageNet VGG-19 weights from the canonical file, or random
+ExtractorInit = Literal[EXTRACTOR_INITS]
+
+
 class TextureExtractor(nn.Module):
     """VGG-19 slices ending at relu1_1, relu2_1 and relu3_1: EXTRACTER's Deep Feature Extractor (DFE) and TTSR's
     Learnable Texture Extractor (LTE). Takes RGB in [0, 1]; ``sub_mean`` is the frozen input normalisation.
@@ -160,9 +164,10 @@ class TextureExtractor(nn.Module):
 
     slice_ranges = ((0, 2), (2, 7), (7, 12))
 
-    def __init__(self, init: str = 'vgg19', vgg19_path: Optional[str] = None, requires_grad: bool = True) -> None:
+    def __init__(self, init: ExtractorInit = 'vgg19', vgg19_path: Optional[str] = None,
+                 requires_grad: bool = True) -> None:
         super().__init__()
-        if init not in ('vgg19', 'random'):
+        if init not in EXTRACTOR_INITS:
             raise ValueError(f"texture extractor init must be 'vgg19' or 'random', got {init!r}")
         features = vgg19_features(self.slice_ranges[-1][1])
         self.sub_mean = InputNorm()

@@ -96,6 +96,24 @@ def pad_to_multiple(img: np.ndarray, multiple: int, mode: str = 'edge') -> np.nd
     return pad_to_size(img, (-(-h // multiple) * multiple, -(-w // multiple) * multiple), mode)
 
 
+def stitch_references(refs: Sequence[np.ndarray], canvas: int = 512,
+                      names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Several references as one image, as MASA-SR's multi-reference CUFED5 test set (``dataloader/dataset.py``,
+    ``TestSet_multi``): each reference centred on a ``canvas`` x ``canvas`` image with replicated edges (the top and
+    left get the smaller half of the padding; OpenCV's BORDER_REPLICATE), stacked top to bottom (``cv2.vconcat``)."""
+    out = []
+    for i, ref in enumerate(refs):
+        h, w = ref.shape[:2]
+        if h > canvas or w > canvas:
+            name = names[i] if names else f'reference {i}'
+            raise ValueError(f'{name}: size {h}x{w} is larger than the stitching canvas {canvas}x{canvas} '
+                             '(raise stitch_size)')
+        top, left = (canvas - h) // 2, (canvas - w) // 2
+        pad = ((top, canvas - h - top), (left, canvas - w - left)) + ((0, 0),) * (ref.ndim - 2)
+        out.append(np.pad(ref, pad, mode='edge'))
+    return np.concatenate(out, axis=0)
+
+
 def random_crop(img: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     """A uniformly placed crop of at most ``size_hw`` (a side already smaller stays whole)."""
     h, w = img.shape[:2]

@@ -38,6 +38,8 @@ from typing import BinaryIO, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from extracter.utils.input_warning import InputWarning
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 # Pillow's own threshold (it warns above it and refuses twice as many): about 9459 x 9459, or a 100-megapixel
@@ -59,7 +61,7 @@ class ImageTooLargeError(ImageReadError):
     """The image has more pixels than the limit (see :func:`set_max_image_pixels`)."""
 
 
-class ImageInputWarning(UserWarning):
+class ImageInputWarning(InputWarning):
     """An image was read, but something in it was lost or looks wrong (the message names the file)."""
 
 
@@ -346,9 +348,9 @@ def _warn(notes: List[str]) -> None:
         warnings.warn(note, ImageInputWarning, stacklevel=3)
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as uint8 RGB ``H x W x 3`` (see the module docstring for the normalisation)."""
-    path = os.fspath(path)
+def _open_image_file(path: str) -> BinaryIO:
+    """The file opened for reading, or an :class:`ImageReadError` naming it (missing, a folder, no permission,
+    empty)."""
     try:
         f = open(path, 'rb')
     except FileNotFoundError as err:
@@ -359,16 +361,52 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(f'{path}: permission denied, cannot open the image for reading') from err
     except OSError as err:
         raise ImageReadError(f'{path}: cannot open the image ({err.strerror or err})') from err
-    with f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-        except OSError:
-            size = -1
-        if size == 0:
-            raise ImageReadError(f'{path}: empty file (0 bytes), not an image')
+    try:
+        size = os.fstat(f.fileno()).st_size
+    except OSError:
+        size = -1
+    if size == 0:
+        f.close()
+        raise ImageReadError(f'{path}: empty file (0 bytes), not an image')
+    return f
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB ``H x W x 3`` (see the module docstring for the normalisation)."""
+    path = os.fspath(path)
+    with _open_image_file(path) as f:
         arr, notes = _decode(f, path)
     _warn(notes)
     return arr
+
+
+def check_image_file(path: PathLike) -> Tuple[int, int]:
+    """Read only the header of an image file and return its (width, height), with the errors :func:`read_image`
+    would raise for a missing, empty, unknown-format or too large (pixel limit) file. Cheap (no pixels are decoded):
+    a folder's inputs are all checked this way before the first output is written. Corrupt pixel data behind a
+    valid header is only found by :func:`read_image`."""
+    path = os.fspath(path)
+    with _open_image_file(path) as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+                try:
+                    img = Image.open(f)
+                except Image.DecompressionBombError as err:
+                    m = re.search(r'\((\d+) pixels\)', str(err))
+                    raise _too_large(path, None, int(m.group(1)) if m else 0) from err
+                except UnidentifiedImageError as err:
+                    raise ImageReadError(_unknown_format(path, f)) from err
+                with img:
+                    size = img.size
+        except ImageReadError:
+            raise
+        except Exception as err:  # noqa: BLE001  the header of a corrupt file
+            raise ImageReadError(f'{path}: corrupt or truncated image data, cannot read its header '
+                                 f'({type(err).__name__}: {err})') from err
+    if _max_pixels is not None and size[0] * size[1] > _max_pixels:
+        raise _too_large(path, size, None)
+    return size
 
 
 def decode_image_bytes(data: bytes, name: str) -> np.ndarray:

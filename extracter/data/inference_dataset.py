@@ -23,8 +23,9 @@ per reference); with one they are a tensor and a string, as in every other datas
 """
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
@@ -74,6 +75,8 @@ class RefSRInferenceDataset(Dataset):
         lq_root = os.fspath(o['dataroot_lq'])
         if os.path.isfile(lq_root):
             self.lq_paths = [lq_root]
+        elif not os.path.exists(lq_root):
+            raise FileNotFoundError(f'dataroot_lq {lq_root}: no such image file or folder')
         else:
             self.lq_paths = [os.path.join(lq_root, n) for n in list_images(lq_root)]
         if o['ref_mode'] not in REF_MODES:
@@ -116,6 +119,8 @@ class RefSRInferenceDataset(Dataset):
                     raise ValueError(f'{lq_path}: several references named {stem}.* in {root}: {paths}; '
                                      f'put them in a folder {sub}/ to use them all')
         for p in paths:
+            if os.path.isdir(p):
+                raise IsADirectoryError(f'{p}: reference of {lq_path} is a folder, not an image file')
             if not os.path.isfile(p):
                 raise FileNotFoundError(f'{p}: reference of {lq_path} does not exist')
         return paths
@@ -123,29 +128,41 @@ class RefSRInferenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.lq_paths)
 
-    def _load_ref(self, path: str):
-        ref = read_image(path)
-        if self.opt['ref_fit'] == 'crop':
-            ref = deg.crop_to_multiple(ref, self.ref_multiple, path)
-        else:
-            ref = deg.pad_to_multiple(ref, self.ref_multiple, 'edge')
-        return deg.to_tensor(ref), deg.to_tensor(deg.make_ref_downup(ref))
-
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        lq_path = self.lq_paths[index]
-        lq = read_image(lq_path)
-        h, w = lq.shape[:2]
-        lq = deg.pad_to_multiple(lq, self.lq_multiple, 'edge')
-        lq_up = deg.make_lq_up(lq)
-        refs = [self._load_ref(p) for p in self.ref_paths[index]]
-        sample: Dict[str, Any] = {'lq': deg.to_tensor(lq), 'lq_up': deg.to_tensor(lq_up),
-                                  'lq_size': torch.tensor([h, w], dtype=torch.long), 'lq_path': lq_path}
+        lq_path, ref_paths = self.lq_paths[index], self.ref_paths[index]
+        sample = inference_sample(read_image(lq_path), [read_image(p) for p in ref_paths], self.lq_multiple,
+                                  self.ref_multiple, self.opt['ref_fit'], ref_paths, self.opt['ref_mode'])
+        sample['lq_path'] = lq_path
         if self.opt['ref_mode'] == 'self':
-            sample.update(ref=sample['lq_up'], ref_downup=sample['lq_up'], ref_path=lq_path)
-        elif self.opt['ref_mode'] == 'none':
-            pass
-        elif len(refs) == 1:
-            sample.update(ref=refs[0][0], ref_downup=refs[0][1], ref_path=self.ref_paths[index][0])
-        else:
-            sample.update(ref=[r for r, _ in refs], ref_downup=[d for _, d in refs], ref_path=self.ref_paths[index])
+            sample['ref_path'] = lq_path
+        elif self.opt['ref_mode'] == 'given':
+            sample['ref_path'] = ref_paths[0] if len(ref_paths) == 1 else list(ref_paths)
         return sample
+
+
+def inference_sample(lq: np.ndarray, refs: Sequence[np.ndarray], lq_multiple: int, ref_multiple: int,
+                     ref_fit: str = 'pad', ref_names: Optional[Sequence[str]] = None,
+                     ref_mode: str = 'given') -> Dict[str, Any]:
+    """The sample of :class:`RefSRInferenceDataset` (without the paths) from decoded uint8 RGB images: what the
+    command line and the web page (:mod:`extracter.app`) both run on. ``ref_mode`` 'self': the upsampled LR is the
+    reference (``refs`` empty); 'none': no reference (single-image networks)."""
+    h, w = lq.shape[:2]
+    lq = deg.pad_to_multiple(lq, lq_multiple, 'edge')
+    pairs = []
+    for i, ref in enumerate(refs):
+        if ref_fit == 'crop':
+            ref = deg.crop_to_multiple(ref, ref_multiple, ref_names[i] if ref_names else f'reference {i + 1}')
+        else:
+            ref = deg.pad_to_multiple(ref, ref_multiple, 'edge')
+        pairs.append((deg.to_tensor(ref), deg.to_tensor(deg.make_ref_downup(ref))))
+    sample: Dict[str, Any] = {'lq': deg.to_tensor(lq), 'lq_up': deg.to_tensor(deg.make_lq_up(lq)),
+                              'lq_size': torch.tensor([h, w], dtype=torch.long)}
+    if ref_mode == 'self':
+        sample.update(ref=sample['lq_up'], ref_downup=sample['lq_up'])
+    elif ref_mode == 'none':
+        pass
+    elif len(pairs) == 1:
+        sample.update(ref=pairs[0][0], ref_downup=pairs[0][1])
+    else:
+        sample.update(ref=[r for r, _ in pairs], ref_downup=[d for _, d in pairs])
+    return sample

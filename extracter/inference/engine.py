@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from extracter.archs.refsr_base import SCALE, RefSRNet, check_image_pair, make_lr_up
+from extracter.archs.search_approximate import ApproximateSettings
 from extracter.inference.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
-from extracter.inference.tiling import round_tile, tile_loop, tiled_forward
+from extracter.inference.search_choice import choose_search
+from extracter.inference.tiling import round_tile, tile_loop, tile_pad_floor, tiled_forward
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 PAD_MODES = ('reflect', 'replicate')
@@ -42,18 +44,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = 'reflect') -> Tu
 @contextlib.contextmanager
 def search_settings(net: RefSRNet, search_mode: Optional[str] = None, chunk_size: Optional[int] = None,
                     key_chunk_size: Optional[int] = None, cache_keys: Optional[bool] = None,
-                    geometry: Optional[Tuple[int, int, int]] = None) -> Iterator[None]:
-    """Temporarily set the search mode/chunking and geometry of ``net``; restored on exit."""
+                    geometry: Optional[Tuple[int, int, int]] = None,
+                    approximate: Optional[ApproximateSettings] = None) -> Iterator[None]:
+    """Temporarily set the search mode/chunking, approximate settings and geometry of ``net``; restored on exit."""
     st = net.search_transfer
-    saved = (st.mode, st.chunk_size, st.key_chunk_size, st.cache_keys, (st.window, st.stride, st.padding))
+    saved = (st.mode, st.chunk_size, st.key_chunk_size, st.cache_keys, st.approximate,
+             (st.window, st.stride, st.padding))
     try:
         if geometry is not None:
             net.set_search_geometry(*geometry)
-        st.set_chunking(search_mode, chunk_size, key_chunk_size, cache_keys)
+        st.set_chunking(search_mode, chunk_size, key_chunk_size, cache_keys, approximate)
         yield
     finally:
-        st.set_chunking(*saved[:4])
-        st.set_geometry(*saved[4])
+        st.set_chunking(*saved[:5])
+        st.set_geometry(*saved[5])
 
 
 @dataclass
@@ -75,6 +79,7 @@ class RefSRResult:
     padded_lr_hw: Tuple[int, int]
     padded_ref_hw: List[Tuple[int, int]]
     plan: Optional[MemoryPlan]
+    search_used: str = ''  # one line: the search that ran (and why, for 'auto')
 
 
 def _as_images(x: Optional[Images], n: int, name: str) -> List[Optional[torch.Tensor]]:
@@ -98,8 +103,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
               ref_downup: Optional[Images] = None, tile: Optional[Mapping[str, int]] = None,
               max_memory=None, search_mode: Optional[str] = None, chunk_size: Optional[int] = None,
               key_chunk_size: Optional[int] = None, search_geometry: Optional[Tuple[int, int, int]] = None,
+              approximate: Optional[ApproximateSettings] = None,
               pad_mode: str = 'reflect', return_plan: bool = False, return_aux: bool = False,
-              progress: Optional[Callable[[int, int], None]] = None):
+              progress: Optional[Callable[[int, int], None]] = None, stage: Optional[Callable[[str], None]] = None):
     """Super-resolve ``lr`` [N,3,h,w] with one reference ``ref`` [N,3,H,W] or several (a list, any sizes), all in
     [0, 1]; returns SR [N,3,4h,4w] in [0, 1].
 
@@ -110,14 +116,20 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             tiles). With ``max_memory``, ``{'tile_pad': int}`` alone lets the planner pick the tile size.
         max_memory: working-memory budget (``'6G'``, bytes); chooses chunked search, chunk and tile sizes. Raises
             :class:`~extracter.inference.memory_plan.MemoryBudgetError` when the request cannot fit.
-        search_mode: ``'dense'`` (faithful) or ``'chunked'``; None keeps the net's own, except that a budget
-            implies ``'chunked'`` unless ``'dense'`` is asked for.
+        search_mode: ``'dense'`` (faithful), ``'chunked'`` (same result, bounded memory), ``'approximate'``
+            (sub-quadratic, exact relevances of the chosen patches) or ``'auto'`` (approximate where the exact
+            search is expensive, see :mod:`extracter.inference.search_choice`, else as None); None keeps the net's
+            own, except that a budget implies ``'chunked'`` unless ``'dense'`` is asked for.
+        approximate: the approximate search's :class:`ApproximateSettings` (None: the net's, by default the
+            defaults).
         chunk_size, key_chunk_size: chunked-search block sizes (the planner's choice when ``max_memory`` is set).
         search_geometry: (window, stride, padding) for this call, e.g. (12, 4, 4) for large images (EXTRACTER).
         pad_mode: how the inputs are padded to the required multiples (``'reflect'`` or ``'replicate'``).
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
         return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan) instead.
         progress: ``progress(done, total)`` after each tile.
+        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'``, then ``'search'`` (tiles follow,
+            reported by ``progress``) or, untiled, ``'search and main network'``.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
     every search mode, with tiles and budgets. Runs under ``torch.no_grad()``; the net's settings are restored.
     """
@@ -136,18 +148,28 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             tile_t = (int(tile['tile_size']), int(tile.get('tile_pad', 0)))
         else:  # with a budget: the planner picks the tile size, with this context
             plan_pad = int(tile.get('tile_pad', DEFAULT_TILE_PAD))
-    if max_memory is not None and search_mode is None:
+    requested = search_mode
+    if search_mode == 'auto':
+        search_mode = None  # resolved once the padded sizes are known
+    elif max_memory is not None and search_mode is None:
         search_mode = 'chunked'
-    with torch.no_grad(), search_settings(net, search_mode, chunk_size, key_chunk_size, geometry=search_geometry):
+    with torch.no_grad(), search_settings(net, search_mode, chunk_size, key_chunk_size, geometry=search_geometry,
+                                          approximate=approximate):
         lr_mult, ref_mult = net.size_multiples()
         if tile_t is not None:
-            tile_t = round_tile(*tile_t, lr_mult)
+            tile_t = round_tile(tile_t[0], tile_pad_floor(net, tile_t[1]), lr_mult)
+        if tile is not None and tile_t is None:  # the planner picks the tile size, with the pad asked for
+            plan_pad = tile_pad_floor(net, plan_pad)
+        plan_pad = max(plan_pad, net.min_tile_pad)  # its default pad is raised silently
         lr_p, _ = pad_to_multiple(lr, lr_mult, pad_mode)
         refs_p = [pad_to_multiple(r, ref_mult, pad_mode)[0] for r in refs]
         refs_du = [None if d is None else pad_to_multiple(d, ref_mult, pad_mode)[0] for d in refs_du]
         if lr_up is not None:
             lr_up = pad_to_multiple(lr_up, SCALE * lr_mult, pad_mode)[0]
         ref_sizes = [tuple(r.shape[-2:]) for r in refs_p]
+        choice = choose_search(net.search_transfer, requested, tuple(lr_p.shape[-2:]), ref_sizes)
+        if requested == 'auto':
+            net.search_transfer.set_chunking(choice.mode or ('chunked' if max_memory is not None else None))
         plan: Optional[MemoryPlan] = None
         if max_memory is not None:
             plan_ref_hw = ref_sizes[0] if len(refs_p) == 1 else equivalent_ref_hw(ref_sizes, ref_mult)
@@ -158,8 +180,10 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
                 tile_t = (plan.tile_size, plan.tile_pad)
         st = net.search_transfer
         encoded = []
-        for r, du in zip(refs_p, refs_du):
+        for i, (r, du) in enumerate(zip(refs_p, refs_du), start=1):
             net.check_inputs(lr_p, r, None, du)
+            if stage is not None:
+                stage(f'encoding reference {i}/{len(refs_p)}')
             feats = net.encode_reference(r, du)
             if st.mode == 'chunked' and plan is not None and plan.cache_keys:
                 feats.key_blocks = st.prepare_keys(feats.search)
@@ -167,6 +191,8 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         del refs_du
         if lr_up is None:
             lr_up = make_lr_up(lr_p)
+        if stage is not None:
+            stage('search and main network' if tile_t is None else 'search')
         if tile_t is None:
             out = net.forward_features(lr_p, lr_up, encoded, return_aux=True)
             sr, search = out['sr'], (out['scores'], out['index'])
@@ -179,7 +205,8 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=st.grid_size(*lr_p.shape[-2:]),
                                ref_grids=[st.grid_size(*e.search.shape[-2:]) for e in encoded],
                                patch_counts=st.patch_counts([e.search for e in encoded]),
-                               padded_lr_hw=tuple(lr_p.shape[-2:]), padded_ref_hw=ref_sizes, plan=plan)
+                               padded_lr_hw=tuple(lr_p.shape[-2:]), padded_ref_hw=ref_sizes, plan=plan,
+                               search_used=choice.describe(st.mode))
     return (sr, plan) if return_plan else sr
 
 
@@ -201,7 +228,7 @@ def run_sisr(net: torch.nn.Module, lr: torch.Tensor, tile: Optional[Mapping[str,
         if tile is None or tile.get('tile_size') is None:
             sr = net(lr_p)
         else:
-            size, pad = round_tile(int(tile['tile_size']), int(tile.get('tile_pad', 0)), multiple)
+            size, pad = round_tile(int(tile['tile_size']), tile_pad_floor(net, int(tile.get('tile_pad', 0))), multiple)
             sr = tile_loop(lr_p, scale, size, pad, multiple,
                            lambda y0, y1, x0, x1: net(lr_p[:, :, y0:y1, x0:x1]), progress)
     return sr[:, :, :scale * h, :scale * w].clamp_(0, 1)

@@ -8,6 +8,7 @@ and with ``skip_existing`` an input whose outputs all exist is skipped (a rerun 
 Under ``torchrun`` each process takes every WORLD_SIZE-th input (:func:`shard`).
 """
 
+import errno
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 
 from extracter.archs.refsr_base import SCALE, RefSRNet, bicubic_resize
 from extracter.archs.search_transfer import split_index
+from extracter.data.image_io import ImageReadError, check_image_file
 from extracter.inference.engine import run_refsr, run_sisr
+from extracter.utils.file_io import check_writable, clean_stale_temp_files, ensure_folder
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8, texture_source_panels
 
 OUTPUT_KINDS = ('sr', 'bicubic', 'compare')
@@ -61,12 +64,13 @@ def batch_of_one(sample: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs: Dict[str, Any],
-                  texture_map: bool = False, progress=None) -> Dict[str, Any]:
+                  texture_map: bool = False, progress=None, stage=None) -> Dict[str, Any]:
     """SR of one batch-of-one sample (the inference dataset's contract) with its one or several references, through
     :func:`run_refsr`. Returns uint8 images (``sr``, ``bicubic``, ``refs``), the relevance statistics
     (``relevance``: mean/min/max top-1 relevance) and, with ``texture_map``, the texture-source panels drawn from this
-    run's own search result. A single-image network (``uses_reference`` False: DRCT) runs through :func:`run_sisr`
-    on the LR alone (``refs`` empty, no relevance)."""
+    run's own search result. ``progress``/``stage``: :func:`run_refsr`'s callbacks (tiles done; stage names). A
+    single-image network (``uses_reference`` False: DRCT) runs through :func:`run_sisr` on the LR alone (``refs``
+    empty, no relevance)."""
     lq, lq_up = sample['lq'].to(device), sample['lq_up'].to(device)
     h, w = (int(v) for v in sample['lq_size'].reshape(-1)[:2])
     if not getattr(net, 'uses_reference', True):
@@ -83,11 +87,12 @@ def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs
     refs_du = sample['ref_downup'] if isinstance(sample['ref_downup'], list) else [sample['ref_downup']]
     refs = [r.to(device) for r in refs]
     refs_du = [r.to(device) for r in refs_du]
-    res = run_refsr(net, lq, refs, lr_up=lq_up, ref_downup=refs_du, progress=progress, return_aux=True, **run_kwargs)
+    res = run_refsr(net, lq, refs, lr_up=lq_up, ref_downup=refs_du, progress=progress, stage=stage,
+                    return_aux=True, **run_kwargs)
     sr = res.sr[..., :SCALE * h, :SCALE * w]
     top1 = res.scores[0, 0]
     out = {'sr': tensor_to_uint8(sr), 'bicubic': tensor_to_uint8(lq_up[..., :SCALE * h, :SCALE * w]),
-           'refs': [tensor_to_uint8(r) for r in refs], 'plan': res.plan,
+           'refs': [tensor_to_uint8(r) for r in refs], 'plan': res.plan, 'search_used': res.search_used,
            'relevance': {'mean': float(top1.mean()), 'min': float(top1.min()), 'max': float(top1.max())}}
     if texture_map:
         out['texture_panels'] = texture_panels(res, refs, (SCALE * h, SCALE * w))
@@ -125,14 +130,22 @@ class FolderReport:
     written: List[Dict[str, Path]] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
+    searches: List[Tuple[str, str]] = field(default_factory=list)  # (input, the search that ran for it)
+    cleaned: List[str] = field(default_factory=list)  # stale temporary files of a killed run, removed or left
 
 
-def plan_folder(lq_paths: Sequence[str], out_dir: Path, texture_map: bool, overwrite: bool,
-                skip_existing: bool) -> Tuple[List[Dict[str, Path]], List[bool]]:
-    """Output paths per input and whether each input is to be run. Refuses (before any work) when outputs exist and
-    neither ``overwrite`` nor ``skip_existing`` is set, or when the output folder is not writable."""
+def plan_folder(lq_paths: Sequence[str], out_dir: Path, texture_map: bool, overwrite: bool, skip_existing: bool,
+                input_folders: Sequence[str] = ()) -> Tuple[List[Dict[str, Path]], List[bool]]:
+    """Output paths per input and whether each input is to be run. Refuses, before any work: an output folder that
+    is a file, is one of ``input_folders`` (folders read as a whole: the outputs would be taken as inputs by the next
+    run) or is not writable; output names that collide; outputs that exist when neither ``overwrite`` nor
+    ``skip_existing`` is set."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f'output {out_dir} is a file, not a folder; give a folder with -o')
+        raise NotADirectoryError(errno.ENOTDIR, f'output {out_dir} is a file, not a folder; give a folder with -o')
+    for folder in input_folders:
+        if Path(folder).resolve() == out_dir.resolve():
+            raise ValueError(f'output folder {out_dir} is the input folder {folder}: the outputs would be read as '
+                             'inputs by the next run; give another folder with -o')
     planned = [output_paths(out_dir, stem, texture_map) for stem in output_stems(lq_paths)]
     todo = []
     existing = []
@@ -145,13 +158,28 @@ def plan_folder(lq_paths: Sequence[str], out_dir: Path, texture_map: bool, overw
         todo.append(True)
     if existing and not overwrite:
         hint = '--overwrite to replace them or --skip-existing to finish the rest'
-        raise FileExistsError(f'{len(existing)} output file(s) exist, e.g. {existing[0]}; pass {hint}')
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f'output folder {out_dir} is not writable (checked {probe})')
+        raise FileExistsError(errno.EEXIST, f'{len(existing)} output file(s) exist, e.g. {existing[0]}; pass {hint}')
+    check_writable(out_dir)
     return planned, todo
+
+
+def check_inputs(paths: Sequence[str]) -> None:
+    """Read the header of every image (inputs and references) before the first output is written: a missing, empty,
+    unknown or too large file stops the run with all of them listed, and nothing written. (Corrupt pixel data behind
+    a valid header is found when the image is read; :func:`infer_folder` then continues and reports it.)"""
+    problems, seen = [], set()
+    for path in paths:
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            check_image_file(path)
+        except ImageReadError as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise ImageReadError(f'{problems[0]}; nothing was written')
+    if problems:
+        raise ImageReadError(f'{len(problems)} unreadable image(s); nothing was written\n  ' + '\n  '.join(problems))
 
 
 def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, Any], device: str = 'cpu',
@@ -164,12 +192,17 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
     image) is reported and the rest continue; else the first failure is raised. ``on_image(done, total, name)``;
     ``after_plan()``: called once every output has been checked (a barrier, when several processes share the folder)."""
     out_dir = Path(out_dir)
-    planned, todo = plan_folder(dataset.lq_paths, out_dir, texture_map, overwrite, skip_existing)
+    roots = (dataset.opt.get('dataroot_lq'), dataset.opt.get('dataroot_ref'))
+    read_whole = [f for f in roots if f and os.path.isdir(f)]  # folders whose every image is an input
+    planned, todo = plan_folder(dataset.lq_paths, out_dir, texture_map, overwrite, skip_existing, read_whole)
+    check_inputs([p for i, paths in enumerate(dataset.ref_paths) if todo[i] for p in [dataset.lq_paths[i]] + paths])
     if after_plan is not None:
         after_plan()
     report = FolderReport()
     mine = shard(len(planned), rank, world_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out_dir)
+    if rank == 0:  # temporary files of a run killed outright (SIGKILL, out of memory)
+        report.cleaned = clean_stale_temp_files(out_dir).lines()
     for done, i in enumerate(mine, start=1):
         name = os.path.basename(dataset.lq_paths[i])
         if not todo[i]:
@@ -184,6 +217,8 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
             else:
                 write_outputs(result, planned[i])
                 report.written.append(planned[i])
+                if result.get('search_used'):  # RefSR only
+                    report.searches.append((name, result['search_used']))
         if on_image is not None:
             on_image(done, len(mine), name)
     return report

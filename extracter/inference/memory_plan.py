@@ -14,11 +14,12 @@ search too large) raises :class:`MemoryBudgetError` with the numbers.
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from torch import nn
 
+from extracter.archs.search_approximate import ApproximateSettings, approximate_search_bytes
 from extracter.archs.search_transfer import FEATURE_CHANNELS
 
 FLOAT = 4
@@ -43,8 +44,10 @@ def parse_memory(value) -> int:
             raise ValueError(f'max_memory must be positive, got {value}')
         return int(value)
     match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*', str(value).upper())
-    if not match or float(match.group(1)) <= 0:
+    if not match:
         raise ValueError(f"max_memory must look like '6G', '512M' or a number of bytes, got {value!r}")
+    if float(match.group(1)) <= 0:
+        raise ValueError(f'max_memory must be positive (a working-memory budget such as 6G), got {value!r}')
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
@@ -64,12 +67,13 @@ class NetSpec:
     stride: int
     padding: int
     main_maps_per_lr_px: float  # main network activations per LR pixel, in n_feats-channel x4 maps (ArchFacts)
+    approximate: ApproximateSettings = field(default_factory=ApproximateSettings)
 
     @classmethod
     def from_net(cls, net: nn.Module) -> 'NetSpec':
         st = net.search_transfer
         return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), net.n_feats, st.top_k, st.window,
-                   st.stride, st.padding, net.facts.main_maps_per_lr_px)
+                   st.stride, st.padding, net.facts.main_maps_per_lr_px, st.approximate)
 
 
 @dataclass
@@ -114,6 +118,9 @@ def search_block_bytes(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int,
         return {'search': search, 'transfer': transfer}
     q, kc = min(chunk, lq), min(key_chunk, lk)
     search = FLOAT * (2 * d * (q + 2 * gw) + 2 * d * (kc + 2 * rgw) + 3 * q * kc)
+    if mode == 'approximate':  # its own estimate, or the chunked search's where it runs that (small inputs)
+        approx = approximate_search_bytes(lr_hw, (rh, rw), FEATURE_CHANNELS[3], k, s, p, spec.approximate, chunk)
+        search = search if approx is None else approx
     rows = max(1, chunk // tw)
     lb = min(rows, th) * tw
     transfer = max((FLOAT * c + 8) * (k * f) ** 2 * lb + FLOAT * c * (rows * s * f + k * f) * (tile_hw[1] + 2 * p) * f

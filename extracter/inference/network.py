@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from extracter.archs.refsr_base import RefSRNet
-from extracter.utils.checkpoint import CheckpointError, load_checkpoint, network_state
+from extracter.utils.checkpoint import CheckpointError, check_not_original, load_checkpoint, network_state
 
 CONVERT_HINT = ('checkpoints of the original EXTRACTER/TTSR code must be converted first: '
                 'python scripts/convert_official.py ORIGINAL.pth -o converted.pth')
@@ -69,10 +69,20 @@ def build_network(options: Dict[str, Any], source: str = 'network_g') -> torch.n
         raise NetworkLoadError(f'{source}: unknown network type {arch!r}') from None
     if not (isinstance(cls, type) and (issubclass(cls, RefSRNet) or getattr(cls, 'uses_reference', True) is False)):
         raise NetworkLoadError(f'{source}: {arch} is not an SR network of this package')
+    from extracter.utils.options import OptionError, check_annotated_types, check_keys, signature_keys
+
+    given = {k: v for k, v in options.items() if k != 'type'}
+    try:  # the option schema's checks: key names (with a suggestion) and plain types
+        names, var_kw = signature_keys(cls)
+        if not var_kw:
+            check_keys(given, names, 'network_g.', source)
+        check_annotated_types(given, cls, 'network_g.', source)
+    except OptionError as err:
+        raise NetworkLoadError(str(err)) from None
     try:
         return cls(**cls.options_for_weights(options))
-    except TypeError as err:
-        raise NetworkLoadError(f'{source}: {err}') from None
+    except (TypeError, ValueError) as err:  # the constructor's own checks (ranges, block counts)
+        raise NetworkLoadError(f'{source}: network_g: {err}') from None
 
 
 def describe_mismatch(err: RuntimeError, limit: int = 3) -> str:
@@ -92,6 +102,10 @@ def describe_mismatch(err: RuntimeError, limit: int = 3) -> str:
 
 def load_state_into(net: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
     """``net.load_state_dict`` with an error that names the file and summarises the mismatch."""
+    try:
+        check_not_original(state, source)
+    except CheckpointError as err:
+        raise NetworkLoadError(str(err)) from None
     try:
         net.load_state_dict(state, strict=strict)
     except RuntimeError as err:

@@ -6,26 +6,34 @@ training validation (``val:``), ``test.py`` (``val:``) and ``infer.py`` (its fla
       tile_pad: 16
     max_memory: 6G         # optional working-memory budget
     search:                # optional
-      mode: chunked        # dense | chunked
+      mode: chunked        # dense | chunked | approximate | auto (approximate where the exact search is expensive)
       chunk_size: 4096     # optional, LR patches per block
       key_chunk_size: 8192 # optional, reference patches per block
       window: 12           # optional geometry switch for this run (EXTRACTER), all three together
       stride: 4
       padding: 4
+      approximate:         # optional, the approximate search's settings (ApproximateSettings' fields)
+        candidates: 8
+        max_candidates: 1024
 
 Types and ranges are checked here, and every error names the dotted key. The geometry applies to each inference
 call and is restored afterwards (it never changes the network permanently).
 """
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from extracter.archs.search_approximate import ApproximateSettings
+from extracter.archs.search_transfer import SEARCH_MODES as NET_SEARCH_MODES
 from extracter.inference.memory_plan import parse_memory
 
-SEARCH_MODES = ('dense', 'chunked')
+# the network's modes, and 'auto': approximate where the exact search is expensive (resolved per image by the engine)
+SEARCH_MODES = NET_SEARCH_MODES + ('auto',)
 TILE_KEYS = ('tile_size', 'tile_pad')
-SEARCH_KEYS = ('mode', 'chunk_size', 'key_chunk_size', 'window', 'stride', 'padding')
+SEARCH_KEYS = ('mode', 'chunk_size', 'key_chunk_size', 'window', 'stride', 'padding', 'approximate')
+APPROXIMATE_KEYS = tuple(f.name for f in dataclasses.fields(ApproximateSettings))
 INFERENCE_KEYS = ('tile', 'max_memory', 'search')
 RENAMED = {'search_geometry': 'search.{window,stride,padding}'}
 
@@ -57,13 +65,15 @@ def _check_keys(block: Mapping[str, Any], allowed, prefix: str) -> None:
 
 @dataclass
 class SearchOptions:
-    """``mode`` (None: the network's own, chunked under a budget), block sizes, and an optional geometry
-    (window, stride, padding) for this run."""
+    """``mode`` (None: the network's own, chunked under a budget; ``'auto'``: approximate where the exact search is
+    expensive, else as None), block sizes, an optional geometry (window, stride, padding) for this run, and the
+    approximate search's settings (None: the defaults)."""
 
     mode: Optional[str] = None
     chunk_size: Optional[int] = None
     key_chunk_size: Optional[int] = None
     geometry: Optional[Tuple[int, int, int]] = None
+    approximate: Optional[ApproximateSettings] = None
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in SEARCH_MODES:
@@ -71,6 +81,8 @@ class SearchOptions:
         for key in ('chunk_size', 'key_chunk_size'):
             if getattr(self, key) is not None:
                 _int(getattr(self, key), f'search.{key}', 1)
+        if self.approximate is not None and not isinstance(self.approximate, ApproximateSettings):
+            raise InferenceOptionError(f'search.approximate must be ApproximateSettings, got {self.approximate!r}')
         if self.geometry is not None:
             window, stride, padding = (int(g) for g in self.geometry)
             _int(stride, 'search.stride', 1)
@@ -123,6 +135,15 @@ class InferenceOptions:
             if not isinstance(search, Mapping):
                 raise InferenceOptionError(f'search must be a mapping, got {search!r}')
             _check_keys(search, SEARCH_KEYS, prefix + 'search.')
+            approximate = search.get('approximate')
+            if approximate is not None:
+                if not isinstance(approximate, Mapping):
+                    raise InferenceOptionError(f'search.approximate must be a mapping, got {approximate!r}')
+                _check_keys(approximate, APPROXIMATE_KEYS, prefix + 'search.approximate.')
+                try:
+                    approximate = ApproximateSettings(**approximate)
+                except ValueError as err:
+                    raise InferenceOptionError(f'search.approximate.{err}') from None
             geometry = [search.get(k) for k in ('window', 'stride', 'padding')]
             if any(g is not None for g in geometry) and any(g is None for g in geometry):
                 raise InferenceOptionError('search needs window, stride and padding together for a geometry switch')
@@ -132,7 +153,8 @@ class InferenceOptions:
             return cls(tile_size=tile_size, tile_pad=tile_pad, max_memory=opt.get('max_memory'),
                        search=SearchOptions(mode=search.get('mode'), chunk_size=search.get('chunk_size'),
                                             key_chunk_size=search.get('key_chunk_size'),
-                                            geometry=tuple(geometry) if geometry[0] is not None else None))
+                                            geometry=tuple(geometry) if geometry[0] is not None else None,
+                                            approximate=approximate))
         except InferenceOptionError as err:
             msg = str(err)
             if prefix and not msg.startswith(('option ', 'unknown option key', prefix)):
@@ -158,4 +180,6 @@ class InferenceOptions:
             kwargs['key_chunk_size'] = s.key_chunk_size
         if s.geometry is not None:
             kwargs['search_geometry'] = s.geometry
+        if s.approximate is not None:
+            kwargs['approximate'] = s.approximate
         return kwargs

@@ -11,11 +11,13 @@ The search itself is not tiled: it runs once for the whole LR (chunked, bounded 
 window of the result; see :func:`tiled_forward`.
 """
 
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, as_reference_list
+from extracter.utils.input_warning import InputWarning
 
 # LR pixels of context for the tiled VGG-19 pass: its receptive field up to relu3_1 is 24 upsampled-LR pixels
 VGG_MARGIN = 8
@@ -30,6 +32,18 @@ def round_tile(tile_size: int, tile_pad: int, multiple: int) -> Tuple[int, int]:
     size = max(multiple, tile_size // multiple * multiple)
     pad = -(-tile_pad // multiple) * multiple
     return size, pad
+
+
+def tile_pad_floor(net: torch.nn.Module, tile_pad: int) -> int:
+    """``tile_pad`` raised to the network's floor (``net.min_tile_pad``, an architecture fact: below it the tiles'
+    borders show in the result), with an :class:`~extracter.utils.input_warning.InputWarning` when raised."""
+    floor = int(net.min_tile_pad)
+    if tile_pad >= floor:
+        return tile_pad
+    warnings.warn(f'tile_pad {tile_pad} is below what {type(net).__name__} needs for tiles to match the untiled '
+                  f'result; using tile_pad {floor} (the tile borders would show; see docs/large_images.md)',
+                  InputWarning, stacklevel=3)
+    return floor
 
 
 def tile_spans(length: int, tile_size: int, tile_pad: int, multiple: int = 1) -> List[Span]:

@@ -39,7 +39,7 @@ from extracter.utils import dist as dist_util
 from extracter.utils.checkpoint import load_checkpoint as _read_checkpoint
 from extracter.utils.checkpoint import network_state
 from extracter.utils.file_io import atomic_torch_save, atomic_write
-from extracter.utils.options import VAL_OWN_KEYS, optimizer_class, scheduler_class
+from extracter.utils.options import VAL_OWN_KEYS, optimizer_class, option_errors, scheduler_class
 
 
 def imwrite_atomic(img: np.ndarray, path: str) -> None:
@@ -75,12 +75,15 @@ class RefSRModel:
         self.optimizers: List[torch.optim.Optimizer] = []
         self.log_dict: Dict[str, float] = OrderedDict()
         self.metric_records: Dict[str, List[Dict[str, Any]]] = {}
-        self.net_g = self.model_to_device(build_network(deepcopy(opt['network_g'])))
+        self.source = opt.get('opt_path', '')  # the option file, named in errors
+        with option_errors(self.source, 'network_g'):
+            self.net_g = self.model_to_device(build_network(deepcopy(opt['network_g'])))
         self.print_network(self.net_g)
         path_opt = opt.get('path', {})
         if path_opt.get('pretrain_network_g'):
-            self.load_network(self.net_g, path_opt['pretrain_network_g'], path_opt.get('strict_load_g', True),
-                              path_opt.get('param_key_g', 'params'))
+            with option_errors(self.source, 'path.pretrain_network_g'):
+                self.load_network(self.net_g, path_opt['pretrain_network_g'], path_opt.get('strict_load_g', True),
+                                  path_opt.get('param_key_g', 'params'))
         if self.is_train:
             self.init_training_settings()
 
@@ -126,7 +129,10 @@ class RefSRModel:
                 p.requires_grad = False
 
         def _loss(key: str) -> Optional[nn.Module]:
-            return build_loss(deepcopy(train_opt[key])).to(self.device) if train_opt.get(key) else None
+            if not train_opt.get(key):
+                return None
+            with option_errors(self.source, f'train.{key}'):
+                return build_loss(deepcopy(train_opt[key])).to(self.device)
 
         self.cri_pix = _loss('pixel_opt')
         self.cri_perceptual = _loss('perceptual_opt')
@@ -140,12 +146,14 @@ class RefSRModel:
             if not hasattr(self.cri_gan, 'discriminator_loss'):
                 raise ValueError(f'train.gan_opt: {type(self.cri_gan).__name__} has no discriminator_loss; use '
                                  'WGANGPLoss')
-            self.net_d = self.model_to_device(build_network(deepcopy(self.opt['network_d'])))
+            with option_errors(self.source, 'network_d'):
+                self.net_d = self.model_to_device(build_network(deepcopy(self.opt['network_d'])))
             self.print_network(self.net_d)
             path_opt = self.opt['path']
             if path_opt.get('pretrain_network_d'):
-                self.load_network(self.net_d, path_opt['pretrain_network_d'], path_opt.get('strict_load_d', True),
-                                  path_opt.get('param_key_d', 'params'))
+                with option_errors(self.source, 'path.pretrain_network_d'):
+                    self.load_network(self.net_d, path_opt['pretrain_network_d'], path_opt.get('strict_load_d', True),
+                                      path_opt.get('param_key_d', 'params'))
             self.net_d.train()
         self.setup_optimizers()
         self.setup_schedulers()
@@ -169,12 +177,15 @@ class RefSRModel:
         groups = [{'params': main_params, 'lr': lr}]
         if fe_params:  # the feature extractor's own learning rate (original: lr_rate_lte = 1e-5)
             groups.append({'params': fe_params, 'lr': lr if lr_fe is None else float(lr_fe)})
-        self.optimizer_g = self.get_optimizer(optim_type, groups, lr, **optim_g)
+        with option_errors(self.source, 'train.optim_g'):
+            self.optimizer_g = self.get_optimizer(optim_type, groups, lr, **optim_g)
         self.optimizers.append(self.optimizer_g)
         if self.cri_gan is not None:
             optim_d = deepcopy(train_opt['optim_d'])
             optim_type = optim_d.pop('type')
-            self.optimizer_d = self.get_optimizer(optim_type, self.net_d.parameters(), optim_d.pop('lr'), **optim_d)
+            with option_errors(self.source, 'train.optim_d'):
+                self.optimizer_d = self.get_optimizer(optim_type, self.net_d.parameters(), optim_d.pop('lr'),
+                                                      **optim_d)
             self.optimizers.append(self.optimizer_d)
 
     def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
@@ -190,8 +201,9 @@ class RefSRModel:
         if not sched:
             return
         cls = scheduler_class(sched.pop('type'))
-        for optimizer in self.optimizers:
-            self.schedulers.append(cls(optimizer, **sched))
+        with option_errors(self.source, 'train.scheduler'):
+            for optimizer in self.optimizers:
+                self.schedulers.append(cls(optimizer, **sched))
 
     # ------------------------------------------------------------------ learning rate, logs, best metrics
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
@@ -232,14 +244,19 @@ class RefSRModel:
         for key in ('lq', 'ref'):
             if key not in data:
                 raise KeyError(f'the batch has no {key!r}; RefSR samples need lq, ref (and lq_up, ref_downup, gt)')
-        self.lq = data['lq'].to(self.device, non_blocking=True)
-        self.ref = data['ref'].to(self.device, non_blocking=True)
-        self.lq_up = data['lq_up'].to(self.device, non_blocking=True) if 'lq_up' in data else None
-        self.ref_downup = data['ref_downup'].to(self.device, non_blocking=True) if 'ref_downup' in data else None
+        self.lq = self._to_device(data['lq'])
+        self.ref = self._to_device(data['ref'])  # a list of references (CUFED5 ref_level: all) stays a list
+        self.lq_up = self._to_device(data['lq_up']) if 'lq_up' in data else None
+        self.ref_downup = self._to_device(data['ref_downup']) if 'ref_downup' in data else None
         if 'gt' in data:
             self.gt = data['gt'].to(self.device, non_blocking=True)
         elif hasattr(self, 'gt'):
             del self.gt
+
+    def _to_device(self, x):
+        if isinstance(x, (list, tuple)):
+            return [t.to(self.device, non_blocking=True) for t in x]
+        return x.to(self.device, non_blocking=True)
 
     def in_rec_only_phase(self, current_iter: int) -> bool:
         """The warm-up phase (iterations 1..rec_only_iter) trains with the reconstruction loss only."""

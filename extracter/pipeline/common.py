@@ -2,12 +2,12 @@
 
 import logging
 from os import path as osp
-from typing import Callable
+from typing import Callable, List, Optional, Sequence
 
 from basicsr.utils import get_root_logger
 
 from extracter.utils import dist as dist_util
-from extracter.utils.options import OptionError
+from extracter.utils.cli import run_main
 
 ROOT_PATH = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -29,13 +29,16 @@ def setup_run_logger(log_file: str) -> logging.Logger:
     return logger
 
 
-def run_cli(pipeline: Callable[[str], object]) -> None:
-    """Run a pipeline as a command: option and file errors become one clear line, distributed state is cleaned up."""
-    from extracter.utils.checkpoint import CheckpointError
+def run_cli(pipeline: Callable[[str, List[str]], object], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a pipeline (``pipeline(root_path, argv)``) as a command through the error boundary of
+    :func:`extracter.utils.cli.run_main`: bad options, files and checkpoints become one ``error:`` line and exit status
+    2, a bug exit status 1, SIGTERM 143; the distributed state is cleaned up in every case. Returns the exit status."""
 
-    try:
-        pipeline(ROOT_PATH)
-    except (OptionError, CheckpointError, FileExistsError, FileNotFoundError) as err:
-        raise SystemExit(f'error: {err}') from err
-    finally:
-        dist_util.destroy()
+    def main(args: List[str]) -> int:
+        try:
+            pipeline(ROOT_PATH, args)
+        finally:
+            dist_util.destroy()
+        return 0
+
+    return run_main(main, argv)

@@ -33,7 +33,7 @@ from extracter.models.refsr_model import list_training_states, load_checkpoint
 from extracter.pipeline.common import ROOT_PATH, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text
-from extracter.utils.options import OptionError, parse_options
+from extracter.utils.options import OptionError, option_errors, parse_options
 
 
 def find_resume_state(opt: Dict[str, Any]) -> Optional[str]:
@@ -48,9 +48,10 @@ def find_resume_state(opt: Dict[str, Any]) -> Optional[str]:
 
 
 def holds_results(root: str) -> bool:
-    """Whether an experiment folder holds anything worth keeping: a checkpoint, a training state or a picture (a
-    failed start leaves at most an options copy and a log)."""
-    for sub in ('models', 'training_states', 'visualization'):
+    """Whether an experiment folder holds anything worth keeping: a checkpoint or a training state. A failed start
+    leaves at most an options copy and a log; a run that failed before its first checkpoint at most validation
+    pictures of weights that were never saved. Such a folder is reused by the rerun."""
+    for sub in ('models', 'training_states'):
         folder = osp.join(root, sub)
         if osp.isdir(folder) and any(os.scandir(folder)):
             return True
@@ -94,7 +95,8 @@ def create_dataloaders(opt: Dict[str, Any]) -> Tuple[Any, Any, List[Any], List[s
             if ds_opt.get('persistent_workers'):
                 raise OptionError(f'datasets.{phase}.persistent_workers: exact resume needs fresh workers each epoch; '
                                   'set it to false')
-            train_set = build_dataset(ds_opt)
+            with option_errors(opt.get('opt_path', ''), f'datasets.{phase}'):
+                train_set = build_dataset(ds_opt)
             ratio = ds_opt.get('dataset_enlarge_ratio', 1)
             train_sampler = EnlargedSampler(train_set, opt['world_size'], opt['rank'], ratio)
             train_loader = build_dataloader(train_set, ds_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
@@ -106,7 +108,8 @@ def create_dataloaders(opt: Dict[str, Any]) -> Tuple[Any, Any, List[Any], List[s
                         f'{ds_opt["batch_size_per_gpu"]} per process x {opt["world_size"]}, '
                         f'{len(train_loader)} iterations per epoch')
         else:
-            val_set = build_dataset(ds_opt)
+            with option_errors(opt.get('opt_path', ''), f'datasets.{phase}'):
+                val_set = build_dataset(ds_opt)
             val_loaders.append(build_dataloader(val_set, ds_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                                 sampler=None, seed=opt['manual_seed']))
             info.append(f'Validation set {ds_opt["name"]}: {len(val_set)} images')

@@ -60,6 +60,30 @@ def strip_module_prefix(state: Dict[str, Any]) -> Dict[str, Any]:
     return {re.sub(r'^(module\.)+', '', k): v for k, v in state.items()}
 
 
+CONVERT_HINT = 'python scripts/convert_official.py {path} -o converted.pth'
+
+
+def original_layout(state: Dict[str, Any]) -> Optional[str]:
+    """'EXTRACTER', 'TTSR' or 'mmagic TTSR' when ``state``'s keys have the original code's layout (SR.*/FE.*,
+    MainNet.*/LTE.*, generator.*/extractor.*; none of ours), else None."""
+    heads = {str(k).split('.', 1)[0] for k in state}
+    if heads & {'SR', 'FE'}:
+        return 'EXTRACTER'
+    if heads & {'MainNet', 'LTE'}:
+        return 'TTSR'
+    if heads & {'generator', 'extractor'}:
+        return 'mmagic TTSR'
+    return None
+
+
+def check_not_original(state: Dict[str, Any], source: str) -> None:
+    """A checkpoint of the original code is refused with the command that converts it."""
+    original = original_layout(state)
+    if original is not None:
+        raise CheckpointError(f'{source} is a checkpoint of the original {original} code, not ours: convert it first '
+                              f'with {CONVERT_HINT.format(path=source)}')
+
+
 def network_state(ckpt: Any, source: str, param_key: Optional[str] = None,
                   fallback_keys: Sequence[str] = DEFAULT_PARAM_KEYS) -> Dict[str, torch.Tensor]:
     """The state dict of a network inside ``ckpt``.
@@ -70,6 +94,8 @@ def network_state(ckpt: Any, source: str, param_key: Optional[str] = None,
     """
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{source}: expected a dict of tensors or {{"params": ...}}, got {type(ckpt).__name__}')
+    for nested in ('state_dict', 'model', 'params'):  # the original trainers' layouts, possibly nested
+        check_not_original(ckpt[nested] if isinstance(ckpt.get(nested), dict) else ckpt, source)
     if param_key is not None:
         keys = [param_key] + (['params'] if param_key == 'params_ema' else [])
     else:

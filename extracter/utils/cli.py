@@ -16,8 +16,8 @@ Exit statuses: 0 success; 2 a known error (bad input or environment: ``ValueErro
 (or ``EXTRACTER_DEBUG=1``) prints the traceback as well; the flag is removed before ``main`` sees ``argv``.
 
 While ``main`` runs, SIGTERM and SIGHUP raise :class:`~extracter.utils.file_io.Terminated`, so temporary files are
-removed (see :mod:`extracter.utils.file_io`), and :class:`~extracter.data.image_io.ImageInputWarning` prints as one
-``warning: <message>`` line.
+removed (see :mod:`extracter.utils.file_io`), and an :class:`~extracter.utils.input_warning.InputWarning` (e.g. an
+:class:`~extracter.data.image_io.ImageInputWarning`) prints as one ``warning: <message>`` line.
 """
 
 import argparse
@@ -30,12 +30,12 @@ from typing import Callable, List, Optional, Sequence, Tuple, Type
 
 from extracter.data.image_io import (
     SCALINGS,
-    ImageInputWarning,
     get_max_image_pixels,
     set_16bit_scaling,
     set_max_image_pixels,
 )
 from extracter.utils.file_io import Terminated, interruptible
+from extracter.utils.input_warning import InputWarning
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -67,7 +67,7 @@ def _strip_flag(argv: Sequence[str], flag: str) -> Tuple[List[str], bool]:
 
 def _show_warning(previous):
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ImageInputWarning):
+        if issubclass(category, InputWarning):
             print(f'warning: {message}', file=sys.stderr if file is None else file)
         else:
             previous(message, category, filename, lineno, file, line)
@@ -113,6 +113,15 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
         return fail(EXIT_UNEXPECTED, f'unexpected {type(err).__name__}: {err}{hint} (please report it)')
     finally:
         warnings.showwarning = previous_show
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one ``error:`` line (the flag, the value and where to look)
+    instead of the whole usage text; exit status 2, as argparse's."""
+
+    def error(self, message: str):
+        print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
 
 
 # --- image reading flags ----------------------------------------------------------------------------------------------

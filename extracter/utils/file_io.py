@@ -185,6 +185,28 @@ def ensure_folder(folder: PathLike) -> None:
         raise OSError(err.errno, f'cannot write into {folder}: {err.strerror}') from err
 
 
+def check_writable(folder: PathLike) -> None:
+    """Make sure files can be created in ``folder`` (or, if it does not exist yet, in its nearest existing parent,
+    where it would be made) before any work: a file in the way is a ``NotADirectoryError`` naming it, a read-only
+    place a ``PermissionError`` / ``OSError`` naming the folder. Tested by creating and removing one of our
+    temporary files (so also a read-only mount, or root on a read-only file system, is found); nothing is left."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling link: makedirs would fail on it
+            raise NotADirectoryError(errno.ENOTDIR, f'cannot write into {folder}: {probe} is a broken link')
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f'cannot write into {folder}: {probe} is a file, not a folder')
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(folder / 'write-test'), suffix=TEMP_SUFFIX, dir=probe)
+    except OSError as err:
+        where = folder if probe == folder else f'{folder} (checked {probe}, where it would be made)'
+        raise OSError(err.errno, f'cannot write into {where}: {err.strerror}') from err
+    os.close(fd)
+    os.remove(tmp)
+
+
 def _mkstemp_in(folder: Path, prefix: str) -> str:
     ensure_folder(folder)
     try:

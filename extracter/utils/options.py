@@ -9,22 +9,27 @@ Every mistake is an :class:`OptionError` that names the file and the dotted key,
 - types and ranges of the scalar options (:data:`SCALARS`);
 - the inference keys of ``val`` (tile / max_memory / search) by :class:`extracter.inference.InferenceOptions`;
 - files and folders the options name.
+- types and values of the options with a fixed set of values (:data:`CHOICES`), e.g. CUFED5's ``ref_level``.
 Derived: every dataset that takes a ``stride`` gets the network's search stride (under ``val.search``'s geometry when
 it switches it), so the size rules are stated once, by the architecture; a hand-written ``stride`` that disagrees is an
-error.
+error. ``val.protocols`` (colour x border x measure, :mod:`extracter.evaluation.protocols`) join ``val.metrics``.
 """
 
 import argparse
+import contextlib
 import difflib
 import functools
+import importlib
 import inspect
 import random
 from os import path as osp
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import yaml
 
+from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
+from extracter.utils.cli import ArgumentParser
 
 
 class OptionError(ValueError):
@@ -38,7 +43,7 @@ PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_net
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
               'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
 LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
-VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics')  # besides the inference keys (tile, ...)
+VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'protocols')  # besides tile, max_memory, search
 RENAMED_KEYS = {'val.search_geometry': 'val.search.window / val.search.stride / val.search.padding'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger'}
 DIST_KEYS = {'backend', 'timeout_s'}
@@ -91,7 +96,81 @@ def _check_typed_block(block: Any, prefix: str, source: str, lookup: Callable[[s
     names, var_kw = signature_keys(target, skip)
     if not var_kw:
         check_keys([k for k in block if k not in extra], names, prefix, source)
+    check_annotated_types(block, target, prefix, source, skip=extra)
     return target
+
+
+_SIMPLE_TYPES = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string'}
+
+
+def _simple_types(annotation: Any) -> Optional[Tuple[type, ...]]:
+    """The plain types an annotation allows (``int``, ``Optional[str]``, ``Union[int, float]``), or None when it
+    allows anything else too (a sequence, a mapping, a class) and is not checked here."""
+    import typing
+
+    if annotation in _SIMPLE_TYPES:
+        return (annotation,)
+    if typing.get_origin(annotation) is typing.Literal:
+        return (annotation,)
+    if typing.get_origin(annotation) is typing.Union:
+        out = []
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                out.append(type(None))
+            elif arg in _SIMPLE_TYPES or typing.get_origin(arg) is typing.Literal:
+                out.append(arg)
+            else:
+                return None
+        return tuple(out)
+    return None
+
+
+def _is_instance(value: Any, kinds: Tuple[Any, ...]) -> bool:
+    import typing
+
+    for kind in kinds:
+        if typing.get_origin(kind) is typing.Literal:
+            if any(value == choice and type(value) is type(choice) for choice in typing.get_args(kind)):
+                return True
+            continue
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind in (bool, str, type(None)) and isinstance(value, kind):
+            return True
+    return False
+
+
+def check_annotated_types(block: Dict[str, Any], target: Callable, prefix: str, source: str,
+                          skip: Iterable[str] = ('type',)) -> None:
+    """Values of ``block`` against the type annotations of ``target``'s parameters (a class: its ``__init__``):
+    the plain ones (int, float, bool, str, their Optional/Union) are checked, so that ``n_feats: eight`` fails here
+    with the file and the key, not inside the constructor. The constructor still checks ranges and choices."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # noqa: BLE001  unresolvable annotations (a foreign class): nothing to check
+        return
+    for key, value in block.items():
+        if key in skip or key not in hints:
+            continue
+        kinds = _simple_types(hints[key])
+        if kinds is not None and not _is_instance(value, kinds):
+            raise OptionError(_where(source, f'{prefix}{key} must be {_describe(kinds)}, got {value!r}'))
+
+
+def _describe(kinds: Tuple[Any, ...]) -> str:
+    import typing
+
+    words = []
+    for kind in kinds:
+        if typing.get_origin(kind) is typing.Literal:
+            words.append('one of ' + ', '.join(repr(c) for c in typing.get_args(kind)))
+        else:
+            words.append(_SIMPLE_TYPES.get(kind, 'null'))
+    return ' or '.join(words)
 
 
 def _registry_lookup(registry) -> Callable[[str], Callable]:
@@ -156,7 +235,6 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'datasets.*.num_worker_per_gpu': (int, 0, None),
     'datasets.*.dataset_enlarge_ratio': (int, 1, None),
     'datasets.*.gt_size': (int, 4, None),
-    'datasets.*.ref_level': (int, 1, 5),
     'datasets.*.swap_prob': (float, 0, 1),
     'train.total_iter': (int, 1, None),
     'train.rec_only_iter': (int, 0, None),
@@ -180,36 +258,89 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'network_g.window': (int, 1, None),
     'network_g.stride': (int, 1, None),
     'network_g.padding': (int, 0, None),
+    'datasets.*.use_shuffle': (bool, None, None),
+    'datasets.*.pin_memory': (bool, None, None),
+    'datasets.*.persistent_workers': (bool, None, None),
+    'path.strict_load_g': (bool, None, None),
+    'path.strict_load_d': (bool, None, None),
+    'path.param_key_g': (str, None, None),
+    'path.param_key_d': (str, None, None),
+    'train.scheduler.gamma': (float, 0, None),
+    'val.save_img': (bool, None, None),
+    'val.pbar': (bool, None, None),
+    'logger.use_tb_logger': (bool, None, None),
+    'find_unused_parameters': (bool, None, None),
+    'cudnn_benchmark': (bool, None, None),
+    'dist_params.timeout_s': (float, 1, None),
+    'val.suffix': (str, None, None),
+    'val.metrics.*.crop_border': (int, 0, None),
+    'val.metrics.*.test_y_channel': (bool, None, None),
+}
+
+# Lists of numbers: dotted key pattern -> (element type, minimum, maximum or None, length or None).
+SEQUENCES: Dict[str, Tuple[type, Optional[float], Optional[float], Optional[int]]] = {
+    'train.optim_g.betas': (float, 0, 1, 2),
+    'train.optim_d.betas': (float, 0, 1, 2),
+    'train.scheduler.milestones': (int, 1, None, None),
+    'train.scheduler.periods': (int, 1, None, None),
+    'train.scheduler.restarts': (int, 0, None, None),
+    'train.scheduler.restart_weights': (float, 0, None, None),
+}
+
+
+# Options with a fixed set of values: dotted key pattern -> (module, name of the tuple of allowed values), the values
+# stated once by the class they configure.
+CHOICES: Dict[str, Tuple[str, str]] = {
+    'datasets.*.ref_level': ('extracter.data.cufed5_dataset', 'REF_LEVELS'),
 }
 
 
 def check_scalar(value: Any, kind: type, lo: Optional[float], hi: Optional[float], key: str, source: str) -> None:
-    """A type (int: a whole number, not a bool; float: any number) and an inclusive range; the error names the key."""
-    ok_type = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
-    what = 'an integer' if kind is int else 'a number'
-    if not ok_type:
-        raise OptionError(_where(source, f'{key} must be {what}, got {value!r}'))
+    """A type (int: a whole number, not a bool; float: any number; bool: true/false; str) and an inclusive range;
+    the error names the key."""
+    if not _is_instance(value, (kind,)):
+        raise OptionError(_where(source, f'{key} must be {_SIMPLE_TYPES[kind]}, got {value!r}'))
+    if kind in (bool, str):
+        return
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f'>= {lo}' if hi is None else f'between {lo} and {hi}'
         raise OptionError(_where(source, f'{key} must be {bounds}, got {value!r}'))
 
 
+def _matches(opt: Dict[str, Any], pattern: str) -> List[Tuple[str, Any]]:
+    """(dotted key, value) of every non-null option matching ``pattern`` ('*' = any key at that level)."""
+    parts = pattern.split('.')
+    nodes = [('', opt)]
+    for part in parts[:-1]:
+        nxt = []
+        for prefix, node in nodes:
+            if not isinstance(node, dict):
+                continue
+            keys = list(node) if part == '*' else [part] if part in node else []
+            nxt += [(f'{prefix}{k}.', node[k]) for k in keys]
+        nodes = nxt
+    return [(prefix + parts[-1], node[parts[-1]]) for prefix, node in nodes
+            if isinstance(node, dict) and node.get(parts[-1]) is not None]
+
+
 def _check_scalars(opt: Dict[str, Any], source: str) -> None:
     for pattern, (kind, lo, hi) in SCALARS.items():
-        parts = pattern.split('.')
-        nodes = [('', opt)]
-        for part in parts[:-1]:
-            nxt = []
-            for prefix, node in nodes:
-                if not isinstance(node, dict):
-                    continue
-                keys = list(node) if part == '*' else [part] if part in node else []
-                nxt += [(f'{prefix}{k}.', node[k]) for k in keys]
-            nodes = nxt
-        for prefix, node in nodes:
-            if isinstance(node, dict) and node.get(parts[-1]) is not None:
-                check_scalar(node[parts[-1]], kind, lo, hi, prefix + parts[-1], source)
+        for key, value in _matches(opt, pattern):
+            check_scalar(value, kind, lo, hi, key, source)
+    for pattern, (kind, lo, hi, length) in SEQUENCES.items():
+        for key, value in _matches(opt, pattern):
+            if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+                size = f'{length} ' if length else ''
+                what = 'integers' if kind is int else 'numbers'
+                raise OptionError(_where(source, f'{key} must be a list of {size}{what}, got {value!r}'))
+            for i, item in enumerate(value):
+                check_scalar(item, kind, lo, hi, f'{key}[{i}]', source)
+    for pattern, (module, name) in CHOICES.items():
+        allowed = getattr(importlib.import_module(module), name)
+        for key, value in _matches(opt, pattern):
+            if isinstance(value, bool) or value not in allowed:
+                raise OptionError(_where(source, f'{key} must be one of {", ".join(map(str, allowed))}, '
+                                                 f'got {value!r}'))
 
 
 def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> None:
@@ -263,6 +394,8 @@ def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require:
     for key, default in (getattr(cls, 'DEFAULTS', None) or {}).items():
         if default is REQUIRED and ds.get(key) is None:
             raise OptionError(_where(source, f'{prefix}{key} is missing (required by {ds["type"]})'))
+        if isinstance(default, bool) and key in ds and not isinstance(ds[key], bool):
+            raise OptionError(_where(source, f'{prefix}{key} must be true or false, got {ds[key]!r}'))
     for key in DATASET_PATH_KEYS:
         if isinstance(ds.get(key), str):
             require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
@@ -315,6 +448,10 @@ def _validate_val(val: Any, source: str) -> InferenceOptions:
     for name, metric in (val.get('metrics') or {}).items():
         _check_typed_block(metric, f'val.metrics.{name}.', source, _registry_lookup(METRIC_REGISTRY), 'metric',
                            skip=2, extra=METRIC_EXTRA_KEYS)
+    try:  # val.protocols: colour x border x measure (extracter/evaluation/protocols.py)
+        merge_metrics(val.get('metrics'), val.get('protocols'))
+    except ValueError as err:
+        raise OptionError(_where(source, str(err))) from None
     try:
         return InferenceOptions.from_mapping(val, 'val.', ignore=VAL_OWN_KEYS)
     except ValueError as err:
@@ -333,6 +470,10 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
     for key in ('name', 'model_type', 'network_g', 'datasets'):
         if key not in opt:
             raise OptionError(_where(source, f'required key {key!r} is missing'))
+    check_run_name(opt['name'], source)
+    num_gpu = opt.get('num_gpu', 'auto')
+    if num_gpu != 'auto' and not (_is_instance(num_gpu, (int,)) and num_gpu >= 0):
+        raise OptionError(_where(source, f"num_gpu must be 'auto' or a whole number >= 0, got {num_gpu!r}"))
     _validate_networks(opt, source, require)
     _check_scale(opt, source)
     path_opt = opt.get('path') or {}
@@ -344,13 +485,60 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
         raise OptionError(_where(source, 'datasets must be a non-empty mapping of phases (train, val, test_1, ...)'))
     for phase, ds in datasets.items():
         _validate_dataset(phase, ds, is_train, source, require)
+    _check_dataset_names(datasets, source)
     if is_train:
         _validate_train(opt, source, require)
+        if opt['network_g'].get('search_mode') == 'approximate':
+            raise OptionError(_where(source, 'network_g.search_mode: approximate is for inference only (training '
+                                             'searches exactly: dense or chunked); val.search.mode may choose it '
+                                             'for validation'))
     check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
     if opt.get('val') is not None:
         _validate_val(opt['val'], source)
     _check_scalars(opt, source)
     derive_dataset_strides(opt, source)
+    if (opt.get('val') or {}).get('protocols') is not None:  # derived: the protocols' metrics join val.metrics
+        opt['val']['metrics'] = merge_metrics(opt['val'].get('metrics'), opt['val']['protocols'])
+
+
+def check_run_name(name: Any, source: str = '') -> None:
+    """``name`` becomes a folder (``experiments/<name>``, ``results/<name>``): a non-empty string that is one plain
+    folder name."""
+    if not isinstance(name, str) or not name.strip():
+        raise OptionError(_where(source, f'name must be a non-empty string (the run\'s folder name), got {name!r}'))
+    if name in ('.', '..') or any(c in name for c in '/\\\0') or name != name.strip():
+        raise OptionError(_where(source, f'name {name!r} must be one plain folder name (no /, \\, leading or '
+                                         'trailing spaces, . or ..): it becomes experiments/<name> or results/<name>'))
+
+
+def _check_dataset_names(datasets: Dict[str, Any], source: str) -> None:
+    """Validation and test sets write ``visualization/<name>/`` and ``metrics_<name>.*``: their names must differ."""
+    seen: Dict[str, str] = {}
+    for phase, ds in datasets.items():
+        if str(phase).startswith('train'):
+            continue
+        name = ds.get('name')
+        if not isinstance(name, str) or not name:
+            raise OptionError(_where(source, f'datasets.{phase}.name must be a non-empty string, got {name!r}'))
+        if name in seen:
+            raise OptionError(_where(source, f'datasets.{phase}.name {name!r} is also the name of datasets.'
+                                             f'{seen[name]}: their pictures and metrics would overwrite each other; '
+                                             'give each set its own name'))
+        seen[name] = phase
+
+
+@contextlib.contextmanager
+def option_errors(source: str, key: str) -> Iterator[None]:
+    """A ``ValueError``/``TypeError``/``KeyError`` raised while building what the options at ``key`` describe (a
+    dataset, a network) becomes an :class:`OptionError` naming the file and the key. The constructors check their own
+    ranges and choices (``swap_prob`` in [0, 1], ``n_feats`` even); this says where the value came from."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise OptionError(_where(source, f'{key}: {text}')) from err
 
 
 def derive_dataset_strides(opt: Dict[str, Any], source: str = '') -> None:
@@ -395,7 +583,16 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error in one line: what and where (``line L, column C``)."""
+    mark = getattr(err, 'problem_mark', None)
+    problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
+    return f'{problem} (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else problem
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
+    if osp.isdir(path):
+        raise OptionError(f'{path} is a folder; give the option file (.yml)')
     if not osp.isfile(path):
         raise OptionError(f'option file not found: {path}')
     with open(path, encoding='utf-8') as f:
@@ -407,7 +604,7 @@ def load_yaml(path: str) -> Dict[str, Any]:
             finally:
                 loader.dispose()
         except yaml.YAMLError as err:
-            raise OptionError(f'{path}: not valid YAML: {err}') from None
+            raise OptionError(f'{path}: not valid YAML: {yaml_problem(err)}') from None
     if data is None:
         raise OptionError(f'{path}: the option file is empty')
     return data
@@ -444,7 +641,7 @@ def derive_paths(opt: Dict[str, Any], root_path: str, is_train: bool) -> None:
 
 
 def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='EXTRACTER/TTSR ' + ('training' if is_train else 'testing'))
+    parser = ArgumentParser(description='EXTRACTER/TTSR ' + ('training' if is_train else 'testing'))
     parser.add_argument('-opt', required=True, help='path to the option YAML file')
     parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none',
                         help="'pytorch' when started by torchrun (distributed)")
@@ -481,6 +678,7 @@ def parse_options(root_path: str, is_train: bool, argv: Optional[List[str]] = No
 
     opt.setdefault('num_gpu', 'auto')
     opt['is_train'] = is_train
+    opt['opt_path'] = args.opt  # named in errors about the values (extracter.utils.options.option_errors)
     opt['auto_resume'] = bool(getattr(args, 'auto_resume', False))
     opt['overwrite'] = bool(args.overwrite)
     if args.launcher == 'none':

@@ -1,0 +1,505 @@
+"""The web page's job runner: one super-resolution job at a time, inputs checked in plain words, outputs only in its
+own folder.
+
+A job is an LR photo, zero or more reference photos, a model and optionally a memory budget and search mode
+(:class:`JobRequest`). :meth:`JobRunner.run` reads the photos with the command line's reader
+(:func:`extracter.data.image_io.read_image`: EXIF rotation, greyscale, 16-bit, alpha, size limit), builds the
+command line's sample (:func:`extracter.data.inference_dataset.inference_sample`) and runs the same engine
+(:func:`extracter.inference.folder.super_resolve`, or :func:`extracter.inference.engine.run_sisr` for a single-image
+model when no reference is given), so for the same inputs and options the SR equals ``infer.py``'s.
+
+Guarantees:
+
+- One job runs at a time per runner; later ones wait in order and say so (``queued: N job(s) ahead``), at most
+  ``max_waiting`` of them.
+- Input files are read only from ``upload_dir`` (where the page stores uploads); their names are never used for
+  outputs. Outputs go to ``output_dir/jobs/<job id>/`` under generated names, written atomically, never replaced.
+- Every failure becomes a :class:`JobError` whose message says what is wrong in plain words; nothing escapes.
+- A memory budget always applies to reference-based runs: the request's, else the runner's default (half of the
+  memory that is free when the runner starts, see :func:`default_memory_budget`).
+"""
+
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import yaml
+
+from extracter.data import degradations as deg
+from extracter.data.image_io import ImageInputWarning, ImageReadError, read_image
+from extracter.data.inference_dataset import inference_sample
+from extracter.inference.engine import run_sisr
+from extracter.inference.folder import batch_of_one, super_resolve
+from extracter.inference.memory_plan import MemoryBudgetError, parse_memory
+from extracter.inference.network import NetworkLoadError, load_network
+from extracter.inference.options import SEARCH_MODES
+from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
+
+LOG = logging.getLogger('extracter.app')
+
+MIN_LR_SIDE = 16  # LR pixels: below this there is nothing to enlarge
+MIN_REF_SIDE = 16
+# A reference with fewer than a quarter of the LR's pixels cannot supply its textures: refused. One smaller than the
+# LR itself gets a note (a useful reference is an HR picture: about 16 times the LR's pixels).
+MIN_REF_AREA_RATIO = 0.25
+WEIGHT_SUFFIXES = ('.pth', '.pt')
+TEXTURE_MIN_H = 320
+DEFAULT_SEARCH = 'auto'  # as infer.py: approximate where the exact search is expensive
+SISR_TILE = {'tile_size': 256, 'tile_pad': 16}  # single-image models: tiles above this size (LR pixels)
+
+
+class JobError(ValueError):
+    """A job that cannot run or failed; the message is for the person who asked for it."""
+
+
+@dataclass
+class ModelEntry:
+    """A model the page offers: a checkpoint with its options (``W.yml`` beside ``W.pth``)."""
+
+    label: str
+    weights: Path
+    arch: str
+    uses_reference: bool
+
+
+def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
+    """The entry of a checkpoint ``W.pth`` with its options ``W.yml`` (``network_g``); :class:`JobError` if unusable."""
+    from extracter.registry import ARCH_REGISTRY
+
+    weights = Path(weights)
+    name = label or weights.name
+    if weights.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise JobError(f'The model file {name} is not a checkpoint (expected a {" or ".join(WEIGHT_SUFFIXES)} file).')
+    if not weights.is_file():
+        raise JobError(f'The model file {name} does not exist.')
+    options = weights.with_suffix('.yml')
+    if not options.is_file():
+        raise JobError(f'The model {name} has no options file beside it ({options.name} with a network_g block); '
+                       'convert original checkpoints with scripts/convert_official.py, which writes one.')
+    try:
+        with open(options, encoding='utf-8') as f:
+            arch = ((yaml.safe_load(f) or {}).get('network_g') or {}).get('type')
+        cls = ARCH_REGISTRY.get(arch)
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+        raise JobError(f'The options file of the model {name} ({options.name}) has no usable network_g type.') \
+            from None
+    return ModelEntry(name, weights, str(arch), bool(getattr(cls, 'uses_reference', False)))
+
+
+def find_models(folder: Path) -> List[ModelEntry]:
+    """Every checkpoint under ``folder`` (recursively) that has its options beside it, sorted by path."""
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        return []
+    found = []
+    for weights in sorted(p for p in folder.rglob('*') if p.suffix.lower() in WEIGHT_SUFFIXES):
+        try:
+            found.append(model_entry(weights, str(weights.relative_to(folder))))
+        except JobError as err:
+            LOG.info('not offering %s: %s', weights, err)
+    return found
+
+
+def default_memory_budget(device: str = 'cpu', fraction: float = 0.5) -> str:
+    """``fraction`` of the memory free now (the device's for CUDA, else the machine's available RAM), in half GiB
+    steps, at least 0.5G: the budget a job gets when the page does not set one."""
+    free = None
+    if device.startswith('cuda') and torch.cuda.is_available():
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        try:
+            with open('/proc/meminfo', encoding='ascii') as f:
+                info = dict(line.split(':', 1) for line in f if ':' in line)
+            free = int(info['MemAvailable'].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            try:
+                free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+            except (ValueError, OSError, AttributeError):
+                free = None
+    if not free:
+        return '2G'
+    halves = max(1, math.floor(free * fraction / 2 ** 29))
+    return f'{halves / 2:g}G'
+
+
+@dataclass
+class JobRequest:
+    """What the page sends: paths of uploaded files (inside the runner's ``upload_dir``), the model's checkpoint,
+    and optional memory budget (``'6G'``) and search mode (one of :data:`SEARCH_MODES`; None: ``'auto'``, as
+    ``infer.py``'s default)."""
+
+    lr: Optional[str]
+    refs: Sequence[str] = ()
+    model: Optional[str] = None
+    max_memory: Optional[str] = None
+    search_mode: Optional[str] = None
+    lr_name: Optional[str] = None  # names to show in messages (never used for files)
+    ref_names: Optional[Sequence[str]] = None
+
+
+@dataclass
+class Progress:
+    """A progress report: the stage, the fraction done (0..1) and the estimated seconds left (None: unknown)."""
+
+    stage: str
+    fraction: float
+    eta_s: Optional[float] = None
+
+    @property
+    def text(self) -> str:
+        if self.eta_s is None:
+            return self.stage
+        return f'{self.stage} (about {format_seconds(self.eta_s)} left)'
+
+
+def format_seconds(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f'{s} s' if s < 90 else f'{s // 60} min {s % 60:02d} s'
+
+
+@dataclass
+class JobResult:
+    """What a job produced: the PNGs it wrote (in its own folder), the images, and what to tell the person."""
+
+    job_id: str
+    folder: Path
+    files: Dict[str, Path]
+    sr: np.ndarray
+    bicubic: np.ndarray
+    texture: Optional[np.ndarray]
+    relevance: Optional[Dict[str, float]]
+    model: str
+    single_image: bool
+    seconds: float
+    plan: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+    search: Optional[str] = None  # the search that ran, and why (RefSR)
+
+
+def _safe_name(name: Optional[str], fallback: str) -> str:
+    """An uploaded file's name, for messages only: its last component, printable, at most 60 characters."""
+    if not name:
+        return fallback
+    base = re.split(r'[\\/]', str(name))[-1]
+    base = ''.join(c for c in base if c.isprintable())[:60]
+    return base or fallback
+
+
+class JobRunner:
+    """Runs :class:`JobRequest` s one at a time; see the module docstring.
+
+    Args:
+        output_dir: the runner's own folder; jobs write ``output_dir/jobs/<job id>/``.
+        upload_dir: the only folder input files are read from (default ``output_dir/uploads``).
+        device: ``'cpu'`` or ``'cuda[:N]'``.
+        max_memory: the default budget of a job (default :func:`default_memory_budget`).
+        models: the models offered (their checkpoints may be read); a request may also name another checkpoint
+            when ``allow_model_paths`` is set (the page's path box, off when the page listens on all interfaces).
+        max_waiting: jobs that may wait behind the running one; more are refused.
+    """
+
+    def __init__(self, output_dir: Path, upload_dir: Optional[Path] = None, device: str = 'cpu',
+                 max_memory: Optional[str] = None, models: Sequence[ModelEntry] = (), allow_model_paths: bool = True,
+                 max_waiting: int = 4) -> None:
+        self.output_dir = Path(output_dir).resolve()
+        self.upload_dir = Path(upload_dir).resolve() if upload_dir else self.output_dir / 'uploads'
+        self.jobs_dir = self.output_dir / 'jobs'
+        self.device = device
+        self.max_memory = max_memory or default_memory_budget(device)
+        parse_memory(self.max_memory)
+        self.models = list(models)
+        self.allow_model_paths = allow_model_paths
+        self.max_waiting = max_waiting
+        self._cond = threading.Condition()
+        self._waiting: deque = deque()
+        self._busy = False
+        self._count = 0
+        self._net_cache: Optional[Tuple[Tuple[str, float, str], torch.nn.Module]] = None
+        self._seconds_per_lr_px: Optional[float] = None  # the last job's speed, for the next one's ETA
+
+    # ------------------------------------------------------------------ queue
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._busy
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def run(self, request: JobRequest, report: Optional[Callable[[Progress], None]] = None) -> JobResult:
+        """Run ``request`` when its turn comes (reporting ``queued: ...`` meanwhile), then report its stages.
+        Raises :class:`JobError` with a message in plain words for any failure."""
+        report = report or (lambda p: None)
+        ticket = object()
+        with self._cond:
+            if len(self._waiting) >= self.max_waiting:
+                raise JobError(f'The page is busy: {len(self._waiting)} jobs are already waiting. Try again in a '
+                               'few minutes.')
+            self._waiting.append(ticket)
+            try:
+                while self._busy or self._waiting[0] is not ticket:
+                    ahead = list(self._waiting).index(ticket) + (1 if self._busy else 0)
+                    report(Progress(f'queued: {ahead} job(s) ahead of yours; it starts when they finish', 0.0))
+                    self._cond.wait(timeout=1.0)
+            finally:
+                self._waiting.remove(ticket)
+            self._busy = True
+        try:
+            return self._run_guarded(request, report)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _run_guarded(self, request: JobRequest, report: Callable[[Progress], None]) -> JobResult:
+        try:
+            return self._run(request, report)
+        except JobError:
+            raise
+        except MemoryBudgetError as err:
+            text = str(err).replace('max_memory=', 'the memory budget of ').replace('raise max_memory',
+                                                                                    'raise the memory budget')
+            raise JobError(f'Not enough memory for this job: {text}.') from None
+        except NetworkLoadError as err:
+            raise JobError(f'The model could not be loaded: {err}.') from None
+        except MemoryError:
+            raise JobError('The machine ran out of memory for this job: lower the memory budget or use a smaller '
+                           'photo or reference.') from None
+        except RuntimeError as err:
+            if 'out of memory' in str(err).lower():
+                if self.device.startswith('cuda'):
+                    torch.cuda.empty_cache()
+                raise JobError('The graphics card ran out of memory for this job: lower the memory budget or use a '
+                               'smaller photo or reference.') from None
+            LOG.exception('job failed')
+            raise JobError(f'The job failed unexpectedly ({type(err).__name__}: {err}). The page keeps working; '
+                           'the details are in the server log.') from None
+        except Exception as err:  # noqa: BLE001  nothing a job does may take the server down
+            LOG.exception('job failed')
+            raise JobError(f'The job failed unexpectedly ({type(err).__name__}: {err}). The page keeps working; '
+                           'the details are in the server log.') from None
+
+    # ------------------------------------------------------------------ one job
+    def _input_path(self, path: Optional[str], label: str) -> Path:
+        if not path:
+            raise JobError(f'Please add {label}.')
+        resolved = Path(path).resolve()
+        try:
+            resolved.relative_to(self.upload_dir)
+        except ValueError:
+            raise JobError(f'{label[0].upper()}{label[1:]} was not uploaded through this page; upload it again.') \
+                from None
+        if not resolved.is_file():
+            raise JobError(f'{label[0].upper()}{label[1:]} is no longer on the server; upload it again.')
+        return resolved
+
+    def _read(self, path: Path, label: str, notes: List[str]) -> np.ndarray:
+        """``read_image`` with its errors and warnings worded for the page (the server path replaced by ``label``)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', ImageInputWarning)
+            try:
+                img = read_image(path)
+            except ImageReadError as err:
+                raise JobError(_reword(str(err), path, label)) from None
+            except MemoryError:
+                raise JobError(f'{label} is too large to decode on this machine.') from None
+        for w in caught:
+            if issubclass(w.category, ImageInputWarning):
+                notes.append(_reword(str(w.message), path, label))
+        return img
+
+    def _choose_model(self, request: JobRequest, with_refs: bool, notes: List[str]) -> ModelEntry:
+        if request.model:
+            entry = next((m for m in self.models if str(m.weights) == str(request.model)), None)
+            if entry is None:
+                if not self.allow_model_paths:
+                    raise JobError('Choose one of the models offered in the list.')
+                entry = model_entry(Path(request.model).expanduser())
+        elif self.models:
+            entry = next((m for m in self.models if m.uses_reference == with_refs), self.models[0])
+        else:
+            raise JobError('No model is available: put a checkpoint with its .yml options in pretrained/, or give '
+                           'the path of a converted checkpoint.')
+        if with_refs or not entry.uses_reference:
+            if with_refs and not entry.uses_reference:
+                notes.append(f'{entry.label} is a single-image model: the reference photos were not used.')
+            return entry
+        single = next((m for m in self.models if not m.uses_reference), None)
+        if single is None:
+            raise JobError('No reference photo was given, and no single-image model is available: add one or more '
+                           'reference photos (pictures of the same scene or subject, in high resolution), or put a '
+                           'single-image (DRCT) checkpoint with its .yml in pretrained/.')
+        notes.append(f'No reference photo was given: used the single-image model {single.label}.')
+        return single
+
+    def _network(self, entry: ModelEntry) -> torch.nn.Module:
+        key = (str(entry.weights), entry.weights.stat().st_mtime, self.device)
+        if self._net_cache is None or self._net_cache[0] != key:
+            self._net_cache = None  # free the previous model first
+            self._net_cache = (key, load_network(str(entry.weights), device=self.device))
+        return self._net_cache[1]
+
+    def _new_job_folder(self) -> Tuple[str, Path]:
+        self._count += 1
+        job_id = f'{time.strftime("%Y%m%d-%H%M%S")}-{self._count:04d}-{secrets.token_hex(3)}'
+        folder = self.jobs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=False)
+        return job_id, folder
+
+    def _run(self, request: JobRequest, report: Callable[[Progress], None]) -> JobResult:
+        t0 = time.time()
+        notes: List[str] = []
+        lr_label = f'the photo to enlarge ({_safe_name(request.lr_name or request.lr, "LR")})'
+        ref_names = list(request.ref_names or request.refs)
+        ref_labels = [f'reference {i + 1} ({_safe_name(ref_names[i] if i < len(ref_names) else p, "reference")})'
+                      for i, p in enumerate(request.refs)]
+        lr_path = self._input_path(request.lr, 'the photo to enlarge (the low-resolution photo)')
+        ref_paths = [self._input_path(p, label) for p, label in zip(request.refs, ref_labels)]
+        if request.search_mode not in (None, '') + SEARCH_MODES:
+            raise JobError(f'Unknown search mode {request.search_mode!r}: choose one of {", ".join(SEARCH_MODES)}.')
+        budget = request.max_memory or self.max_memory
+        try:
+            parse_memory(budget)
+        except ValueError:
+            raise JobError(f'The memory budget {budget!r} is not a size: write it like 4G or 512M.') from None
+        entry = self._choose_model(request, bool(ref_paths), notes)
+
+        report(Progress('reading the photos', 0.02))
+        lq = self._read(lr_path, lr_label, notes)
+        h, w = lq.shape[:2]
+        if min(h, w) < MIN_LR_SIDE:
+            raise JobError(f'{_cap(lr_label)} is only {w} x {h} pixels; it must be at least {MIN_LR_SIDE} x '
+                           f'{MIN_LR_SIDE}.')
+        refs = []
+        if entry.uses_reference:
+            for path, label in zip(ref_paths, ref_labels):
+                ref = self._read(path, label, notes)
+                rh, rw = ref.shape[:2]
+                if min(rh, rw) < MIN_REF_SIDE or rh * rw < MIN_REF_AREA_RATIO * h * w:
+                    raise JobError(f'{_cap(label)} is {rw} x {rh} pixels, far smaller than the {w} x {h} photo to '
+                                   'enlarge: it cannot supply its details. Use a reference at least as large as the '
+                                   'photo, ideally a high-resolution picture of the same scene.')
+                if rh * rw < h * w:
+                    notes.append(f'{_cap(label)} ({rw} x {rh}) is smaller than the photo to enlarge ({w} x {h}): it '
+                                 'can give little detail; a reference about 4 times as wide works best.')
+                refs.append(ref)
+
+        report(Progress(f'loading the model {entry.label}', 0.04))
+        net = self._network(entry)
+        eta = _EtaClock(self._seconds_per_lr_px, h * w)
+        if entry.uses_reference:
+            out = self._run_refsr(net, lq, refs, budget, request.search_mode, report, eta)
+        else:
+            out = self._run_single(net, lq, report, eta)
+        report(Progress('writing the result', 0.97))
+        job_id, folder = self._new_job_folder()
+        files = {'sr': folder / f'{job_id}_sr.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
+        save_png(out['sr'], files['sr'])
+        save_png(out['bicubic'], files['bicubic'])
+        texture = None
+        if out.get('texture_panels'):
+            # at least TEXTURE_MIN_H pixels high, so that the panels' labels fit
+            texture = side_by_side(out['texture_panels'], height=min(max(out['sr'].shape[0], TEXTURE_MIN_H), 512))
+            files['texture'] = folder / f'{job_id}_texture.png'
+            save_png(texture, files['texture'])
+        seconds = time.time() - t0
+        self._seconds_per_lr_px = eta.compute_seconds() / max(1, h * w)
+        report(Progress('done', 1.0))
+        return JobResult(job_id, folder, files, out['sr'], out['bicubic'], texture, out.get('relevance'),
+                         entry.label, not entry.uses_reference, seconds, out.get('plan'), notes,
+                         out.get('search_used'))
+
+    def _run_refsr(self, net, lq: np.ndarray, refs: List[np.ndarray], budget: str, search_mode: Optional[str],
+                   report: Callable[[Progress], None], eta: '_EtaClock') -> Dict:
+        lr_mult, ref_mult = net.size_multiples()
+        sample = batch_of_one(inference_sample(lq, refs, lr_mult, ref_mult))
+        run_kwargs = {'max_memory': budget, 'search_mode': search_mode or DEFAULT_SEARCH}
+
+        def stage(text: str) -> None:
+            if text.startswith('encoding'):
+                i, n = (int(v) for v in text.rsplit(' ', 1)[1].split('/'))
+                report(Progress(text.replace('encoding', 'encoding the'), 0.05 + 0.1 * (i - 1) / n,
+                                eta.untiled_left()))
+            else:
+                eta.search_started()
+                report(Progress(text, 0.2, eta.untiled_left()))
+
+        def progress(done: int, total: int) -> None:
+            report(Progress(f'main network, tiles {done}/{total}', 0.25 + 0.7 * done / total,
+                            eta.tiles_left(done, total)))
+
+        result = super_resolve(net, sample, self.device, run_kwargs, texture_map=True, progress=progress,
+                               stage=stage)
+        result['plan'] = result['plan'].describe() if result.get('plan') is not None else None
+        return result
+
+    def _run_single(self, net, lq: np.ndarray, report: Callable[[Progress], None], eta: '_EtaClock') -> Dict:
+        lr = deg.to_tensor(lq)[None].to(self.device)
+        h, w = lq.shape[:2]
+        tile = SISR_TILE if max(h, w) > SISR_TILE['tile_size'] else None
+        eta.search_started()
+        report(Progress('single-image model' + (', tile by tile' if tile else ''), 0.2, eta.untiled_left()))
+
+        def progress(done: int, total: int) -> None:
+            report(Progress(f'single-image model, tiles {done}/{total}', 0.2 + 0.75 * done / total,
+                            eta.tiles_left(done, total)))
+
+        sr = run_sisr(net, lr, tile=tile, progress=progress)
+        scale = sr.shape[-1] // w
+        return {'sr': tensor_to_uint8(sr), 'bicubic': deg.make_lq_up(lq, (scale * h, scale * w))}
+
+
+class _EtaClock:
+    """Seconds left: from the tiles' pace once tiles run (the search counted in the first tile: an over- rather
+    than an under-estimate), else from the previous job's seconds per LR pixel (None for a process's first job)."""
+
+    def __init__(self, seconds_per_lr_px: Optional[float], lr_px: int) -> None:
+        self.t0 = time.time()
+        self.expected = None if seconds_per_lr_px is None else seconds_per_lr_px * lr_px
+        self.t_search: Optional[float] = None
+
+    def search_started(self) -> None:
+        if self.t_search is None:
+            self.t_search = time.time()
+
+    def untiled_left(self) -> Optional[float]:
+        if self.expected is None:
+            return None
+        return max(0.0, self.expected - (time.time() - self.t0))
+
+    def tiles_left(self, done: int, total: int) -> Optional[float]:
+        start = self.t_search or self.t0
+        return (time.time() - start) / done * (total - done) if done else self.untiled_left()
+
+    def compute_seconds(self) -> float:
+        """Seconds of the computation (after the model is loaded), for the next job's estimate."""
+        return time.time() - self.t0
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _reword(message: str, path: Path, label: str) -> str:
+    """A reader message about ``path`` reworded for the page: the server path replaced by ``label``."""
+    for p in sorted({str(path), os.fspath(path.resolve())}, key=len, reverse=True):
+        message = message.replace(p, label)
+    message = message.replace('--max-image-pixels', 'the app option --max-image-pixels')
+    return _cap(message).rstrip('.') + '.'
+
+
+__all__ = ['JobError', 'JobRequest', 'JobResult', 'JobRunner', 'ModelEntry', 'Progress', 'default_memory_budget',
+           'find_models', 'model_entry']

@@ -1,0 +1,320 @@
+"""The web page's job runner (extracter/app/jobs.py): the same SR as the command line, errors in plain words, one job
+at a time with a queue that says so, files read and written only in its own folders. No Gradio needed; the page
+itself is driven in a real browser by tests/test_app_browser.py."""
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from extracter.app.jobs import JobError, JobRequest, JobRunner, default_memory_budget, find_models, model_entry
+from extracter.infer import run as infer_run
+from extracter.inference.memory_plan import parse_memory
+from tests.app_helpers import motorcycle_pair, psnr_y, read_png, save, tiny_checkpoint
+
+BUDGET = '1G'
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('models')
+    tiny_checkpoint(folder / 'refsr')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def pair():
+    return motorcycle_pair(96, ref_scale=0.25)  # LR 24 x 24, reference 185 x 125
+
+
+def make_runner(tmp_path: Path, models: Path, **kwargs) -> JobRunner:
+    return JobRunner(tmp_path / 'app', models=find_models(models), max_memory=BUDGET, **kwargs)
+
+
+def upload(runner: JobRunner, name: str, data) -> str:
+    """A file as the page stores an upload: in a folder of its own under the runner's upload folder."""
+    path = runner.upload_dir / f'u{len(list(runner.upload_dir.glob("*"))) if runner.upload_dir.exists() else 0}' / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        save(data, path)
+    return str(path)
+
+
+def files_under(folder: Path) -> set:
+    return {p for p in folder.rglob('*') if p.is_file()}
+
+
+def test_models_are_found_with_their_kind(models):
+    found = find_models(models)
+    assert [(m.label, m.arch, m.uses_reference) for m in found] == [('refsr/tiny.pth', 'Extracter', True)]
+    (models / 'orphan.pth').write_bytes(b'x')  # no options beside it: not offered
+    assert len(find_models(models)) == 1
+    with pytest.raises(JobError, match='no options file beside it'):
+        model_entry(models / 'orphan.pth')
+    (models / 'orphan.pth').unlink()
+
+
+def test_default_memory_budget_is_half_the_free_memory():
+    budget = parse_memory(default_memory_budget())
+    with open('/proc/meminfo') as f:
+        available = int(next(line for line in f if line.startswith('MemAvailable')).split()[1]) * 1024
+    assert 2 ** 29 <= budget <= max(2 ** 29, 0.5 * available * 1.2)
+
+
+def test_job_gives_the_command_lines_sr(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    stages = []
+    result = runner.run(JobRequest(lr=lr, refs=[ref]), lambda p: stages.append(p))
+    cli_out = tmp_path / 'cli'
+    infer_run(['--weights', str(models / 'refsr' / 'tiny.pth'), '--lr', lr, '--ref', ref, '-o', str(cli_out),
+               '--max-memory', BUDGET])
+    cli_sr = read_png(cli_out / 'lr_sr.png')
+    page_sr = read_png(result.files['sr'])
+    assert page_sr.shape == (96, 96, 3) == pair['hr'].shape
+    np.testing.assert_array_equal(page_sr, cli_sr)
+    assert psnr_y(page_sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])
+    np.testing.assert_array_equal(read_png(result.files['bicubic']), read_png(cli_out / 'lr_bicubic.png'))
+    texts = [p.stage for p in stages]
+    assert texts[0] == 'reading the photos' and 'encoding the reference 1/1' in texts and texts[-1] == 'done'
+    assert [p.fraction for p in stages] == sorted(p.fraction for p in stages)
+    assert 0 <= result.relevance['min'] <= result.relevance['mean'] <= result.relevance['max'] <= 1 + 1e-6
+    assert result.texture is not None and result.texture.shape[1] > 2 * result.texture.shape[0]
+    assert result.plan and result.search and 'search' in result.search and result.notes == []
+
+
+def tiling_budget(weights: Path, lr_hw, ref_hw) -> int:
+    """A budget under which the planner runs this LR tile by tile (the untiled run does not fit)."""
+    from extracter.inference.memory_plan import MemoryBudgetError, NetSpec, estimate, plan_memory
+    from extracter.inference.network import load_network
+
+    spec = NetSpec.from_net(load_network(str(weights)))
+    untiled = estimate(spec, lr_hw, ref_hw)['total']
+    for fraction in (0.8, 0.6, 0.45, 0.3, 0.2):
+        try:
+            plan = plan_memory(spec, lr_hw, ref_hw, int(untiled * fraction))
+        except MemoryBudgetError:
+            continue
+        if plan.tile_size is not None:
+            return int(untiled * fraction)
+    raise AssertionError('no budget makes this run tiled')
+
+
+def test_tiles_report_progress_and_eta(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', motorcycle_pair(320)['lr'])  # 80 x 80: tiles (with 16 px of context) help
+    ref = upload(runner, 'ref.png', pair['ref'])
+    runner.run(JobRequest(lr=lr, refs=[ref]))  # a first job: the next one's ETA starts from its speed
+    budget = tiling_budget(models / 'refsr' / 'tiny.pth', (80, 80), (128, 192))  # sizes padded to the multiples
+    stages = []
+    runner.run(JobRequest(lr=lr, refs=[ref], max_memory=str(budget)), stages.append)
+    tiles = [p for p in stages if 'tiles' in p.stage]
+    assert tiles and tiles[-1].stage.endswith(f'{len(tiles)}/{len(tiles)}')
+    assert all(p.eta_s is not None for p in tiles) and tiles[-1].eta_s == 0
+    assert 'left)' in tiles[0].text
+
+
+def test_odd_photos_are_read_as_the_command_line_reads_them(models, pair, tmp_path, one_thread):
+    """An EXIF-rotated JPEG, a greyscale LR and a 16-bit reference: the page's SR equals the CLI's."""
+    runner = make_runner(tmp_path, models)
+    lr = pair['lr'][:, :20]  # 24 rows x 20 columns, stored rotated with EXIF orientation 6 (shown upright)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(lr, 1))).save(buf, 'JPEG', quality=95, exif=exif)
+    lr_path = upload(runner, 'rotated.jpg', buf.getvalue())
+    ref16 = (pair['ref'][..., 0].astype(np.uint16) * 257)
+    ref_path = runner.upload_dir / 'u16' / 'ref16.png'
+    ref_path.parent.mkdir(parents=True)
+    Image.fromarray(ref16).save(ref_path)
+    grey_path = upload(runner, 'grey.png', pair['lr'][..., 1])
+    for lr_in, expected_hw in ((lr_path, (96, 80)), (grey_path, (96, 96))):
+        result = runner.run(JobRequest(lr=lr_in, refs=[str(ref_path)]))
+        out = tmp_path / f'cli_{Path(lr_in).stem}'
+        infer_run(['--weights', str(models / 'refsr' / 'tiny.pth'), '--lr', lr_in, '--ref', str(ref_path), '-o',
+                   str(out), '--max-memory', BUDGET])
+        assert result.sr.shape[:2] == expected_hw
+        np.testing.assert_array_equal(read_png(result.files['sr']), read_png(out / f'{Path(lr_in).stem}_sr.png'))
+
+
+BAD_INPUTS = {
+    'text file named .png': (b'hello, this is not a picture', 'is not an image|not an image'),
+    'empty file': (b'', 'empty file'),
+    'truncated png': (None, 'corrupt or truncated'),
+    '1x1 pixel photo': (np.zeros((1, 1, 3), np.uint8), 'only 1 x 1 pixels; it must be at least 16 x 16'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_INPUTS))
+def test_bad_photo_is_answered_in_plain_words(models, pair, tmp_path, case):
+    runner = make_runner(tmp_path, models)
+    data, expected = BAD_INPUTS[case]
+    if data is None:
+        buf = io.BytesIO()
+        Image.fromarray(pair['ref']).save(buf, 'PNG')
+        data = buf.getvalue()[:600]
+    lr = upload(runner, 'my photo.png', data)
+    ref = upload(runner, 'ref.png', pair['ref'])
+    with pytest.raises(JobError, match=expected) as err:
+        runner.run(JobRequest(lr=lr, refs=[ref], lr_name='my photo.png'))
+    message = str(err.value)
+    assert 'the photo to enlarge (my photo.png)' in message.lower()
+    assert str(runner.output_dir) not in message  # no server paths on the page
+    assert not runner.jobs_dir.exists() or not any(runner.jobs_dir.iterdir())  # nothing written
+
+
+def test_request_errors_are_answered_in_plain_words(models, pair, tmp_path):
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    tiny_ref = upload(runner, 'small.png', pair['ref'][:10, :12])
+    cases = [
+        (JobRequest(lr=None, refs=[ref]), 'Please add the photo to enlarge'),
+        (JobRequest(lr=lr, refs=[tiny_ref]), r'Reference 1 \(small.png\) is 12 x 10 pixels, far smaller than the 24 x '
+                                             '24 photo'),
+        (JobRequest(lr=lr, refs=[ref], max_memory='lots'), "memory budget 'lots' is not a size"),
+        (JobRequest(lr=lr, refs=[ref], max_memory='1M'), 'Not enough memory for this job: the memory budget of 1 MiB'),
+        (JobRequest(lr=lr, refs=[ref], search_mode='fast'), "Unknown search mode 'fast'"),
+        (JobRequest(lr=lr, refs=[]), 'no single-image model is available'),
+        (JobRequest(lr=lr, refs=[ref], model=str(tmp_path / 'none.pth')), 'none.pth does not exist'),
+        (JobRequest(lr=str(tmp_path / 'elsewhere.png'), refs=[ref]), 'was not uploaded through this page'),
+    ]
+    for request, expected in cases:
+        with pytest.raises(JobError, match=expected):
+            runner.run(request)
+    assert not runner.busy and runner.waiting == 0  # every failure released the slot
+
+
+def test_a_mismatched_checkpoint_is_an_error_not_a_crash(models, pair, tmp_path):
+    other = tmp_path / 'other'
+    tiny_checkpoint(other, 'wide')
+    yml = other / 'wide.yml'
+    yml.write_text(yml.read_text().replace('n_feats: 8', 'n_feats: 16'))
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    with pytest.raises(JobError, match='The model could not be loaded: .*wide.pth does not match Extracter'):
+        runner.run(JobRequest(lr=lr, refs=[ref], model=str(other / 'wide.pth')))
+    closed = make_runner(tmp_path, models, allow_model_paths=False)
+    with pytest.raises(JobError, match='Choose one of the models offered'):
+        closed.run(JobRequest(lr=lr, refs=[ref], model=str(other / 'wide.pth')))
+    assert runner.run(JobRequest(lr=lr, refs=[ref])).sr.shape == (96, 96, 3)  # the runner still works
+
+
+def test_files_are_read_and_written_only_in_its_own_folders(models, pair, tmp_path):
+    runner = make_runner(tmp_path, models)
+    outside = save(pair['lr'], tmp_path / 'private' / 'secret.png')
+    link = runner.upload_dir / 'u9' / 'innocent.png'
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    ref = upload(runner, 'ref.png', pair['ref'])
+    with pytest.raises(JobError, match='was not uploaded through this page'):
+        runner.run(JobRequest(lr=str(link), refs=[ref]))
+    lr = upload(runner, '..%2F..%2Fevil.png', pair['lr'])  # the page may pass any name: it is only shown
+    before = files_under(tmp_path)
+    result = runner.run(JobRequest(lr=lr, refs=[ref], lr_name='../../evil.png'))
+    new = files_under(tmp_path) - before
+    assert new == set(result.files.values())
+    assert all(p.parent == runner.jobs_dir / result.job_id and p.name.startswith(result.job_id) for p in new)
+    assert sorted(p.name[len(result.job_id):] for p in new) == ['_bicubic.png', '_sr.png', '_texture.png']
+    again = runner.run(JobRequest(lr=lr, refs=[ref]))  # a second job never replaces the first one's files
+    assert again.job_id != result.job_id and all(p.is_file() for p in result.files.values())
+
+
+def test_one_job_at_a_time_and_the_queue_says_so(models, pair, tmp_path):
+    runner = make_runner(tmp_path, models, max_waiting=1)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    hold, started = threading.Event(), threading.Event()
+    log = []
+
+    def first_report(p):
+        log.append(('A', p.stage))
+        if p.stage == 'reading the photos':
+            started.set()
+            assert hold.wait(60)
+
+    results = {}
+
+    def job(name, report):
+        try:
+            results[name] = runner.run(JobRequest(lr=lr, refs=[ref]), report)
+        except JobError as err:  # pragma: no cover - reported by the asserts below
+            results[name] = err
+
+    a = threading.Thread(target=job, args=('A', first_report))
+    a.start()
+    assert started.wait(60)
+    queued = threading.Event()
+
+    def second_report(p):
+        log.append(('B', p.stage))
+        if p.stage.startswith('queued'):
+            queued.set()
+
+    b = threading.Thread(target=job, args=('B', second_report))
+    b.start()
+    assert queued.wait(30)
+    assert runner.busy and runner.waiting == 1
+    with pytest.raises(JobError, match='The page is busy: 1 jobs are already waiting'):
+        runner.run(JobRequest(lr=lr, refs=[ref]))  # max_waiting=1: a third is refused at once
+    time.sleep(0.3)
+    assert ('B', 'reading the photos') not in log  # B waits while A holds the slot
+    hold.set()
+    a.join(120)
+    b.join(120)
+    assert not isinstance(results['A'], Exception) and not isinstance(results['B'], Exception)
+    b_msgs = [s for who, s in log if who == 'B']
+    assert b_msgs[0] == 'queued: 1 job(s) ahead of yours; it starts when they finish'
+    assert log.index(('A', 'done')) < log.index(('B', 'reading the photos'))
+    assert not runner.busy and runner.waiting == 0
+
+
+def test_single_image_model_without_references(pair, tmp_path):
+    """No reference: the single-image model (DRCT) from the list, through run_sisr."""
+    import torch
+    import yaml
+
+    from extracter.inference.network import NetworkLoadError, load_network
+    from extracter.registry import ARCH_REGISTRY
+
+    folder = tmp_path / 'models'
+    tiny_checkpoint(folder / 'refsr')
+    drct_opt = dict(type='DRCT', upscale=4, in_chans=3, img_size=16, window_size=8, embed_dim=12, depths=[1],
+                    num_heads=[2], mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
+    opt = dict(drct_opt)
+    torch.manual_seed(0)
+    net = ARCH_REGISTRY.get(opt.pop('type'))(**opt)
+    torch.save({'params': net.state_dict()}, folder / 'drct.pth')
+    (folder / 'drct.yml').write_text(yaml.safe_dump({'network_g': drct_opt}))
+    try:
+        load_network(str(folder / 'drct.pth'))
+    except NetworkLoadError as err:
+        pytest.skip(f'load_network cannot load DRCT checkpoints yet: {err}')
+    runner = JobRunner(tmp_path / 'app', models=find_models(folder), max_memory=BUDGET)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    result = runner.run(JobRequest(lr=lr))
+    assert result.single_image and result.sr.shape == (96, 96, 3) and result.relevance is None
+    assert any('single-image model drct.pth' in n for n in result.notes)
+    assert os.path.isfile(result.files['sr'])
+
+
+def test_the_page_listens_on_this_machine_only_unless_asked(capsys):
+    from extracter.app.cli import check_host, main
+
+    assert check_host('127.0.0.1', False) == '127.0.0.1' and check_host('::1', False) == '::1'
+    for host in ('0.0.0.0', '192.168.1.5', 'example.org'):
+        with pytest.raises(SystemExit, match=f'--host {host} is not a loopback address; .* pass --listen-all'):
+            main(['--host', host])
+    assert check_host('127.0.0.1', True) == '0.0.0.0' and check_host('10.0.0.2', True) == '10.0.0.2'
+    with pytest.raises(SystemExit, match='--max-upload must look like 200M'):
+        main(['--listen-all', '--max-upload', 'lots'])
+    assert 'WARNING: --listen-all: the page listens on every network interface' in capsys.readouterr().err

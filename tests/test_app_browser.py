@@ -1,0 +1,163 @@
+"""The web page as a person uses it: ``extracter-app`` started as a process, driven in Debian's headless chromium by
+Playwright (no browser download: ``executable_path``). Upload the motorcycle pair, run, download the PNG: its size
+is 4x the LR and its PSNR against the ground truth equals the command line's for the same inputs; a broken file is
+answered on the page in plain words. Screenshots go to results/app_tests/ (ignored by git).
+
+Skips when gradio, playwright or chromium is missing, unless EXTRACTER_APP_TESTS=required (then it fails).
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from extracter.infer import run as infer_run
+from tests.app_helpers import CHROMIUM, motorcycle_pair, psnr_y, read_png, require_app_extras, save
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MODEL = REPO / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
+SCREENSHOTS = Path(os.environ.get('EXTRACTER_SCREENSHOTS', REPO / 'results' / 'app_tests'))
+BUDGET = '2G'
+START_TIMEOUT_S = float(os.environ.get('EXTRACTER_APP_START_TIMEOUT', 300))
+JOB_TIMEOUT_MS = int(float(os.environ.get('EXTRACTER_APP_JOB_TIMEOUT', 600)) * 1000)  # an upload, or a job
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    """``python -m extracter.app`` on a free port with the demo model; yields (url, its output folder)."""
+    require_app_extras()
+    if not DEMO_MODEL.is_file():
+        pytest.skip(f'the demo model {DEMO_MODEL} is missing')
+    out = tmp_path_factory.mktemp('app')
+    port = free_port()
+    log = open(out / 'server.log', 'w')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.Popen([sys.executable, '-m', 'extracter.app', '--port', str(port), '-o', str(out / 'page'),
+                             '--models', str(DEMO_MODEL.parent), '--max-memory', BUDGET],
+                            cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f'http://127.0.0.1:{port}/'
+    deadline = time.time() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(f'the app did not start: {(out / "server.log").read_text()[-2000:]}')
+        time.sleep(1)
+    yield url, out
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    require_app_extras()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=['--no-sandbox'])
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={'width': 1400, 'height': 1100}, accept_downloads=True)
+    page.goto(url)
+    page.locator('#run').wait_for(timeout=JOB_TIMEOUT_MS)
+    return page
+
+
+def upload(page, elem_id: str, paths) -> None:
+    page.locator(f'#{elem_id} input[type=file]').set_input_files([str(p) for p in paths])
+    for p in paths:  # the upload has finished when the component lists the file
+        page.locator(f'#{elem_id}').get_by_text(Path(p).name).first.wait_for(timeout=JOB_TIMEOUT_MS)
+
+
+def run_and_wait(page, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
+    from playwright.sync_api import expect
+
+    page.locator('#run').click()
+    status = page.locator('#status')
+    expect(status).to_contain_text(re.compile('Done|Could not'), timeout=timeout_ms)
+    return status.inner_text()
+
+
+def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int = JOB_TIMEOUT_MS):
+    """Upload the pair, run, download the PNG; returns (the downloaded SR, the CLI's SR)."""
+    lr = save(pair['lr'], tmp_path / 'in' / 'motorcycle_lr.png')
+    ref = save(pair['ref'], tmp_path / 'in' / 'motorcycle_ref.png')
+    page = open_page(browser, url)
+    upload(page, 'lr', [lr])
+    upload(page, 'refs', [ref])
+    text = run_and_wait(page, timeout_ms)
+    assert 'Done.' in text and 'Could not' not in text, text
+    assert page.locator('#slider img').count() == 2  # bicubic | SR
+    assert page.locator('#texture img').count() == 1
+    stats = page.locator('#stats').inner_text()
+    assert re.search(r'Relevance of the best reference match.*mean 0\.\d{3}', stats), stats
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / shot), full_page=True)
+    with page.expect_download() as download:
+        page.locator('#download a').first.click()
+    got = tmp_path / 'downloaded.png'
+    download.value.save_as(str(got))
+    page.close()
+    cli = tmp_path / 'cli'
+    infer_run(['--weights', str(DEMO_MODEL), '--lr', str(lr), '--ref', str(ref), '-o', str(cli),
+               '--max-memory', BUDGET])
+    return read_png(got), read_png(cli / 'motorcycle_lr_sr.png')
+
+
+def test_page_enlarges_the_motorcycle_pair_as_the_command_line_does(server, browser, tmp_path):
+    url, _ = server
+    pair = motorcycle_pair(160, ref_scale=0.5)  # LR 40 x 40, reference 370 x 250: fast on 2 cores
+    sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_small.png')
+    assert sr.shape == (160, 160, 3) == pair['hr'].shape
+    assert psnr_y(sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])
+
+
+def test_page_says_what_is_wrong_with_a_broken_file(server, browser, tmp_path):
+    url, out = server
+    broken = tmp_path / 'holiday.png'
+    broken.write_bytes(b'this is not a picture, only text')
+    ref = save(motorcycle_pair(160, ref_scale=0.5)['ref'], tmp_path / 'ref.png')
+    page = open_page(browser, url)
+    upload(page, 'lr', [broken])
+    upload(page, 'refs', [ref])
+    text = run_and_wait(page)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / 'broken_file.png'), full_page=True)
+    assert 'Could not enlarge the photo: The photo to enlarge (holiday.png): not an image' in text, text
+    assert str(out) not in text  # no server paths on the page
+    page.close()
+
+
+@pytest.mark.slow
+def test_page_full_size_motorcycle_pair(server, browser, tmp_path):
+    """The whole left view (740 x 500) as HR, LR 185 x 125, the full right view as reference."""
+    url, _ = server
+    pair = motorcycle_pair(None)
+    sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_full.png', 4 * JOB_TIMEOUT_MS)
+    assert sr.shape == pair['hr'].shape
+    assert psnr_y(sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])
