@@ -14,7 +14,7 @@ from PIL import Image
 
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.search_transfer import split_index
-from extracter.infer import run
+from extracter.infer import InferenceError, run
 from extracter.inference import InferenceOptionError, InferenceOptions, run_refsr
 from extracter.inference.folder import output_stems
 from extracter.utils.options import OptionError, validate_options
@@ -228,7 +228,7 @@ def test_torchrun_shards_a_folder_and_writes_every_output_once(weights, lr_folde
 
 
 def test_tile_zero_is_an_error_not_untiled(weights, lr_folder, tmp_path):
-    with pytest.raises(InferenceOptionError, match='tile.tile_size must be >= 1'):
+    with pytest.raises(InferenceError, match='--tile: tile.tile_size must be >= 1'):
         run(['--weights', str(weights), '--lr', str(lr_folder / 'lr'), '--ref', str(lr_folder / 'ref.png'),
              '-o', str(tmp_path / 'o'), '--tile', '0'])
     assert not (tmp_path / 'o').exists()
