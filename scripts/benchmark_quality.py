@@ -130,7 +130,7 @@ def write_report(rows, summary, out: Path, title: str) -> str:
     return table
 
 
-def main(argv=None) -> None:
+def run(argv) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', required=True)
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: beside the weights)')
@@ -159,5 +159,9 @@ def main(argv=None) -> None:
     print(f'{len(rows)} measurements in {time.time() - t0:.0f} s; report in {out}')
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

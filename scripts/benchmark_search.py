@@ -235,7 +235,7 @@ def plot(rows, out: Path, note: str) -> dict:
     return slopes
 
 
-def main(argv=None) -> None:
+def run(argv) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=PAIRS)
     parser.add_argument('--sizes', nargs='+', type=int, default=[512, 1024, 2048])
@@ -292,5 +292,9 @@ def main(argv=None) -> None:
     print(json.dumps(slopes, indent=1))
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

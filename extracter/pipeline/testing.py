@@ -16,7 +16,7 @@ from basicsr.models import build_model
 from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename
 from basicsr.utils.options import dict2str
 
-from extracter.pipeline.common import ROOT_PATH, setup_run_logger
+from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text
 from extracter.utils.options import option_errors, parse_options
@@ -61,6 +61,7 @@ def metrics_table(records: List[Dict[str, Any]], metric_names: List[str]) -> Dic
 
 def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     opt, args = parse_options(root_path, is_train=False, argv=argv)
+    bind_console()
     opt.setdefault('val', {})
     opt['val'].setdefault('pbar', True)
     opt['val'].setdefault('save_img', True)

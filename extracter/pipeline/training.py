@@ -30,7 +30,7 @@ from basicsr.utils import get_env_info, get_time_str, init_tb_logger, mkdir_and_
 from basicsr.utils.options import dict2str
 
 from extracter.models.refsr_model import list_training_states, load_checkpoint
-from extracter.pipeline.common import ROOT_PATH, setup_run_logger
+from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text
 from extracter.utils.options import OptionError, option_errors, parse_options
@@ -295,6 +295,7 @@ class TrainingRun:
 
 def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     opt, args = parse_options(root_path, is_train=True, argv=argv)
+    bind_console()
     run = TrainingRun(opt, args.opt)
     run.setup()
     run.run()
