@@ -280,14 +280,20 @@ def test_train_bad_option_creates_nothing_and_the_fixed_rerun_starts(world, tmp_
     bad = option_file(world, tmp_path, 'train', ('path.pretrain_network_g', str(world['w'] / 'wide.pth')))
     run_refused(main, ['-opt', bad, '--root_path', tmp_path / 'root'], capsys, tmp_path, 'wide.pth',
                 'path.pretrain_network_g')
-    # a folder left by an older failed start (a log, empty models/) is reused
+    # a folder left by an older failed start (a log, empty models/) or by a run killed outright while it saved its
+    # first checkpoint (a temporary file in models/) is reused, and the temporary file removed
+    from extracter.utils.file_io import host_tag
+
     exp = tmp_path / 'root' / 'experiments' / 'tiny_rec_cpu'
     (exp / 'models').mkdir(parents=True)
     (exp / 'train_tiny_rec_cpu_old.log').write_text('failed start\n')
+    stale = exp / 'models' / f'.net_g_2.pth.extracter-tmp-{host_tag()}-999999999.x1y2z3ab.tmp'
+    stale.write_bytes(b'half a checkpoint')
     good = option_file(world, tmp_path, 'train')
     rc, _, err = call(main, ['-opt', good, '--root_path', tmp_path / 'root'], capsys)
     assert rc == 0, err
-    assert (exp / 'models' / 'net_g_2.pth').is_file()
+    assert (exp / 'models' / 'net_g_2.pth').is_file() and not stale.exists()
+    assert f'removed stale temporary {stale}' in err
 
 
 def test_test_failing_on_a_corrupt_image_leaves_a_reusable_folder(world, tmp_path, capsys):

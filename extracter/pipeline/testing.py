@@ -8,6 +8,7 @@ Writes ``results/<name>/visualization/<dataset>/<image>_<suffix>.png`` and, per 
 import csv
 import io
 import os
+import sys
 from os import path as osp
 from typing import Any, Dict, List, Optional
 
@@ -18,7 +19,7 @@ from basicsr.utils.options import dict2str
 
 from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
-from extracter.utils.file_io import atomic_write_text
+from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files
 from extracter.utils.options import option_errors, parse_options
 
 
@@ -29,6 +30,10 @@ def prepare_results_dir(opt: Dict[str, Any]) -> None:
     again."""
     results_root = opt['path']['results_root']
     if dist_util.is_main_process():
+        vis = opt['path']['visualization']  # temporary files of a run killed outright (SIGKILL, out of memory)
+        folders = [results_root] + ([osp.join(vis, d) for d in os.listdir(vis)] if osp.isdir(vis) else [])
+        for folder in folders:
+            clean_stale_temp_files(folder, log=lambda line: print(line, file=sys.stderr))
         if osp.exists(results_root) and holds_results(results_root):
             if not opt['overwrite']:
                 raise FileExistsError(f'{results_root} already exists; pass --overwrite to archive it (renamed to '
