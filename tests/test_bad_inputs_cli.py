@@ -388,6 +388,34 @@ def test_infer_unusable_device(world, tmp_path, capsys, device):
     run_refused(infer_main(), infer_args(world, tmp_path, '--device', device), capsys, tmp_path, device)
 
 
+def test_an_output_folder_that_cannot_be_written_is_found_before_any_work(world, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from extracter.inference import folder
+    from extracter.utils import file_io
+
+    def read_only(*args, **kwargs):  # what a read-only mount answers (also to root, unlike a chmod)
+        raise OSError(errno.EROFS, 'Read-only file system')
+
+    ran = []
+    monkeypatch.setattr(file_io.tempfile, 'mkstemp', read_only)
+    monkeypatch.setattr(folder, 'super_resolve', lambda *a, **k: ran.append(a))
+    run_refused(infer_main(), infer_args(world, tmp_path), capsys, tmp_path, 'cannot write into', 'out',
+                'Read-only file system')
+    assert ran == []  # refused before the inference, not after it
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders; the case above covers it')
+def test_a_read_only_output_folder_is_refused(world, tmp_path, capsys):
+    out = tmp_path / 'out'
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        run_refused(infer_main(), infer_args(world, tmp_path), capsys, tmp_path, 'cannot write into', 'out')
+    finally:
+        out.chmod(0o755)
+
+
 def test_decompression_bombs_name_the_file_and_the_flag(world, tmp_path, capsys):
     from scripts.create_lmdb import main as lmdb_main
 
