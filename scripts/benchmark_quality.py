@@ -486,7 +486,7 @@ def run_comparison(args) -> None:
     print(f'{len(rows)} measurements in {time.time() - t0:.0f} s; report in {out}')
 
 
-def main(argv=None) -> None:
+def run(argv) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', default=None, help='one checkpoint: the single-model report')
     parser.add_argument('--model', action='append', default=[], metavar='LABEL=WEIGHTS',
@@ -532,5 +532,9 @@ def main(argv=None) -> None:
     print(f'{len(rows)} measurements in {time.time() - t0:.0f} s; report in {out}')
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -284,7 +284,7 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
     atomic_write(out_dir / 'scaling.png', buf.getvalue())
 
 
-def main(argv=None) -> None:
+def run(argv) -> None:
     parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512, 1024, 2048])
     parser.add_argument('--methods', nargs='+', default=['dense', 'chunked', 'ours'],
@@ -358,5 +358,9 @@ def main(argv=None) -> None:
     print(f'wrote {out_dir}/results.csv, results.md, scaling.png')
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -441,7 +441,7 @@ def run_e2e(args, out: Path, log) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def main(argv=None) -> None:
+def run(argv) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=PAIRS)
     parser.add_argument('--sizes', nargs='+', type=int, default=[512, 1024, 2048])
@@ -519,5 +519,9 @@ def main(argv=None) -> None:
     log(f'slopes: {json.dumps(slopes)}')
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -107,7 +107,7 @@ def table(rows: List[Dict[str, object]], lr_side: int, tile: int) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def main(argv: List[str]) -> int:
+def run(argv: List[str]) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', nargs='+', default=['Extracter', 'TTSR', 'DRCT', 'demo'],
                         choices=list(CONFIGS) + ['demo'])
@@ -143,5 +143,9 @@ def floors(rows: List[Dict[str, object]], threshold_db: float = 60.0) -> Dict[st
     return out
 
 
+def main(argv=None) -> int:
+    return run_main(run, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(main())

@@ -83,7 +83,7 @@ def run(argv) -> int:
                         help='LR input of the single-image rows (DRCT); padded to its window multiple')
     parser.add_argument('--only', choices=('refsr', 'sisr'), help='print one table only')
     args = parser.parse_args(argv)
-    if min(args.lr_size + args.ref_size + args.sisr_size) < 1:
+    if min([*args.lr_size, *args.ref_size, *args.sisr_size]) < 1:
         raise ValueError(f'sizes must be positive, got --lr-size {args.lr_size} --ref-size {args.ref_size} '
                          f'--sisr-size {args.sisr_size}')
     if args.only != 'sisr':

@@ -213,7 +213,10 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
             except (ValueError, OSError) as err:
                 if not keep_going:
                     raise
-                report.failed.append((name, str(err)))
+                paths = [dataset.lq_paths[i]] + list(dataset.ref_paths[i])
+                msg = str(err) if any(p in str(err) for p in paths) else \
+                    f'{dataset.lq_paths[i]} with reference(s) {", ".join(paths[1:])}: {err}'
+                report.failed.append((name, msg))
             else:
                 write_outputs(result, planned[i])
                 report.written.append(planned[i])

@@ -3,6 +3,7 @@
 strictly through :mod:`extracter.utils.checkpoint`."""
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -51,7 +52,9 @@ def network_options(weights: str, opt_path: Optional[str] = None,
         with open(path, encoding='utf-8') as f:
             opt = yaml.safe_load(f) or {}
     except yaml.YAMLError as err:
-        raise NetworkLoadError(f'{path}: not valid YAML ({str(err).splitlines()[0]})') from None
+        from extracter.utils.options import yaml_problem
+
+        raise NetworkLoadError(f'{path}: not valid YAML: {yaml_problem(err)}') from None
     if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
         raise NetworkLoadError(f'{path}: no network_g block')
     return dict(opt['network_g'])
@@ -96,7 +99,10 @@ def describe_mismatch(err: RuntimeError, limit: int = 3) -> str:
             parts.append(f'{len(keys)} {label.lower().replace("(s)", "s")} (e.g. {", ".join(keys[:limit])})')
     n_shape = text.count('size mismatch')
     if n_shape:
-        parts.append(f'{n_shape} tensors of another shape')
+        m = re.search(r'size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^]]*\])\) from '
+                      r'checkpoint, the shape in current model is torch\.Size\((\[[^]]*\])\)', text)
+        example = f' (e.g. {m.group(1)}: {m.group(2)} in the file, {m.group(3)} in the network)' if m else ''
+        parts.append(f'{n_shape} tensors of another shape{example}')
     return '; '.join(parts) or text.splitlines()[0][:300]
 
 

@@ -1,6 +1,7 @@
 """What the training and test pipelines share: the repository root, the run's log file, the command-line boundary."""
 
 import logging
+import sys
 from os import path as osp
 from typing import Callable, List, Optional, Sequence
 
@@ -10,6 +11,18 @@ from extracter.utils import dist as dist_util
 from extracter.utils.cli import run_main
 
 ROOT_PATH = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def bind_console() -> None:
+    """BasicSR's 'basicsr' logger prints to the stderr of the process' first run; point it at this run's (a second
+    run in one process, e.g. a test or a notebook, may have another one)."""
+    for handler in get_root_logger(logger_name='basicsr').handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
+            handler.acquire()
+            try:  # not setStream: it flushes the previous stream, which may be closed
+                handler.stream = sys.stderr
+            finally:
+                handler.release()
 
 
 def setup_run_logger(log_file: str) -> logging.Logger:

@@ -11,6 +11,7 @@ CUFED5's ``ref_level``) and what each metric measures.
 import csv
 import io
 import os
+import sys
 from os import path as osp
 from typing import Any, Dict, List, Optional
 
@@ -20,9 +21,9 @@ from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename
 from basicsr.utils.options import dict2str
 
 from extracter.evaluation.protocols import describe_metric
-from extracter.pipeline.common import ROOT_PATH, setup_run_logger
+from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
-from extracter.utils.file_io import atomic_write_text
+from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files
 from extracter.utils.options import option_errors, parse_options
 
 
@@ -33,6 +34,10 @@ def prepare_results_dir(opt: Dict[str, Any]) -> None:
     again."""
     results_root = opt['path']['results_root']
     if dist_util.is_main_process():
+        vis = opt['path']['visualization']  # temporary files of a run killed outright (SIGKILL, out of memory)
+        folders = [results_root] + ([osp.join(vis, d) for d in os.listdir(vis)] if osp.isdir(vis) else [])
+        for folder in folders:
+            clean_stale_temp_files(folder, log=lambda line: print(line, file=sys.stderr))
         if osp.exists(results_root) and holds_results(results_root):
             if not opt['overwrite']:
                 raise FileExistsError(f'{results_root} already exists; pass --overwrite to archive it (renamed to '
@@ -105,6 +110,7 @@ def dataset_protocol(dataset) -> str:
 
 def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     opt, args = parse_options(root_path, is_train=False, argv=argv)
+    bind_console()
     opt.setdefault('val', {})
     opt['val'].setdefault('pbar', True)
     opt['val'].setdefault('save_img', True)

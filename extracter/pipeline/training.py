@@ -30,9 +30,9 @@ from basicsr.utils import get_env_info, get_time_str, init_tb_logger, mkdir_and_
 from basicsr.utils.options import dict2str
 
 from extracter.models.refsr_model import list_training_states, load_checkpoint
-from extracter.pipeline.common import ROOT_PATH, setup_run_logger
+from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
-from extracter.utils.file_io import atomic_write_text
+from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files, parse_temp_name
 from extracter.utils.options import OptionError, option_errors, parse_options
 
 
@@ -53,7 +53,7 @@ def holds_results(root: str) -> bool:
     pictures of weights that were never saved. Such a folder is reused by the rerun."""
     for sub in ('models', 'training_states'):
         folder = osp.join(root, sub)
-        if osp.isdir(folder) and any(os.scandir(folder)):
+        if osp.isdir(folder) and any(parse_temp_name(e.name) is None for e in os.scandir(folder)):
             return True
     return False
 
@@ -63,6 +63,9 @@ def prepare_experiment_dirs(opt: Dict[str, Any], resuming: bool) -> None:
     (then it is renamed to ``<name>_archived_<time>``, never deleted). One without results (a failed start) is
     reused."""
     root = opt['path']['experiments_root']
+    if dist_util.is_main_process():  # temporary files of a run killed outright (SIGKILL, out of memory)
+        for key in ('experiments_root', 'models', 'training_states'):
+            clean_stale_temp_files(opt['path'][key], log=lambda line: print(line, file=sys.stderr))
     if dist_util.is_main_process() and not resuming and holds_results(root):
         if not opt['overwrite']:
             raise FileExistsError(f'{root} already exists; use --auto_resume to continue that run or --overwrite to '
@@ -295,6 +298,7 @@ class TrainingRun:
 
 def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     opt, args = parse_options(root_path, is_train=True, argv=argv)
+    bind_console()
     run = TrainingRun(opt, args.opt)
     run.setup()
     run.run()

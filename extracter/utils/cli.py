@@ -28,6 +28,8 @@ import traceback
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Type
 
+from tqdm import tqdm
+
 from extracter.data.image_io import (
     SCALINGS,
     get_max_image_pixels,
@@ -65,10 +67,24 @@ def _strip_flag(argv: Sequence[str], flag: str) -> Tuple[List[str], bool]:
     return [a for a in argv if a != flag], found
 
 
+def _write_line(text: str, file=None) -> None:
+    """One line on stderr, on a line of its own even while a progress bar is drawn (tqdm clears and redraws it)."""
+    tqdm.write(text, file=sys.stderr if file is None else file)
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars still drawn (a run that failed midway), so that the error is the last line."""
+    for bar in list(getattr(tqdm, '_instances', ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001  a bar that cannot be closed must not hide the error
+            pass
+
+
 def _show_warning(previous):
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, InputWarning):
-            print(f'warning: {message}', file=sys.stderr if file is None else file)
+            _write_line(f'warning: {message}', file)
         else:
             previous(message, category, filename, lineno, file, line)
     return show
@@ -78,11 +94,12 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
              debug_flag: str = '--debug', known: Tuple[Type[BaseException], ...] = ()) -> int:
     """Run ``main(argv)`` (``argv`` defaults to ``sys.argv[1:]``) and return its exit status, turning errors into
     messages as described in the module docstring. ``SystemExit`` raised by ``main`` (argparse's usage errors, exit
-    status 2) passes through unchanged."""
+    status 2, or ``--help``) becomes its exit status, so that ``main(argv)`` can be called in-process."""
     argv, debug = _strip_flag(sys.argv[1:] if argv is None else argv, debug_flag)
     debug = debug or os.environ.get('EXTRACTER_DEBUG', '') not in ('', '0')
 
     def fail(status: int, message: str) -> int:
+        _close_progress_bars()
         if debug:
             traceback.print_exc(file=sys.stderr)
         print(f'error: {message}', file=sys.stderr)
@@ -106,8 +123,11 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
         return EXIT_UNEXPECTED
     except KNOWN_ERRORS + tuple(known) as err:
         return fail(EXIT_ERROR, format_error(err))
-    except SystemExit:
-        raise
+    except SystemExit as err:  # argparse's usage errors (2, message already printed) and --help (0)
+        if err.code is None or isinstance(err.code, int):
+            return int(err.code or 0)
+        print(err.code, file=sys.stderr)
+        return EXIT_UNEXPECTED
     except Exception as err:  # noqa: BLE001  the boundary: a bug, reported as one
         hint = '' if debug else f'; rerun with {debug_flag} for the traceback'
         return fail(EXIT_UNEXPECTED, f'unexpected {type(err).__name__}: {err}{hint} (please report it)')

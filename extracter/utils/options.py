@@ -29,7 +29,7 @@ import yaml
 
 from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
-from extracter.utils.cli import ArgumentParser
+from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments
 
 
 class OptionError(ValueError):
@@ -658,6 +658,7 @@ def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
     parser.add_argument('--root_path', default=None,
                         help='folder that holds experiments/, results/ and tb_logger/ (default: the repository root)')
     parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)  # older torch.distributed.launch
+    add_image_arguments(parser)
     return parser
 
 
@@ -666,6 +667,7 @@ def parse_options(root_path: str, is_train: bool, argv: Optional[List[str]] = No
     from extracter.utils import dist as dist_util
 
     args = build_arg_parser(is_train).parse_args(argv)
+    apply_image_arguments(args)  # exported to the environment: DataLoader workers read images the same way
     root_path = osp.abspath(args.root_path or root_path)
     opt = load_yaml(args.opt)
     if args.force_yml:
