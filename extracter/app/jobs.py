@@ -336,6 +336,8 @@ class JobRunner:
         if with_refs or not entry.uses_reference:
             if with_refs and not entry.uses_reference:
                 notes.append(f'{entry.label} is a single-image model: the reference photos were not used.')
+            elif not with_refs and not request.model:
+                notes.append(f'No reference photo was given: used the single-image model {entry.label}.')
             return entry
         single = next((m for m in self.models if not m.uses_reference), None)
         if single is None:
