@@ -88,10 +88,21 @@ def open_page(browser, url):
     return page
 
 
-def upload(page, elem_id: str, paths) -> None:
-    page.locator(f'#{elem_id} input[type=file]').set_input_files([str(p) for p in paths])
-    for p in paths:  # the upload has finished when the component lists the file
-        page.locator(f'#{elem_id}').get_by_text(Path(p).name).first.wait_for(timeout=JOB_TIMEOUT_MS)
+def upload(page, elem_id: str, paths, attempts: int = 3) -> None:
+    """Choose the files in the component's file input; the upload has finished when the component lists them. On a
+    busy machine the page may not have attached its handlers yet when the first choice is made: choose again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(1, attempts + 1):
+        page.locator(f'#{elem_id} input[type=file]').set_input_files([str(p) for p in paths])
+        try:
+            for p in paths:
+                page.locator(f'#{elem_id}').get_by_text(Path(p).name).first.wait_for(
+                    timeout=JOB_TIMEOUT_MS // attempts)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts:
+                raise
 
 
 def run_and_wait(page, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
