@@ -122,8 +122,8 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
                              itemsize: int = 4) -> Optional[int]:
     """Peak transient bytes of :func:`approximate_search` for one LR feature map of ``lr_hw`` against one reference
     map of ``ref_hw`` (relu3_1 sizes, batch 1), besides its inputs and its result; None where it runs the exact
-    chunked search instead (:func:`uses_exact`). A slight over-estimate: the padded copies and channels-last copies
-    of both maps, the reduced maps and descriptors, then the larger of the retrieval block and a tile's work."""
+    chunked search instead (:func:`uses_exact`). A slight over-estimate: the padded channels-last copy of both maps,
+    the reduced maps and descriptors, then the larger of the retrieval block and a tile's work."""
     k, s, p = window, stride, padding
     gh, gw = grid_size(*lr_hw, k, s, p)
     rgh, rgw = grid_size(*ref_hw, k, s, p)
@@ -136,7 +136,8 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     d = min(settings.patch_dims, c_red * k * k)
     area = (lr_hw[0] + 2 * p) * (lr_hw[1] + 2 * p)
     rarea = (ref_hw[0] + 2 * p) * (ref_hw[1] + 2 * p)
-    maps = itemsize * channels * 2 * (area + rarea)  # padded maps and their channels-last copies
+    maps = itemsize * channels * (area + rarea)  # one zero-padded channels-last copy of each map
+    squares = itemsize * channels * max(lr_hw[0] * lr_hw[1], ref_hw[0] * ref_hw[1])  # the patch norms, before
     n_cand = min(settings.candidates, n_k)
     n_ret = min(max(settings.refine, n_cand), n_k)
     cands = n_q * n_ret * (itemsize + 2 * 8) + n_q * n_cand * (itemsize + 3 * 8)  # retrieved, kept (rows, columns)
@@ -150,7 +151,7 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     windows = (-(-settings.tile // qs) + 2) ** 2 * n_cand * (2 * settings.jitter + 1) ** 2
     tiles = (itemsize * (2 * t2 + 2 * settings.max_candidates) * channels * k * k
              + itemsize * t2 * settings.max_candidates + 8 * rgh * rgw + 3 * 8 * windows)
-    return maps + cands + max(retrieval, tiles)
+    return max(squares, maps + cands + max(retrieval, tiles))
 
 
 def _pixel_offsets(window: int, width: int, device) -> torch.Tensor:
