@@ -16,12 +16,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.refsr_base import SCALE, RefSRNet, check_image_pair, make_lr_up
+from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, check_image_pair, make_lr_up
 from extracter.archs.search_approximate import ApproximateSettings
-from extracter.inference.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, plan_memory
+from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
 from extracter.inference.search_choice import choose_search
-from extracter.inference.tiling import round_tile, tile_loop, tile_pad_floor, tiled_forward
+from extracter.inference.tiling import round_tile, search_features_tiled, tile_loop, tile_pad_floor, tiled_forward
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 PAD_MODES = ('reflect', 'replicate')
@@ -174,39 +174,47 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         if max_memory is not None:
             plan_ref_hw = ref_sizes[0] if len(refs_p) == 1 else equivalent_ref_hw(ref_sizes, ref_mult)
             plan = plan_memory(net, tuple(lr_p.shape[-2:]), plan_ref_hw, max_memory, tile=tile_t,
-                               search_mode=net.search_transfer.mode, tile_pad=plan_pad)
+                               search_mode=net.search_transfer.mode, tile_pad=plan_pad, n_refs=len(refs_p))
             net.search_transfer.set_chunking(plan.search_mode, plan.chunk_size, plan.key_chunk_size)
             if plan.tile_size is not None:
                 tile_t = (plan.tile_size, plan.tile_pad)
         st = net.search_transfer
-        encoded = []
+        lv1_storage = plan.lv1_storage if plan is not None else 'stored'
+        # 1. the search keys of every reference (VGG-19 in tiles: one tile's transient memory)
+        keys: List[torch.Tensor] = []
+        key_blocks: List[Optional[List[torch.Tensor]]] = []
         for i, (r, du) in enumerate(zip(refs_p, refs_du), start=1):
             net.check_inputs(lr_p, r, None, du)
             if stage is not None:
                 stage(f'encoding reference {i}/{len(refs_p)}')
-            feats = net.encode_reference(r, du)
-            if st.mode == 'chunked' and plan is not None and plan.cache_keys:
-                feats.key_blocks = st.prepare_keys(feats.search)
-            encoded.append(feats)
+            keys.append(net.encode_search_keys(r, du, ENCODE_TILE))
+            cache = st.mode == 'chunked' and plan is not None and plan.cache_keys
+            key_blocks.append(st.prepare_keys(keys[-1]) if cache else None)
         del refs_du
         if lr_up is None:
             lr_up = make_lr_up(lr_p)
         if stage is not None:
             stage('search and main network' if tile_t is None else 'search')
+        # 2. the whole LR searched once (its query features tile by tile when tiled); the keys are then dropped
+        lr_feat = net.search_features(lr_up) if tile_t is None else search_features_tiled(net, lr_up, tile_t[0])
+        del lr_up
+        search = st.search(lr_feat, keys, key_blocks)
+        ref_grids = [st.grid_size(*k.shape[-2:]) for k in keys]
+        patch_counts = st.patch_counts(keys)
+        del lr_feat, keys, key_blocks
+        # 3. the textures of every reference, only now: they never share memory with the keys and the search
+        encoded = [ReferenceFeatures(None, *net.encode_textures(r, ENCODE_TILE, lv1_storage)) for r in refs_p]
+        # 4. the main network, untiled or tile by tile, on the search result
         if tile_t is None:
-            out = net.forward_features(lr_p, lr_up, encoded, return_aux=True)
-            sr, search = out['sr'], (out['scores'], out['index'])
-            del out
+            sr = net.forward_features(lr_p, None, encoded, search=search)
         else:
-            sr, search = tiled_forward(net, lr_p, lr_up, encoded, tile_t[0], tile_t[1], progress=progress,
-                                       return_search=True)
+            sr = tiled_forward(net, lr_p, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search)
+        del encoded
         sr = sr[:, :, :SCALE * h, :SCALE * w]
         if return_aux:
             return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=st.grid_size(*lr_p.shape[-2:]),
-                               ref_grids=[st.grid_size(*e.search.shape[-2:]) for e in encoded],
-                               patch_counts=st.patch_counts([e.search for e in encoded]),
-                               padded_lr_hw=tuple(lr_p.shape[-2:]), padded_ref_hw=ref_sizes, plan=plan,
-                               search_used=choice.describe(st.mode))
+                               ref_grids=ref_grids, patch_counts=patch_counts, padded_lr_hw=tuple(lr_p.shape[-2:]),
+                               padded_ref_hw=ref_sizes, plan=plan, search_used=choice.describe(st.mode))
     return (sr, plan) if return_plan else sr
 
 
