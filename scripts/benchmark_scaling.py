@@ -1,11 +1,12 @@
 """Scaling benchmark: wall time and peak memory (RSS) of one EXTRACTER forward pass, dense versus ours.
 
-For square outputs of 256, 512, 1024 and 2048 pixels (LR a quarter of that, reference the output size) it runs,
-each case in its own subprocess so that the RSS peak is that case's:
+For square outputs of 256, 512, 1024 and 2048 pixels (any ``--sizes``, e.g. 4096; LR a quarter of that, reference
+the output size) it runs, each case in its own subprocess so that the RSS peak is that case's:
 - ``dense``: the original-style path (whole relevance matrix, every reference patch unfolded), untiled;
 - ``chunked``: our chunked search + transfer by index, untiled and without a budget (isolates their cost);
-- ``ours``: chunked search + transfer by index, with chunk and tile sizes chosen by the memory planner for
-  ``--max-memory`` (per size with ``--budget SIZE=BUDGET``).
+- ``ours``: chunked search (``--search approximate``: the approximate one) + transfer by index, with chunk and
+  tile sizes (and, for large references, relu1_1 recomputed) chosen by the memory planner for ``--max-memory`` (per
+  size with ``--budget SIZE=BUDGET``).
 Timings are split into feature extraction (VGG-19), search, transfer and the rest of the network; the search's
 matrix products are timed on their own and compared with ``torch.matmul``'s rate on this machine. A case that the
 planner refuses, that is estimated not to fit ``--dense-limit``, or that runs out of memory is recorded as such.
@@ -17,7 +18,9 @@ Weights are random, of the released size (blocks 8+16+8+4 / 8+9+9+9, 64 features
 geometry (window 6, stride 2, padding 2) by default. Inputs are a real wide/tele phone pair from
 ``../shared/data/refsr-pairs/dcsr-camerafusion`` when present (centre crops), else seeded noise.
 
-Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``
+Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``; the 4096 case
+(a 4096 x 4096 output with a 4096 x 4096 reference in 8G): ``--sizes 4096 --methods ours --search approximate
+--budget 4096=8G --timeout 10800``.
 """
 
 import argparse
@@ -90,7 +93,7 @@ class Timers:
         self.t = {'vgg': 0.0, 'search': 0.0, 'matmul': 0.0, 'transfer': 0.0}
         self.flops = 0.0
         self.start = time.perf_counter()
-        ext, st = net.texture_extractor(), net.search_transfer
+        ext, st = net.feature_extractor(), net.search_transfer
         ext.register_forward_pre_hook(lambda m, i: self._start('vgg'))
         ext.register_forward_hook(lambda m, i, o: self._stop('vgg'))
         self._wrap(st, 'search', 'search')
@@ -154,7 +157,7 @@ def run_case(args) -> dict:
             return row
         kwargs = {'search_mode': args.case_method}
     else:
-        kwargs = {'max_memory': args.case_budget}
+        kwargs = {'max_memory': args.case_budget, 'search_mode': args.search}
     row['matmul_peak_gflops'] = matmul_peak_gflops(3072)  # under this case's conditions (the machine is shared)
     t = time.perf_counter()
     timers = Timers(net)
@@ -194,7 +197,8 @@ def run_case(args) -> dict:
 
 def child(size: int, method: str, budget: str, args, out_dir: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), '--case-size', str(size), '--case-method', method,
-           '--case-budget', budget, '--seed', str(args.seed), '--geometry', *map(str, args.geometry),
+           '--case-budget', budget, '--search', args.search, '--seed', str(args.seed),
+           '--geometry', *map(str, args.geometry),
            '--dense-limit', args.dense_limit, '--save-sr', str(out_dir / f'.sr_{size}_{method}.pt')]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     try:
@@ -292,6 +296,8 @@ def run(argv) -> None:
     parser.add_argument('--max-memory', default='2G', help="ours: working-memory budget (default '2G')")
     parser.add_argument('--budget', action='append', default=[], metavar='SIZE=BUDGET',
                         help='ours: budget for one output size, e.g. 2048=6G')
+    parser.add_argument('--search', default='chunked', choices=['chunked', 'approximate', 'auto'],
+                        help='ours: the search under the budget (default chunked, exact; approximate for 4096)')
     parser.add_argument('--dense-limit', default='10G',
                         help='dense/chunked (untiled) cases estimated above this are recorded as refused (10G)')
     parser.add_argument('--geometry', type=int, nargs=3, default=[6, 2, 2], metavar=('WINDOW', 'STRIDE', 'PAD'))
@@ -319,7 +325,8 @@ def run(argv) -> None:
         parse_memory(budget)
         budgets[int(size)] = budget
     parse_memory(args.max_memory)
-    out_dir = args.out or ROOT / 'results' / 'benchmark_scaling' / 'w{}_s{}_p{}'.format(*args.geometry)
+    out_dir = args.out or ROOT / 'results' / 'benchmark_scaling' / ('w{}_s{}_p{}'.format(*args.geometry) + (
+        '' if args.search == 'chunked' else f'_{args.search}'))
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise FileExistsError(f'{out_dir} already holds results; pass --overwrite or choose --out')
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,7 +358,8 @@ def run(argv) -> None:
                 row['psnr_vs_dense_db'] = 10 * math.log10(1 / mse) if mse > 0 else float('inf')
             other_sr.unlink(missing_ok=True)
         dense_sr.unlink(missing_ok=True)
-        header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, one forward '
+        header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, '
+                  f'ours with the {args.search} search, one forward '
                   f'pass on CPU ({torch.get_num_threads()} threads, machine shared: timings are noisy); '
                   f'torch.matmul peak {peak:.1f} GFLOP/s.')
         write_outputs(rows, out_dir, peak, header)

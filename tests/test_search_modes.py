@@ -189,5 +189,8 @@ def test_infer_search_flag(tmp_path, capsys):
     exact = np.asarray(Image.open(tmp_path / 'auto' / 'lr_sr.png'))
     approx = np.asarray(Image.open(tmp_path / 'approx' / 'lr_sr.png'))
     assert np.array_equal(exact, approx)  # small input: the exact fallback
+    run(base + ['-o', str(tmp_path / 'budget'), '--max-memory', '1G'])  # the plan is printed with the search
+    assert 'lr.png: chunked search (auto: exact search' in (out := capsys.readouterr().out)
+    assert '; memory plan: chunked search (chunk' in out and 'estimated peak' in out
     with pytest.raises(SystemExit):
         run(base + ['-o', str(tmp_path / 'x'), '--search', 'fast'])
