@@ -2,8 +2,11 @@
 
 It pads the inputs to the network's size multiples (and crops the result back), optionally switches the search
 geometry (EXTRACTER's dynamic window/stride) and the search mode for this call only, plans chunk and tile sizes
-for a memory budget, encodes each reference once, searches the union of the references' patches once for the whole
-LR, and runs the main network untiled or tile by tile (:mod:`extracter.inference.tiling`). Training validation,
+for a memory budget, and then works in four phases, so that the large parts never share memory: (1) the search keys
+of every reference (VGG-19 in tiles of ``ENCODE_TILE`` pixels, a tile's transient memory), (2) one search of the
+union of the references' patches for the whole LR, after which the keys are dropped, (3) the textures of every
+reference (relu1_1 stored, or recomputed from the image where the budget needs it), (4) the main network, untiled or
+tile by tile (:mod:`extracter.inference.tiling`). Training validation,
 ``test.py``, ``infer.py`` and the scripts all call it; the search result it returns (``return_aux``) is what the
 texture-source picture shows.
 """
@@ -128,8 +131,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
         return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan) instead.
         progress: ``progress(done, total)`` after each tile.
-        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'``, then ``'search'`` (tiles follow,
-            reported by ``progress``) or, untiled, ``'search and main network'``.
+        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), then
+            ``'search'`` (the textures are encoded after the search; tiles follow, reported by ``progress``) or,
+            untiled, ``'search and main network'``.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
     every search mode, with tiles and budgets. Runs under ``torch.no_grad()``; the net's settings are restored.
     """

@@ -1,12 +1,14 @@
-"""Memory-budget planner for large-image inference: picks the search mode, the chunk sizes and the tile size.
+"""Memory-budget planner for large-image inference: picks the search mode, the chunk sizes, the tile size and how
+the encoded references keep relu1_1.
 
 ``max_memory`` (e.g. ``'6G'``) bounds the working memory of one inference: weights, inputs, the encoded
-reference, the search and transfer blocks and the main network's activations. It does not count the Python /
-PyTorch runtime itself (about 0.8 GB of RSS after ``import extracter`` on CPU). Estimates are float32 and
-deliberately a little pessimistic; coefficients were measured on CPU with ``scripts/benchmark_scaling.py``'s
-set-up (glibc keeps some freed memory, which shows in RSS and is included).
+references, the search and transfer blocks and the main network's activations, phase by phase (:func:`estimate`).
+It does not count the Python / PyTorch runtime itself (about 0.85 GB of RSS after ``import extracter`` on CPU).
+Estimates are float32 and deliberately a little pessimistic; coefficients were measured on CPU (RSS peaks, which
+include what glibc keeps of freed memory; docs/large_images.md has the measurements).
 
-The plan prefers, in order: no tiling, then the largest tile that fits; large search blocks (for matrix-multiply
+The plan prefers, in order: no tiling, then the largest tile that fits; at each tiling relu1_1 stored, then
+recomputed from the reference image (exact, a little slower transfer); large search blocks (for matrix-multiply
 efficiency), shrinking them before shrinking tiles; and caching the normalised reference patches across tiles
 when that still fits. A request that cannot fit (the reference alone too large, a given tile too large, the dense
 search too large) raises :class:`MemoryBudgetError` with the numbers.
