@@ -14,7 +14,7 @@ import torch
 
 import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
-from extracter.archs.refsr_base import make_lr_up
+from extracter.archs.refsr_base import ReferenceFeatures, make_lr_up
 from extracter.archs.vgg import ENCODE_MARGIN, Relu11FromImage, TextureExtractor
 from extracter.inference.engine import equivalent_ref_hw, run_refsr
 from extracter.inference.memory_plan import (
@@ -103,6 +103,9 @@ def test_transfer_with_recomputed_relu1_1_equals_stored(mode):
             assert float((a['sr'] - b['sr']).abs().max()) <= 1e-5
     with pytest.raises(ValueError, match="lv1 storage must be one of .*'compact'"):
         net.encode_reference(refs[0], lv1='compact')
+    textures_only = ReferenceFeatures(None, *net.encode_textures(refs[0], lv1='recomputed'))
+    with pytest.raises(ValueError, match='without its search keys'):
+        net.forward_features(lr, make_lr_up(lr), textures_only)
 
 
 def psnr(a, b):

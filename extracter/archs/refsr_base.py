@@ -216,6 +216,9 @@ class RefSRNet(nn.Module):
         """Top-k over the union of the references' patches (TTSR Eq. 4-5, 7): (scores, index) [N, top_k, L], the
         index running over the references' patches in order (see :meth:`SearchTransfer.search`)."""
         refs = as_reference_list(refs)
+        if any(r.search is None for r in refs):
+            raise ValueError('an encoded reference without its search keys (only its textures) cannot be searched; '
+                             'pass the search result (search=...) or encode it with encode_reference')
         return self.search_transfer.search(lr_feat, [r.search for r in refs], [r.key_blocks for r in refs])
 
     def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: References,

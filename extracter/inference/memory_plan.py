@@ -210,16 +210,19 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
     if cache_keys and mode == 'chunked':
         parts['cached_keys'] = FLOAT * FEATURE_CHANNELS[3] * k * k * _grid(ref_hw[0] // 4, k, s, p) * _grid(
             ref_hw[1] // 4, k, s, p)
+    # freed memory of the earlier phases that the C allocator keeps (measured on CPU with glibc: about one VGG-19
+    # tile's transient, in RSS until the end of the inference)
+    parts['retained'] = parts['encode_transient']
     base = parts['weights'] + parts['images']
     parts['keys_peak'] = base + parts['search_keys'] + parts['encode_transient']
-    parts['search_peak'] = base + parts['search_keys'] + parts['cached_keys'] + max(
+    parts['search_peak'] = base + parts['retained'] + parts['search_keys'] + parts['cached_keys'] + max(
         parts['lr_vgg_transient'], parts['lr_search_features'] + parts['search_blocks'] + parts['search_result'])
     kept = base + parts['search_result'] + parts['reference_features']
     parts['encode_peak'] = kept + parts['encode_transient']
     # a tile's transfer blocks (the textures of the ranks done meanwhile) are freed before its main network, whose
     # estimate includes the textures
     textures = FLOAT * th * tw * spec.top_k * TEXTURE_FLOATS_PER_LR_PX
-    parts['run_peak'] = kept + max(parts['transfer_blocks'] + textures, parts['main_network'])
+    parts['run_peak'] = kept + parts['retained'] + max(parts['transfer_blocks'] + textures, parts['main_network'])
     parts['total'] = max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'], parts['run_peak'])
     return parts
 
