@@ -185,6 +185,8 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             if stage is not None:
                 stage(f'encoding reference {i}/{len(refs_p)}')
             feats = net.encode_reference(r, du)
+            for name in ('lv1', 'lv2', 'lv3'):  # once per reference, one map at a time (every tile reads them)
+                setattr(feats, name, st.transfer_layout(getattr(feats, name)))
             if st.mode == 'chunked' and plan is not None and plan.cache_keys:
                 feats.key_blocks = st.prepare_keys(feats.search)
             encoded.append(feats)

@@ -6,7 +6,8 @@ PyTorch runtime itself (about 0.8 GB of RSS after ``import extracter`` on CPU). 
 deliberately a little pessimistic; coefficients were measured on CPU with ``scripts/benchmark_scaling.py``'s
 set-up (glibc keeps some freed memory, which shows in RSS and is included).
 
-The plan prefers, in order: no tiling, then the largest tile that fits; large search blocks (for matrix-multiply
+The plan prefers, in order: no tiling, then the tiling that fits with the least main-network work (equal tiles,
+the fewest that fit: their context is recomputed, see :func:`tile_work`); large search blocks (for matrix-multiply
 efficiency), shrinking them before shrinking tiles; and caching the normalised reference patches across tiles
 when that still fits. A request that cannot fit (the reference alone too large, a given tile too large, the dense
 search too large) raises :class:`MemoryBudgetError` with the numbers.
@@ -15,7 +16,7 @@ search too large) raises :class:`MemoryBudgetError` with the numbers.
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -174,6 +175,32 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
     return parts
 
 
+def tile_work(lr_hw: Tuple[int, int], tile_size: int, tile_pad: int, multiple: int) -> int:
+    """LR pixels the main network processes with tiles of ``tile_size`` + ``tile_pad`` (each tile with its context),
+    the tiles being cut as :func:`extracter.inference.tiling.tile_spans` cuts them."""
+    from extracter.inference.tiling import tile_spans
+
+    h, w = (-(-n // multiple) * multiple for n in lr_hw)
+    rows = sum(i1 - i0 for _, _, i0, i1 in tile_spans(h, tile_size, tile_pad, multiple))
+    cols = sum(i1 - i0 for _, _, i0, i1 in tile_spans(w, tile_size, tile_pad, multiple))
+    return rows * cols
+
+
+def tile_candidates(lr_hw: Tuple[int, int], multiple: int, tile_pad: int) -> List[Tuple[int, int]]:
+    """The tilings the planner tries, least main-network work first (:func:`tile_work`; ties: the larger tile):
+    tiles that cut each side into n equal parts (rounded up to ``multiple``), n = 2, 3, ..., down to tiles of four
+    strides. Equal tiles recompute less context than the largest size that fits followed by a small remainder."""
+    pad = -(-tile_pad // multiple) * multiple
+    longest = max(lr_hw)
+    sizes = set()
+    for length in lr_hw:
+        for n in range(2, max(2, length // multiple) + 1):
+            size = -(-length // (n * multiple)) * multiple
+            if size < longest and size >= min(4 * multiple, longest // 2):
+                sizes.add(size)
+    return sorted(((s, pad) for s in sizes), key=lambda t: (tile_work(lr_hw, t[0], t[1], multiple), -t[0]))
+
+
 def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
                 tile: Optional[Tuple[int, int]] = None, search_mode: Optional[str] = None,
                 tile_pad: int = DEFAULT_TILE_PAD) -> MemoryPlan:
@@ -216,13 +243,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
         t = (max(mult, tile[0] // mult * mult), -(-tile[1] // mult) * mult)
         candidates = [t]
     else:
-        longest = max(lr_hw)
-        sizes = []
-        size = longest
-        while size >= 4 * mult:
-            sizes.append(max(mult, size // mult * mult))
-            size = int(size * 0.8)
-        candidates = [None] + [(s, -(-tile_pad // mult) * mult) for s in sizes if s < longest]
+        candidates = [None] + tile_candidates(lr_hw, mult, tile_pad)
     for t in candidates:
         found = try_chunks(t)
         if found is None:
@@ -237,7 +258,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
                 cache, parts = True, cached
         return MemoryPlan(budget, mode, chunk or DEFAULT_CHUNK, key_chunk or DEFAULT_KEY_CHUNK, cache,
                           None if t is None else t[0], 0 if t is None else t[1], parts['total'], parts)
-    smallest = candidates[-1]
+    smallest = min(candidates[1:], key=lambda t: t[0]) if tile is None and len(candidates) > 1 else candidates[-1]
     need = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, smallest)['total']
     what = 'untiled' if smallest is None else f'with tile_size={smallest[0]}, tile_pad={smallest[1]}'
     hint = ('use search mode chunked' if mode == 'dense' else
