@@ -329,8 +329,9 @@ class SearchTransfer(nn.Module):
                         rows = v[b].permute(1, 2, 0).reshape(v.shape[-2] * w_b, s * c)
                         pos = (by.clamp(0, h_b - 1)[:, None] * s + dy) * w_b + bx.clamp(0, w_b - 1)[:, None]
                         blocks = rows.index_select(0, pos.view(-1)).view(-1, s, s * c)
-                        if bool(outside.any()):
-                            blocks.masked_fill_(outside.view(-1, 1, 1), 0)
+                        outside = outside.nonzero().view(-1)  # only the blocks in the padding are written
+                        if outside.numel():
+                            blocks.index_fill_(0, outside, 0)
                         if sel is None:
                             gathered = blocks
                         else:
