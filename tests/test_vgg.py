@@ -42,3 +42,19 @@ def test_pretrained_extractor_features_are_meaningful(vgg19_canonical):
         e_flat = fe(flat)[0][..., 4:-4, 4:-4].abs().sum()
         e_edge = fe(edge)[0][..., 4:-4, 4:-4].abs().sum()
     assert e_edge > 1.2 * e_flat
+
+
+def test_cpu_inference_runs_channels_last_with_the_training_layouts_result():
+    """Without gradients on CPU the extractor runs channels-last (faster); relu1_1/relu2_1 come out channels-last
+    for the transfer, relu3_1 in NCHW for the search, all equal to the NCHW (training) run up to rounding."""
+    torch.manual_seed(0)
+    ext = TextureExtractor(init='random', requires_grad=False).eval()
+    x = torch.rand(1, 3, 40, 36)
+    nchw = ext(x)  # gradients enabled: the training layout
+    assert all(t.is_contiguous() for t in nchw)
+    with torch.no_grad():
+        lv1, lv2, lv3 = ext(x)
+    assert lv1.is_contiguous(memory_format=torch.channels_last) and not lv1.is_contiguous()
+    assert lv2.is_contiguous(memory_format=torch.channels_last) and lv3.is_contiguous()
+    for a, b in zip((lv1, lv2, lv3), nchw):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -194,7 +194,13 @@ class TextureExtractor(nn.Module):
                         module.bias.copy_(state[f'features.{name}.bias'])
 
     def forward(self, x: torch.Tensor):
+        """relu1_1, relu2_1, relu3_1 of ``x``. CPU inference runs on channels-last activations (about 1.5x faster,
+        :func:`~extracter.archs.refsr_base.main_memory_format`) and returns relu1_1 and relu2_1 in that layout (the
+        one the transfer reads, see ``SearchTransfer.transfer_layout``) and relu3_1 in NCHW (the search's)."""
+        from extracter.archs.refsr_base import main_memory_format
+
+        x = x.contiguous(memory_format=main_memory_format(x))
         x_lv1 = self.slice1(self.sub_mean(x))
         x_lv2 = self.slice2(x_lv1)
         x_lv3 = self.slice3(x_lv2)
-        return x_lv1, x_lv2, x_lv3
+        return x_lv1, x_lv2, x_lv3.contiguous()
