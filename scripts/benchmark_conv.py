@@ -110,7 +110,8 @@ def profile_main_network(net, tile: int, fmt: str, clock, repeats: int, seed: in
     handles = [h for m in convs for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
         best = None
-        net.reconstruct(lr, *maps(), memory_format=FORMATS[fmt])  # warm-up (oneDNN primitive caches)
+        small_lr, small_maps = build_main_inputs(16, st.top_k, st.stride, st.window, st.padding, seed)
+        net.reconstruct(small_lr, *small_maps(), memory_format=FORMATS[fmt])  # warm-up (allocator, thread pool)
         for _ in range(repeats):
             inputs = maps()
             state.update(flops=0, conv_s=0.0, by_size={})
@@ -153,7 +154,8 @@ def run(argv) -> None:
                         help='spatial sides of the conv table (default: tile, 2 x tile, 4 x tile)')
     parser.add_argument('--shapes', nargs='+', default=['64:64'], help='CIN:COUT pairs of the conv table')
     parser.add_argument('--formats', nargs='+', choices=sorted(FORMATS), default=['nchw', 'channels_last'])
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=3, help='rounds of each conv measurement (best kept)')
+    parser.add_argument('--network-repeats', type=int, default=1, help='main-network runs per layout (best kept)')
     parser.add_argument('--min-seconds', type=float, default=0.5, help='per round of a conv measurement')
     parser.add_argument('--skip-network', action='store_true', help='only the conv table')
     parser.add_argument('--seed', type=int, default=0)
@@ -162,8 +164,8 @@ def run(argv) -> None:
         raise ValueError(f'--threads must be >= 1, got {args.threads}')
     if args.tile < 8 or args.tile % 2:
         raise ValueError(f'--tile must be an even number of LR pixels >= 8 (the stride is 2), got {args.tile}')
-    if args.repeats < 1:
-        raise ValueError(f'--repeats must be >= 1, got {args.repeats}')
+    if args.repeats < 1 or args.network_repeats < 1:
+        raise ValueError(f'--repeats and --network-repeats must be >= 1, got {args.repeats}, {args.network_repeats}')
     shapes = [parse_shape(s) for s in args.shapes]
     sizes = args.sizes or [args.tile, 2 * args.tile, 4 * args.tile]
     if min(sizes) < 1:
@@ -197,7 +199,7 @@ def run(argv) -> None:
     have = all((64, 64, s, f) in rates for s in level_sizes for f in args.formats)
     rows = []
     for fmt in args.formats:
-        res = profile_main_network(net, t, fmt, clock, args.repeats, args.seed)
+        res = profile_main_network(net, t, fmt, clock, args.network_repeats, args.seed)
         achieved = res['flops'] / res['total_s'] / 1e9
         row = [fmt, f"{res['flops'] / 1e9:.1f}", f"{res['total_s']:.2f}", f"{res['conv_s'] / res['total_s']:.0%}",
                f"{res['flops'] / res['conv_s'] / 1e9:.1f}", f'{achieved:.1f}']
