@@ -1,11 +1,12 @@
 """Scaling benchmark: wall time and peak memory (RSS) of one EXTRACTER forward pass, dense versus ours.
 
-For square outputs of 256, 512, 1024 and 2048 pixels (LR a quarter of that, reference the output size) it runs,
-each case in its own subprocess so that the RSS peak is that case's:
+For square outputs of 256, 512, 1024 and 2048 pixels (any ``--sizes``, e.g. 4096; LR a quarter of that, reference
+the output size) it runs, each case in its own subprocess so that the RSS peak is that case's:
 - ``dense``: the original-style path (whole relevance matrix, every reference patch unfolded), untiled;
 - ``chunked``: our chunked search + transfer by index, untiled and without a budget (isolates their cost);
 - ``ours``: chunked search (or ``--search approximate`` / ``auto``) + transfer by index, with chunk and tile sizes
-  chosen by the memory planner for ``--max-memory`` (per size with ``--budget SIZE=BUDGET``).
+  (and, for large references, relu1_1 recomputed) chosen by the memory planner for ``--max-memory`` (per size with
+  ``--budget SIZE=BUDGET``).
 Timings are split into feature extraction (VGG-19), search, transfer and the rest of the network; the search's
 matrix products are timed on their own and compared with ``torch.matmul``'s rate on this machine. A case that the
 planner refuses, that is estimated not to fit ``--dense-limit``, or that runs out of memory is recorded as such.
@@ -18,7 +19,9 @@ geometry (window 6, stride 2, padding 2) by default. Inputs are a real wide/tele
 ``../shared/data/refsr-pairs/dcsr-camerafusion`` when present (centre crops), else seeded noise.
 
 Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``; the 2048 end to
-end with the approximate search: ``--sizes 2048 --methods ours --search approximate --budget 2048=6G``.
+end with the approximate search: ``--sizes 2048 --methods ours --search approximate --budget 2048=6G``; the 4096
+case (a 4096 x 4096 output with a 4096 x 4096 reference in 8G): ``--sizes 4096 --methods ours --search approximate
+--budget 4096=8G --timeout 10800``.
 """
 
 import argparse
@@ -91,7 +94,7 @@ class Timers:
         self.t = {'vgg': 0.0, 'search': 0.0, 'matmul': 0.0, 'transfer': 0.0}
         self.flops = 0.0
         self.start = time.perf_counter()
-        ext, st = net.texture_extractor(), net.search_transfer
+        ext, st = net.feature_extractor(), net.search_transfer
         ext.register_forward_pre_hook(lambda m, i: self._start('vgg'))
         ext.register_forward_hook(lambda m, i, o: self._stop('vgg'))
         self._wrap(st, 'search', 'search')
@@ -380,9 +383,10 @@ def run(argv) -> None:
                 row['psnr_vs_dense_db'] = 10 * math.log10(1 / mse) if mse > 0 else float('inf')
             other_sr.unlink(missing_ok=True)
         dense_sr.unlink(missing_ok=True)
-        header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, one forward '
+        header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, '
+                  f'ours with the {args.search} search, one forward '
                   f'pass on CPU ({torch.get_num_threads()} threads, machine shared: timings are noisy); '
-                  f'torch.matmul peak {peak:.1f} GFLOP/s; ours: {args.search} search.')
+                  f'torch.matmul peak {peak:.1f} GFLOP/s.')
         write_outputs(rows, out_dir, peak, header)
     print(f'wrote {out_dir}/results.csv, results.md, scaling.png')
 

@@ -160,6 +160,7 @@ def case_worker(args) -> None:
     from extracter.archs.search_approximate import ApproximateSettings, exact_search_queries
     from extracter.data.degradations import to_tensor
     from extracter.inference.engine import run_refsr
+    from extracter.inference.memory_plan import ENCODE_TILE
 
     torch.set_num_threads(args.threads)
     case = json.loads(args.case)
@@ -183,7 +184,7 @@ def case_worker(args) -> None:
     t0 = time.perf_counter()
     if args.method == 'exact' and sample is not None:  # the sampled exact search only
         query = net.search_features(t['lq_up'])
-        keys = net.encode_reference(t['ref'], t['ref_downup']).search
+        keys = net.encode_search_keys(t['ref'], t['ref_downup'], ENCODE_TILE)  # VGG-19 in tiles (bounded memory)
         t1 = time.perf_counter()
         scores, index = exact_search_queries(query, keys, *case['geometry'], st.top_k, sample)
         out['search_s'] = time.perf_counter() - t1
@@ -201,7 +202,7 @@ def case_worker(args) -> None:
         scores, index = res.scores, res.index
     else:  # the search alone, on the network's features
         query = net.search_features(t['lq_up'])
-        keys = net.encode_reference(t['ref'], t['ref_downup']).search
+        keys = net.encode_search_keys(t['ref'], t['ref_downup'], ENCODE_TILE)  # VGG-19 in tiles (bounded memory)
         st.set_chunking('chunked' if args.method == 'exact' else 'approximate', approximate=approx)
         scores, index = st.search(query, keys)
         out['search_s'] = timing['search']

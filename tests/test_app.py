@@ -56,7 +56,7 @@ def test_models_are_found_with_their_kind(models):
     assert [(m.label, m.arch, m.uses_reference) for m in found] == [('refsr/tiny.pth', 'Extracter', True)]
     (models / 'orphan.pth').write_bytes(b'x')  # no options beside it: not offered
     assert len(find_models(models)) == 1
-    with pytest.raises(JobError, match='no options file beside it'):
+    with pytest.raises(JobError, match='no options file beside it .* cannot be read off the weights'):
         model_entry(models / 'orphan.pth')
     (models / 'orphan.pth').unlink()
 
@@ -307,6 +307,13 @@ def test_single_image_model_without_references(pair, tmp_path):
     assert result.notes == ['No reference photo was given: used the single-image model drct.pth.']
     np.testing.assert_array_equal(read_png(result.files['sr']), runner.run(JobRequest(lr=lr)).sr)
     assert os.path.isfile(result.files['sr'])
+    # without its YAML the DRCT checkpoint is still offered (its network is read off the weights, as infer.py does)
+    (folder / 'drct.yml').unlink()
+    found = {m.label: (m.arch, m.uses_reference) for m in find_models(folder)}
+    assert found == {'refsr/tiny.pth': ('Extracter', True), 'drct.pth': ('DRCT', False)}
+    runner = JobRunner(tmp_path / 'app2', models=find_models(folder), max_memory=BUDGET)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    np.testing.assert_array_equal(runner.run(JobRequest(lr=lr)).sr, result.sr)
 
 
 def test_the_page_listens_on_this_machine_only_unless_asked(capsys):

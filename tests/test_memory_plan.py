@@ -47,13 +47,13 @@ def test_small_request_runs_untiled_with_default_chunks():
 
 def test_tighter_budgets_tile_smaller_and_stay_within_budget():
     tiles = []
-    for budget in ('6G', '3G', '2G'):
+    for budget in ('4G', '3G', '2G'):
         plan = plan_memory(RELEASED, (256, 256), (1024, 1024), budget)
         assert plan.estimate <= parse_memory(budget)
         assert plan.tile_size is not None and plan.tile_size % RELEASED.stride == 0
         assert plan.tile_pad % RELEASED.stride == 0
         tiles.append(plan.tile_size)
-    assert tiles[0] > tiles[1] > tiles[2]
+    assert tiles[0] >= tiles[1] >= tiles[2] and tiles[0] > tiles[2]  # equal tiles: sizes come in steps
     # the 2048x2048 case of the issue fits 6G, tiled
     plan = plan_memory(RELEASED, (512, 512), (2048, 2048), '6G')
     assert plan.tile_size is not None and plan.estimate <= 6 * 2 ** 30
@@ -70,8 +70,8 @@ def test_estimates_grow_with_size_and_dense_is_quadratic():
 
 
 def test_refusals_say_why():
-    with pytest.raises(MemoryBudgetError, match=r'encoded 2048x2048 reference.*raise max_memory'):
-        plan_memory(RELEASED, (512, 512), (2048, 2048), '2G')
+    with pytest.raises(MemoryBudgetError, match=r'encoded 4096x4096 reference.*relu1_1 recomputed.*raise max_memory'):
+        plan_memory(RELEASED, (1024, 1024), (4096, 4096), '2G', search_mode='approximate')
     with pytest.raises(MemoryBudgetError, match=r'tile_size=256.*smaller tile'):
         plan_memory(RELEASED, (512, 512), (1024, 1024), '2G', tile=(256, 16))
     with pytest.raises(MemoryBudgetError, match=r'dense search.*chunked'):
@@ -88,8 +88,8 @@ def test_planner_tiles_with_the_least_main_network_work_that_fits(lr_hw, ref_hw,
     mult, pad = RELEASED.stride, plan.tile_pad
     chosen = tile_work(lr_hw, plan.tile_size, pad, mult)
     fitting = [size for size in range(mult, max(lr_hw), mult)
-               if estimate(RELEASED, lr_hw, ref_hw, 'chunked', MIN_CHUNK, MIN_KEY_CHUNK, False,
-                           (size, pad))['total'] <= parse_memory(budget)]
+               if any(estimate(RELEASED, lr_hw, ref_hw, 'chunked', MIN_CHUNK, MIN_KEY_CHUNK, False, (size, pad),
+                               lv1)['total'] <= parse_memory(budget) for lv1 in ('stored', 'recomputed'))]
     assert plan.tile_size in fitting
     assert chosen == min(tile_work(lr_hw, size, pad, mult) for size in fitting)
 

@@ -145,7 +145,8 @@ def test_planner_counts_the_approximate_search():
     assert plan.search_mode == 'approximate' and plan.estimate <= 8 * 2 ** 30
     # smaller retrieval blocks under a tighter budget
     tight = plan_memory(big, lr_hw, ref_hw, plan.estimate - 2 ** 27, search_mode='approximate')
-    assert tight.chunk_size < plan.chunk_size or tight.tile_size is not None
+    assert (tight.chunk_size < plan.chunk_size or tight.tile_size is not None
+            or (tight.lv1_storage, plan.lv1_storage) == ('recomputed', 'stored'))
     # small inputs: the exact fallback's (chunked) estimate
     small = estimate(big, (32, 32), (64, 64), 'approximate', 4096, 8192)
     assert small['search_blocks'] == estimate(big, (32, 32), (64, 64), 'chunked', 4096, 8192)['search_blocks']
@@ -188,5 +189,8 @@ def test_infer_search_flag(tmp_path, capsys):
     exact = np.asarray(Image.open(tmp_path / 'auto' / 'lr_sr.png'))
     approx = np.asarray(Image.open(tmp_path / 'approx' / 'lr_sr.png'))
     assert np.array_equal(exact, approx)  # small input: the exact fallback
+    run(base + ['-o', str(tmp_path / 'budget'), '--max-memory', '1G'])  # the plan is printed with the search
+    assert 'lr.png: chunked search (auto: exact search' in (out := capsys.readouterr().out)
+    assert '; memory plan: chunked search (chunk' in out and 'estimated peak' in out
     with pytest.raises(SystemExit):
         run(base + ['-o', str(tmp_path / 'x'), '--search', 'fast'])

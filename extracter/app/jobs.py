@@ -65,7 +65,8 @@ class JobError(ValueError):
 
 @dataclass
 class ModelEntry:
-    """A model the page offers: a checkpoint with its options (``W.yml`` beside ``W.pth``)."""
+    """A model the page offers: a checkpoint with its options (``W.yml`` beside ``W.pth``, or read off the weights
+    where the architecture allows it: DRCT)."""
 
     label: str
     weights: Path
@@ -74,7 +75,8 @@ class ModelEntry:
 
 
 def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
-    """The entry of a checkpoint ``W.pth`` with its options ``W.yml`` (``network_g``); :class:`JobError` if unusable."""
+    """The entry of a checkpoint ``W.pth`` with its options ``W.yml`` (``network_g``), or, without one, with the
+    options read off its weights (DRCT); :class:`JobError` if unusable."""
     from extracter.registry import ARCH_REGISTRY
 
     weights = Path(weights)
@@ -85,8 +87,13 @@ def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
         raise JobError(f'The model file {name} does not exist.')
     options = weights.with_suffix('.yml')
     if not options.is_file():
-        raise JobError(f'The model {name} has no options file beside it ({options.name} with a network_g block); '
-                       'convert original checkpoints with scripts/convert_official.py, which writes one.')
+        arch = arch_read_off_weights(weights)
+        if arch is None:
+            raise JobError(f'The model {name} has no options file beside it ({options.name} with a network_g block) '
+                           'and its architecture cannot be read off the weights; convert original checkpoints with '
+                           'scripts/convert_official.py, which writes one.')
+        cls = ARCH_REGISTRY.get(arch)
+        return ModelEntry(name, weights, arch, bool(getattr(cls, 'uses_reference', False)))
     try:
         with open(options, encoding='utf-8') as f:
             arch = ((yaml.safe_load(f) or {}).get('network_g') or {}).get('type')
@@ -97,8 +104,22 @@ def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
     return ModelEntry(name, weights, str(arch), bool(getattr(cls, 'uses_reference', False)))
 
 
+def arch_read_off_weights(weights: Path) -> Optional[str]:
+    """The architecture of a checkpoint without a YAML where its state dict tells it (DRCT, as ``infer.py`` loads
+    it: :func:`extracter.inference.network.options_from_weights`); None if it cannot be read or told."""
+    from extracter.inference.network import options_from_weights
+    from extracter.utils.checkpoint import CheckpointError, load_checkpoint, network_state
+
+    try:
+        options = options_from_weights(network_state(load_checkpoint(str(weights)), str(weights), None))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    return None if options is None else str(options.get('type'))
+
+
 def find_models(folder: Path) -> List[ModelEntry]:
-    """Every checkpoint under ``folder`` (recursively) that has its options beside it, sorted by path."""
+    """Every checkpoint under ``folder`` (recursively) whose network is known (options beside it, or read off the
+    weights), sorted by path."""
     folder = Path(folder).resolve()
     if not folder.is_dir():
         return []
@@ -343,7 +364,7 @@ class JobRunner:
         if single is None:
             raise JobError('No reference photo was given, and no single-image model is available: add one or more '
                            'reference photos (pictures of the same scene or subject, in high resolution), or put a '
-                           'single-image (DRCT) checkpoint with its .yml in pretrained/.')
+                           'single-image (DRCT) checkpoint in pretrained/.')
         notes.append(f'No reference photo was given: used the single-image model {single.label}.')
         return single
 

@@ -29,10 +29,13 @@ def patch_range(x_pad: torch.Tensor, k: int, s: int, grid_w: int, j0: int, j1: i
     return patch_rows(x_pad, k, s, r0, r1)[:, :, j0 - r0 * grid_w:j1 - r0 * grid_w]
 
 
-def inv_patch_norms(x_pad: torch.Tensor, k: int, s: int, eps: float = 1e-12) -> torch.Tensor:
+def inv_patch_norms(x_pad: torch.Tensor, k: int, s: int, eps: float = 1e-12, padding: int = 0) -> torch.Tensor:
     """1 / max(|patch|, eps) for every patch of an already padded map, [N, grid_h*grid_w]; the squared norms are a
-    box sum of the channel-summed squares."""
+    box sum of the channel-summed squares. ``padding``: the map is not padded yet, its zero padding is (the channel
+    sums are padded instead of the map: no padded copy)."""
     sq = x_pad.pow(2).sum(dim=1, keepdim=True)
+    if padding:
+        sq = F.pad(sq, (padding,) * 4)
     sums = F.avg_pool2d(sq, kernel_size=k, stride=s, divisor_override=1)
     return sums.clamp_min_(0).sqrt_().clamp_min_(eps).reciprocal_().flatten(1)
 

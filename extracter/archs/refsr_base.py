@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extracter.archs.vgg import Relu11FromImage
+
+LV1_STORAGE = ('stored', 'recomputed')  # how an encoded reference keeps relu1_1 (ReferenceFeatures.lv1)
 SCALE = 4  # the one upscaling factor of the RefSR archs (and of the datasets and the inference engine)
 
 
@@ -53,14 +56,17 @@ def check_image_pair(lr: torch.Tensor, ref: torch.Tensor, lr_up: Optional[torch.
 class ReferenceFeatures:
     """A reference encoded once, to be searched by any number of LR images or tiles.
 
-    ``search``: relu3_1 of the down-up-sampled reference (the search keys); ``lv1``/``lv2``/``lv3``: relu1_1,
-    relu2_1, relu3_1 of the reference (the transferred textures); ``key_blocks``: optionally the normalised key
-    patches of the chunked search (:meth:`SearchTransfer.prepare_keys`), valid for the geometry they were made with.
-    Several references are a list: a reference's id is its position in that list.
+    ``search``: relu3_1 of the down-up-sampled reference (the search keys; None where only the textures are kept,
+    as the inference engine does once it has searched); ``lv1``/``lv2``/``lv3``: relu1_1, relu2_1, relu3_1 of the
+    reference (the transferred textures), ``lv1`` either the map or a :class:`~extracter.archs.vgg.Relu11FromImage`
+    (the normalised image it is recomputed from, patch by patch: the memory planner's choice for large references);
+    ``key_blocks``: optionally the normalised key patches of the chunked search
+    (:meth:`SearchTransfer.prepare_keys`), valid for the geometry they were made with. Several references are a
+    list: a reference's id is its position in that list.
     """
 
-    search: torch.Tensor
-    lv1: torch.Tensor
+    search: Optional[torch.Tensor]
+    lv1: Union[torch.Tensor, Relu11FromImage]
     lv2: torch.Tensor
     lv3: torch.Tensor
     key_blocks: Optional[List[torch.Tensor]] = None
@@ -170,23 +176,50 @@ class RefSRNet(nn.Module):
         """``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same result) search & transfer."""
         self.search_transfer.set_chunking(mode, chunk_size, key_chunk_size, cache_keys)
 
-    def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None) -> ReferenceFeatures:
-        """Texture features of the reference ``ref`` [N,3,H,W] in [0, 1] (computed once, searched by every tile)."""
+    def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
+                         tile_size: Optional[int] = None, lv1: str = 'stored') -> ReferenceFeatures:
+        """Texture features of the reference ``ref`` [N,3,H,W] in [0, 1] (computed once, searched by every tile):
+        :meth:`encode_search_keys` and :meth:`encode_textures` (``tile_size``, ``lv1``: see there)."""
+        search = self.encode_search_keys(ref, ref_downup, tile_size)
+        lv1_feat, lv2, lv3 = self.encode_textures(ref, tile_size, lv1)
+        return ReferenceFeatures(search=search, lv1=lv1_feat, lv2=lv2, lv3=lv3)
+
+    def encode_search_keys(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
+                           tile_size: Optional[int] = None) -> torch.Tensor:
+        """relu3_1 of the down-up-sampled reference (made from ``ref`` when None): the search keys. ``tile_size``:
+        VGG-19 runs in tiles of that many reference pixels (:meth:`TextureExtractor.encode_tiled`: the same features,
+        one tile's transient memory)."""
         if ref_downup is None:
             ref_downup = make_ref_downup(ref)
+        return self.feature_extractor().encode_tiled(ref_downup, tile_size, levels=(3,),
+                                                     memory_format=torch.contiguous_format)[0]  # the search's layout
+
+    def encode_textures(self, ref: torch.Tensor, tile_size: Optional[int] = None, lv1: str = 'stored'
+                        ) -> Tuple[Union[torch.Tensor, Relu11FromImage], torch.Tensor, torch.Tensor]:
+        """relu1_1, relu2_1 and relu3_1 of the reference (the transferred textures), VGG-19 in tiles of
+        ``tile_size`` reference pixels when given. ``lv1``: ``'stored'`` (the relu1_1 map, 256 bytes per reference
+        pixel) or ``'recomputed'`` (a :class:`Relu11FromImage`, 12 bytes per pixel; the transfer recomputes the
+        pixels it gathers)."""
+        if lv1 not in LV1_STORAGE:
+            raise ValueError(f'lv1 storage must be one of {LV1_STORAGE}, got {lv1!r}')
         extractor = self.feature_extractor()
-        search = extractor(ref_downup)[2]
-        lv1, lv2, lv3 = extractor(ref)
-        return ReferenceFeatures(search=search, lv1=lv1, lv2=lv2, lv3=lv3)
+        if lv1 == 'stored':
+            lv1_feat, lv2, lv3 = extractor.encode_tiled(ref, tile_size, levels=(1, 2, 3))
+            return lv1_feat, lv2, lv3
+        lv2, lv3 = extractor.encode_tiled(ref, tile_size, levels=(2, 3))
+        return extractor.relu1_1_source(ref), lv2, lv3
 
     def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
         """relu3_1 of the upsampled LR (the search queries), at the LR size."""
-        return self.feature_extractor()(lr_up)[2]
+        return self.feature_extractor()(lr_up)[2].contiguous()  # the search's layout (NCHW)
 
     def search(self, lr_feat: torch.Tensor, refs: References) -> Tuple[torch.Tensor, torch.Tensor]:
         """Top-k over the union of the references' patches (TTSR Eq. 4-5, 7): (scores, index) [N, top_k, L], the
         index running over the references' patches in order (see :meth:`SearchTransfer.search`)."""
         refs = as_reference_list(refs)
+        if any(r.search is None for r in refs):
+            raise ValueError('an encoded reference without its search keys (only its textures) cannot be searched; '
+                             'pass the search result (search=...) or encode it with encode_reference')
         return self.search_transfer.search(lr_feat, [r.search for r in refs], [r.key_blocks for r in refs])
 
     def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: References,

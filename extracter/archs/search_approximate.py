@@ -122,8 +122,8 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
                              itemsize: int = 4) -> Optional[int]:
     """Peak transient bytes of :func:`approximate_search` for one LR feature map of ``lr_hw`` against one reference
     map of ``ref_hw`` (relu3_1 sizes, batch 1), besides its inputs and its result; None where it runs the exact
-    chunked search instead (:func:`uses_exact`). A slight over-estimate: the padded copies and channels-last copies
-    of both maps, the reduced maps and descriptors, then the larger of the retrieval block and a tile's work."""
+    chunked search instead (:func:`uses_exact`). A slight over-estimate: the padded channels-last copy of both maps,
+    the reduced maps and descriptors, then the larger of the retrieval block and a tile's work."""
     k, s, p = window, stride, padding
     gh, gw = grid_size(*lr_hw, k, s, p)
     rgh, rgw = grid_size(*ref_hw, k, s, p)
@@ -136,7 +136,8 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     d = min(settings.patch_dims, c_red * k * k)
     area = (lr_hw[0] + 2 * p) * (lr_hw[1] + 2 * p)
     rarea = (ref_hw[0] + 2 * p) * (ref_hw[1] + 2 * p)
-    maps = itemsize * channels * 2 * (area + rarea)  # padded maps and their channels-last copies
+    maps = itemsize * channels * (area + rarea)  # one zero-padded channels-last copy of each map
+    squares = itemsize * channels * max(lr_hw[0] * lr_hw[1], ref_hw[0] * ref_hw[1])  # the patch norms, before
     n_cand = min(settings.candidates, n_k)
     n_ret = min(max(settings.refine, n_cand), n_k)
     cands = n_q * n_ret * (itemsize + 2 * 8) + n_q * n_cand * (itemsize + 3 * 8)  # retrieved, kept (rows, columns)
@@ -150,7 +151,7 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     windows = (-(-settings.tile // qs) + 2) ** 2 * n_cand * (2 * settings.jitter + 1) ** 2
     tiles = (itemsize * (2 * t2 + 2 * settings.max_candidates) * channels * k * k
              + itemsize * t2 * settings.max_candidates + 8 * rgh * rgw + 3 * 8 * windows)
-    return maps + cands + max(retrieval, tiles)
+    return max(squares, maps + cands + max(retrieval, tiles))
 
 
 def _pixel_offsets(window: int, width: int, device) -> torch.Tensor:
@@ -217,36 +218,50 @@ def _second_moment_top(x: torch.Tensor, dims: int) -> torch.Tensor:
     return vecs[:, -dims:].flip(1).contiguous()
 
 
-def _fit_reduction(ref_pad: torch.Tensor, window: int, stride: int, channel_dims: int, patch_dims: int,
+def _channels_last_padded(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """A map [C, H, W] as a zero-padded channels-last copy [H+2p, W+2p, C] (the one copy the search makes of it)."""
+    c, h, w = x.shape
+    out = x.new_zeros(h + 2 * padding, w + 2 * padding, c)
+    out[padding:padding + h, padding:padding + w] = x.permute(1, 2, 0)
+    return out
+
+
+def _reduce_channels(x_cl: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """The channel-reduced map [H, W, c'] of a channels-last map ``x_cl`` [H, W, C] (``proj`` [c', C])."""
+    return (x_cl.reshape(-1, x_cl.size(-1)) @ proj.t()).view(x_cl.size(0), x_cl.size(1), proj.size(0))
+
+
+def _fit_reduction(ref_cl: torch.Tensor, window: int, stride: int, channel_dims: int, patch_dims: int,
                    fit_samples: int, generator: torch.Generator) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Factorised PCA of the reference patches: per-pixel channel directions P [c', C], then patch directions W
     [c' k^2, d] of the channel-reduced patches (``None`` when c' k^2 <= d). Fitted on at most ``fit_samples``
-    pixels / patches of the padded reference ``ref_pad`` [C, H, W]."""
-    c = ref_pad.size(0)
-    pixels = ref_pad.reshape(c, -1)
-    step = max(1, pixels.size(1) // fit_samples)
-    proj = _second_moment_top(pixels[:, ::step].t(), min(channel_dims, c)).t().to(ref_pad.dtype)  # [c', C]
+    pixels / patches of the padded channels-last reference ``ref_cl`` [H, W, C]."""
+    c = ref_cl.size(-1)
+    pixels = ref_cl.view(-1, c)
+    step = max(1, pixels.size(0) // fit_samples)
+    proj = _second_moment_top(pixels[::step], min(channel_dims, c)).t().to(ref_cl.dtype)  # [c', C]
     dc = proj.size(0) * window * window
     if dc <= patch_dims:
         return proj, None
-    red = torch.einsum('dc,chw->hwd', proj, ref_pad)  # channels-last
-    gh, gw = (ref_pad.size(1) - window) // stride + 1, (ref_pad.size(2) - window) // stride + 1
-    pick = torch.randperm(gh * gw, generator=generator)[:fit_samples].to(ref_pad.device)
+    red = _reduce_channels(ref_cl, proj)
+    gh, gw = (ref_cl.size(0) - window) // stride + 1, (ref_cl.size(1) - window) // stride + 1
+    pick = torch.randperm(gh * gw, generator=generator)[:fit_samples].to(ref_cl.device)
     # only the sampled patches are gathered (never all reference patches at once), in unfold's (c, dy, dx) order
     patches = _gather_patches(red.reshape(-1, proj.size(0)), _patch_starts(pick, gw, stride, red.size(1)),
-                              _pixel_offsets(window, red.size(1), ref_pad.device))
+                              _pixel_offsets(window, red.size(1), ref_cl.device))
     patches = patches.view(-1, window * window, proj.size(0)).transpose(1, 2).reshape(pick.numel(), -1)
-    return proj, _second_moment_top(patches, patch_dims).to(ref_pad.dtype)
+    return proj, _second_moment_top(patches, patch_dims).to(ref_cl.dtype)
 
 
-def _descriptors(x_pad: torch.Tensor, proj: torch.Tensor, patch_proj: Optional[torch.Tensor], window: int,
+def _descriptors(x_cl: torch.Tensor, proj: torch.Tensor, patch_proj: Optional[torch.Tensor], window: int,
                  stride: int, step: int, inv_norm: torch.Tensor, grid_w: int, rows_per_block: int) -> torch.Tensor:
     """Reduced descriptors [n, d] of the patches on every ``step``-th row and column of the patch grid of the padded
-    map ``x_pad`` [C, H, W], divided by the exact patch norms (``inv_norm`` [L]). Computed in bands of patch rows."""
-    red = torch.einsum('dc,chw->dhw', proj, x_pad)[None]
-    gh = (x_pad.size(1) - window) // stride + 1
-    rows = torch.arange(0, gh, step, device=x_pad.device)
-    cols = torch.arange(0, grid_w, step, device=x_pad.device)
+    channels-last map ``x_cl`` [H, W, C], divided by the exact patch norms (``inv_norm`` [L]). Computed in bands of
+    patch rows."""
+    red = _reduce_channels(x_cl, proj).permute(2, 0, 1)[None]  # [1, c', H, W], a view (bands are unfolded)
+    gh = (x_cl.size(0) - window) // stride + 1
+    rows = torch.arange(0, gh, step, device=x_cl.device)
+    cols = torch.arange(0, grid_w, step, device=x_cl.device)
     out = []
     for b0 in range(0, rows.numel(), rows_per_block):
         r = rows[b0:b0 + rows_per_block]
@@ -259,23 +274,24 @@ def _descriptors(x_pad: torch.Tensor, proj: torch.Tensor, patch_proj: Optional[t
     return torch.cat(out)
 
 
-def _refine(lr_pad: torch.Tensor, ref_pad: torch.Tensor, proj: torch.Tensor, window: int, stride: int,
+def _refine(lr_cl: torch.Tensor, ref_cl: torch.Tensor, proj: torch.Tensor, window: int, stride: int,
             q_index: torch.Tensor, grid_w: int, ref_grid_w: int, k_inv: torch.Tensor, cand_i: torch.Tensor,
             keep: int, block_floats: int = 1 << 24) -> Tuple[torch.Tensor, torch.Tensor]:
     """Re-score every query's retrieved matches ``cand_i`` [Q, R] (flat reference patch indices) by the dot product of
     the channel-reduced patches (c' k^2 dimensions: without the patch PCA's loss) over the exact key norm, and keep
     the best ``keep``: (scores, indices) [Q, keep], sorted. Per query, gathered straight from channels-last reduced
-    maps, in blocks of about ``block_floats`` gathered floats."""
-    red_lr = torch.einsum('dc,chw->hwd', proj, lr_pad)
-    red_ref = torch.einsum('dc,chw->hwd', proj, ref_pad)
+    maps (made from the padded channels-last maps ``lr_cl`` / ``ref_cl``), in blocks of about ``block_floats``
+    gathered floats."""
+    red_lr = _reduce_channels(lr_cl, proj)
+    red_ref = _reduce_channels(ref_cl, proj)
     c_red = proj.size(0)
-    q_off = _pixel_offsets(window, red_lr.size(1), lr_pad.device)
-    k_off = _pixel_offsets(window, red_ref.size(1), lr_pad.device)
+    q_off = _pixel_offsets(window, red_lr.size(1), lr_cl.device)
+    k_off = _pixel_offsets(window, red_ref.size(1), lr_cl.device)
     flat_lr, flat_ref = red_lr.reshape(-1, c_red), red_ref.reshape(-1, c_red)
     n_q, n_r = cand_i.shape
     block = max(1, block_floats // (n_r * c_red * window * window))
-    out_s = lr_pad.new_empty(n_q, keep)
-    out_i = torch.empty(n_q, keep, dtype=torch.long, device=lr_pad.device)
+    out_s = lr_cl.new_empty(n_q, keep)
+    out_i = torch.empty(n_q, keep, dtype=torch.long, device=lr_cl.device)
     for i0 in range(0, n_q, block):
         ci = cand_i[i0:i0 + block]
         query = _gather_patches(flat_lr, _patch_starts(q_index[i0:i0 + block], grid_w, stride, red_lr.size(1)), q_off)
@@ -405,11 +421,7 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
     tile, max_candidates, fit_samples = cfg.tile, cfg.max_candidates, cfg.fit_samples
     retrieve = _retrieval(cfg.backend, lr_feat.device)
     dev = lr_feat.device
-    lr_pad = F.pad(lr_feat, (p, p, p, p))
-    ref_pad = F.pad(ref_feat, (p, p, p, p))
-    q_inv = inv_patch_norms(lr_pad, k, s)  # [N, L]
-    k_inv = inv_patch_norms(ref_pad, k, s)  # [N, Lr]
-    width, rwidth = lr_pad.size(-1), ref_pad.size(-1)
+    width, rwidth = w + 2 * p, ref_feat.size(-1) + 2 * p
     offsets = _pixel_offsets(k, width, dev)
     roffsets = _pixel_offsets(k, rwidth, dev)
     q_sub = _subgrid_index(gh, gw, query_step, dev)
@@ -423,30 +435,33 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
     scores = lr_feat.new_empty(n, top_k, n_query)
     index = torch.empty(n, top_k, n_query, dtype=torch.long, device=dev)
     for b in range(n):
+        # the exact inverse patch norms, then one zero-padded channels-last copy of each map (read by every step)
+        q_inv = inv_patch_norms(lr_feat[b:b + 1], k, s, padding=p)[0]  # [L]
+        k_inv = inv_patch_norms(ref_feat[b:b + 1], k, s, padding=p)[0]  # [Lr]
+        lr_cl = _channels_last_padded(lr_feat[b], p)
+        ref_cl = _channels_last_padded(ref_feat[b], p)
         # 1. reduced descriptors: channel PCA per pixel, then PCA of the reduced patches; exact norms
-        proj, patch_proj = _fit_reduction(ref_pad[b], k, s, channel_dims, patch_dims, fit_samples, gen)
-        keys = _descriptors(ref_pad[b], proj, patch_proj, k, s, key_step, k_inv[b], rgw, band_rows)  # [Lr', d]
+        proj, patch_proj = _fit_reduction(ref_cl, k, s, channel_dims, patch_dims, fit_samples, gen)
+        keys = _descriptors(ref_cl, proj, patch_proj, k, s, key_step, k_inv, rgw, band_rows)  # [Lr', d]
         keys_t = keys.t().contiguous()
         del keys
         # 2. retrieval: every query sub-grid point against every key sub-grid point, top-candidates
         n_ret = min(max(cfg.refine, n_cand), k_sub.numel())
         cand_s = lr_feat.new_empty(q_sub.numel(), n_ret)
         cand_i = torch.empty(q_sub.numel(), n_ret, dtype=torch.long, device=dev)
-        queries = _descriptors(lr_pad[b], proj, patch_proj, k, s, query_step, torch.ones_like(q_inv[b]), gw,
-                               band_rows)
+        queries = _descriptors(lr_cl, proj, patch_proj, k, s, query_step, torch.ones_like(q_inv), gw, band_rows)
         retrieve(queries, keys_t, n_ret, query_chunk_size, cand_s, cand_i)
         cand_i = k_sub[cand_i]
         del queries, keys_t
         if n_ret > n_cand:  # 2b. re-score the retrieved matches on the channel-reduced patches, keep the best
-            cand_s, cand_i = _refine(lr_pad[b], ref_pad[b], proj, k, s, q_sub, gw, rgw, k_inv[b], cand_i, n_cand)
+            cand_s, cand_i = _refine(lr_cl, ref_cl, proj, k, s, q_sub, gw, rgw, k_inv, cand_i, n_cand)
         cand_s = cand_s.view(sub_h, sub_w, n_cand)
         cand_y = torch.div(cand_i, rgw, rounding_mode='floor').view(sub_h, sub_w, n_cand)
         cand_x = (cand_i % rgw).view(sub_h, sub_w, n_cand)
 
         # 3. tiles: exact search in the union of the retrieved matches (and their jitter windows) of the tile's
         # sub-grid queries and of those one step around it
-        flat = lr_pad[b].permute(1, 2, 0).reshape(-1, c)
-        rflat = ref_pad[b].permute(1, 2, 0).reshape(-1, c)
+        flat, rflat = lr_cl.view(-1, c), ref_cl.view(-1, c)
         for y0 in range(0, gh, tile):
             y1 = min(gh, y0 + tile)
             sr0, sr1 = max(0, -(-y0 // query_step) - 1), min(sub_h, (y1 - 1) // query_step + 2)
@@ -471,9 +486,9 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
                 q_idx = (qy[:, None] * gw + qx[None, :]).view(-1)
                 query = _gather_patches(flat, _patch_starts(q_idx, gw, s, width), offsets)
                 key_patches = _gather_patches(rflat, _patch_starts(cand, rgw, s, rwidth), roffsets)
-                rel = (query @ key_patches.t()).mul_(k_inv[b, None, cand])
+                rel = (query @ key_patches.t()).mul_(k_inv[None, cand])
                 best_s, pos = torch.topk(rel, top_k, dim=1)
-                scores[b, :, q_idx] = (best_s * q_inv[b, q_idx, None]).t()
+                scores[b, :, q_idx] = (best_s * q_inv[q_idx, None]).t()
                 index[b, :, q_idx] = cand[pos].t()
     return scores, index
 

@@ -48,6 +48,7 @@ from torch import nn
 
 from extracter.archs.patches import chunked_search, grid_size, inv_patch_norms, patch_range
 from extracter.archs.search_approximate import ApproximateSettings, approximate_search
+from extracter.archs.vgg import Relu11FromImage
 
 OVERLAP_NORMS = ('exact', 'ttsr')
 SEARCH_MODES = ('dense', 'chunked', 'approximate')
@@ -55,6 +56,7 @@ EXACT_MODES = ('dense', 'chunked')
 SearchMode = Literal[SEARCH_MODES]  # constructor annotations (the option schema checks the choice)
 FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
 Maps = Union[torch.Tensor, Sequence[torch.Tensor]]
+TextureMap = Union[torch.Tensor, Relu11FromImage]  # a reference's texture map, or relu1_1 kept as its image
 
 
 def _as_list(x: Maps) -> List[torch.Tensor]:
@@ -74,6 +76,32 @@ def _overlap_count_1d(n: int, k: int, s: int, p: int, like: torch.Tensor) -> tor
     g = (n + 2 * p - k) // s + 1
     ones = like.new_ones(1, k, g)
     return F.fold(ones, output_size=(1, n), kernel_size=(1, k), padding=(0, p), stride=(1, s)).view(n)
+
+
+def _tensor_like(value: 'TextureMap') -> torch.Tensor:
+    """A tensor of the map's dtype and device (for new buffers)."""
+    return value.image if isinstance(value, Relu11FromImage) else value
+
+
+def _gather_patches(value: 'TextureMap', b: int, local: torch.Tensor, grid_w: torch.Tensor, s: int,
+                    dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """The patches with grid indices ``local`` [Lb] of batch element ``b`` of one reference map (or relu1_1 kept as
+    its image): [C, k*k, Lb] in unfold's (dy, dx) order; ``dy``/``dx`` [k*k, 1]: a patch's pixel offsets from its
+    top-left corner, padding included. Pixels in the zero padding are zero."""
+    h, w = value.shape[-2:]
+    y = torch.div(local, grid_w, rounding_mode='floor').view(1, -1) * s + dy  # [k*k, Lb], rows of the unpadded map
+    x = (local % grid_w).view(1, -1) * s + dx
+    outside = ((y < 0) | (y >= h) | (x < 0) | (x >= w)).view(-1)
+    y, x = y.clamp_(0, h - 1).view(-1), x.clamp_(0, w - 1).view(-1)  # [k*k*Lb], (dy, dx)-major
+    if isinstance(value, Relu11FromImage):
+        cols = value.gather(b, y, x)
+    elif not value.is_contiguous() and value.is_contiguous(memory_format=torch.channels_last):  # no copy of the map
+        cols = value[b].permute(1, 2, 0).reshape(-1, value.size(1)).index_select(0, y * w + x).t().contiguous()
+    else:
+        cols = value[b].reshape(value.size(1), -1).index_select(1, y * w + x)
+    if outside.any():  # the zero padding
+        cols.index_fill_(1, outside.nonzero().view(-1), 0)
+    return cols.view(cols.size(0), dy.size(0), -1)
 
 
 class SearchTransfer(nn.Module):
@@ -257,32 +285,35 @@ class SearchTransfer(nn.Module):
         them onto ``out_hw``."""
         values = _as_list(value)
         if divisor is None:
-            divisor = self.divisor(level, out_hw, values[0])
+            divisor = self.divisor(level, out_hw, _tensor_like(values[0]))
         if self.mode != 'dense':  # chunked and approximate: transfer by index
             if self.blocks_apply(values, level):
                 return self._fold_blocks(values, index, level, out_hw) / divisor
             return self._fold_by_index(values, index, level, out_hw) / divisor
         k, s, p = self.level_geometry(level)
+        values = [v.materialize() if isinstance(v, Relu11FromImage) else v for v in values]
         unfolded = torch.cat([F.unfold(v, kernel_size=k, padding=p, stride=s) for v in values], dim=2)  # [N, D, Lr]
         gathered = torch.gather(unfolded, 2, index.unsqueeze(1).expand(-1, unfolded.size(1), -1))
         folded = F.fold(gathered, output_size=out_hw, kernel_size=k, padding=p, stride=s)
         return folded / divisor
 
-    def transfer_layout(self, value: torch.Tensor) -> torch.Tensor:
+    def transfer_layout(self, value: TextureMap) -> TextureMap:
         """A reference texture map (relu1_1, relu2_1 or relu3_1) in the layout the transfer reads fastest: channels-last
-        on CPU in the chunked and approximate modes (a copy, made once per reference: see :meth:`_fold_blocks`),
-        unchanged otherwise. The transfer's result does not depend on it."""
-        if self.mode == 'dense' or value.device.type != 'cpu':
+        on CPU in the chunked and approximate modes (a copy, made once per reference, where it is not already: see
+        :meth:`_fold_blocks`), unchanged otherwise (and relu1_1 kept as its image). The transfer's result does not
+        depend on it."""
+        if self.mode == 'dense' or isinstance(value, Relu11FromImage) or value.device.type != 'cpu':
             return value
         return value.contiguous(memory_format=torch.channels_last)
 
-    def blocks_apply(self, values: Sequence[torch.Tensor], level: int) -> bool:
-        """Whether :meth:`_fold_blocks` serves this level: channels-last maps whose sides are multiples of the stride,
-        and a window and padding that are multiples of it (every released geometry: window 3s, padding s)."""
+    def blocks_apply(self, values: Sequence[TextureMap], level: int) -> bool:
+        """Whether :meth:`_fold_blocks` serves this level: channels-last maps (not relu1_1 kept as its image) whose
+        sides are multiples of the stride, and a window and padding that are multiples of it (every released
+        geometry: window 3s, padding s)."""
         k, s, p = self.level_geometry(level)
         return k % s == 0 and p % s == 0 and all(
-            v.is_contiguous(memory_format=torch.channels_last) and v.shape[-2] % s == 0 and v.shape[-1] % s == 0
-            for v in values)
+            isinstance(v, torch.Tensor) and v.is_contiguous(memory_format=torch.channels_last)
+            and v.shape[-2] % s == 0 and v.shape[-1] % s == 0 for v in values)
 
     def _fold_blocks(self, values: List[torch.Tensor], index: torch.Tensor, level: int,
                      out_hw: Tuple[int, int]) -> torch.Tensor:
@@ -339,29 +370,27 @@ class SearchTransfer(nn.Module):
                     out_blocks[b, i:i + gh, :, j:j + gw].add_(gathered.view(gh, gw, s, s * c).transpose(1, 2))
         return out.permute(0, 3, 1, 2)[:, :, p:p + out_hw[0], p:p + out_hw[1]]
 
-    def _fold_by_index(self, values: List[torch.Tensor], index: torch.Tensor, level: int,
+    def _fold_by_index(self, values: List[TextureMap], index: torch.Tensor, level: int,
                        out_hw: Tuple[int, int]) -> torch.Tensor:
         """fold(gather(unfold(value), index)) without unfolding ``value``: for bands of LR patch rows, the selected
         patches are read straight from the map(s) and folded into their band of the output; pixels of a patch that
         fall in the zero padding are zeroed after the gather, so the (large) reference maps are never copied into
-        padded ones (tiled inference calls this once per tile, rank and level). Several references are laid end to
-        end in one flat buffer; each index finds its reference's offset, row width and height."""
+        padded ones (tiled inference calls this once per tile, rank and level). With several references each band's
+        patches are gathered reference by reference (never a concatenation of the maps). A
+        :class:`~extracter.archs.vgg.Relu11FromImage` (relu1_1 kept as its image) recomputes the gathered pixels."""
         k, s, p = self.level_geometry(level)
         n, c = values[0].shape[:2]
-        flat = torch.cat([v.reshape(n, c, -1) for v in values], dim=2) if len(values) > 1 else \
-            values[0].reshape(n, c, -1)
-        dev = values[0].device
-        heights = torch.tensor([v.shape[-2] for v in values], device=dev)
-        widths = torch.tensor([v.shape[-1] for v in values], device=dev)
-        grid_w = (widths + 2 * p - k) // s + 1
-        grid_h = (heights + 2 * p - k) // s + 1
+        dev = index.device
+        like = _tensor_like(values[0])
+        heights = [v.shape[-2] for v in values]
+        widths = [v.shape[-1] for v in values]
+        grid_w = torch.tensor([(w + 2 * p - k) // s + 1 for w in widths], device=dev)
+        grid_h = torch.tensor([(h + 2 * p - k) // s + 1 for h in heights], device=dev)
         patch_off = torch.cat((grid_w.new_zeros(1), (grid_h * grid_w).cumsum(0)))
-        sizes = heights * widths
-        base = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
         gh = (out_hw[0] + 2 * p - k) // s + 1
         gw = (out_hw[1] + 2 * p - k) // s + 1
         out_w = out_hw[1] + 2 * p
-        out = values[0].new_zeros(n, c, out_hw[0] + 2 * p, out_w)
+        out = like.new_zeros(n, c, out_hw[0] + 2 * p, out_w)
         # a patch's pixels in unfold's (dy, dx) order, relative to its top-left corner in the padded map
         ar = torch.arange(k, device=dev)
         dy = ar.repeat_interleave(k).view(k * k, 1) - p
@@ -372,22 +401,20 @@ class SearchTransfer(nn.Module):
             band_h = (r1 - r0 - 1) * s + k
             idx = index[:, r0 * gw:r1 * gw].contiguous()  # [N, Lb]
             ref = torch.searchsorted(patch_off[1:], idx, right=True) if len(values) > 1 else torch.zeros_like(idx)
-            local = idx - patch_off[ref]
-            y0 = torch.div(local, grid_w[ref], rounding_mode='floor') * s
-            x0 = (local % grid_w[ref]) * s
             for b in range(n):
-                y = y0[b].view(1, -1) + dy  # [k*k, Lb], rows in the unpadded map
-                x = x0[b].view(1, -1) + dx
-                h_b, w_b = heights[ref[b]].view(1, -1), widths[ref[b]].view(1, -1)
-                outside = ((y < 0) | (y >= h_b) | (x < 0) | (x >= w_b)).view(-1)
-                pos = (base[ref[b]].view(1, -1) + torch.minimum(y.clamp_min(0), h_b - 1) * w_b
-                       + torch.minimum(x.clamp_min(0), w_b - 1)).view(-1)  # [k*k*Lb], (dy, dx)-major
-                cols = flat[b].index_select(1, pos)
-                if p:  # the zero padding
-                    cols.index_fill_(1, outside.nonzero().view(-1), 0)
+                if len(values) == 1:
+                    cols = _gather_patches(values[0], b, idx[b], grid_w[0], s, dy, dx)
+                else:
+                    cols = like.new_empty(c, k * k, idx.size(1))
+                    for r, value in enumerate(values):
+                        sel = (ref[b] == r).nonzero().view(-1)
+                        if sel.numel():
+                            cols.index_copy_(2, sel, _gather_patches(value, b, idx[b, sel] - patch_off[r], grid_w[r],
+                                                                     s, dy, dx))
                 out[b:b + 1, :, r0 * s:r0 * s + band_h] += F.fold(cols.view(1, c * k * k, -1),
                                                                    output_size=(band_h, out_w), kernel_size=k,
                                                                    stride=s)
+                del cols
         return out[:, :, p:p + out_hw[0], p:p + out_hw[1]]
 
     def transfer(self, scores: torch.Tensor, index: torch.Tensor, lr_hw: Tuple[int, int], ref_lv1: Maps,

@@ -14,10 +14,12 @@ Sources:
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 VGG19_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
@@ -150,6 +152,13 @@ def load_canonical_vgg19(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+# Tiled encoding (large references): context, in input pixels, that makes a tile's own area of relu1_1, relu2_1 and
+# relu3_1 equal the untiled features. The zero padding at a tile's cut changes 1 pixel of relu1_1, 2 of relu1_2, 1
+# (half resolution) after pool1, 2 of relu2_1 and 3 of relu2_2 (half resolution), 2 after pool2 and 3 of relu3_1
+# (quarter resolution): 12 input pixels. Tiles start on multiples of 4, the max-pooling grid.
+ENCODE_MARGIN = 12
+ENCODE_ALIGN = 4
+LEVEL_SCALE = {1: 1, 2: 2, 3: 4}  # relu1_1, relu2_1, relu3_1: input pixels per feature pixel
 EXTRACTOR_INITS = ('vgg19', 'random')  # ImageNet VGG-19 weights from the canonical file, or random
 ExtractorInit = Literal[EXTRACTOR_INITS]
 
@@ -194,13 +203,103 @@ class TextureExtractor(nn.Module):
                         module.bias.copy_(state[f'features.{name}.bias'])
 
     def forward(self, x: torch.Tensor):
-        """relu1_1, relu2_1, relu3_1 of ``x``. CPU inference runs on channels-last activations (about 1.5x faster,
-        :func:`~extracter.archs.refsr_base.main_memory_format`) and returns relu1_1 and relu2_1 in that layout (the
-        one the transfer reads, see ``SearchTransfer.transfer_layout``) and relu3_1 in NCHW (the search's)."""
+        """relu1_1, relu2_1, relu3_1 of ``x``, in the layout of :func:`~extracter.archs.refsr_base.main_memory_format`:
+        channels-last for CPU inference (about 1.5x faster; the layout the transfer reads, see
+        ``SearchTransfer.transfer_layout``), NCHW otherwise. The search works on NCHW: its callers convert relu3_1
+        (``RefSRNet.search_features``, ``encode_tiled(..., memory_format=torch.contiguous_format)``)."""
         from extracter.archs.refsr_base import main_memory_format
 
         x = x.contiguous(memory_format=main_memory_format(x))
         x_lv1 = self.slice1(self.sub_mean(x))
         x_lv2 = self.slice2(x_lv1)
         x_lv3 = self.slice3(x_lv2)
-        return x_lv1, x_lv2, x_lv3.contiguous()
+        return x_lv1, x_lv2, x_lv3
+
+    def encode_tiled(self, x: torch.Tensor, tile_size: Optional[int], levels: Sequence[int] = (1, 2, 3),
+                     margin: int = ENCODE_MARGIN,
+                     memory_format: Optional[torch.memory_format] = None) -> List[torch.Tensor]:
+        """The features of ``levels`` (1: relu1_1, 2: relu2_1, 3: relu3_1) of ``x`` [N,3,H,W], computed in tiles of
+        ``tile_size`` input pixels with ``margin`` pixels of context and written into tensors allocated once (never
+        a concatenation of the whole): the transient memory is one tile's. With the default margin the result equals
+        the untiled :meth:`forward` up to float rounding (the convolutions' summation order depends on the input
+        size: ~1e-7 relative). Untiled (one call of :meth:`forward`) when ``tile_size`` is None, the image fits one
+        tile, or its sides are not multiples of 4 (the max-pooling grid). ``memory_format``: the outputs' layout
+        (default :meth:`forward`'s)."""
+        n, _, h, w = x.shape
+        if tile_size is None or (h <= tile_size and w <= tile_size) or h % ENCODE_ALIGN or w % ENCODE_ALIGN:
+            feats = self(x)
+            fmt = memory_format
+            return [feats[lv - 1] if fmt is None else feats[lv - 1].contiguous(memory_format=fmt) for lv in levels]
+        size = max(ENCODE_ALIGN, tile_size // ENCODE_ALIGN * ENCODE_ALIGN)
+        pad = -(-margin // ENCODE_ALIGN) * ENCODE_ALIGN
+        out: Optional[List[torch.Tensor]] = None
+        for y0 in range(0, h, size):
+            y1, iy0 = min(h, y0 + size), max(0, y0 - pad)
+            iy1 = min(h, y1 + pad)
+            for x0 in range(0, w, size):
+                x1, ix0 = min(w, x0 + size), max(0, x0 - pad)
+                ix1 = min(w, x1 + pad)
+                feats = self(x[:, :, iy0:iy1, ix0:ix1])
+                if out is None:
+                    fmt = memory_format or (torch.channels_last if feats[0].is_contiguous(
+                        memory_format=torch.channels_last) else torch.contiguous_format)
+                    out = [torch.empty(n, feats[lv - 1].size(1), h // LEVEL_SCALE[lv], w // LEVEL_SCALE[lv],
+                                       dtype=x.dtype, device=x.device, memory_format=fmt) for lv in levels]
+                for o, lv in zip(out, levels):
+                    d = LEVEL_SCALE[lv]
+                    o[:, :, y0 // d:y1 // d, x0 // d:x1 // d] = feats[lv - 1][
+                        :, :, (y0 - iy0) // d:(y1 - iy0) // d, (x0 - ix0) // d:(x1 - ix0) // d]
+                del feats
+        return out
+
+    def relu1_1_source(self, x: torch.Tensor) -> 'Relu11FromImage':
+        """relu1_1 of ``x`` [N,3,H,W] kept as what it is computed from: the normalised image (3 channels instead of
+        64; see :class:`Relu11FromImage`)."""
+        conv = self.slice1[0]
+        image = F.pad(self.sub_mean(x), (1, 1, 1, 1))  # conv1_1's own zero padding, in the normalised space
+        weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # (dy, dx, channel)
+        return Relu11FromImage(image, weight.contiguous(), conv.bias.detach().clone())
+
+
+@dataclass
+class Relu11FromImage:
+    """relu1_1 of a reference, stored as the input of its one convolution: the normalised image zero-padded by one
+    pixel ``image`` [N, 3, H+2, W+2] and conv1_1's ``weight`` [64, 27] (in (dy, dx, input channel) order) and
+    ``bias`` [64]. 12 bytes per reference pixel instead of relu1_1's 256; the transfer recomputes the relu1_1 pixels
+    of the patches it gathers (:meth:`gather`), exactly the convolution of the image (up to float rounding)."""
+
+    image: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        n, _, hp, wp = self.image.shape
+        return torch.Size((n, self.weight.size(0), hp - 2, wp - 2))
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image.dtype
+
+    def size(self, dim: int) -> int:
+        return self.shape[dim]
+
+    def materialize(self) -> torch.Tensor:
+        """relu1_1 [N, 64, H, W] (the whole map: only for the dense transfer)."""
+        weight = self.weight.view(self.weight.size(0), 3, 3, -1).permute(0, 3, 1, 2)
+        return F.relu(F.conv2d(self.image, weight, self.bias))
+
+    def gather(self, b: int, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """relu1_1 [64, n] at the pixels (``y``, ``x``) [n] (inside the map) of batch element ``b``: its 3 x 3
+        neighbourhoods gathered from the padded image (27 values each) and one matrix product."""
+        wp = self.image.size(-1)
+        flat = self.image[b].reshape(self.image.size(1), -1)
+        base = y * wp + x  # the neighbourhood's top-left pixel in the padded image
+        taps = flat.new_empty(9, flat.size(0), base.numel())
+        for t in range(9):
+            torch.index_select(flat, 1, base + ((t // 3) * wp + t % 3), out=taps[t])
+        return torch.addmm(self.bias[:, None], self.weight, taps.view(-1, base.numel())).clamp_min_(0)

@@ -2,8 +2,11 @@
 
 It pads the inputs to the network's size multiples (and crops the result back), optionally switches the search
 geometry (EXTRACTER's dynamic window/stride) and the search mode for this call only, plans chunk and tile sizes
-for a memory budget, encodes each reference once, searches the union of the references' patches once for the whole
-LR, and runs the main network untiled or tile by tile (:mod:`extracter.inference.tiling`). Training validation,
+for a memory budget, and then works in four phases, so that the large parts never share memory: (1) the search keys
+of every reference (VGG-19 in tiles of ``ENCODE_TILE`` pixels, a tile's transient memory), (2) one search of the
+union of the references' patches for the whole LR, after which the keys are dropped, (3) the textures of every
+reference (relu1_1 stored, or recomputed from the image where the budget needs it), (4) the main network, untiled or
+tile by tile (:mod:`extracter.inference.tiling`). Training validation,
 ``test.py``, ``infer.py`` and the scripts all call it; the search result it returns (``return_aux``) is what the
 texture-source picture shows.
 """
@@ -16,12 +19,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.refsr_base import SCALE, RefSRNet, check_image_pair, make_lr_up
+from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, check_image_pair, make_lr_up
 from extracter.archs.search_approximate import ApproximateSettings
-from extracter.inference.memory_plan import DEFAULT_TILE_PAD, MemoryPlan, plan_memory
+from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
 from extracter.inference.search_choice import choose_search
-from extracter.inference.tiling import round_tile, tile_loop, tile_pad_floor, tiled_forward
+from extracter.inference.tiling import round_tile, search_features_tiled, tile_loop, tile_pad_floor, tiled_forward
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 PAD_MODES = ('reflect', 'replicate')
@@ -128,8 +131,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
         return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan) instead.
         progress: ``progress(done, total)`` after each tile.
-        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'``, then ``'search'`` (tiles follow,
-            reported by ``progress``) or, untiled, ``'search and main network'``.
+        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), then
+            ``'search'`` (the textures are encoded after the search; tiles follow, reported by ``progress``) or,
+            untiled, ``'search and main network'``.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
     every search mode, with tiles and budgets. Runs under ``torch.no_grad()``; the net's settings are restored.
     """
@@ -174,41 +178,49 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         if max_memory is not None:
             plan_ref_hw = ref_sizes[0] if len(refs_p) == 1 else equivalent_ref_hw(ref_sizes, ref_mult)
             plan = plan_memory(net, tuple(lr_p.shape[-2:]), plan_ref_hw, max_memory, tile=tile_t,
-                               search_mode=net.search_transfer.mode, tile_pad=plan_pad)
+                               search_mode=net.search_transfer.mode, tile_pad=plan_pad, n_refs=len(refs_p))
             net.search_transfer.set_chunking(plan.search_mode, plan.chunk_size, plan.key_chunk_size)
             if plan.tile_size is not None:
                 tile_t = (plan.tile_size, plan.tile_pad)
         st = net.search_transfer
-        encoded = []
+        lv1_storage = plan.lv1_storage if plan is not None else 'stored'
+        # 1. the search keys of every reference (VGG-19 in tiles: one tile's transient memory)
+        keys: List[torch.Tensor] = []
+        key_blocks: List[Optional[List[torch.Tensor]]] = []
         for i, (r, du) in enumerate(zip(refs_p, refs_du), start=1):
             net.check_inputs(lr_p, r, None, du)
             if stage is not None:
                 stage(f'encoding reference {i}/{len(refs_p)}')
-            feats = net.encode_reference(r, du)
-            for name in ('lv1', 'lv2', 'lv3'):  # once per reference, one map at a time (every tile reads them)
-                setattr(feats, name, st.transfer_layout(getattr(feats, name)))
-            if st.mode == 'chunked' and plan is not None and plan.cache_keys:
-                feats.key_blocks = st.prepare_keys(feats.search)
-            encoded.append(feats)
+            keys.append(net.encode_search_keys(r, du, ENCODE_TILE))
+            cache = st.mode == 'chunked' and plan is not None and plan.cache_keys
+            key_blocks.append(st.prepare_keys(keys[-1]) if cache else None)
         del refs_du
         if lr_up is None:
             lr_up = make_lr_up(lr_p)
         if stage is not None:
             stage('search and main network' if tile_t is None else 'search')
+        # 2. the whole LR searched once (its query features tile by tile when tiled); the keys are then dropped
+        lr_feat = net.search_features(lr_up) if tile_t is None else search_features_tiled(net, lr_up, tile_t[0])
+        del lr_up
+        search = st.search(lr_feat, keys, key_blocks)
+        ref_grids = [st.grid_size(*k.shape[-2:]) for k in keys]
+        patch_counts = st.patch_counts(keys)
+        del lr_feat, keys, key_blocks
+        # 3. the textures of every reference, only now: they never share memory with the keys and the search
+        # (channels-last on CPU, the layout the transfer reads fastest: VGG-19 gives it; transfer_layout makes sure)
+        encoded = [ReferenceFeatures(None, *map(st.transfer_layout, net.encode_textures(r, ENCODE_TILE, lv1_storage)))
+                   for r in refs_p]
+        # 4. the main network, untiled or tile by tile, on the search result
         if tile_t is None:
-            out = net.forward_features(lr_p, lr_up, encoded, return_aux=True)
-            sr, search = out['sr'], (out['scores'], out['index'])
-            del out
+            sr = net.forward_features(lr_p, None, encoded, search=search)
         else:
-            sr, search = tiled_forward(net, lr_p, lr_up, encoded, tile_t[0], tile_t[1], progress=progress,
-                                       return_search=True)
+            sr = tiled_forward(net, lr_p, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search)
+        del encoded
         sr = sr[:, :, :SCALE * h, :SCALE * w]
         if return_aux:
             return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=st.grid_size(*lr_p.shape[-2:]),
-                               ref_grids=[st.grid_size(*e.search.shape[-2:]) for e in encoded],
-                               patch_counts=st.patch_counts([e.search for e in encoded]),
-                               padded_lr_hw=tuple(lr_p.shape[-2:]), padded_ref_hw=ref_sizes, plan=plan,
-                               search_used=choice.describe(st.mode))
+                               ref_grids=ref_grids, patch_counts=patch_counts, padded_lr_hw=tuple(lr_p.shape[-2:]),
+                               padded_ref_hw=ref_sizes, plan=plan, search_used=choice.describe(st.mode))
     return (sr, plan) if return_plan else sr
 
 

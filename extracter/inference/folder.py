@@ -130,7 +130,7 @@ class FolderReport:
     written: List[Dict[str, Path]] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
-    searches: List[Tuple[str, str]] = field(default_factory=list)  # (input, the search that ran for it)
+    searches: List[Tuple[str, str]] = field(default_factory=list)  # (input, the search that ran and the memory plan)
     cleaned: List[str] = field(default_factory=list)  # stale temporary files of a killed run, removed or left
 
 
@@ -221,7 +221,9 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
                 write_outputs(result, planned[i])
                 report.written.append(planned[i])
                 if result.get('search_used'):  # RefSR only
-                    report.searches.append((name, result['search_used']))
+                    plan = result.get('plan')
+                    report.searches.append((name, result['search_used'] + (
+                        f'; memory plan: {plan.describe()}' if plan is not None else '')))
         if on_image is not None:
             on_image(done, len(mine), name)
     return report

@@ -1,13 +1,15 @@
-"""Memory-budget planner for large-image inference: picks the search mode, the chunk sizes and the tile size.
+"""Memory-budget planner for large-image inference: picks the search mode, the chunk sizes, the tile size and how
+the encoded references keep relu1_1.
 
 ``max_memory`` (e.g. ``'6G'``) bounds the working memory of one inference: weights, inputs, the encoded
-reference, the search and transfer blocks and the main network's activations. It does not count the Python /
-PyTorch runtime itself (about 0.8 GB of RSS after ``import extracter`` on CPU). Estimates are float32 and
-deliberately a little pessimistic; coefficients were measured on CPU with ``scripts/benchmark_scaling.py``'s
-set-up (glibc keeps some freed memory, which shows in RSS and is included).
+references, the search and transfer blocks and the main network's activations, phase by phase (:func:`estimate`).
+It does not count the Python / PyTorch runtime itself (about 0.85 GB of RSS after ``import extracter`` on CPU).
+Estimates are float32 and deliberately a little pessimistic; coefficients were measured on CPU (RSS peaks, which
+include what glibc keeps of freed memory; docs/large_images.md has the measurements).
 
-The plan prefers, in order: no tiling, then the tiling that fits with the least main-network work (equal tiles,
-the fewest that fit: their context is recomputed, see :func:`tile_work`); large search blocks (for matrix-multiply
+The plan prefers, in order: no tiling, then the tiling that fits with the least main-network work (usually the
+fewest, equal tiles: their context is recomputed, see :func:`tile_work`); at each tiling relu1_1 stored, then
+recomputed from the reference image (exact, a little slower transfer); large search blocks (for matrix-multiply
 efficiency), shrinking them before shrinking tiles; and caching the normalised reference patches across tiles
 when that still fits. A request that cannot fit (the reference alone too large, a given tile too large, the dense
 search too large) raises :class:`MemoryBudgetError` with the numbers.
@@ -20,13 +22,24 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
+from extracter.archs.refsr_base import LV1_STORAGE
 from extracter.archs.search_approximate import ApproximateSettings, approximate_search_bytes
 from extracter.archs.search_transfer import FEATURE_CHANNELS
+from extracter.archs.vgg import ENCODE_MARGIN
 
 FLOAT = 4
-# bytes per reference pixel: peak while encoding (VGG-19 to relu3_1 of ref and ref_downup) and kept afterwards
-ENCODE_PEAK_PER_REF_PX = 1300
-FEATURES_PER_REF_PX = 800  # 512 B of features, plus allocator retention measured on CPU
+# The encoded reference, bytes per reference pixel, float32 (extracter/archs/refsr_base.py encode_search_keys /
+# encode_textures): the search keys, relu3_1 of the down-up-sampled reference (256 channels at 1/4 x 1/4), and the
+# textures relu2_1 (128 at 1/2 x 1/2) and relu3_1 (256 at 1/4 x 1/4) plus relu1_1, either stored (64 channels, full
+# size) or recomputed from the normalised image kept instead (3 channels, padded by one pixel).
+KEYS_PER_REF_PX = FLOAT * 256 // 16
+TEXTURES_PER_REF_PX = {'stored': FLOAT * (64 + 128 // 4 + 256 // 16), 'recomputed': FLOAT * (3 + 128 // 4 + 256 // 16)}
+# VGG-19 runs on the reference in tiles of ENCODE_TILE pixels (+ 12 of context on every side): its transient memory
+# is one tile's, ENCODE_PEAK_PER_TILE_PX bytes per pixel of the tile (relu1_1, relu1_2, the pooled and the level-2
+# maps, measured on CPU +10%), instead of ~1.3 KB per pixel of the whole reference.
+ENCODE_TILE = 512
+ENCODE_PEAK_PER_TILE_PX = 1300
+LR_VGG_PEAK_PER_LR_PX = 16 * 1300  # the untiled LR query features: VGG-19 of the x4 upsampled LR
 TEXTURE_FLOATS_PER_LR_PX = 64 * 16 + 128 * 4 + 256  # T_lv1 + T_lv2 + T_lv3 per rank
 DEFAULT_CHUNK, DEFAULT_KEY_CHUNK = 4096, 8192
 MIN_CHUNK, MIN_KEY_CHUNK = 256, 512
@@ -88,11 +101,17 @@ class MemoryPlan:
     tile_pad: int
     estimate: int  # estimated peak working memory, bytes
     parts: Dict[str, int]
+    lv1_storage: str = 'stored'  # how the encoded references keep relu1_1 (LV1_STORAGE)
 
     def describe(self) -> str:
         tile = 'untiled' if self.tile_size is None else f'tiles {self.tile_size} + pad {self.tile_pad} (LR px)'
+        lv1 = ''
+        if self.lv1_storage == 'recomputed':
+            saved = self.parts.get('lv1_saved', 0)
+            lv1 = (f', relu1_1 recomputed from the reference image (to fit: saves {format_bytes(saved)}, '
+                   'same result)')
         return (f'{self.search_mode} search (chunk {self.chunk_size} x {self.key_chunk_size} patches, '
-                f'cached keys: {self.cache_keys}), {tile}; estimated peak {format_bytes(self.estimate)} of '
+                f'cached keys: {self.cache_keys}), {tile}{lv1}; estimated peak {format_bytes(self.estimate)} of '
                 f'{format_bytes(self.budget)}')
 
 
@@ -101,12 +120,14 @@ def _grid(n: int, k: int, s: int, p: int) -> int:
 
 
 def search_block_bytes(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mode: str,
-                       chunk: int, key_chunk: int, tile_hw: Optional[Tuple[int, int]] = None) -> Dict[str, int]:
+                       chunk: int, key_chunk: int, tile_hw: Optional[Tuple[int, int]] = None,
+                       lv1_storage: str = 'stored', n_refs: int = 1) -> Dict[str, int]:
     """Peak transient bytes of the search (whole LR of ``lr_hw``) and of the transfer (one tile of ``tile_hw``,
-    default the whole LR)."""
+    default the whole LR), besides the maps they read."""
     k, s, p = spec.window, spec.stride, spec.padding
     tile_hw = tile_hw or lr_hw
-    d = FEATURE_CHANNELS[3] * k * k
+    c3 = FEATURE_CHANNELS[3]
+    d = c3 * k * k
     gh, gw = _grid(lr_hw[0], k, s, p), _grid(lr_hw[1], k, s, p)
     th, tw = _grid(tile_hw[0], k, s, p), _grid(tile_hw[1], k, s, p)
     rh, rw = ref_hw[0] // 4, ref_hw[1] // 4  # relu3_1 is at 1/4 of the reference
@@ -118,14 +139,25 @@ def search_block_bytes(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int,
         transfer = max(FLOAT * 2 * c * (k * f) ** 2 * lk + FLOAT * c * (k * f) ** 2 * th * tw for f, c in levels)
         return {'search': search, 'transfer': transfer}
     q, kc = min(chunk, lq), min(key_chunk, lk)
-    search = FLOAT * (2 * d * (q + 2 * gw) + 2 * d * (kc + 2 * rgw) + 3 * q * kc)
+    # the chunked search pads both maps (copies), squares one of them for the patch norms, then works in blocks
+    padded = FLOAT * c3 * ((lr_hw[0] + 2 * p) * (lr_hw[1] + 2 * p) + (rh + 2 * p) * (rw + 2 * p))
+    search = padded + max(FLOAT * c3 * max(lr_hw[0] * lr_hw[1], rh * rw),
+                          FLOAT * (2 * d * (q + 2 * gw) + 2 * d * (kc + 2 * rgw) + 3 * q * kc))
     if mode == 'approximate':  # its own estimate, or the chunked search's where it runs that (small inputs)
-        approx = approximate_search_bytes(lr_hw, (rh, rw), FEATURE_CHANNELS[3], k, s, p, spec.approximate, chunk)
+        approx = approximate_search_bytes(lr_hw, (rh, rw), c3, k, s, p, spec.approximate, chunk)
         search = search if approx is None else approx
     rows = max(1, chunk // tw)
     lb = min(rows, th) * tw
-    transfer = max((FLOAT * c + 8) * (k * f) ** 2 * lb + FLOAT * c * (rows * s * f + k * f) * (tile_hw[1] + 2 * p) * f
-                   for f, c in levels)
+    transfer = 0
+    for f, c in levels:
+        # per gathered pixel: its C values (twice with several references: one reference's, then the band's) and
+        # ~32 bytes of indices; relu1_1 recomputed: 27 gathered image values and 64 computed ones
+        per = (2 if n_refs > 1 else 1) * FLOAT * c + 40
+        if f == 4 and lv1_storage == 'recomputed':
+            per += FLOAT * 27 + 8
+        band = FLOAT * c * (rows * s * f + k * f) * (tile_hw[1] + 2 * p) * f  # one band of the folded output
+        level = 2 * FLOAT * c * (tile_hw[0] + 2 * p) * (tile_hw[1] + 2 * p) * f * f  # the level's map, divided
+        transfer = max(transfer, per * (k * f) ** 2 * lb + band + level)
     return {'search': search, 'transfer': transfer}
 
 
@@ -137,25 +169,40 @@ def tile_bytes(spec: NetSpec, tile_hw: Tuple[int, int]) -> int:
 
 def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mode: str = 'chunked',
              chunk: int = DEFAULT_CHUNK, key_chunk: int = DEFAULT_KEY_CHUNK, cache_keys: bool = False,
-             tile: Optional[Tuple[int, int]] = None) -> Dict[str, int]:
-    """Estimated bytes, by part, of one inference (batch 1). ``tile`` = (tile_size, tile_pad) in LR pixels."""
+             tile: Optional[Tuple[int, int]] = None, lv1_storage: str = 'stored', n_refs: int = 1) -> Dict[str, int]:
+    """Estimated bytes, by part, of one inference (batch 1). ``tile`` = (tile_size, tile_pad) in LR pixels;
+    ``ref_hw``: the reference (several: one size with their summed area, ``n_refs`` of them).
+
+    The engine (:func:`extracter.inference.engine.run_refsr`) works in four phases, and the estimate is the largest
+    of their peaks: (1) the search keys of every reference, VGG-19 in tiles; (2) the search of the whole LR (its
+    query features, the search blocks); the keys are then dropped; (3) the textures of every reference, VGG-19 in
+    tiles; (4) the main network, untiled or tile by tile (transfer blocks, then its activations)."""
+    if lv1_storage not in TEXTURES_PER_REF_PX:
+        raise ValueError(f'lv1_storage must be one of {tuple(TEXTURES_PER_REF_PX)}, got {lv1_storage!r}')
     h, w = lr_hw
     ref_px = ref_hw[0] * ref_hw[1]
     if tile is None:
         th, tw = h, w
     else:
         th, tw = min(h, tile[0] + 2 * tile[1]), min(w, tile[0] + 2 * tile[1])
-    blocks = search_block_bytes(spec, lr_hw, ref_hw, mode, chunk, key_chunk, (th, tw))
+    blocks = search_block_bytes(spec, lr_hw, ref_hw, mode, chunk, key_chunk, (th, tw), lv1_storage, n_refs)
     k, s, p = spec.window, spec.stride, spec.padding
     n_query = _grid(h, k, s, p) * _grid(w, k, s, p)
+    enc_side = ENCODE_TILE + 2 * ENCODE_MARGIN
+    if tile is None:  # the LR's query features: VGG-19 of the whole upsampled LR
+        lr_vgg = LR_VGG_PEAK_PER_LR_PX * h * w
+    else:  # tile by tile (tiling.VGG_MARGIN of context)
+        lr_vgg = LR_VGG_PEAK_PER_LR_PX * min(h, tile[0] + 16) * min(w, tile[0] + 16)
     parts = {
         'weights': FLOAT * spec.n_params,
         'images': FLOAT * (3 * 2 * ref_px + 3 * 33 * h * w * 2),  # ref, ref_downup; lr, lr_up, sr (+ padded copies)
-        'reference_features': FEATURES_PER_REF_PX * ref_px,
-        'encode_transient': (ENCODE_PEAK_PER_REF_PX - FEATURES_PER_REF_PX) * ref_px,
+        'search_keys': KEYS_PER_REF_PX * ref_px,
+        'reference_features': TEXTURES_PER_REF_PX[lv1_storage] * ref_px,  # the textures kept for the transfer
+        'lv1_saved': (TEXTURES_PER_REF_PX['stored'] - TEXTURES_PER_REF_PX[lv1_storage]) * ref_px,
+        'encode_transient': ENCODE_PEAK_PER_TILE_PX * min(ref_px, enc_side * enc_side),
         'cached_keys': 0,
-        # tiled: the whole LR's relu3_1 and search result are kept while the tiles run
-        'lr_search_features': 0 if tile is None else FLOAT * FEATURE_CHANNELS[3] * h * w,
+        'lr_search_features': FLOAT * FEATURE_CHANNELS[3] * h * w,
+        'lr_vgg_transient': lr_vgg,
         'search_result': 12 * spec.top_k * n_query,
         'search_blocks': blocks['search'],
         'transfer_blocks': blocks['transfer'],
@@ -164,14 +211,20 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
     if cache_keys and mode == 'chunked':
         parts['cached_keys'] = FLOAT * FEATURE_CHANNELS[3] * k * k * _grid(ref_hw[0] // 4, k, s, p) * _grid(
             ref_hw[1] // 4, k, s, p)
-    kept = (parts['weights'] + parts['images'] + parts['reference_features'] + parts['lr_search_features']
-            + parts['search_result'])
-    parts['encode_peak'] = kept - parts['lr_search_features'] - parts['search_result'] + parts['encode_transient']
-    # the search blocks are freed before the tiles run; a tile's transfer blocks before its main network (whose
-    # estimate includes the textures)
-    parts['run_peak'] = kept + parts['cached_keys'] + max(parts['search_blocks'], parts['transfer_blocks'],
-                                                          parts['main_network'])
-    parts['total'] = max(parts['encode_peak'], parts['run_peak'])
+    # freed memory of the earlier phases that the C allocator keeps (measured on CPU with glibc: about one VGG-19
+    # tile's transient, in RSS until the end of the inference)
+    parts['retained'] = parts['encode_transient']
+    base = parts['weights'] + parts['images']
+    parts['keys_peak'] = base + parts['search_keys'] + parts['encode_transient']
+    parts['search_peak'] = base + parts['retained'] + parts['search_keys'] + parts['cached_keys'] + max(
+        parts['lr_vgg_transient'], parts['lr_search_features'] + parts['search_blocks'] + parts['search_result'])
+    kept = base + parts['search_result'] + parts['reference_features']
+    parts['encode_peak'] = kept + parts['encode_transient']
+    # a tile's transfer blocks (the textures of the ranks done meanwhile) are freed before its main network, whose
+    # estimate includes the textures
+    textures = FLOAT * th * tw * spec.top_k * TEXTURE_FLOATS_PER_LR_PX
+    parts['run_peak'] = kept + parts['retained'] + max(parts['transfer_blocks'] + textures, parts['main_network'])
+    parts['total'] = max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'], parts['run_peak'])
     return parts
 
 
@@ -187,52 +240,54 @@ def tile_work(lr_hw: Tuple[int, int], tile_size: int, tile_pad: int, multiple: i
 
 
 def tile_candidates(lr_hw: Tuple[int, int], multiple: int, tile_pad: int) -> List[Tuple[int, int]]:
-    """The tilings the planner tries, least main-network work first (:func:`tile_work`; ties: the larger tile):
-    tiles that cut each side into n equal parts (rounded up to ``multiple``), n = 2, 3, ..., down to tiles of four
-    strides. Equal tiles recompute less context than the largest size that fits followed by a small remainder."""
+    """The tilings the planner tries: every tile size that is a multiple of ``multiple`` (from four strides to below
+    the longer side), least main-network work first (:func:`tile_work`; ties: the smaller tile, less memory). The
+    work depends on how many tiles cut each side and on where the last ones end (context is clipped at the image
+    border), not only on the size, so the largest tile that fits is not always the cheapest."""
     pad = -(-tile_pad // multiple) * multiple
     longest = max(lr_hw)
-    sizes = set()
-    for length in lr_hw:
-        for n in range(2, max(2, length // multiple) + 1):
-            size = -(-length // (n * multiple)) * multiple
-            if size < longest and size >= min(4 * multiple, longest // 2):
-                sizes.add(size)
-    return sorted(((s, pad) for s in sizes), key=lambda t: (tile_work(lr_hw, t[0], t[1], multiple), -t[0]))
+    sizes = range(max(multiple, min(4 * multiple, longest // 2 // multiple * multiple)), longest, multiple)
+    return sorted(((s, pad) for s in sizes), key=lambda t: (tile_work(lr_hw, t[0], t[1], multiple), t[0]))
 
 
 def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
                 tile: Optional[Tuple[int, int]] = None, search_mode: Optional[str] = None,
-                tile_pad: int = DEFAULT_TILE_PAD) -> MemoryPlan:
-    """Choose search mode, chunk sizes and tiling so that one inference fits ``max_memory``.
+                tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1) -> MemoryPlan:
+    """Choose search mode, chunk sizes, tiling and how relu1_1 is kept so that one inference fits ``max_memory``.
 
-    ``lr_hw`` / ``ref_hw``: the (already padded) LR and reference sizes. ``tile``: a requested (tile_size,
-    tile_pad) in LR pixels, kept as given (only the chunks are chosen); otherwise the planner tiles only when the
-    untiled run does not fit, with ``tile_pad`` of context. ``search_mode='dense'`` checks the faithful path
-    instead (no chunking). Raises :class:`MemoryBudgetError` when nothing fits.
+    ``lr_hw`` / ``ref_hw``: the (already padded) LR and reference sizes (several references: one size with their
+    summed area, and ``n_refs``). ``tile``: a requested (tile_size, tile_pad) in LR pixels, kept as given (only the
+    chunks are chosen); otherwise the planner tiles only when the untiled run does not fit, with ``tile_pad`` of
+    context. At every tiling relu1_1 is stored if that fits, else recomputed from the reference image (exact, a
+    little slower transfer: chosen only where needed). ``search_mode='dense'`` checks the faithful path instead (no
+    chunking, relu1_1 stored). Raises :class:`MemoryBudgetError` when nothing fits.
     """
     spec = net_or_spec if isinstance(net_or_spec, NetSpec) else NetSpec.from_net(net_or_spec)
     budget = parse_memory(max_memory)
     mode = search_mode or 'chunked'
     mult = spec.stride
-    base = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, (mult, 0))
-    if base['encode_peak'] > budget:
+    storages = ('stored',) if mode == 'dense' else LV1_STORAGE
+    least = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, (mult, 0), storages[-1], n_refs)
+    ref_need = max(least['keys_peak'], least['encode_peak'])
+    if ref_need > budget:
         raise MemoryBudgetError(
             f'max_memory={format_bytes(budget)} cannot hold the encoded {ref_hw[1]}x{ref_hw[0]} reference: that '
-            f'alone needs about {format_bytes(base["encode_peak"])}; raise max_memory or use a smaller reference')
+            f'alone needs about {format_bytes(ref_need)}'
+            + (' with relu1_1 recomputed' if storages[-1] == 'recomputed' else '')
+            + '; raise max_memory or use a smaller reference')
 
-    def fits(t, chunk, key_chunk, cache=False):
-        parts = estimate(spec, lr_hw, ref_hw, mode, chunk, key_chunk, cache, t)
+    def fits(t, chunk, key_chunk, lv1, cache=False):
+        parts = estimate(spec, lr_hw, ref_hw, mode, chunk, key_chunk, cache, t, lv1, n_refs)
         return parts['total'] <= budget, parts
 
-    def try_chunks(t):
+    def try_chunks(t, lv1):
         """Largest chunks (halving from the defaults) that fit with tiling ``t``, or None."""
         if mode == 'dense':
-            ok, parts = fits(t, 0, 0)
+            ok, parts = fits(t, 0, 0, lv1)
             return (0, 0, parts) if ok else None
         chunk, key_chunk = DEFAULT_CHUNK, DEFAULT_KEY_CHUNK
         while True:
-            ok, parts = fits(t, chunk, key_chunk)
+            ok, parts = fits(t, chunk, key_chunk, lv1)
             if ok:
                 return chunk, key_chunk, parts
             if chunk <= MIN_CHUNK and key_chunk <= MIN_KEY_CHUNK:
@@ -245,7 +300,10 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
     else:
         candidates = [None] + tile_candidates(lr_hw, mult, tile_pad)
     for t in candidates:
-        found = try_chunks(t)
+        for lv1 in storages:
+            found = try_chunks(t, lv1)
+            if found is not None:
+                break
         if found is None:
             continue
         chunk, key_chunk, parts = found
@@ -253,14 +311,17 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
         if mode == 'chunked':  # normalise the reference patches once instead of once per block of LR patches
             k, s, p = spec.window, spec.stride, spec.padding
             n_query_blocks = math.ceil(_grid(lr_hw[0], k, s, p) * _grid(lr_hw[1], k, s, p) / chunk)
-            ok, cached = fits(t, chunk, key_chunk, cache=True)
+            ok, cached = fits(t, chunk, key_chunk, lv1, cache=True)
             if ok and n_query_blocks > 1:
                 cache, parts = True, cached
         return MemoryPlan(budget, mode, chunk or DEFAULT_CHUNK, key_chunk or DEFAULT_KEY_CHUNK, cache,
-                          None if t is None else t[0], 0 if t is None else t[1], parts['total'], parts)
+                          None if t is None else t[0], 0 if t is None else t[1], parts['total'], parts, lv1)
     smallest = min(candidates[1:], key=lambda t: t[0]) if tile is None and len(candidates) > 1 else candidates[-1]
-    need = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, smallest)['total']
+    need = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, smallest, storages[-1],
+                    n_refs)['total']
     what = 'untiled' if smallest is None else f'with tile_size={smallest[0]}, tile_pad={smallest[1]}'
+    if storages[-1] == 'recomputed':
+        what += ', relu1_1 recomputed'
     hint = ('use search mode chunked' if mode == 'dense' else
             'use a smaller tile' if tile is not None else 'use a smaller LR or reference')
     raise MemoryBudgetError(

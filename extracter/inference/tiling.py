@@ -98,10 +98,13 @@ def tile_loop(lr: torch.Tensor, scale: int, tile_size: int, tile_pad: int, multi
 
 def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
                   ref_feats: Union[ReferenceFeatures, Sequence[ReferenceFeatures]], tile_size: int, tile_pad: int,
-                  progress: Optional[Callable[[int, int], None]] = None, return_search: bool = False):
+                  progress: Optional[Callable[[int, int], None]] = None, return_search: bool = False,
+                  search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
     """SR [N,3,4h,4w] of ``lr`` [N,3,h,w] tile by tile against one or several encoded references; ``lr`` must
     already have the net's LR multiple and ``lr_up`` is the upsampled whole LR. ``progress(done, total)`` is called
-    after each tile. ``return_search``: also return the whole LR's search result (scores, index).
+    after each tile. ``return_search``: also return the whole LR's search result (scores, index). ``search``: that
+    result, already computed (:func:`~extracter.inference.engine.run_refsr` searches before it encodes the
+    textures); then ``lr_up`` is not used and the references need no search keys.
 
     The search runs once for the whole LR (its query features are computed tile by tile, exactly): every tile
     then uses the untiled search result for its patches, so only the main network sees tile borders, and no
@@ -112,7 +115,9 @@ def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
     st = net.search_transfer
     s = st.stride
     refs = as_reference_list(ref_feats)
-    flat_scores, flat_index = net.search(search_features_tiled(net, lr_up, tile_size), refs)
+    if search is None:
+        search = net.search(search_features_tiled(net, lr_up, tile_size), refs)
+    flat_scores, flat_index = search
     gh, gw = st.grid_size(h, w)
     scores = flat_scores.view(n, st.top_k, gh, gw)
     index = flat_index.view(n, st.top_k, gh, gw)
