@@ -4,9 +4,9 @@ For square outputs of 256, 512, 1024 and 2048 pixels (any ``--sizes``, e.g. 4096
 the output size) it runs, each case in its own subprocess so that the RSS peak is that case's:
 - ``dense``: the original-style path (whole relevance matrix, every reference patch unfolded), untiled;
 - ``chunked``: our chunked search + transfer by index, untiled and without a budget (isolates their cost);
-- ``ours``: chunked search (``--search approximate``: the approximate one) + transfer by index, with chunk and
-  tile sizes (and, for large references, relu1_1 recomputed) chosen by the memory planner for ``--max-memory`` (per
-  size with ``--budget SIZE=BUDGET``).
+- ``ours``: chunked search (or ``--search approximate`` / ``auto``) + transfer by index, with chunk and tile sizes
+  (and, for large references, relu1_1 recomputed) chosen by the memory planner for ``--max-memory`` (per size with
+  ``--budget SIZE=BUDGET``).
 Timings are split into feature extraction (VGG-19), search, transfer and the rest of the network; the search's
 matrix products are timed on their own and compared with ``torch.matmul``'s rate on this machine. A case that the
 planner refuses, that is estimated not to fit ``--dense-limit``, or that runs out of memory is recorded as such.
@@ -18,8 +18,9 @@ Weights are random, of the released size (blocks 8+16+8+4 / 8+9+9+9, 64 features
 geometry (window 6, stride 2, padding 2) by default. Inputs are a real wide/tele phone pair from
 ``../shared/data/refsr-pairs/dcsr-camerafusion`` when present (centre crops), else seeded noise.
 
-Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``; the 4096 case
-(a 4096 x 4096 output with a 4096 x 4096 reference in 8G): ``--sizes 4096 --methods ours --search approximate
+Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``; the 2048 end to
+end with the approximate search: ``--sizes 2048 --methods ours --search approximate --budget 2048=6G``; the 4096
+case (a 4096 x 4096 output with a 4096 x 4096 reference in 8G): ``--sizes 4096 --methods ours --search approximate
 --budget 4096=8G --timeout 10800``.
 """
 
@@ -157,7 +158,7 @@ def run_case(args) -> dict:
             return row
         kwargs = {'search_mode': args.case_method}
     else:
-        kwargs = {'max_memory': args.case_budget, 'search_mode': args.search}
+        kwargs = case_kwargs(args.case_method, args.case_budget, args.search)
     row['matmul_peak_gflops'] = matmul_peak_gflops(3072)  # under this case's conditions (the machine is shared)
     t = time.perf_counter()
     timers = Timers(net)
@@ -195,11 +196,24 @@ def run_case(args) -> dict:
     return row
 
 
+def case_kwargs(method: str, budget: str, search: str) -> dict:
+    """``run_refsr`` keyword arguments of one case: the search mode alone (``dense``, ``chunked``: untiled, no
+    budget) or, for ``ours``, the budget and ``--search``."""
+    if method in ('dense', 'chunked'):
+        return {'search_mode': method}
+    return {'max_memory': budget, 'search_mode': search}
+
+
+def child_command(size: int, method: str, budget: str, args, out_dir: Path) -> list:
+    """The command line of one case's subprocess."""
+    return [sys.executable, str(Path(__file__).resolve()), '--case-size', str(size), '--case-method', method,
+            '--case-budget', budget, '--search', args.search, '--seed', str(args.seed),
+            '--geometry', *map(str, args.geometry), '--dense-limit', args.dense_limit,
+            '--save-sr', str(out_dir / f'.sr_{size}_{method}.pt')]
+
+
 def child(size: int, method: str, budget: str, args, out_dir: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), '--case-size', str(size), '--case-method', method,
-           '--case-budget', budget, '--search', args.search, '--seed', str(args.seed),
-           '--geometry', *map(str, args.geometry),
-           '--dense-limit', args.dense_limit, '--save-sr', str(out_dir / f'.sr_{size}_{method}.pt')]
+    cmd = child_command(size, method, budget, args, out_dir)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -288,7 +302,7 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
     atomic_write(out_dir / 'scaling.png', buf.getvalue())
 
 
-def run(argv) -> None:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512, 1024, 2048])
     parser.add_argument('--methods', nargs='+', default=['dense', 'chunked', 'ours'],
@@ -296,8 +310,9 @@ def run(argv) -> None:
     parser.add_argument('--max-memory', default='2G', help="ours: working-memory budget (default '2G')")
     parser.add_argument('--budget', action='append', default=[], metavar='SIZE=BUDGET',
                         help='ours: budget for one output size, e.g. 2048=6G')
-    parser.add_argument('--search', default='chunked', choices=['chunked', 'approximate', 'auto'],
-                        help='ours: the search under the budget (default chunked, exact; approximate for 4096)')
+    parser.add_argument('--search', choices=['chunked', 'approximate', 'auto'], default='chunked',
+                        help='ours: the search under the budget (default chunked, the exact search; approximate: '
+                             'docs/large_images.md; auto: approximate where the exact search is expensive)')
     parser.add_argument('--dense-limit', default='10G',
                         help='dense/chunked (untiled) cases estimated above this are recorded as refused (10G)')
     parser.add_argument('--geometry', type=int, nargs=3, default=[6, 2, 2], metavar=('WINDOW', 'STRIDE', 'PAD'))
@@ -310,7 +325,18 @@ def run(argv) -> None:
     parser.add_argument('--case-method', help=argparse.SUPPRESS)
     parser.add_argument('--case-budget', help=argparse.SUPPRESS)
     parser.add_argument('--save-sr', help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def default_out_dir(args) -> Path:
+    """``results/benchmark_scaling/w<window>_s<stride>_p<padding>``, with ``_<search>`` for another search than
+    the chunked one."""
+    name = 'w{}_s{}_p{}'.format(*args.geometry) + ('' if args.search == 'chunked' else f'_{args.search}')
+    return ROOT / 'results' / 'benchmark_scaling' / name
+
+
+def run(argv) -> None:
+    args = build_parser().parse_args(argv)
     from extracter.inference.memory_plan import parse_memory
     args.dense_limit_bytes = parse_memory(args.dense_limit)
     if min(args.sizes) < 16:
@@ -325,8 +351,7 @@ def run(argv) -> None:
         parse_memory(budget)
         budgets[int(size)] = budget
     parse_memory(args.max_memory)
-    out_dir = args.out or ROOT / 'results' / 'benchmark_scaling' / ('w{}_s{}_p{}'.format(*args.geometry) + (
-        '' if args.search == 'chunked' else f'_{args.search}'))
+    out_dir = args.out or default_out_dir(args)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise FileExistsError(f'{out_dir} already holds results; pass --overwrite or choose --out')
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -184,3 +184,26 @@ def test_sobel_magnitude_matches_per_channel_convolution():
         torch.sqrt(F.conv2d(x[:, c:c + 1], kv, padding=1) ** 2 + F.conv2d(x[:, c:c + 1], kh, padding=1) ** 2 + 1e-6)
         for c in range(3)], dim=1)
     torch.testing.assert_close(SobelMagnitude()(x), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('make', [tiny_extracter, tiny_ttsr])
+def test_main_network_runs_channels_last_for_cpu_inference_with_the_same_result(make):
+    """CPU inference runs the main network on channels-last activations (oneDNN's fast layout); the result is NCHW
+    and equals the NCHW run up to float rounding; with gradients (training) the layout stays NCHW."""
+    from extracter.archs.refsr_base import main_memory_format
+
+    net = make()
+    torch.manual_seed(6)
+    lr, ref = torch.rand(1, 3, 12, 16), torch.rand(1, 3, 48, 64)
+    assert main_memory_format(lr) is torch.contiguous_format  # gradients enabled
+    with torch.no_grad():
+        assert main_memory_format(lr) is torch.channels_last
+        aux = net(lr, ref, return_aux=True)
+        assert aux['T_lv1'][0].is_contiguous(memory_format=torch.channels_last)  # converted for the main network
+        copies = [[t.contiguous() for t in aux[key]] for key in ('S', 'T_lv3', 'T_lv2', 'T_lv1')]
+        nchw = net.reconstruct(lr, *copies, memory_format=torch.contiguous_format)
+    assert aux['sr'].is_contiguous() and nchw.is_contiguous()
+    torch.testing.assert_close(aux['sr'], nchw, atol=1e-5, rtol=0)
+    with torch.enable_grad():
+        trained = net(lr, ref)
+    torch.testing.assert_close(trained.detach(), aux['sr'], atol=1e-5, rtol=0)

@@ -18,6 +18,7 @@ from extracter.inference.memory_plan import (
     estimate,
     parse_memory,
     plan_memory,
+    tile_work,
 )
 
 # the released EXTRACTER size with the paper's geometry (window 6 / stride 2), without building it
@@ -52,7 +53,7 @@ def test_tighter_budgets_tile_smaller_and_stay_within_budget():
         assert plan.tile_size is not None and plan.tile_size % RELEASED.stride == 0
         assert plan.tile_pad % RELEASED.stride == 0
         tiles.append(plan.tile_size)
-    assert tiles[0] > tiles[1] > tiles[2]
+    assert tiles[0] >= tiles[1] >= tiles[2] and tiles[0] > tiles[2]  # equal tiles: sizes come in steps
     # the 2048x2048 case of the issue fits 6G, tiled
     plan = plan_memory(RELEASED, (512, 512), (2048, 2048), '6G')
     assert plan.tile_size is not None and plan.estimate <= 6 * 2 ** 30
@@ -75,6 +76,28 @@ def test_refusals_say_why():
         plan_memory(RELEASED, (512, 512), (1024, 1024), '2G', tile=(256, 16))
     with pytest.raises(MemoryBudgetError, match=r'dense search.*chunked'):
         plan_memory(RELEASED, (512, 512), (2048, 2048), '16G', search_mode='dense')
+
+
+@pytest.mark.parametrize('lr_hw,ref_hw,budget', [((512, 512), (2048, 2048), '6G'), ((512, 512), (2048, 2048), '8G'),
+                                                  ((256, 384), (1024, 1024), '3G'), ((300, 200), (512, 768), '2G')])
+def test_planner_tiles_with_the_least_main_network_work_that_fits(lr_hw, ref_hw, budget):
+    """The tiles' context is recomputed, so among the tile sizes that fit (with the smallest search blocks) the plan
+    has the least work: every other size that fits processes at least as many LR pixels."""
+    plan = plan_memory(RELEASED, lr_hw, ref_hw, budget)
+    assert plan.tile_size is not None and plan.estimate <= parse_memory(budget)
+    mult, pad = RELEASED.stride, plan.tile_pad
+    chosen = tile_work(lr_hw, plan.tile_size, pad, mult)
+    fitting = [size for size in range(mult, max(lr_hw), mult)
+               if any(estimate(RELEASED, lr_hw, ref_hw, 'chunked', MIN_CHUNK, MIN_KEY_CHUNK, False, (size, pad),
+                               lv1)['total'] <= parse_memory(budget) for lv1 in ('stored', 'recomputed'))]
+    assert plan.tile_size in fitting
+    assert chosen == min(tile_work(lr_hw, size, pad, mult) for size in fitting)
+
+
+def test_tile_work_counts_each_tile_with_its_context():
+    assert tile_work((512, 512), 128, 16, 2) == (512 + 2 * 16 * 3) ** 2  # 4 tiles per side: 3 inner borders
+    assert tile_work((512, 512), 104, 16, 2) == (512 + 2 * 16 * 4) ** 2  # 104 + a remainder of 96: 5 per side
+    assert tile_work((100, 60), 100, 16, 2) == 100 * 60
 
 
 def test_given_tile_is_kept_and_rounded_to_the_stride():

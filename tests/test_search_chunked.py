@@ -145,3 +145,44 @@ def test_ttsr_gives_the_same_output_in_both_modes():
     chunked_net.load_state_dict(net.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(chunked_net(lr, ref), net(lr, ref), atol=ATOL, rtol=0)
+
+
+BLOCK_CASES = [((3, 1, 1), (7, 9), [(10, 6)]), ((6, 2, 2), (10, 14), [(12, 8)]), ((12, 4, 4), (8, 12), [(16, 20)]),
+               ((6, 2, 2), (8, 6), [(12, 8), (6, 10), (14, 4)])]  # several references of different sizes
+
+
+@pytest.mark.parametrize('geometry,lr_hw,ref_hws', BLOCK_CASES)
+def test_block_transfer_of_channels_last_maps_equals_the_dense_fold_bit_for_bit(geometry, lr_hw, ref_hws):
+    """Transfer by blocks (channels-last maps, the layout the engine gives the references on CPU) equals the faithful
+    fold exactly, at every level, for every patch (random indices reach the borders, where blocks fall in the zero
+    padding), batch 2, one or several references."""
+    g = torch.Generator().manual_seed(3)
+    dense = SearchTransfer(*geometry, top_k=1, mode='dense')
+    chunked = SearchTransfer(*geometry, top_k=1, mode='chunked', chunk_size=5)
+    for level, factor, channels in ((3, 1, 6), (2, 2, 5), (1, 4, 3)):
+        maps = [torch.randn(2, channels, factor * h, factor * w, generator=g) for h, w in ref_hws]
+        n_patches = sum(chunked.patch_counts([torch.zeros(1, 1, h, w) for h, w in ref_hws]))
+        gh, gw = chunked.grid_size(*lr_hw)
+        index = torch.randint(0, n_patches, (2, gh * gw), generator=g)
+        index[:, :4] = torch.tensor([0, n_patches - 1, 1, n_patches - 2])  # corners of the first and last reference
+        out_hw = (factor * lr_hw[0], factor * lr_hw[1])
+        expected = dense.transfer_level(maps, index, level, out_hw)
+        nhwc = [chunked.transfer_layout(m) for m in maps]
+        assert all(m.is_contiguous(memory_format=torch.channels_last) for m in nhwc)
+        assert chunked.blocks_apply(nhwc, level) and not chunked.blocks_apply(maps, level)
+        out = chunked.transfer_level(nhwc, index, level, out_hw)
+        assert out.shape == expected.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(out, expected)
+        # the NCHW maps take the band-by-band path: the same result up to float rounding
+        torch.testing.assert_close(chunked.transfer_level(maps, index, level, out_hw), expected, atol=ATOL, rtol=0)
+
+
+def test_block_transfer_does_not_apply_where_the_window_is_not_a_multiple_of_the_stride():
+    st = SearchTransfer(5, 2, 1, top_k=1, mode='chunked')
+    maps = [st.transfer_layout(torch.randn(1, 3, 8, 8))]
+    assert not st.blocks_apply(maps, 3)
+    dense = SearchTransfer(5, 2, 1, top_k=1, mode='dense')
+    index = torch.randint(0, 9, (1, 4))  # a 6 x 6 LR has 2 x 2 patches, the 8 x 8 reference 3 x 3
+    torch.testing.assert_close(st.transfer_level(maps, index, 3, (6, 6)), dense.transfer_level(maps, index, 3, (6, 6)),
+                               atol=ATOL, rtol=0)
+    assert SearchTransfer(mode='dense').transfer_layout(maps[0].contiguous()).is_contiguous()  # dense: unchanged

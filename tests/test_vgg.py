@@ -42,3 +42,30 @@ def test_pretrained_extractor_features_are_meaningful(vgg19_canonical):
         e_flat = fe(flat)[0][..., 4:-4, 4:-4].abs().sum()
         e_edge = fe(edge)[0][..., 4:-4, 4:-4].abs().sum()
     assert e_edge > 1.2 * e_flat
+
+
+def test_cpu_inference_runs_channels_last_with_the_training_layouts_result():
+    """Without gradients on CPU the extractor runs channels-last (faster) and returns that layout (the transfer's);
+    the search's relu3_1 comes out NCHW (``search_features``, ``encode_search_keys``); all equal the NCHW (training)
+    run up to rounding."""
+    from basicsr.utils.registry import ARCH_REGISTRY as REG
+
+    torch.manual_seed(0)
+    ext = TextureExtractor(init='random', requires_grad=False).eval()
+    x = torch.rand(1, 3, 40, 36)
+    nchw = ext(x)  # gradients enabled: the training layout
+    assert all(t.is_contiguous() for t in nchw)
+    with torch.no_grad():
+        feats = ext(x)
+        tiled = ext.encode_tiled(x, 16)
+        keys = ext.encode_tiled(x, 16, levels=(3,), memory_format=torch.contiguous_format)[0]
+    for a, b in zip(feats, nchw):
+        assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in tiled)
+    assert keys.is_contiguous()
+    torch.testing.assert_close(keys, nchw[2], atol=1e-5, rtol=1e-5)
+    net = REG.get('Extracter')(num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=8, dfe_init='random')
+    with torch.no_grad():
+        assert net.search_features(torch.rand(1, 3, 32, 32)).is_contiguous()
+        assert net.encode_search_keys(torch.rand(1, 3, 32, 32)).is_contiguous()

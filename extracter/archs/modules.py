@@ -46,7 +46,10 @@ class ResBlock(nn.Module):
         self.conv2 = conv3x3(n_feats, n_feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.relu(self.conv1(x))) * self.res_scale + x
+        out = self.conv2(self.relu(self.conv1(x)))
+        if self.res_scale != 1:  # in place on the fresh output (a pass and a map fewer; the same numbers)
+            out.mul_(self.res_scale)
+        return out.add_(x)
 
 
 def res_blocks(count: int, n_feats: int, res_scale: float = 1.0) -> nn.ModuleList:

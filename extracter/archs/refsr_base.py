@@ -191,7 +191,8 @@ class RefSRNet(nn.Module):
         one tile's transient memory)."""
         if ref_downup is None:
             ref_downup = make_ref_downup(ref)
-        return self.feature_extractor().encode_tiled(ref_downup, tile_size, levels=(3,))[0]
+        return self.feature_extractor().encode_tiled(ref_downup, tile_size, levels=(3,),
+                                                     memory_format=torch.contiguous_format)[0]  # the search's layout
 
     def encode_textures(self, ref: torch.Tensor, tile_size: Optional[int] = None, lv1: str = 'stored'
                         ) -> Tuple[Union[torch.Tensor, Relu11FromImage], torch.Tensor, torch.Tensor]:
@@ -210,7 +211,7 @@ class RefSRNet(nn.Module):
 
     def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
         """relu3_1 of the upsampled LR (the search queries), at the LR size."""
-        return self.feature_extractor()(lr_up)[2]
+        return self.feature_extractor()(lr_up)[2].contiguous()  # the search's layout (NCHW)
 
     def search(self, lr_feat: torch.Tensor, refs: References) -> Tuple[torch.Tensor, torch.Tensor]:
         """Top-k over the union of the references' patches (TTSR Eq. 4-5, 7): (scores, index) [N, top_k, L], the
@@ -235,11 +236,27 @@ class RefSRNet(nn.Module):
             search = self.search(self.search_features(lr_up), refs)
         S, T_lv3, T_lv2, T_lv1 = st.transfer(search[0], search[1], tuple(lr.shape[-2:]), [r.lv1 for r in refs],
                                              [r.lv2 for r in refs], [r.lv3 for r in refs])
-        sr = (self._reconstruct(lr * 2 - 1, S, T_lv3, T_lv2, T_lv1) + 1) / 2
+        sr = self.reconstruct(lr, S, T_lv3, T_lv2, T_lv1)
         if return_aux:
             return {'sr': sr, 'S': S, 'T_lv3': T_lv3, 'T_lv2': T_lv2, 'T_lv1': T_lv1, 'scores': search[0],
                     'index': search[1]}
         return sr
+
+    def reconstruct(self, lr: torch.Tensor, S: List[torch.Tensor], T_lv3: List[torch.Tensor],
+                    T_lv2: List[torch.Tensor], T_lv1: List[torch.Tensor],
+                    memory_format: Optional[torch.memory_format] = None) -> torch.Tensor:
+        """The main network: SR [N,3,4h,4w] in [0, 1] (NCHW) from ``lr`` [N,3,h,w] in [0, 1] and the transfer's soft
+        attention and textures (lists over the top-k ranks, converted in place to the layout used).
+
+        ``memory_format``: the layout of the main network's activations, default :func:`main_memory_format` (NHWC
+        for CPU inference). The result equals the NCHW one up to float rounding (~1e-7)."""
+        fmt = main_memory_format(lr) if memory_format is None else memory_format
+        if fmt is not torch.contiguous_format:
+            lr = lr.contiguous(memory_format=fmt)
+            for maps in (S, T_lv3, T_lv2, T_lv1):  # one at a time, so that the NCHW copies are freed as we go
+                for i, t in enumerate(maps):
+                    maps[i] = t.contiguous(memory_format=fmt)
+        return ((self._reconstruct(lr * 2 - 1, S, T_lv3, T_lv2, T_lv1) + 1) / 2).contiguous()
 
     def size_multiples(self) -> Tuple[int, int]:
         """(LR side multiple, reference side multiple) that the current search geometry needs."""
@@ -270,6 +287,17 @@ class RefSRNet(nn.Module):
         if lr_up is None:
             lr_up = make_lr_up(lr)
         return self.forward_features(lr, lr_up, self.encode_reference(ref, ref_downup), return_aux=return_aux)
+
+
+def main_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout of the main network's activations for an input like ``x``: channels-last (NHWC) for CPU inference,
+    where oneDNN runs the 3x3 convolutions straight on it, about 1.8x faster than on NCHW, which it reorders to a
+    blocked layout and back around every convolution (measured with ``scripts/benchmark_conv.py``; see
+    docs/large_images.md, "Where the time goes at 2048"); NCHW otherwise (training, whose backward pass was not
+    measured, and CUDA)."""
+    if x.device.type == 'cpu' and not torch.is_grad_enabled():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def as_reference_list(refs: References) -> List[ReferenceFeatures]:

@@ -207,7 +207,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         patch_counts = st.patch_counts(keys)
         del lr_feat, keys, key_blocks
         # 3. the textures of every reference, only now: they never share memory with the keys and the search
-        encoded = [ReferenceFeatures(None, *net.encode_textures(r, ENCODE_TILE, lv1_storage)) for r in refs_p]
+        # (channels-last on CPU, the layout the transfer reads fastest: VGG-19 gives it; transfer_layout makes sure)
+        encoded = [ReferenceFeatures(None, *map(st.transfer_layout, net.encode_textures(r, ENCODE_TILE, lv1_storage)))
+                   for r in refs_p]
         # 4. the main network, untiled or tile by tile, on the search result
         if tile_t is None:
             sr = net.forward_features(lr_p, None, encoded, search=search)

@@ -7,7 +7,8 @@ It does not count the Python / PyTorch runtime itself (about 0.85 GB of RSS afte
 Estimates are float32 and deliberately a little pessimistic; coefficients were measured on CPU (RSS peaks, which
 include what glibc keeps of freed memory; docs/large_images.md has the measurements).
 
-The plan prefers, in order: no tiling, then the largest tile that fits; at each tiling relu1_1 stored, then
+The plan prefers, in order: no tiling, then the tiling that fits with the least main-network work (usually the
+fewest, equal tiles: their context is recomputed, see :func:`tile_work`); at each tiling relu1_1 stored, then
 recomputed from the reference image (exact, a little slower transfer); large search blocks (for matrix-multiply
 efficiency), shrinking them before shrinking tiles; and caching the normalised reference patches across tiles
 when that still fits. A request that cannot fit (the reference alone too large, a given tile too large, the dense
@@ -17,7 +18,7 @@ search too large) raises :class:`MemoryBudgetError` with the numbers.
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -227,6 +228,28 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
     return parts
 
 
+def tile_work(lr_hw: Tuple[int, int], tile_size: int, tile_pad: int, multiple: int) -> int:
+    """LR pixels the main network processes with tiles of ``tile_size`` + ``tile_pad`` (each tile with its context),
+    the tiles being cut as :func:`extracter.inference.tiling.tile_spans` cuts them."""
+    from extracter.inference.tiling import tile_spans
+
+    h, w = (-(-n // multiple) * multiple for n in lr_hw)
+    rows = sum(i1 - i0 for _, _, i0, i1 in tile_spans(h, tile_size, tile_pad, multiple))
+    cols = sum(i1 - i0 for _, _, i0, i1 in tile_spans(w, tile_size, tile_pad, multiple))
+    return rows * cols
+
+
+def tile_candidates(lr_hw: Tuple[int, int], multiple: int, tile_pad: int) -> List[Tuple[int, int]]:
+    """The tilings the planner tries: every tile size that is a multiple of ``multiple`` (from four strides to below
+    the longer side), least main-network work first (:func:`tile_work`; ties: the smaller tile, less memory). The
+    work depends on how many tiles cut each side and on where the last ones end (context is clipped at the image
+    border), not only on the size, so the largest tile that fits is not always the cheapest."""
+    pad = -(-tile_pad // multiple) * multiple
+    longest = max(lr_hw)
+    sizes = range(max(multiple, min(4 * multiple, longest // 2 // multiple * multiple)), longest, multiple)
+    return sorted(((s, pad) for s in sizes), key=lambda t: (tile_work(lr_hw, t[0], t[1], multiple), t[0]))
+
+
 def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
                 tile: Optional[Tuple[int, int]] = None, search_mode: Optional[str] = None,
                 tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1) -> MemoryPlan:
@@ -275,13 +298,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
         t = (max(mult, tile[0] // mult * mult), -(-tile[1] // mult) * mult)
         candidates = [t]
     else:
-        longest = max(lr_hw)
-        sizes = []
-        size = longest
-        while size >= 4 * mult:
-            sizes.append(max(mult, size // mult * mult))
-            size = int(size * 0.8)
-        candidates = [None] + [(s, -(-tile_pad // mult) * mult) for s in sizes if s < longest]
+        candidates = [None] + tile_candidates(lr_hw, mult, tile_pad)
     for t in candidates:
         for lv1 in storages:
             found = try_chunks(t, lv1)
@@ -299,7 +316,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
                 cache, parts = True, cached
         return MemoryPlan(budget, mode, chunk or DEFAULT_CHUNK, key_chunk or DEFAULT_KEY_CHUNK, cache,
                           None if t is None else t[0], 0 if t is None else t[1], parts['total'], parts, lv1)
-    smallest = candidates[-1]
+    smallest = min(candidates[1:], key=lambda t: t[0]) if tile is None and len(candidates) > 1 else candidates[-1]
     need = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, smallest, storages[-1],
                     n_refs)['total']
     what = 'untiled' if smallest is None else f'with tile_size={smallest[0]}, tile_pad={smallest[1]}'
