@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from extracter.data import image_io
@@ -34,7 +35,7 @@ from extracter.data.image_io import (
     set_max_image_pixels,
 )
 from extracter.utils import file_io
-from extracter.utils.cli import parse_pixel_count, run_main
+from extracter.utils.cli import EXIT_ERROR, parse_pixel_count, run_main
 from extracter.utils.file_io import (
     Terminated,
     atomic_write,
@@ -489,6 +490,24 @@ def test_run_main_known_unexpected_debug_and_signals(tmp_path, capsys):
     assert code == 0 and err == 'warning: a.png: the alpha channel is dropped\n'
     assert run_main(raiser(SystemExit(2)), []) == 2  # argparse's usage errors: their exit status, returned
     assert run_main(raiser(SystemExit(None)), []) == 0  # --help
+
+
+def test_run_main_leaves_torch_global_modes_as_it_found_them():
+    """A script's main() called in-process (as the tests do) may switch autograd off and set the thread count for
+    its own run; the caller (e.g. a training test after it) gets them back, also when the script fails."""
+    threads = torch.get_num_threads()
+
+    def script(fail):
+        def main(argv):
+            torch.set_grad_enabled(False)
+            torch.set_num_threads(1 if threads > 1 else 2)
+            if fail:
+                raise ValueError('bad option')
+        return main
+
+    for fail in (False, True):
+        assert run_main(script(fail), []) == (EXIT_ERROR if fail else 0)
+        assert torch.is_grad_enabled() and torch.get_num_threads() == threads
 
 
 # --- scripts/create_lmdb.py -------------------------------------------------------------------------------------------

@@ -107,6 +107,8 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
 
     previous_show = warnings.showwarning
     warnings.showwarning = _show_warning(previous_show)
+    torch = sys.modules.get('torch')  # a CLI run in-process (tests) leaves torch's global modes as it found them
+    torch_state = (torch.is_grad_enabled(), torch.get_num_threads()) if torch is not None else None
     try:
         with interruptible():
             status = main(argv)
@@ -133,6 +135,9 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
         return fail(EXIT_UNEXPECTED, f'unexpected {type(err).__name__}: {err}{hint} (please report it)')
     finally:
         warnings.showwarning = previous_show
+        if torch_state is not None:
+            torch.set_grad_enabled(torch_state[0])
+            torch.set_num_threads(torch_state[1])
 
 
 class ArgumentParser(argparse.ArgumentParser):
