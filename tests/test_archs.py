@@ -190,7 +190,7 @@ def test_sobel_magnitude_matches_per_channel_convolution():
 def test_main_network_runs_channels_last_for_cpu_inference_with_the_same_result(make):
     """CPU inference runs the main network on channels-last activations (oneDNN's fast layout); the result is NCHW
     and equals the NCHW run up to float rounding; with gradients (training) the layout stays NCHW."""
-    from extracter.archs.refsr_base import main_memory_format
+    from extracter.archs.layout import main_memory_format
 
     net = make()
     torch.manual_seed(6)

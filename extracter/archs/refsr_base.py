@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extracter.archs.layout import main_memory_format
 from extracter.archs.vgg import Relu11FromImage
 
 LV1_STORAGE = ('stored', 'recomputed')  # how an encoded reference keeps relu1_1 (ReferenceFeatures.lv1)
@@ -287,17 +288,6 @@ class RefSRNet(nn.Module):
         if lr_up is None:
             lr_up = make_lr_up(lr)
         return self.forward_features(lr, lr_up, self.encode_reference(ref, ref_downup), return_aux=return_aux)
-
-
-def main_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The layout of the main network's activations for an input like ``x``: channels-last (NHWC) for CPU inference,
-    where oneDNN runs the 3x3 convolutions straight on it, about 1.8x faster than on NCHW, which it reorders to a
-    blocked layout and back around every convolution (measured with ``scripts/benchmark_conv.py``; see
-    docs/large_images.md, "Where the time goes at 2048"); NCHW otherwise (training, whose backward pass was not
-    measured, and CUDA)."""
-    if x.device.type == 'cpu' and not torch.is_grad_enabled():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def as_reference_list(refs: References) -> List[ReferenceFeatures]:

