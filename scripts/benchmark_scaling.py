@@ -320,6 +320,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--timeout', type=float, default=7200, help='seconds per case')
     parser.add_argument('--out', type=Path, default=None)
     parser.add_argument('--overwrite', action='store_true')
+    parser.add_argument('--machine', default='machine state not stated: timings may be noisy',
+                        help='how the machine was while measuring, for the table header, e.g. "idle 2-core machine"')
     # internal: one case in a child process
     parser.add_argument('--case-size', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--case-method', help=argparse.SUPPRESS)
@@ -385,7 +387,7 @@ def run(argv) -> None:
         dense_sr.unlink(missing_ok=True)
         header = (f'EXTRACTER (random weights, released size), window/stride/padding {args.geometry}, '
                   f'ours with the {args.search} search, one forward '
-                  f'pass on CPU ({torch.get_num_threads()} threads, machine shared: timings are noisy); '
+                  f'pass on CPU ({torch.get_num_threads()} threads, {args.machine}); '
                   f'torch.matmul peak {peak:.1f} GFLOP/s.')
         write_outputs(rows, out_dir, peak, header)
     print(f'wrote {out_dir}/results.csv, results.md, scaling.png')

@@ -42,6 +42,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -388,13 +389,12 @@ def run_measured(cmd, env) -> tuple:
     return wall, usage.ru_maxrss / 1024
 
 
-def run_e2e(args, out: Path, log) -> None:
+def run_e2e(args, out: Path, work: Path, log) -> None:
     from PIL import Image
 
     from extracter.data.degradations import make_lq
     from extracter.utils.file_io import atomic_write_text
 
-    work = out / 'e2e_work'
     rows = []
     env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads),
            'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
@@ -495,7 +495,8 @@ def run(argv) -> None:
 
     log(f'{" ".join(sys.argv)} ({args.note})')
     if args.e2e:
-        run_e2e(args, out, log)
+        with tempfile.TemporaryDirectory(prefix='benchmark_search_e2e_') as tmp:  # inputs and outputs of infer.py
+            run_e2e(args, out, Path(tmp), log)
         return
     if args.plot_only:
         rows = read_table(out)
@@ -503,15 +504,14 @@ def run(argv) -> None:
         if args.sr and args.max_memory is None:
             args.max_memory = '8G'
         rows = []
-        work = out / 'work'
-        work.mkdir(exist_ok=True)
-        for size in args.sizes:
-            for pair in args.pairs:
-                for net, geometry in args.cases:
-                    row = run_case(pair, size, net, geometry, args, work, log)
-                    rows.append(row)
-                    log(json.dumps(row))
-                    write_table(rows, out, args.note)
+        with tempfile.TemporaryDirectory(prefix='benchmark_search_') as tmp:  # scratch: never in the output folder
+            for size in args.sizes:
+                for pair in args.pairs:
+                    for net, geometry in args.cases:
+                        row = run_case(pair, size, net, geometry, args, Path(tmp), log)
+                        rows.append(row)
+                        log(json.dumps(row))
+                        write_table(rows, out, args.note)
     write_table(rows, out, args.note)
     slopes = plot(rows, out, args.note)
     from extracter.utils.file_io import atomic_write_text
