@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.search_approximate import (
+    ApproximateSettings,
     approximate_search,
     exact_search_queries,
     grid_size,
@@ -51,13 +52,19 @@ CASES = [  # geometry, top_k, LR / reference feature sizes (non-square), tile
 ]
 
 
+# the exact step on every candidate; or the prefilter (down to top_k per query) on channel-reduced patches that keep
+# every channel (an orthogonal projection: the reduced relevance is the exact one), so nothing is lost either way
+PREFILTERS = [dict(SMALL, prefilter=0), dict(SMALL, prefilter=1, channel_dims=16)]
+
+
+@pytest.mark.parametrize('prefilter', PREFILTERS, ids=['prefilter-off', 'prefilter-lossless'])
 @pytest.mark.parametrize('geometry,top_k,lr_hw,ref_hw,tile', CASES)
-def test_windows_covering_everything_equal_exact(geometry, top_k, lr_hw, ref_hw, tile):
+def test_windows_covering_everything_equal_exact(geometry, top_k, lr_hw, ref_hw, tile, prefilter):
     lr, ref = _features((2, 16, *lr_hw), 0), _features((2, 16, *ref_hw), 1)
     n_keys = grid_size(*ref_hw, *geometry)
     # the tiled path, with windows as large as the reference grid
     approx = approximate_search(lr, ref, *geometry, top_k, fallback=False, max_candidates=n_keys[0] * n_keys[1],
-                                jitter=max(n_keys), tile=tile, **SMALL)
+                                jitter=max(n_keys), tile=tile, **prefilter)
     exact = _exact(lr, ref, geometry, top_k)
     gh, gw = grid_size(*lr_hw, *geometry)
     assert approx[0].shape == approx[1].shape == (2, top_k, gh * gw)
@@ -101,12 +108,14 @@ def test_finds_a_shifted_copy(geometry, shift, refine):
                                rtol=0)
 
 
-@pytest.mark.parametrize('top_k,refine', [(1, 0), (2, 0), (3, 0), (2, 9)])
-def test_scores_are_exact_relevances_and_sorted(top_k, refine):
+@pytest.mark.parametrize('top_k,refine,prefilter', [(1, 0, 0), (2, 0, 0), (3, 0, 0), (2, 9, 0), (1, 9, 1),
+                                                     (3, 0, 2)])
+def test_scores_are_exact_relevances_and_sorted(top_k, refine, prefilter):
+    """With the prefilter on (1, 2: below the tiles' candidates per query; at least top_k is kept) as well."""
     geometry = (6, 2, 2)
     lr, ref = _features((2, 16, 20, 14), 5), _features((2, 16, 18, 22), 6)
     scores, index = approximate_search(lr, ref, *geometry, top_k, fallback=False, max_candidates=20, tile=3,
-                                       refine=refine, **SMALL)
+                                       refine=refine, prefilter=prefilter, **SMALL)
     torch.testing.assert_close(scores, _relevance(lr, ref, geometry, index), atol=ATOL, rtol=0)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     # distinct reference patches per LR patch
@@ -156,3 +165,14 @@ def test_recall_counts_ties_within_tolerance():
     assert recall_at_1(approx, exact) == pytest.approx(2 / 3)
     # rank 2: indices all found (same, tie-equal score at patch 1 counts via the k-th score, patch 2 via index 6)
     assert recall_at_k(approx, exact) == pytest.approx(5 / 6)
+
+
+def test_settings_defaults_follow_the_geometry_and_bad_values_name_the_field():
+    default = ApproximateSettings()
+    # 8 matches per feature pixel of stride (the reference sub-grid is key_step patches apart)
+    assert (default.resolved_candidates(1), default.resolved_candidates(2)) == (8, 16)
+    assert ApproximateSettings(candidates=5).resolved_candidates(2) == 5
+    assert ApproximateSettings(prefilter=0).prefilter == 0
+    for field, value in (('prefilter', -1), ('candidates', 0), ('key_step', None), ('refine', 1.5)):
+        with pytest.raises(ValueError, match=f'^{field} must be an integer'):
+            ApproximateSettings(**{field: value})
