@@ -123,9 +123,9 @@ class Timers:
             return out
         setattr(obj, name, timed)
 
-    def _timed_bmm(self, a, b):
+    def _timed_bmm(self, a, b, **kwargs):
         t = time.perf_counter()
-        out = self._bmm(a, b)
+        out = self._bmm(a, b, **kwargs)
         self.t['matmul'] += time.perf_counter() - t
         self.flops += 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
         return out
