@@ -13,8 +13,8 @@ training validation (``val:``), ``test.py`` (``val:``) and ``infer.py`` (its fla
       stride: 4
       padding: 4
       approximate:         # optional, the approximate search's settings (ApproximateSettings' fields)
-        candidates: 8
-        max_candidates: 1024
+        candidates: 16
+        max_candidates: 2048
 
 Types and ranges are checked here, and every error names the dotted key. The geometry applies to each inference
 call and is restored afterwards (it never changes the network permanently).
