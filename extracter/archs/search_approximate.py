@@ -58,9 +58,10 @@ __all__ = ['ApproximateSettings', 'approximate_search', 'exact_search_queries', 
 # many multiply-adds (LR patches x reference patches x C k^2), the exact one below. 2^39 ~ 5.5e11, ~10-15 s of exact
 # search on one CPU core: at window 6 / stride 2 outputs above ~700 x 700 with a same-size reference (1024: 2.5e12),
 # at the demo model's 3/1 above ~500 x 500 (512: 6.2e11; a 720 x 480 frame: 1.1e12). Kept after the idle-machine
-# benchmark (docs/benchmarks/search/README.md, 2026-12-02): from the smallest measured size above it (512 at 3/1/1)
-# up, the approximate search is faster (search 3.3-3.9x at 512, 9-11x at 1024) and the demo model's SR within
-# 0.007 dB PSNR-Y of the exact search's on every pair with ground truth.
+# benchmark (docs/benchmarks/search/README.md, 2026-12-02, and again with the defaults of 2026-12-03): from the
+# smallest measured size above it (512 at 3/1/1) up, the approximate search is faster (search 3.0-4.1x at 512,
+# 8.9-10.8x at 1024) and the demo model's SR within 0.001 dB PSNR-Y of the exact search's on every pair with ground
+# truth.
 AUTO_APPROXIMATE_ABOVE = 1 << 39
 BACKENDS = ('torch', 'faiss')
 
