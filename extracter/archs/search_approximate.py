@@ -41,6 +41,7 @@ Never an L x Lr matrix.
 """
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -181,15 +182,12 @@ class _Scratch:
         self.device, self.dtype = like.device, like.dtype
         self.buffers = {}
 
-    def get(self, name: str, *shape: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        dtype = self.dtype if dtype is None else dtype
-        numel = 1
-        for size in shape:
-            numel *= size
+    def get(self, name: str, *shape: int) -> torch.Tensor:
+        numel = math.prod(shape)
         buf = self.buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            self.buffers.pop(name, None)
-            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=self.device)
+        if buf is None or buf.numel() < numel:
+            self.buffers.pop(name, None)  # free the smaller one first
+            buf = self.buffers[name] = torch.empty(numel, dtype=self.dtype, device=self.device)
         return buf[:numel].view(shape)
 
 
@@ -337,8 +335,8 @@ def _refine(red_lr: torch.Tensor, red_ref: torch.Tensor, window: int, stride: in
         rel = torch.bmm(keys.view(nb, n_r, -1), query[:, :, None], out=scratch.get('rel', nb, n_r, 1))[:, :, 0]
         rel.mul_(k_inv[ci])
         top_s, pos = torch.topk(rel, keep, dim=1)
-        out_s[i0:i0 + ci.size(0)] = top_s
-        out_i[i0:i0 + ci.size(0)] = ci.gather(1, pos)
+        out_s[i0:i0 + nb] = top_s
+        out_i[i0:i0 + nb] = ci.gather(1, pos)
     return out_s, out_i
 
 
@@ -351,7 +349,6 @@ def _retrieve_torch(queries: torch.Tensor, keys_t: torch.Tensor, n_cand: int, ch
         q = queries[i0:i0 + chunk]
         rel = torch.matmul(q, keys_t, out=scratch.get('rel', q.size(0), keys_t.size(1)))
         top_s, top_i = torch.topk(rel, n_cand, dim=1)
-        del rel
         out_s[i0:i0 + top_s.size(0)] = top_s
         out_i[i0:i0 + top_s.size(0)] = top_i
 
@@ -498,7 +495,8 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         retrieve(queries, keys_t, n_ret, query_chunk_size, cand_s, cand_i)
         cand_i = k_sub[cand_i]
         del queries, keys_t
-        # the channel-reduced maps (padded, channels-last), read by the re-scoring (2b) and the tiles' prefilter (4)
+        # the channel-reduced maps (padded, channels-last), read by the re-scoring (2b) and the tiles' prefilter (4);
+        # made again here (~1% of the search) rather than kept from the descriptors through the retrieval, its peak
         red_lr = _reduce_channels(lr_cl, proj) if n_ret > n_cand or prefilter else None
         red_ref = _reduce_channels(ref_cl, proj) if red_lr is not None else None
         if n_ret > n_cand:  # 2b. re-score the retrieved matches on the channel-reduced patches, keep the best
@@ -510,10 +508,10 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         # 3. tiles: exact search in the union of the retrieved matches (and their jitter windows) of the tile's
         # sub-grid queries and of those one step around it
         flat, rflat = lr_cl.view(-1, c), ref_cl.view(-1, c)
-        scratch = _Scratch(lr_cl)
-        if prefilter:
-            red_flat, red_rflat = red_lr.reshape(-1, red_lr.size(-1)), red_ref.reshape(-1, red_ref.size(-1))
-            red_off, red_roff = _pixel_offsets(k, width, dev), _pixel_offsets(k, rwidth, dev)
+        scratch, kk = _Scratch(lr_cl), k * k
+        if prefilter:  # same padded widths as the full maps: the same pixel offsets
+            c_red = red_lr.size(-1)
+            red_flat, red_rflat = red_lr.view(-1, c_red), red_ref.view(-1, c_red)
         del red_lr, red_ref
         for y0 in range(0, gh, tile):
             y1 = min(gh, y0 + tile)
@@ -537,14 +535,13 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
                 qy = torch.arange(y0, y1, device=dev)
                 qx = torch.arange(x0, x1, device=dev)
                 q_idx = (qy[:, None] * gw + qx[None, :]).view(-1)
-                nq, kk = q_idx.numel(), k * k
+                nq = q_idx.numel()
                 if prefilter and cand.numel() > prefilter * nq:
                     # 4a. prefilter: each query's top `prefilter` candidates by the channel-reduced relevance (c' k^2
                     # dimensions, a quarter of the work and of the gathered floats); the exact step sees their union
-                    c_red = red_flat.size(1)
-                    rq = _gather_patches(red_flat, _patch_starts(q_idx, gw, s, width), red_off,
+                    rq = _gather_patches(red_flat, _patch_starts(q_idx, gw, s, width), offsets,
                                          scratch.get('red_query', nq * kk, c_red))
-                    rk = _gather_patches(red_rflat, _patch_starts(cand, rgw, s, rwidth), red_roff,
+                    rk = _gather_patches(red_rflat, _patch_starts(cand, rgw, s, rwidth), roffsets,
                                          scratch.get('red_keys', cand.numel() * kk, c_red))
                     rel = torch.matmul(rq, rk.t(), out=scratch.get('rel', nq, cand.numel()))
                     _, pos = torch.topk(rel.mul_(k_inv[None, cand]), prefilter, dim=1)
