@@ -148,7 +148,8 @@ def test_ttsr_gives_the_same_output_in_both_modes():
 
 
 BLOCK_CASES = [((3, 1, 1), (7, 9), [(10, 6)]), ((6, 2, 2), (10, 14), [(12, 8)]), ((12, 4, 4), (8, 12), [(16, 20)]),
-               ((6, 2, 2), (8, 6), [(12, 8), (6, 10), (14, 4)])]  # several references of different sizes
+               ((6, 2, 2), (8, 6), [(12, 8), (6, 10), (14, 4)]),  # several references of different sizes
+               ((6, 2, 2), (7, 9), [(12, 8)])]  # an LR whose sides are not multiples of the stride
 
 
 @pytest.mark.parametrize('geometry,lr_hw,ref_hws', BLOCK_CASES)

@@ -41,7 +41,6 @@ Never an L x Lr matrix.
 """
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -49,7 +48,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.patches import chunked_search, grid_size, inv_patch_norms, merge_topk, patch_rows
+from extracter.archs.patches import Scratch, chunked_search, grid_size, inv_patch_norms, merge_topk, patch_rows
 
 __all__ = ['ApproximateSettings', 'approximate_search', 'exact_search_queries', 'grid_size', 'recall_at_1',
            'recall_at_k', 'uses_exact', 'AUTO_APPROXIMATE_ABOVE', 'auto_search_mode', 'exact_multiply_adds',
@@ -170,25 +169,6 @@ def _pixel_offsets(window: int, width: int, device) -> torch.Tensor:
     """Flat offsets of a patch's pixels in a channels-last padded map of row length ``width``, (dy, dx) order."""
     ar = torch.arange(window, device=device)
     return (ar[:, None] * width + ar[None, :]).view(-1)
-
-
-class _Scratch:
-    """Reusable buffers, one per name, grown on demand. The tile loop and the re-scoring gather and multiply tens of
-    MB per step; fresh allocations of that size come from the kernel as new pages each time (at 2048 / 6/2/2, 16
-    million page faults, a third of the search's CPU time), reused ones do not. The buffers hold what one step holds
-    (the memory estimate counts it once)."""
-
-    def __init__(self, like: torch.Tensor):
-        self.device, self.dtype = like.device, like.dtype
-        self.buffers = {}
-
-    def get(self, name: str, *shape: int) -> torch.Tensor:
-        numel = math.prod(shape)
-        buf = self.buffers.get(name)
-        if buf is None or buf.numel() < numel:
-            self.buffers.pop(name, None)  # free the smaller one first
-            buf = self.buffers[name] = torch.empty(numel, dtype=self.dtype, device=self.device)
-        return buf[:numel].view(shape)
 
 
 def _gather_patches(flat: torch.Tensor, starts: torch.Tensor, offsets: torch.Tensor,
@@ -324,7 +304,7 @@ def _refine(red_lr: torch.Tensor, red_ref: torch.Tensor, window: int, stride: in
     block = max(1, block_floats // (n_r * c_red * window * window))
     out_s = red_lr.new_empty(n_q, keep)
     out_i = torch.empty(n_q, keep, dtype=torch.long, device=red_lr.device)
-    scratch, kk = _Scratch(red_lr), window * window
+    scratch, kk = Scratch(red_lr), window * window
     for i0 in range(0, n_q, block):
         ci = cand_i[i0:i0 + block]
         nb = ci.size(0)
@@ -344,7 +324,7 @@ def _retrieve_torch(queries: torch.Tensor, keys_t: torch.Tensor, n_cand: int, ch
                     out_i: torch.Tensor) -> None:
     """Top ``n_cand`` keys (columns of ``keys_t`` [d, Lr']) of every query row [Q, d] by inner product, in blocks of
     ``chunk`` queries, into ``out_s`` / ``out_i`` [Q, n_cand]."""
-    scratch = _Scratch(queries)
+    scratch = Scratch(queries)
     for i0 in range(0, queries.size(0), chunk):
         q = queries[i0:i0 + chunk]
         rel = torch.matmul(q, keys_t, out=scratch.get('rel', q.size(0), keys_t.size(1)))
@@ -508,7 +488,7 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         # 3. tiles: exact search in the union of the retrieved matches (and their jitter windows) of the tile's
         # sub-grid queries and of those one step around it
         flat, rflat = lr_cl.view(-1, c), ref_cl.view(-1, c)
-        scratch, kk = _Scratch(lr_cl), k * k
+        scratch, kk = Scratch(lr_cl), k * k
         if prefilter:  # same padded widths as the full maps: the same pixel offsets
             c_red = red_lr.size(-1)
             red_flat, red_rflat = red_lr.view(-1, c_red), red_ref.view(-1, c_red)
