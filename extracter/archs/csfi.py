@@ -3,6 +3,10 @@ main network that stacks them over the x1, x2 and x4 scales with the transferred
 
 Attribute names follow the original code (TTSR ``model/MainNet.py``, EXTRACTER ``model/CSFI.py``) so that official
 checkpoints map onto them by a prefix rename (:mod:`extracter.archs.convert`).
+
+Activations and residual sums are computed in place on the fresh outputs of the convolutions (``relu_``, ``add_``;
+the same numbers, autograd-safe): every out-of-place one allocated a new full-size map, and at 1024 x 768 on CPU
+fresh memory costs more to fault in than the operation itself.
 """
 
 from typing import Sequence
@@ -29,10 +33,10 @@ class CSFI2(nn.Module):
         self.conv_merge2 = conv3x3(n_feats * 2, n_feats)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
-        x12 = F.relu(self.conv12(_up(x1, 2)))
-        x21 = F.relu(self.conv21(x2))
-        x1 = F.relu(self.conv_merge1(torch.cat((x1, x21), dim=1)))
-        x2 = F.relu(self.conv_merge2(torch.cat((x2, x12), dim=1)))
+        x12 = self.conv12(_up(x1, 2)).relu_()
+        x21 = self.conv21(x2).relu_()
+        x1 = self.conv_merge1(torch.cat((x1, x21), dim=1)).relu_()
+        x2 = self.conv_merge2(torch.cat((x2, x12), dim=1)).relu_()
         return x1, x2
 
 
@@ -53,15 +57,15 @@ class CSFI3(nn.Module):
         self.conv_merge3 = conv3x3(n_feats * 3, n_feats)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor):
-        x12 = F.relu(self.conv12(_up(x1, 2)))
-        x13 = F.relu(self.conv13(_up(x1, 4)))
-        x21 = F.relu(self.conv21(x2))
-        x23 = F.relu(self.conv23(_up(x2, 2)))
-        x31 = F.relu(self.conv31_2(F.relu(self.conv31_1(x3))))
-        x32 = F.relu(self.conv32(x3))
-        x1 = F.relu(self.conv_merge1(torch.cat((x1, x21, x31), dim=1)))
-        x2 = F.relu(self.conv_merge2(torch.cat((x2, x12, x32), dim=1)))
-        x3 = F.relu(self.conv_merge3(torch.cat((x3, x13, x23), dim=1)))
+        x12 = self.conv12(_up(x1, 2)).relu_()
+        x13 = self.conv13(_up(x1, 4)).relu_()
+        x21 = self.conv21(x2).relu_()
+        x23 = self.conv23(_up(x2, 2)).relu_()
+        x31 = self.conv31_2(self.conv31_1(x3).relu_()).relu_()
+        x32 = self.conv32(x3).relu_()
+        x1 = self.conv_merge1(torch.cat((x1, x21, x31), dim=1)).relu_()
+        x2 = self.conv_merge2(torch.cat((x2, x12, x32), dim=1)).relu_()
+        x3 = self.conv_merge3(torch.cat((x3, x13, x23), dim=1)).relu_()
         return x1, x2, x3
 
 
@@ -83,9 +87,9 @@ class MergeTail(nn.Module):
             self.conv_tail2 = conv1x1(n_feats // 2, 3)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
-        x13 = F.relu(self.conv13(_up(x1, 4)))
-        x23 = F.relu(self.conv23(_up(x2, 2)))
-        x = F.relu(self.conv_merge(torch.cat((x3, x13, x23), dim=1)))
+        x13 = self.conv13(_up(x1, 4)).relu_()
+        x23 = self.conv23(_up(x2, 2)).relu_()
+        x = self.conv_merge(torch.cat((x3, x13, x23), dim=1)).relu_()
         if self.out_conv:
             x = torch.clamp(self.conv_tail2(self.conv_tail1(x)), -1, 1)
         return x
@@ -151,7 +155,7 @@ class CSFIMainNet(nn.Module):
                 score = F.interpolate(score, size=f.shape[-2:], mode='bicubic')
             if self.texture_attention:
                 texture = texture * score
-            out = out + head(torch.cat((f, texture), dim=1)) * score
+            out = torch.addcmul(out, head(torch.cat((f, texture), dim=1)), score)  # out + head(f || T) * S
         return out
 
     def forward(self, x: torch.Tensor, S, T_lv3, T_lv2, T_lv1):
@@ -161,20 +165,20 @@ class CSFIMainNet(nn.Module):
         three stage outputs (used by EXTRACTER's GDE module).
         """
         x11 = self._fuse(self.conv11_head, self.SFE(x), T_lv3, S)
-        x11 = x11 + self.conv11_tail(run_blocks(self.RB11, x11))
+        x11 = self.conv11_tail(run_blocks(self.RB11, x11)).add_(x11)
 
         x21 = x11
-        x22 = F.relu(self.ps12(self.conv12(x11)))
+        x22 = self.ps12(self.conv12(x11)).relu_()
         x22 = self._fuse(self.conv22_head, x22, T_lv2, S)
         x21_res, x22_res = self.ex12(x21, x22)
-        x21 = x21 + self.conv21_tail(run_blocks(self.RB21, x21_res))
-        x22 = x22 + self.conv22_tail(run_blocks(self.RB22, x22_res))
+        x21 = self.conv21_tail(run_blocks(self.RB21, x21_res)).add_(x21)
+        x22 = self.conv22_tail(run_blocks(self.RB22, x22_res)).add_(x22)
 
         x31, x32 = x21, x22
-        x33 = F.relu(self.ps23(self.conv23(x22)))
+        x33 = self.ps23(self.conv23(x22)).relu_()
         x33 = self._fuse(self.conv33_head, x33, T_lv1, S)
         x31_res, x32_res, x33_res = self.ex123(x31, x32, x33)
-        x31 = x31 + self.conv31_tail(run_blocks(self.RB31, x31_res))
-        x32 = x32 + self.conv32_tail(run_blocks(self.RB32, x32_res))
-        x33 = x33 + self.conv33_tail(run_blocks(self.RB33, x33_res))
+        x31 = self.conv31_tail(run_blocks(self.RB31, x31_res)).add_(x31)
+        x32 = self.conv32_tail(run_blocks(self.RB32, x32_res)).add_(x32)
+        x33 = self.conv33_tail(run_blocks(self.RB33, x33_res)).add_(x33)
         return self.merge_tail(x31, x32, x33), x31, x32, x33

@@ -32,7 +32,7 @@ class GDE(nn.Module):
 
     @staticmethod
     def _stage(conv: nn.Conv2d, blocks: nn.ModuleList, x: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
-        x = F.relu(conv(torch.cat([x, texture], dim=1)))
+        x = conv(torch.cat([x, texture], dim=1)).relu_()
         return x + run_blocks(blocks, x)
 
     def forward(self, lr: torch.Tensor, merged: torch.Tensor, x31: torch.Tensor, x32: torch.Tensor,
@@ -42,5 +42,5 @@ class GDE(nn.Module):
         g = self._stage(self.conv12_grad, self.grad_12, g, x31)
         g = self._stage(self.conv23_grad, self.grad_23, F.interpolate(g, scale_factor=2, mode='bicubic'), x32)
         g = self._stage(self.conv33_grad, self.grad_33, F.interpolate(g, scale_factor=2, mode='bicubic'), x33)
-        x = F.relu(self.fuse(torch.cat([merged, g], dim=1)))
+        x = self.fuse(torch.cat([merged, g], dim=1)).relu_()
         return torch.clamp(self.fuse_tail2(self.fuse_tail1(x)), -1, 1)

@@ -72,8 +72,8 @@ class SFE(nn.Module):
         self.conv_tail = conv3x3(n_feats, n_feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv_head(x))
-        return self.conv_tail(run_blocks(self.RBs, x)) + x
+        x = self.conv_head(x).relu_()
+        return self.conv_tail(run_blocks(self.RBs, x)).add_(x)
 
 
 class SobelMagnitude(nn.Module):
