@@ -1,14 +1,24 @@
 """EXTRACTER and TTSR reference-based super-resolution on BasicSR.
 
-Importing this package makes basicsr importable on current torchvision (see :mod:`extracter.compat`) and fills
-BasicSR's registries (ARCH, MODEL, DATASET, LOSS) with this package's components, as BasicSR-based repositories do.
+``import extracter`` is light: it imports neither torch nor basicsr. The subpackages load on first use
+(``extracter.archs``, ``extracter.data``, ...; also as attributes of this package) and register their components in
+this package's registries (:mod:`extracter.registry`). BasicSR's registries and builders get them through
+:func:`extracter.registry.use_basicsr`, which the training and test pipelines, ``extracter.models`` and
+``extracter.losses`` call (it also makes basicsr importable on current torchvision, :mod:`extracter.compat`).
+Inference (``infer.py``, the web page) never imports basicsr.
 """
 
-from extracter.compat import install as _install_compat
+import importlib
 
-_install_compat()
+from extracter.version import __version__
 
-from extracter import archs, data, losses, models  # noqa: E402  (registries are filled on import)
-from extracter.version import __version__  # noqa: E402
+_SUBPACKAGES = ('app', 'archs', 'data', 'evaluation', 'inference', 'losses', 'models', 'pipeline', 'registry', 'utils')
 
 __all__ = ['archs', 'data', 'losses', 'models', '__version__']
+
+
+def __getattr__(name: str):
+    """``extracter.archs`` etc. without importing them first (PEP 562)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f'{__name__}.{name}')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -6,8 +6,8 @@
 2. lmdb >= 2 refuses to open one environment twice in a process: see :mod:`extracter.data.lmdb_backend`.
 3. basicsr's distributed helpers assume CUDA: see :mod:`extracter.utils.dist`.
 
-``import extracter`` calls :func:`install` first thing, so user code only has to import ``extracter`` before (or
-instead of) ``basicsr``.
+:func:`extracter.registry.use_basicsr` calls :func:`install` before it imports basicsr; user code that imports
+basicsr itself calls ``use_basicsr()`` first (the inference path never imports basicsr).
 """
 
 import importlib

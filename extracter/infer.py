@@ -26,17 +26,20 @@ from typing import Any, Dict, List, Optional, Sequence
 if __package__ in (None, ''):  # run as a script: make the package importable from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from extracter.utils.startup import gc_paused  # noqa: E402
 
-from extracter.data.image_io import is_image_file  # noqa: E402
-from extracter.data.inference_dataset import RefSRInferenceDataset  # noqa: E402
-from extracter.inference.engine import search_settings  # noqa: E402
-from extracter.inference.folder import infer_folder  # noqa: E402
-from extracter.inference.network import load_network  # noqa: E402
-from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions  # noqa: E402
-from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main  # noqa: E402
-from extracter.utils.file_io import check_writable  # noqa: E402
+with gc_paused():  # torch and the networks; never basicsr (see extracter/registry.py)
+    import torch
+    from tqdm import tqdm
+
+    from extracter.data.image_io import is_image_file
+    from extracter.data.inference_dataset import RefSRInferenceDataset
+    from extracter.inference.engine import search_settings
+    from extracter.inference.folder import infer_folder
+    from extracter.inference.network import load_network
+    from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
+    from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main
+    from extracter.utils.file_io import check_writable
 
 
 class InferenceError(ValueError):

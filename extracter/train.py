@@ -14,11 +14,11 @@ from typing import Optional, Sequence
 if __package__ in (None, ''):  # run as a script: make the package importable from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import extracter  # noqa: E402,F401  (compat shim + registries, before basicsr)
+from extracter.utils.startup import gc_paused  # noqa: E402
 
-# isort: split
-from extracter.pipeline.common import run_cli  # noqa: E402
-from extracter.pipeline.training import train_pipeline  # noqa: E402
+with gc_paused():  # the pipeline links BasicSR's registries (extracter.registry.use_basicsr)
+    from extracter.pipeline.common import run_cli
+    from extracter.pipeline.training import train_pipeline
 
 __all__ = ['main', 'train_pipeline']
 

@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 
-import extracter  # noqa: F401  (before basicsr, see extracter/compat.py)
 from extracter.utils.cli import ArgumentParser, run_main
 
 

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import extracter  # noqa: F401  (registers the archs; imported before basicsr)
 from extracter.utils.cli import ArgumentParser, run_main
 
 FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}

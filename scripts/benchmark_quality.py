@@ -292,6 +292,9 @@ def run_model(model: Model, case: Case, condition: str, device: str, run_kwargs:
 
 def measure_all(img: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
     """The comparison's metrics (BasicSR's, on BGR uint8 as it expects) of an RGB uint8 image against its HR."""
+    from extracter.registry import use_basicsr
+
+    use_basicsr()  # basicsr importable (the compat shim)
     from basicsr.metrics import calculate_metric
 
     bgr = {'img': np.ascontiguousarray(img[..., ::-1]), 'img2': np.ascontiguousarray(gt[..., ::-1])}

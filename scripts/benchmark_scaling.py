@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 
-import extracter  # noqa: F401  (registers the archs; imported before basicsr)
 from extracter.utils.cli import ArgumentParser, run_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -141,6 +141,9 @@ def _rss_mib() -> float:
 
 def metrics(img: np.ndarray, gt: np.ndarray):
     """PSNR / SSIM on Y with a 4-pixel border (BasicSR), RGB uint8 inputs."""
+    from extracter.registry import use_basicsr
+
+    use_basicsr()  # basicsr importable (the compat shim)
     from basicsr.metrics import calculate_psnr, calculate_ssim
 
     bgr = [np.ascontiguousarray(a[..., ::-1]) for a in (img, gt)]
@@ -157,7 +160,6 @@ def psnr_rgb(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def case_worker(args) -> None:
     """One method on one case in this subprocess; writes its result (restricted to the sample, if any)."""
-    import extracter  # noqa: F401
     from extracter.archs.search_approximate import ApproximateSettings, exact_search_queries
     from extracter.data.degradations import to_tensor
     from extracter.inference.engine import run_refsr

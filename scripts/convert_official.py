@@ -8,8 +8,8 @@ YAML). Checkpoints whose metadata holds objects other than tensors and plain con
 :func:`extracter.utils.restricted_unpickle.restricted_load`, which replaces those objects by inert placeholders.
 Load the result with:
 
-    import extracter, yaml
-    from basicsr.utils.registry import ARCH_REGISTRY
+    import yaml
+    from extracter.registry import ARCH_REGISTRY  # (BasicSR's after extracter.registry.use_basicsr())
     opt = yaml.safe_load(open('model.yml'))['network_g']
     net = ARCH_REGISTRY.get(opt.pop('type'))(**opt)
     net.load_state_dict(torch.load('model.pth', weights_only=True)['params'], strict=True)

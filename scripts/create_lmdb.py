@@ -15,7 +15,6 @@ SIGTERM.
 import argparse
 import sys
 
-import extracter  # noqa: E402,F401  (before basicsr, see extracter/compat.py)
 from extracter.data.lmdb_pack import PackError, PackJob, cufed_jobs, folder_files, pack
 from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main
 

@@ -37,6 +37,9 @@ SHARED = ROOT.parent / 'shared' / 'data'
 
 
 def metrics(img: np.ndarray, gt: np.ndarray) -> tuple:
+    from extracter.registry import use_basicsr
+
+    use_basicsr()  # basicsr importable (the compat shim)
     from basicsr.metrics import calculate_psnr, calculate_ssim
 
     bgr = [np.ascontiguousarray(a[..., ::-1]) for a in (img, gt)]

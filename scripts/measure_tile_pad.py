@@ -23,7 +23,6 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-import extracter  # noqa: F401  (registries, compat shim)
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
 from extracter.inference.network import load_network

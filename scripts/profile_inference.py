@@ -32,7 +32,6 @@ from typing import Callable, Dict
 
 import torch
 
-import extracter  # noqa: F401  (registers the archs; imported before basicsr)
 from extracter.utils.cli import ArgumentParser, run_main
 
 STAGES = ('vgg', 'search', 'transfer', 'main', 'other')

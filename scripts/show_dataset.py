@@ -13,7 +13,6 @@ import os
 import random
 import sys
 
-import extracter  # noqa: F401  (before basicsr, see extracter/compat.py)
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write, check_writable, refuse_overwrite
 
@@ -112,6 +111,9 @@ def run(argv) -> int:
                          f'{args.height}')
     refuse_overwrite(args.output, args.overwrite)
     check_writable(os.path.dirname(os.path.abspath(args.output)))
+    from extracter.registry import use_basicsr
+
+    use_basicsr()  # BasicSR's builder finds our datasets by name
     from basicsr.data import build_dataset
 
     opt = load_options(args)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import extracter  # noqa: F401  (installs the basicsr compat shim and fills the registries before basicsr is used)
+from extracter.registry import use_basicsr
 from tests.data_helpers import CUFED5_HR_SIZES, CUFED5_REF_SIZES, TRAIN_REF_SIZES, shared_data_dir
+
+use_basicsr()  # the compat shim and BasicSR's registries filled with ours, before any test module imports basicsr
 
 
 def _photos(n: int):

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
 from extracter.inference.engine import run_refsr
 from extracter.inference.memory_plan import (

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.refsr_base import ReferenceFeatures, make_lr_up
 from extracter.archs.vgg import ENCODE_MARGIN, Relu11FromImage, TextureExtractor
@@ -168,7 +167,6 @@ def test_planner_accepts_a_4096_reference_under_8g_and_refuses_clearly_below():
 MEASURE = textwrap.dedent('''
     import json, os, resource, sys
     import torch
-    import extracter
     from extracter.archs.extracter_arch import Extracter
     from extracter.inference.engine import equivalent_ref_hw, run_refsr
     from scripts.benchmark_scaling import load_inputs

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.search_approximate import (
     ApproximateSettings,
     approximate_search,

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.search_transfer import SearchTransfer
 from extracter.archs.ttsr_arch import TTSR

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import extracter  # noqa: F401  (before basicsr)
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.refsr_base import make_lr_up
 from extracter.archs.ttsr_arch import TTSR

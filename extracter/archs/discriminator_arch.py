@@ -1,10 +1,10 @@
 """The WGAN-GP discriminator of TTSR and EXTRACTER: 10 convolutions (stride 2 every second one), two linear layers."""
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from extracter.archs.modules import conv3x3
+from extracter.registry import ARCH_REGISTRY
 
 
 @ARCH_REGISTRY.register()

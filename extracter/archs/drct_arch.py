@@ -44,8 +44,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Un
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
+
+from extracter.registry import ARCH_REGISTRY
 
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean used by the original for 3-channel inputs
 _UPSAMPLE_FEATS = 64  # channels of the reconstruction branch (fixed in the original)

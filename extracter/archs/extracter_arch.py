@@ -7,7 +7,6 @@ DFE (VGG-19 to relu3_1) -> Search & Transfer (top-k hard/soft attention, windows
 from typing import Optional, Sequence, Union
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 
 from extracter.archs.csfi import CSFIMainNet
 from extracter.archs.gde import GDE
@@ -15,6 +14,7 @@ from extracter.archs.modules import parse_block_counts
 from extracter.archs.refsr_base import ArchFacts, RefSRNet
 from extracter.archs.search_transfer import SearchMode, SearchTransfer
 from extracter.archs.vgg import ExtractorInit, TextureExtractor
+from extracter.registry import ARCH_REGISTRY
 
 BlockCounts = Union[str, Sequence[int]]
 

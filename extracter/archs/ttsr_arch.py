@@ -3,12 +3,12 @@
 from typing import Optional, Sequence, Union
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 
 from extracter.archs.csfi import CSFIMainNet
 from extracter.archs.refsr_base import ArchFacts, RefSRNet
 from extracter.archs.search_transfer import SearchMode, SearchTransfer
 from extracter.archs.vgg import ExtractorInit, TextureExtractor
+from extracter.registry import ARCH_REGISTRY
 
 
 @ARCH_REGISTRY.register()

@@ -1,5 +1,8 @@
-"""Registers this package's data in BasicSR's registry by importing every `*_dataset.py` module."""
+"""Registers this package's datasets in :data:`extracter.registry.DATASET_REGISTRY` by importing every `*_dataset.py`
+module (BasicSR's own registry gets them through :func:`extracter.registry.use_basicsr`)."""
 
 from extracter.utils.registry_scan import import_modules
+from extracter.utils.startup import gc_paused
 
-_modules = import_modules(__file__, __name__, '_dataset')
+with gc_paused():
+    _modules = import_modules(__file__, __name__, '_dataset')

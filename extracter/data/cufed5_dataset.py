@@ -17,12 +17,12 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.options import REQUIRED, merge_options, positive_multiple_of_4
 from extracter.data.sources import open_source
+from extracter.registry import DATASET_REGISTRY
 
 _HR_KEY = re.compile(r'^(.+)_0$')
 LEVELS = (1, 2, 3, 4, 5)

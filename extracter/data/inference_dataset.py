@@ -27,12 +27,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import is_image_file, list_images, read_image
 from extracter.data.options import merge_options, require_disk_backend
+from extracter.registry import DATASET_REGISTRY
 
 REF_FITS = ('pad', 'crop')
 REF_MODES = ('given', 'self', 'none')

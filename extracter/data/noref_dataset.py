@@ -18,12 +18,12 @@ import re
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.options import REQUIRED, merge_options, positive_multiple_of_4
 from extracter.data.sources import open_source
+from extracter.registry import DATASET_REGISTRY
 
 REF_MODES = ('self', 'folder', 'random')
 _HR_SUFFIX = re.compile(r'_HR$')

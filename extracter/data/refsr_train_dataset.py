@@ -21,12 +21,12 @@ Per sample, in the original's order (TTSR/EXTRACTER ``dataset/cufed.py``):
 import random
 from typing import Any, Dict, Mapping, Optional
 
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.options import REQUIRED, merge_options, positive_multiple_of_4
 from extracter.data.sources import open_source
+from extracter.registry import DATASET_REGISTRY
 
 REF_SIZE_MODES = ('zero_pad', 'replicate_pad', 'random_crop', 'none')
 AUGMENT_MODES = ('independent', 'joint')

@@ -13,12 +13,12 @@ results of different sequences and offsets do not overwrite each other.
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import is_image_file, list_images, read_image
 from extracter.data.options import REQUIRED, merge_options, positive_multiple_of_4, require_disk_backend
+from extracter.registry import DATASET_REGISTRY
 
 
 def find_sequences(root: str) -> List[Tuple[str, List[str]]]:

@@ -3,7 +3,8 @@ the encoded references keep relu1_1.
 
 ``max_memory`` (e.g. ``'6G'``) bounds the working memory of one inference: weights, inputs, the encoded
 references, the search and transfer blocks and the main network's activations, phase by phase (:func:`estimate`).
-It does not count the Python / PyTorch runtime itself (about 0.85 GB of RSS after ``import extracter`` on CPU).
+It does not count the Python / PyTorch runtime itself (on CPU about 0.5 GB of RSS after importing the inference
+engine and the networks; 0.75 GB with basicsr, as in training and test.py).
 Estimates are float32 and deliberately a little pessimistic; coefficients were measured on CPU (RSS peaks, which
 include what glibc keeps of freed memory; docs/large_images.md has the measurements).
 

@@ -2,10 +2,10 @@
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from extracter.archs.modules import SobelMagnitude
+from extracter.registry import LOSS_REGISTRY
 
 
 @LOSS_REGISTRY.register()

@@ -4,10 +4,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from extracter.archs.vgg import InputNorm, load_canonical_vgg19, vgg19_features
+from extracter.registry import LOSS_REGISTRY
 
 RELU5_1_LAYERS = 30  # torchvision vgg19().features[:30] ends with relu5_1
 

@@ -3,8 +3,9 @@
 from typing import Tuple
 
 import torch
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
+
+from extracter.registry import LOSS_REGISTRY
 
 
 @LOSS_REGISTRY.register()

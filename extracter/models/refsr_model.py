@@ -29,12 +29,12 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, tensor2img
-from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 from tqdm import tqdm
 
 from extracter.inference.engine import refsr_kwargs_from_options, run_refsr
 from extracter.inference.network import load_state_into
+from extracter.registry import MODEL_REGISTRY
 from extracter.utils import dist as dist_util
 from extracter.utils.checkpoint import load_checkpoint as _read_checkpoint
 from extracter.utils.checkpoint import network_state
@@ -91,9 +91,9 @@ class RefSRModel:
     @classmethod
     def check_architecture(cls, arch: Optional[str]) -> None:
         """A reference-based model needs a reference-based network and a single-image model a single-image one."""
-        from basicsr.utils.registry import ARCH_REGISTRY
+        from extracter.registry import basicsr_registry
 
-        if bool(getattr(ARCH_REGISTRY.get(arch), 'uses_reference', False)) != cls.uses_reference:
+        if bool(getattr(basicsr_registry('arch').get(arch), 'uses_reference', False)) != cls.uses_reference:
             other = 'SISRModel' if cls.uses_reference else 'RefSRModel'
             kind = 'reference-based' if cls.uses_reference else 'single-image'
             raise ValueError(f'model_type {cls.__name__} needs a {kind} network; network_g.type {arch} is not one: '

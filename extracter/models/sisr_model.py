@@ -13,11 +13,11 @@ untiled or tile by tile (``val.tile: {tile_size, tile_pad}``), crop back; here t
 from typing import Any, Dict, Optional
 
 import torch
-from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
 from extracter.inference.engine import refsr_kwargs_from_options, run_sisr
 from extracter.models.refsr_model import RefSRModel
+from extracter.registry import MODEL_REGISTRY
 from extracter.utils.options import VAL_OWN_KEYS
 
 

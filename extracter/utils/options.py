@@ -29,6 +29,7 @@ import yaml
 
 from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
+from extracter.registry import basicsr_registry, use_basicsr
 from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments
 
 
@@ -195,6 +196,7 @@ SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
 
 def scheduler_class(name: str) -> Callable:
     """BasicSR's scheduler named ``name``; ``MultiStepLR`` means BasicSR's MultiStepRestartLR, as in BasicSR."""
+    use_basicsr()
     from basicsr.models import lr_scheduler
 
     if name not in SCHEDULERS:
@@ -216,7 +218,7 @@ def _require_file(value: Any, key: str, source: str, folder: bool = False, check
 
 
 def _dataset_option_keys(dataset_type: str) -> Optional[set]:
-    from basicsr.utils.registry import DATASET_REGISTRY
+    DATASET_REGISTRY = basicsr_registry('dataset')
 
     cls = DATASET_REGISTRY.get(dataset_type)
     keys = getattr(cls, 'option_keys', None)
@@ -344,7 +346,7 @@ def _check_scalars(opt: Dict[str, Any], source: str) -> None:
 
 
 def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> None:
-    from basicsr.utils.registry import ARCH_REGISTRY
+    ARCH_REGISTRY = basicsr_registry('arch')
 
     for net_key in ('network_g', 'network_d'):
         if net_key in opt:
@@ -354,7 +356,7 @@ def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> N
 
 def _check_scale(opt: Dict[str, Any], source: str) -> None:
     """``scale`` must be the network's own factor (``scale_for``: x4 for the RefSR archs, ``upscale`` for DRCT)."""
-    from basicsr.utils.registry import ARCH_REGISTRY
+    ARCH_REGISTRY = basicsr_registry('arch')
 
     net_opt = opt['network_g']
     arch = ARCH_REGISTRY.get(net_opt['type'])
@@ -366,7 +368,7 @@ def _check_scale(opt: Dict[str, Any], source: str) -> None:
 
 
 def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
-    from basicsr.utils.registry import DATASET_REGISTRY
+    DATASET_REGISTRY = basicsr_registry('dataset')
 
     kind = str(phase).split('_')[0]
     if kind not in ('train', 'val', 'test'):
@@ -406,7 +408,7 @@ def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require:
 
 
 def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None:
-    from basicsr.utils.registry import LOSS_REGISTRY
+    LOSS_REGISTRY = basicsr_registry('loss')
 
     if 'train' not in opt:
         raise OptionError(_where(source, "required key 'train' is missing"))
@@ -437,7 +439,7 @@ def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None
 
 
 def _validate_val(val: Any, source: str) -> InferenceOptions:
-    from basicsr.metrics import METRIC_REGISTRY
+    METRIC_REGISTRY = basicsr_registry('metric')
 
     if not isinstance(val, dict):
         raise OptionError(_where(source, 'val must be a mapping'))
@@ -544,7 +546,7 @@ def option_errors(source: str, key: str) -> Iterator[None]:
 def derive_dataset_strides(opt: Dict[str, Any], source: str = '') -> None:
     """Give every dataset that takes a ``stride`` the search stride its images must fit: the network's, or the one
     ``val.search`` switches to for validation/test sets. A hand-written ``stride`` that disagrees is an error."""
-    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
+    ARCH_REGISTRY, DATASET_REGISTRY = basicsr_registry('arch'), basicsr_registry('dataset')
 
     arch = ARCH_REGISTRY.get(opt['network_g']['type'])
     if not getattr(arch, 'uses_reference', False):  # single-image archs pad their inputs themselves
@@ -704,6 +706,7 @@ def parse_options(root_path: str, is_train: bool, argv: Optional[List[str]] = No
     if seed is None:
         seed = random.randint(1, 10000)
         opt['manual_seed'] = seed
+    use_basicsr()
     from basicsr.utils import set_random_seed
 
     set_random_seed(seed + opt['rank'])
