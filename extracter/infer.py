@@ -40,6 +40,7 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
     from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main
     from extracter.utils.file_io import check_writable
+    from extracter.utils.malloc import retain_freed_memory
 
 
 class InferenceError(ValueError):
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--tile', type=int, default=None, help='tile size in LR pixels (bounded memory)')
     parser.add_argument('--tile-pad', type=int, default=16, help='tile overlap in LR pixels')
     parser.add_argument('--max-memory', default=None, help="working-memory budget, e.g. '6G' (picks chunks/tiles)")
+    parser.add_argument('--release-memory', action='store_true',
+                        help='return freed memory to the system at once (glibc\'s default; implied by --max-memory). '
+                             'By default the command line keeps it for reuse: ~10%% faster on CPU, peak RSS ~15%% '
+                             'higher')
     parser.add_argument('--search', default='auto', choices=SEARCH_MODES,
                         help='texture search: dense or chunked (exact), approximate (large images: sub-quadratic, '
                              'exact relevances of the chosen patches), or auto (default: approximate where the '
@@ -178,17 +183,22 @@ def distributed_env() -> tuple:
             int(os.environ.get('LOCAL_RANK', 0)))
 
 
-def run(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Path]]:
+def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List[Dict[str, Path]]:
     """Parse the flags, check everything that can be checked before any work (flags, paths, the output folder,
     the weights, collisions, existing outputs, every input's header), then super-resolve. Inputs whose pixel data
     turn out to be corrupt are skipped and reported at the end (an :class:`InferenceError` after the rest were
-    written; ``--skip-existing`` finishes the folder once they are fixed). Returns the outputs written."""
+    written; ``--skip-existing`` finishes the folder once they are fixed). Returns the outputs written.
+
+    ``own_process`` (the command line): the process is this run's alone, so on CPU without ``--max-memory`` or
+    ``--release-memory`` it keeps freed memory for reuse (:func:`~extracter.utils.malloc.retain_freed_memory`)."""
     args = build_parser().parse_args(argv)
     apply_image_arguments(args)
     rank, world, local_rank = distributed_env()
     device = select_device(args.device, world, local_rank)
     options = inference_options(args)
     check_paths(args)
+    if own_process and device == 'cpu' and args.max_memory is None and not args.release_memory:
+        retain_freed_memory()
     net = load_network(args.weights, args.opt, device, args.param_key)
     if not getattr(net, 'uses_reference', True):
         dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
@@ -226,7 +236,7 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Path]]:
 
 
 def _cli(argv: List[str]) -> int:
-    written = run(argv)
+    written = run(argv, own_process=True)
     print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
     return 0
 
