@@ -46,3 +46,5 @@ def test_e2e_benchmark_through_infer_keeps_no_scratch(tmp_path, shared_data):
     assert sorted(p.name for p in out.iterdir()) == ['e2e.csv', 'e2e.log', 'e2e.md']
     row = next(csv.DictReader(open(out / 'e2e.csv')))
     assert row['target'] == 'vid4_720x480' and float(row['exact_s']) > 0 and float(row['approx_s']) > 0
+    # the exact search's own time is part of the exact run, so the bound on any search's speed-up is above 1
+    assert 0 < float(row['exact_search_s']) < float(row['exact_s']) and float(row['bound']) > 1
