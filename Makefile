@@ -30,7 +30,7 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-build-isolation basicsr==1.4.2
 	$(PY) -m pip install -q -r requirements.txt pytest ruff
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
-	$(PY) -c "import extracter; print('extracter', extracter.__version__, 'installed')"
+	$(PY) -c "import extracter; from extracter.registry import use_basicsr; use_basicsr(); print('extracter', extracter.__version__, 'installed with basicsr')"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -32,7 +32,7 @@ setup(
     entry_points={'console_scripts': [
         'extracter-train = extracter.train:main',
         'extracter-test = extracter.test:main',
-        'extracter-infer = extracter.infer:main',
+        'extracter-infer = extracter.infer:entry_point',
         'extracter-app = extracter.app.cli:main',
     ]},
 )

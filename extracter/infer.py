@@ -197,7 +197,7 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     device = select_device(args.device, world, local_rank)
     options = inference_options(args)
     check_paths(args)
-    if own_process and device == 'cpu' and args.max_memory is None and not args.release_memory:
+    if own_process and torch.device(device).type == 'cpu' and args.max_memory is None and not args.release_memory:
         retain_freed_memory()
     net = load_network(args.weights, args.opt, device, args.param_key)
     if not getattr(net, 'uses_reference', True):
@@ -235,16 +235,22 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     return report.written
 
 
-def _cli(argv: List[str]) -> int:
-    written = run(argv, own_process=True)
-    print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
-    return 0
+def main(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> int:
+    """The command line: errors become one ``error:`` line and an exit status (see :mod:`extracter.utils.cli`).
+    ``own_process``: see :func:`run` (only the script and the ``extracter-infer`` entry point, never a caller's
+    process, set it)."""
+    def cli(args: List[str]) -> int:
+        written = run(args, own_process=own_process)
+        print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
+        return 0
+
+    return run_main(cli, argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line: errors become one ``error:`` line and an exit status (see :mod:`extracter.utils.cli`)."""
-    return run_main(_cli, argv)
+def entry_point() -> int:
+    """``extracter-infer``: the command line in its own process."""
+    return main(own_process=True)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(entry_point())

@@ -33,8 +33,8 @@ class Registry:
 
     def _load(self) -> None:
         if self._package is not None:
-            package, self._package = self._package, None
-            importlib.import_module(package)
+            importlib.import_module(self._package)  # a failed import is retried (and raises again) next lookup
+            self._package = None
 
     def _do_register(self, name: str, obj: Any) -> None:
         if name in self._obj_map:

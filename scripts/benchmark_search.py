@@ -391,7 +391,7 @@ def run_measured(cmd, env) -> tuple:
     return wall, usage.ru_maxrss / 1024
 
 
-def exact_search_seconds(folder: Path, threads: int) -> float:
+def exact_search_seconds(folder: Path, threads: int, max_memory: "str | None" = None) -> float:
     """The exact (chunked) search's own time in a run of the demo model on the same inputs as infer.py's (the
     dataset's sample, ``super_resolve``, the allocator setting of infer.py): what a faster search can take off the
     exact run at most. Run in a subprocess (``--search-share``), like infer.py."""
@@ -401,7 +401,8 @@ def exact_search_seconds(folder: Path, threads: int) -> float:
     from extracter.utils.malloc import retain_freed_memory
 
     torch.set_num_threads(threads)
-    retain_freed_memory()
+    if max_memory is None:  # as infer.py: it keeps glibc's default under a budget
+        retain_freed_memory()
     net = load_network(str(DEMO_WEIGHTS))
     data = RefSRInferenceDataset({'dataroot_lq': str(folder / 'lr.png'), 'ref_path': str(folder / 'ref.png'),
                                   'stride': net.size_multiples()[0]})
@@ -416,7 +417,8 @@ def exact_search_seconds(folder: Path, threads: int) -> float:
 
     st.search = timed  # this instance only
     with torch.no_grad():
-        super_resolve(net, batch_of_one(data[0]), 'cpu', {'search_mode': 'chunked'})
+        super_resolve(net, batch_of_one(data[0]), 'cpu', {'search_mode': 'chunked',
+                                                          **({'max_memory': max_memory} if max_memory else {})})
     return sum(spent)
 
 
@@ -454,7 +456,8 @@ def run_e2e(args, out: Path, work: Path, log) -> None:
         (ew, ep, eps, ess, esr), (aw, apk, aps, ass, asr) = res['chunked'], res['approximate']
         # its own process: the peak RSS of a child (wait4) counts the parent's pages it starts with
         share = subprocess.run([sys.executable, __file__, '--search-share', str(folder), '--threads',
-                                str(args.threads)], check=True, env=env, capture_output=True, text=True)
+                                str(args.threads)] + (['--max-memory', args.max_memory] if args.max_memory else []),
+                               check=True, env=env, capture_output=True, text=True)
         search_s = float(share.stdout.split()[-1])
         bound = ew / (ew - search_s) if search_s < ew else float('inf')
         log(f'{target}: exact search {search_s:.1f} s in process; a 0-second search would make the exact run '
@@ -522,7 +525,7 @@ def run(argv) -> None:
         case_worker(args)
         return
     if args.search_share:
-        print(exact_search_seconds(Path(args.search_share), args.threads))
+        print(exact_search_seconds(Path(args.search_share), args.threads, args.max_memory))
         return
     if not DATA.is_dir():
         raise FileNotFoundError(f'the real data folder {DATA} is absent')

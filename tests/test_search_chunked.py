@@ -186,3 +186,22 @@ def test_block_transfer_does_not_apply_where_the_window_is_not_a_multiple_of_the
     torch.testing.assert_close(st.transfer_level(maps, index, 3, (6, 6)), dense.transfer_level(maps, index, 3, (6, 6)),
                                atol=ATOL, rtol=0)
     assert SearchTransfer(mode='dense').transfer_layout(maps[0].contiguous()).is_contiguous()  # dense: unchanged
+
+
+def test_block_transfer_keeps_autograd_for_maps_that_require_grad():
+    """With grad recorded (a trainable extractor), the block transfer allocates fresh tensors instead of its reusable
+    buffers: the gradient reaches the reference maps and equals the dense fold's."""
+    g = torch.Generator().manual_seed(5)
+    dense = SearchTransfer(3, 1, 1, top_k=1, mode='dense')
+    chunked = SearchTransfer(3, 1, 1, top_k=1, mode='chunked')
+    for maps_n in (1, 2):
+        maps = [torch.randn(1, 4, 6, 7, generator=g) for _ in range(maps_n)]
+        index = torch.randint(0, 42 * maps_n, (1, 30), generator=g)
+        grads = []
+        for st, layout in ((dense, lambda m: m), (chunked, lambda m: m.contiguous(memory_format=torch.channels_last))):
+            leaves = [layout(m.clone()).requires_grad_() for m in maps]
+            assert st is dense or st.blocks_apply(leaves, 3)
+            st.transfer_level(leaves, index, 3, (5, 6)).square().sum().backward()
+            grads.append([leaf.grad for leaf in leaves])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)

@@ -339,6 +339,8 @@ class SearchTransfer(nn.Module):
         n, c = values[0].shape[:2]
         dev = values[0].device
         scratch = Scratch(values[0]) if scratch is None else scratch
+        # autograd refuses out= and would see the reused buffers overwritten: fresh tensors when it records
+        reuse = not (torch.is_grad_enabled() and any(v.requires_grad for v in values))
         gh = (out_hw[0] + 2 * p - k) // s + 1
         gw = (out_hw[1] + 2 * p - k) // s + 1
         # the output's blocks, NHWC storage; the padded output's block row/column gy + i is the output's gy + i - q,
@@ -356,7 +358,10 @@ class SearchTransfer(nn.Module):
                 members = [(ref_id == r).nonzero().view(-1) for r in range(len(values))]
             for i in range(m):
                 for j in range(m):
-                    gathered = scratch.get('gathered', gh * gw, s, s * c) if len(values) > 1 else None
+                    gathered = None
+                    if len(values) > 1:
+                        gathered = (scratch.get('gathered', gh * gw, s, s * c) if reuse
+                                    else values[0].new_empty(gh * gw, s, s * c))
                     for r, v in enumerate(values):
                         sel = None if len(values) == 1 else members[r]
                         if sel is not None and sel.numel() == 0:
@@ -370,8 +375,11 @@ class SearchTransfer(nn.Module):
                         # rows of the map viewed as [H * W/s, s*C] (channels-last: a view): row y, block column bx
                         rows = v[b].permute(1, 2, 0).reshape(v.shape[-2] * w_b, s * c)
                         pos = (by.clamp(0, h_b - 1)[:, None] * s + dy) * w_b + bx.clamp(0, w_b - 1)[:, None]
-                        blocks = torch.index_select(rows, 0, pos.view(-1), out=scratch.get(
-                            'blocks', pos.numel(), s * c)).view(-1, s, s * c)
+                        if reuse:
+                            blocks = torch.index_select(rows, 0, pos.view(-1), out=scratch.get(
+                                'blocks', pos.numel(), s * c)).view(-1, s, s * c)
+                        else:
+                            blocks = rows.index_select(0, pos.view(-1)).view(-1, s, s * c)
                         outside = outside.nonzero().view(-1)  # only the blocks in the padding are written
                         if outside.numel():
                             blocks.index_fill_(0, outside, 0)
