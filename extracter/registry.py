@@ -96,9 +96,15 @@ MODEL_REGISTRY = Registry('model', 'extracter.models')
 _COMPONENT_PACKAGES = ('extracter.archs', 'extracter.data', 'extracter.losses', 'extracter.models')
 
 
+_linked = False  # set once use_basicsr has completed: later calls (every option check makes one) return at once
+
+
 def use_basicsr() -> None:
     """Make basicsr importable (:mod:`extracter.compat`) and publish all of this package's components in BasicSR's
-    registries, now and as they register later (idempotent; cheap after the first call)."""
+    registries, now and as they register later (idempotent; a no-op after the first call has completed)."""
+    global _linked
+    if _linked:
+        return
     from extracter.compat import install
     from extracter.utils.startup import gc_paused
 
@@ -111,6 +117,7 @@ def use_basicsr() -> None:
             ours.link(getattr(basicsr_registry, name))
         for package in _COMPONENT_PACKAGES:  # already imported (or being imported): a no-op
             importlib.import_module(package)
+    _linked = True
 
 
 def basicsr_registry(kind: str) -> Any:
