@@ -34,7 +34,6 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
 
     from extracter.data.image_io import is_image_file
     from extracter.data.inference_dataset import RefSRInferenceDataset
-    from extracter.inference.engine import search_settings
     from extracter.inference.folder import infer_folder
     from extracter.inference.network import load_network
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
@@ -203,8 +202,8 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     if not getattr(net, 'uses_reference', True):
         dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
     else:
-        with search_settings(net, geometry=options.search.geometry):  # checked now (TTSR refuses); applies per run
-            stride = net.size_multiples()[0]
+        # the geometry is checked now (TTSR refuses another); it applies per call
+        stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
         dataset = RefSRInferenceDataset(dataset_options(args, stride))
     barrier = None
     if world > 1:  # every process checks all outputs before any writes one

@@ -160,10 +160,10 @@ def psnr_rgb(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def case_worker(args) -> None:
     """One method on one case in this subprocess; writes its result (restricted to the sample, if any)."""
-    from extracter.archs.search_approximate import ApproximateSettings, exact_search_queries
     from extracter.data.degradations import to_tensor
     from extracter.inference.engine import run_refsr
     from extracter.inference.memory_plan import ENCODE_TILE
+    from extracter.search.methods.approximate import ApproximateSettings, exact_search_queries
 
     torch.set_num_threads(args.threads)
     case = json.loads(args.case)
@@ -218,7 +218,7 @@ def case_worker(args) -> None:
 
 # ---------------------------------------------------------------------------------------------------- one case
 def run_case(pair: str, size: int, net: str, geometry, args, work: Path, log) -> dict:
-    from extracter.archs.search_approximate import grid_size, recall_at_1, recall_at_k
+    from extracter.search.methods.approximate import grid_size, recall_at_1, recall_at_k
 
     k, s, p = geometry
     gh, gw = grid_size(size // 4, size // 4, k, s, p)

@@ -237,22 +237,22 @@ def test_tile_zero_is_an_error_not_untiled(weights, lr_folder, tmp_path):
 def test_cpu_inference_transfers_by_blocks_from_channels_last_textures(monkeypatch):
     """On CPU the engine's textures are channels-last (VGG-19 runs so), so every level's transfer takes the block
     path; the result equals the dense, untiled run (the block fold is bit-exact, the layouts change rounding only)."""
-    from extracter.archs.search_transfer import SearchTransfer
+    from extracter.search import transfer
 
     net = tiny_net()
     lr, ref = torch.rand(1, 3, 24, 20), torch.rand(1, 3, 64, 48)
     calls = {'blocks': 0, 'bands': 0}
-    blocks, bands = SearchTransfer._fold_blocks, SearchTransfer._fold_by_index
+    blocks, bands = transfer.fold_blocks, transfer.fold_by_index
 
-    def spy_blocks(self, *a, **kw):
+    def spy_blocks(*a, **kw):
         calls['blocks'] += 1
-        return blocks(self, *a, **kw)
+        return blocks(*a, **kw)
 
-    def spy_bands(self, *a, **kw):
+    def spy_bands(*a, **kw):
         calls['bands'] += 1
-        return bands(self, *a, **kw)
-    monkeypatch.setattr(SearchTransfer, '_fold_blocks', spy_blocks)
-    monkeypatch.setattr(SearchTransfer, '_fold_by_index', spy_bands)
+        return bands(*a, **kw)
+    monkeypatch.setattr(transfer, 'fold_blocks', spy_blocks)
+    monkeypatch.setattr(transfer, 'fold_by_index', spy_bands)
     dense = run_refsr(net, lr, ref)
     assert calls == {'blocks': 0, 'bands': 0}  # the dense transfer folds unfolded patches
     tiled = run_refsr(net, lr, ref, search_mode='chunked', tile={'tile_size': 12, 'tile_pad': 8}, return_aux=True)

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.search_approximate import (
+from extracter.archs.search_transfer import SearchTransfer
+from extracter.search.methods.approximate import (
     ApproximateSettings,
     approximate_search,
     exact_search_queries,
@@ -13,7 +14,6 @@ from extracter.archs.search_approximate import (
     recall_at_1,
     recall_at_k,
 )
-from extracter.archs.search_transfer import SearchTransfer
 
 ATOL = 1e-5
 # small retrieval dimensions for the 16-channel test features

@@ -10,7 +10,7 @@ import torch
 from extracter.archs.extracter_arch import Extracter
 from extracter.archs.refsr_base import make_lr_up
 from extracter.archs.ttsr_arch import TTSR
-from extracter.inference.engine import pad_to_multiple, refsr_kwargs_from_options, run_refsr, search_settings
+from extracter.inference.engine import pad_to_multiple, refsr_kwargs_from_options, run_refsr
 from extracter.inference.tiling import round_tile, search_features_tiled, tile_pad_floor, tile_spans, tiled_forward
 from extracter.utils.input_warning import InputWarning
 
@@ -61,8 +61,9 @@ def test_tiled_agrees_with_untiled(geometry, mode):
     assert tiled.shape == full.shape == (1, 3, 64, 96)
     assert psnr(tiled, full) >= 50
     # without context the seams show: the tile pad matters (the tile loop itself, which uses the pad it is given)
-    with torch.no_grad(), search_settings(net, mode):
-        seams = tiled_forward(net, lr, make_lr_up(lr), net.encode_reference(ref), tile_size=12, tile_pad=0)
+    with torch.no_grad():
+        seams = tiled_forward(net, lr, make_lr_up(lr), net.encode_reference(ref), tile_size=12, tile_pad=0,
+                              spec=net.search_spec(method=mode))
     assert psnr(seams, full) < psnr(tiled, full)
 
 

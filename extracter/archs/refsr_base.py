@@ -16,6 +16,7 @@ from torch import nn
 
 from extracter.archs.layout import main_memory_format
 from extracter.archs.vgg import Relu11FromImage
+from extracter.search import SearchSpec
 
 LV1_STORAGE = ('stored', 'recomputed')  # how an encoded reference keeps relu1_1 (ReferenceFeatures.lv1)
 SCALE = 4  # the one upscaling factor of the RefSR archs (and of the datasets and the inference engine)
@@ -160,21 +161,37 @@ class RefSRNet(nn.Module):
         out[cls.facts.feature_extractor_init] = 'random'
         return out
 
+    @property
+    def default_search_spec(self) -> SearchSpec:
+        """The search this network runs when a call passes no spec: its constructor geometry and method."""
+        return self.search_transfer.default_spec
+
+    def search_spec(self, spec: Optional[SearchSpec] = None, **changes) -> SearchSpec:
+        """The spec of one call: ``spec`` (default: :attr:`default_search_spec`) with ``changes``
+        (:meth:`SearchSpec.replace`: ``method``, ``geometry``, block sizes, ...), checked against this architecture
+        (EXTRACTER's dynamic window and stride: any geometry; TTSR: its own only)."""
+        base = self.default_search_spec if spec is None else spec
+        spec = base.replace(**changes)
+        default = self.default_search_spec
+        if not self.facts.adjustable_geometry and spec.geometry != default.geometry:
+            w, s, p = default.geometry
+            raise ValueError(f'{type(self).__name__} has a fixed search geometry (window {w}, stride {s}, padding '
+                             f'{p}); only EXTRACTER can change it')
+        return self.search_transfer.check_spec(spec)
+
     def set_search_geometry(self, window: int, stride: int, padding: int) -> None:
-        """EXTRACTER's dynamic window and stride: change the search geometry of trained weights. Architectures with a
-        fixed geometry (TTSR) accept only their own."""
-        st = self.search_transfer
-        if not self.facts.adjustable_geometry and (window, stride, padding) != (st.window, st.stride, st.padding):
-            raise ValueError(f'{type(self).__name__} has a fixed search geometry (window {st.window}, stride '
-                             f'{st.stride}, padding {st.padding}); only EXTRACTER can change it')
-        st.set_geometry(window, stride, padding)
+        """Change the default search geometry of trained weights (EXTRACTER's dynamic window and stride; TTSR
+        accepts only its own). A configuration step before use: concurrent callers pass a spec per call instead
+        (:meth:`search_spec`)."""
+        self.search_transfer.default_spec = self.search_spec(geometry=(window, stride, padding))
 
     def _reconstruct(self, lr_m11: torch.Tensor, S, T_lv3, T_lv2, T_lv1) -> torch.Tensor:
         raise NotImplementedError
 
     def set_search_mode(self, mode: Optional[str] = None, chunk_size: Optional[int] = None,
                         key_chunk_size: Optional[int] = None, cache_keys: Optional[bool] = None) -> None:
-        """``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same result) search & transfer."""
+        """Change the default search method (``'dense'``: faithful; ``'chunked'``: bounded memory, same result;
+        ...) and its block sizes; a configuration step, as :meth:`set_search_geometry`."""
         self.search_transfer.set_chunking(mode, chunk_size, key_chunk_size, cache_keys)
 
     def encode_reference(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
@@ -214,29 +231,39 @@ class RefSRNet(nn.Module):
         """relu3_1 of the upsampled LR (the search queries), at the LR size."""
         return self.feature_extractor()(lr_up)[2].contiguous()  # the search's layout (NCHW)
 
-    def search(self, lr_feat: torch.Tensor, refs: References) -> Tuple[torch.Tensor, torch.Tensor]:
+    def search(self, lr_feat: torch.Tensor, refs: References, spec: Optional[SearchSpec] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Top-k over the union of the references' patches (TTSR Eq. 4-5, 7): (scores, index) [N, top_k, L], the
-        index running over the references' patches in order (see :meth:`SearchTransfer.search`)."""
+        index running over the references' patches in order (see :meth:`SearchTransfer.search`). ``spec``: this
+        call's search (default: the network's)."""
         refs = as_reference_list(refs)
         if any(r.search is None for r in refs):
             raise ValueError('an encoded reference without its search keys (only its textures) cannot be searched; '
                              'pass the search result (search=...) or encode it with encode_reference')
-        return self.search_transfer.search(lr_feat, [r.search for r in refs], [r.key_blocks for r in refs])
+        return self.search_transfer.search(lr_feat, [r.search for r in refs], [r.key_blocks for r in refs], spec)
+
+    def transfer(self, search: Tuple[torch.Tensor, torch.Tensor], lr_hw: Tuple[int, int], refs: References,
+                 spec: Optional[SearchSpec] = None):
+        """The soft attention and textures (lists over ranks, TTSR Eq. 6-7) of a search result for an LR of
+        ``lr_hw`` pixels (relu3_1 is at the LR size)."""
+        refs = as_reference_list(refs)
+        return self.search_transfer.transfer(search[0], search[1], lr_hw, [r.lv1 for r in refs],
+                                             [r.lv2 for r in refs], [r.lv3 for r in refs], spec)
 
     def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: References,
-                         return_aux: bool = False, search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+                         return_aux: bool = False, search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                         spec: Optional[SearchSpec] = None):
         """SR of ``lr`` [N,3,h,w] in [0, 1] (with its upsampled ``lr_up``) against one or several encoded references.
         No size checks: :meth:`forward` and :func:`extracter.inference.run_refsr` make them.
 
         ``search``: a precomputed (scores, index) [N, top_k, L] for this LR's patch grid (tiled inference searches
         the whole LR once); then ``lr_up`` is not used. With ``return_aux`` a dict that also holds the soft attention
-        ``S``, the textures and the search result (``scores``, ``index``)."""
+        ``S``, the textures and the search result (``scores``, ``index``). ``spec``: this call's search (default:
+        the network's)."""
         refs = as_reference_list(ref_feats)
-        st = self.search_transfer
         if search is None:
-            search = self.search(self.search_features(lr_up), refs)
-        S, T_lv3, T_lv2, T_lv1 = st.transfer(search[0], search[1], tuple(lr.shape[-2:]), [r.lv1 for r in refs],
-                                             [r.lv2 for r in refs], [r.lv3 for r in refs])
+            search = self.search(self.search_features(lr_up), refs, spec)
+        S, T_lv3, T_lv2, T_lv1 = self.transfer(search, tuple(lr.shape[-2:]), refs, spec)
         sr = self.reconstruct(lr, S, T_lv3, T_lv2, T_lv1)
         if return_aux:
             return {'sr': sr, 'S': S, 'T_lv3': T_lv3, 'T_lv2': T_lv2, 'T_lv1': T_lv1, 'scores': search[0],
@@ -259,17 +286,18 @@ class RefSRNet(nn.Module):
                     maps[i] = t.contiguous(memory_format=fmt)
         return ((self._reconstruct(lr * 2 - 1, S, T_lv3, T_lv2, T_lv1) + 1) / 2).contiguous()
 
-    def size_multiples(self) -> Tuple[int, int]:
-        """(LR side multiple, reference side multiple) that the current search geometry needs."""
-        stride = self.search_transfer.stride
+    def size_multiples(self, spec: Optional[SearchSpec] = None) -> Tuple[int, int]:
+        """(LR side multiple, reference side multiple) that the search geometry (``spec``'s, default the
+        network's) needs."""
+        stride = (self.default_search_spec if spec is None else spec).stride
         return stride, SCALE * stride
 
     required_multiples = size_multiples  # the earlier name, kept for callers
 
     def check_inputs(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: Optional[torch.Tensor],
-                     ref_downup: Optional[torch.Tensor]) -> None:
+                     ref_downup: Optional[torch.Tensor], spec: Optional[SearchSpec] = None) -> None:
         check_image_pair(lr, ref, lr_up, ref_downup)
-        lr_mult, ref_mult = self.size_multiples()
+        lr_mult, ref_mult = self.size_multiples(spec)
         h, w = lr.shape[-2:]
         if h % lr_mult or w % lr_mult:
             raise ValueError(f'LR size {h}x{w} is not a multiple of {lr_mult} (the search stride); pad or crop it '

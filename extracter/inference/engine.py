@@ -11,20 +11,20 @@ tile by tile (:mod:`extracter.inference.tiling`). Training validation,
 texture-source picture shows.
 """
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, check_image_pair, make_lr_up
-from extracter.archs.search_approximate import ApproximateSettings
 from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
-from extracter.inference.search_choice import choose_search
 from extracter.inference.tiling import round_tile, search_features_tiled, tile_loop, tile_pad_floor, tiled_forward
+from extracter.search import SearchSpec
+from extracter.search.choice import choose_search
+from extracter.search.methods.approximate import ApproximateSettings
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 PAD_MODES = ('reflect', 'replicate')
@@ -42,25 +42,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = 'reflect') -> Tu
     if mode == 'reflect' and (dh >= h or dw >= w):
         mode = 'replicate'
     return F.pad(x, (0, dw, 0, dh), mode=mode), (dh, dw)
-
-
-@contextlib.contextmanager
-def search_settings(net: RefSRNet, search_mode: Optional[str] = None, chunk_size: Optional[int] = None,
-                    key_chunk_size: Optional[int] = None, cache_keys: Optional[bool] = None,
-                    geometry: Optional[Tuple[int, int, int]] = None,
-                    approximate: Optional[ApproximateSettings] = None) -> Iterator[None]:
-    """Temporarily set the search mode/chunking, approximate settings and geometry of ``net``; restored on exit."""
-    st = net.search_transfer
-    saved = (st.mode, st.chunk_size, st.key_chunk_size, st.cache_keys, st.approximate,
-             (st.window, st.stride, st.padding))
-    try:
-        if geometry is not None:
-            net.set_search_geometry(*geometry)
-        st.set_chunking(search_mode, chunk_size, key_chunk_size, cache_keys, approximate)
-        yield
-    finally:
-        st.set_chunking(*saved[:5])
-        st.set_geometry(*saved[5])
 
 
 @dataclass
@@ -83,6 +64,7 @@ class RefSRResult:
     padded_ref_hw: List[Tuple[int, int]]
     plan: Optional[MemoryPlan]
     search_used: str = ''  # one line: the search that ran (and why, for 'auto')
+    spec: Optional[SearchSpec] = None  # the search that ran
 
 
 def _as_images(x: Optional[Images], n: int, name: str) -> List[Optional[torch.Tensor]]:
@@ -102,40 +84,123 @@ def equivalent_ref_hw(sizes: Sequence[Tuple[int, int]], multiple: int) -> Tuple[
     return max(multiple, math.ceil(area / width / multiple) * multiple), width
 
 
+def _tile_request(tile: Optional[Mapping[str, int]], max_memory) -> Tuple[Optional[Tuple[int, int]], Optional[int]]:
+    """(tile_size, tile_pad) asked for, or None; and the pad for the planner's own tiles (None: not asked)."""
+    if tile is None:
+        return None, None
+    if not isinstance(tile, Mapping) or ('tile_size' not in tile and max_memory is None):
+        raise ValueError(f"tile must be a mapping with 'tile_size' (and 'tile_pad'), got {tile!r}")
+    if 'tile_size' in tile:
+        return (int(tile['tile_size']), int(tile.get('tile_pad', 0))), None
+    return None, int(tile.get('tile_pad', DEFAULT_TILE_PAD))  # with a budget: the planner picks the tile size
+
+
+@dataclass
+class _Padded:
+    """The inputs padded to the call's size multiples."""
+
+    lr: torch.Tensor
+    lr_up: Optional[torch.Tensor]
+    refs: List[torch.Tensor]
+    refs_du: List[Optional[torch.Tensor]]
+
+    @property
+    def lr_hw(self) -> Tuple[int, int]:
+        return tuple(self.lr.shape[-2:])
+
+    @property
+    def ref_sizes(self) -> List[Tuple[int, int]]:
+        return [tuple(r.shape[-2:]) for r in self.refs]
+
+
+def _pad_inputs(lr, lr_up, refs, refs_du, multiples: Tuple[int, int], pad_mode: str) -> _Padded:
+    lr_mult, ref_mult = multiples
+    return _Padded(pad_to_multiple(lr, lr_mult, pad_mode)[0],
+                   None if lr_up is None else pad_to_multiple(lr_up, SCALE * lr_mult, pad_mode)[0],
+                   [pad_to_multiple(r, ref_mult, pad_mode)[0] for r in refs],
+                   [None if d is None else pad_to_multiple(d, ref_mult, pad_mode)[0] for d in refs_du])
+
+
+def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Optional[int],
+                  stage: Optional[Callable[[str], None]]):
+    """Phases 1-2: the search keys of every reference (VGG-19 in tiles: one tile's transient memory), then the whole
+    LR searched once (its query features tile by tile when tiled); the keys are dropped on return. Returns the
+    search result, the references' patch grids and their patch counts."""
+    keys: List[torch.Tensor] = []
+    prepared: List[Any] = []
+    method = spec.search_method
+    for i, (r, du) in enumerate(zip(inp.refs, inp.refs_du), start=1):
+        net.check_inputs(inp.lr, r, None, du, spec)
+        if stage is not None:
+            stage(f'encoding reference {i}/{len(inp.refs)}')
+        keys.append(net.encode_search_keys(r, du, ENCODE_TILE))
+        prepared.append(method.prepare(keys[-1], spec))
+    inp.refs_du = [None] * len(inp.refs)
+    lr_up = make_lr_up(inp.lr) if inp.lr_up is None else inp.lr_up
+    inp.lr_up = None
+    if stage is not None:
+        stage('search and main network' if tile_size is None else 'search')
+    lr_feat = net.search_features(lr_up) if tile_size is None else search_features_tiled(net, lr_up, tile_size,
+                                                                                          spec=spec)
+    del lr_up
+    search = net.search_transfer.search(lr_feat, keys, prepared, spec)
+    return search, [spec.grid_size(*k.shape[-2:]) for k in keys], [spec.patch_count(*k.shape[-2:]) for k in keys]
+
+
+def _main_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, search, tile_t: Optional[Tuple[int, int]],
+                lv1_storage: str, progress: Optional[Callable[[int, int], None]]) -> torch.Tensor:
+    """Phases 3-4: the textures of every reference, only now (they never share memory with the keys and the
+    search; channels-last on CPU, the layout the transfer reads fastest), then the main network, untiled or tile by
+    tile, on the search result."""
+    st = net.search_transfer
+    encoded = [ReferenceFeatures(None, *(st.transfer_layout(t, spec)
+                                         for t in net.encode_textures(r, ENCODE_TILE, lv1_storage)))
+               for r in inp.refs]
+    if tile_t is None:
+        return net.forward_features(inp.lr, None, encoded, search=search, spec=spec)
+    return tiled_forward(net, inp.lr, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search,
+                         spec=spec)
+
+
 def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torch.Tensor] = None,
               ref_downup: Optional[Images] = None, tile: Optional[Mapping[str, int]] = None,
               max_memory=None, search_mode: Optional[str] = None, chunk_size: Optional[int] = None,
               key_chunk_size: Optional[int] = None, search_geometry: Optional[Tuple[int, int, int]] = None,
               approximate: Optional[ApproximateSettings] = None,
               pad_mode: str = 'reflect', return_plan: bool = False, return_aux: bool = False,
-              progress: Optional[Callable[[int, int], None]] = None, stage: Optional[Callable[[str], None]] = None):
+              progress: Optional[Callable[[int, int], None]] = None, stage: Optional[Callable[[str], None]] = None,
+              search_spec: Optional[SearchSpec] = None):
     """Super-resolve ``lr`` [N,3,h,w] with one reference ``ref`` [N,3,H,W] or several (a list, any sizes), all in
     [0, 1]; returns SR [N,3,4h,4w] in [0, 1].
 
     Args:
-        net: an Extracter or TTSR network (its mode is not changed; call ``net.eval()`` yourself).
+        net: an Extracter or TTSR network (never changed: the search settings of this call pass down with it, so
+            several threads may share one network; call ``net.eval()`` yourself).
         lr_up, ref_downup: the dataset-made upsampled LR / down-up-sampled reference(s) (made here if None).
         tile: ``{'tile_size': int, 'tile_pad': int}`` in LR pixels, or None (untiled unless ``max_memory`` needs
             tiles). With ``max_memory``, ``{'tile_pad': int}`` alone lets the planner pick the tile size.
-        max_memory: working-memory budget (``'6G'``, bytes); chooses chunked search, chunk and tile sizes. Raises
+        max_memory: working-memory budget (``'6G'``, bytes); chooses chunk and tile sizes. Raises
             :class:`~extracter.inference.memory_plan.MemoryBudgetError` when the request cannot fit.
-        search_mode: ``'dense'`` (faithful), ``'chunked'`` (same result, bounded memory), ``'approximate'``
-            (sub-quadratic, exact relevances of the chosen patches) or ``'auto'`` (approximate where the exact
-            search is expensive, see :mod:`extracter.inference.search_choice`, else as None); None keeps the net's
-            own, except that a budget implies ``'chunked'`` unless ``'dense'`` is asked for.
+        search_mode: a search method (:func:`extracter.search.method_names`: ``'dense'`` (faithful), ``'chunked'``
+            (same result, bounded memory), ``'approximate'`` (sub-quadratic, exact relevances of the chosen
+            patches), ...) or ``'auto'`` (approximate where the exact search is expensive, see
+            :mod:`extracter.search.choice`, else as None); None: the net's own, except that a budget implies
+            ``'chunked'``.
         approximate: the approximate search's :class:`ApproximateSettings` (None: the net's, by default the
             defaults).
-        chunk_size, key_chunk_size: chunked-search block sizes (the planner's choice when ``max_memory`` is set).
+        chunk_size, key_chunk_size: search block sizes (the planner's choice when ``max_memory`` is set).
         search_geometry: (window, stride, padding) for this call, e.g. (12, 4, 4) for large images (EXTRACTER).
+        search_spec: a whole :class:`~extracter.search.spec.SearchSpec` to start from instead of the net's default
+            (the arguments above still apply on top of it).
         pad_mode: how the inputs are padded to the required multiples (``'reflect'`` or ``'replicate'``).
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
-        return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan) instead.
+        return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan, the spec) instead.
         progress: ``progress(done, total)`` after each tile.
         stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), then
             ``'search'`` (the textures are encoded after the search; tiles follow, reported by ``progress``) or,
             untiled, ``'search and main network'``.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
-    every search mode, with tiles and budgets. Runs under ``torch.no_grad()``; the net's settings are restored.
+    every exact search method, with tiles and budgets. Runs under ``torch.no_grad()``.
     """
     refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     if not refs:
@@ -144,83 +209,35 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
     for r, du in zip(refs, refs_du):
         check_image_pair(lr, r, lr_up, du)
     h, w = lr.shape[-2:]
-    tile_t, plan_pad = None, DEFAULT_TILE_PAD
-    if tile is not None:
-        if not isinstance(tile, Mapping) or ('tile_size' not in tile and max_memory is None):
-            raise ValueError(f"tile must be a mapping with 'tile_size' (and 'tile_pad'), got {tile!r}")
-        if 'tile_size' in tile:
-            tile_t = (int(tile['tile_size']), int(tile.get('tile_pad', 0)))
-        else:  # with a budget: the planner picks the tile size, with this context
-            plan_pad = int(tile.get('tile_pad', DEFAULT_TILE_PAD))
-    requested = search_mode
-    if search_mode == 'auto':
-        search_mode = None  # resolved once the padded sizes are known
-    elif max_memory is not None and search_mode is None:
-        search_mode = 'chunked'
-    with torch.no_grad(), search_settings(net, search_mode, chunk_size, key_chunk_size, geometry=search_geometry,
-                                          approximate=approximate):
-        lr_mult, ref_mult = net.size_multiples()
+    tile_t, plan_pad = _tile_request(tile, max_memory)
+    spec = net.search_spec(search_spec, geometry=search_geometry, chunk_size=chunk_size,
+                           key_chunk_size=key_chunk_size, approximate=approximate)
+    with torch.no_grad():
+        multiples = net.size_multiples(spec)
         if tile_t is not None:
-            tile_t = round_tile(tile_t[0], tile_pad_floor(net, tile_t[1]), lr_mult)
-        if tile is not None and tile_t is None:  # the planner picks the tile size, with the pad asked for
-            plan_pad = tile_pad_floor(net, plan_pad)
-        plan_pad = max(plan_pad, net.min_tile_pad)  # its default pad is raised silently
-        lr_p, _ = pad_to_multiple(lr, lr_mult, pad_mode)
-        refs_p = [pad_to_multiple(r, ref_mult, pad_mode)[0] for r in refs]
-        refs_du = [None if d is None else pad_to_multiple(d, ref_mult, pad_mode)[0] for d in refs_du]
-        if lr_up is not None:
-            lr_up = pad_to_multiple(lr_up, SCALE * lr_mult, pad_mode)[0]
-        ref_sizes = [tuple(r.shape[-2:]) for r in refs_p]
-        choice = choose_search(net.search_transfer, requested, tuple(lr_p.shape[-2:]), ref_sizes)
-        if requested == 'auto':
-            net.search_transfer.set_chunking(choice.mode or ('chunked' if max_memory is not None else None))
+            tile_t = round_tile(tile_t[0], tile_pad_floor(net, tile_t[1]), multiples[0])
+        # the planner's pad: the one asked for (raised to the floor with a warning), else its default raised silently
+        plan_pad = max(DEFAULT_TILE_PAD if plan_pad is None else tile_pad_floor(net, plan_pad), net.min_tile_pad)
+        inp = _pad_inputs(lr, lr_up, refs, refs_du, multiples, pad_mode)
+        del refs_du
+        choice = choose_search(spec, search_mode, inp.lr_hw, inp.ref_sizes, budgeted=max_memory is not None)
+        spec = choice.spec
         plan: Optional[MemoryPlan] = None
         if max_memory is not None:
-            plan_ref_hw = ref_sizes[0] if len(refs_p) == 1 else equivalent_ref_hw(ref_sizes, ref_mult)
-            plan = plan_memory(net, tuple(lr_p.shape[-2:]), plan_ref_hw, max_memory, tile=tile_t,
-                               search_mode=net.search_transfer.mode, tile_pad=plan_pad, n_refs=len(refs_p))
-            net.search_transfer.set_chunking(plan.search_mode, plan.chunk_size, plan.key_chunk_size)
+            sizes = inp.ref_sizes
+            plan_ref_hw = sizes[0] if len(sizes) == 1 else equivalent_ref_hw(sizes, multiples[1])
+            plan = plan_memory(net, inp.lr_hw, plan_ref_hw, max_memory, tile=tile_t, search_mode=spec.method,
+                               tile_pad=plan_pad, n_refs=len(sizes), search=spec)
+            spec = plan.search_spec(spec)
             if plan.tile_size is not None:
                 tile_t = (plan.tile_size, plan.tile_pad)
-        st = net.search_transfer
-        lv1_storage = plan.lv1_storage if plan is not None else 'stored'
-        # 1. the search keys of every reference (VGG-19 in tiles: one tile's transient memory)
-        keys: List[torch.Tensor] = []
-        key_blocks: List[Optional[List[torch.Tensor]]] = []
-        for i, (r, du) in enumerate(zip(refs_p, refs_du), start=1):
-            net.check_inputs(lr_p, r, None, du)
-            if stage is not None:
-                stage(f'encoding reference {i}/{len(refs_p)}')
-            keys.append(net.encode_search_keys(r, du, ENCODE_TILE))
-            cache = st.mode == 'chunked' and plan is not None and plan.cache_keys
-            key_blocks.append(st.prepare_keys(keys[-1]) if cache else None)
-        del refs_du
-        if lr_up is None:
-            lr_up = make_lr_up(lr_p)
-        if stage is not None:
-            stage('search and main network' if tile_t is None else 'search')
-        # 2. the whole LR searched once (its query features tile by tile when tiled); the keys are then dropped
-        lr_feat = net.search_features(lr_up) if tile_t is None else search_features_tiled(net, lr_up, tile_t[0])
-        del lr_up
-        search = st.search(lr_feat, keys, key_blocks)
-        ref_grids = [st.grid_size(*k.shape[-2:]) for k in keys]
-        patch_counts = st.patch_counts(keys)
-        del lr_feat, keys, key_blocks
-        # 3. the textures of every reference, only now: they never share memory with the keys and the search
-        # (channels-last on CPU, the layout the transfer reads fastest: VGG-19 gives it; transfer_layout makes sure)
-        encoded = [ReferenceFeatures(None, *map(st.transfer_layout, net.encode_textures(r, ENCODE_TILE, lv1_storage)))
-                   for r in refs_p]
-        # 4. the main network, untiled or tile by tile, on the search result
-        if tile_t is None:
-            sr = net.forward_features(lr_p, None, encoded, search=search)
-        else:
-            sr = tiled_forward(net, lr_p, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search)
-        del encoded
+        search, ref_grids, patch_counts = _search_phase(net, spec, inp, None if tile_t is None else tile_t[0], stage)
+        sr = _main_phase(net, spec, inp, search, tile_t, 'stored' if plan is None else plan.lv1_storage, progress)
         sr = sr[:, :, :SCALE * h, :SCALE * w]
-        if return_aux:
-            return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=st.grid_size(*lr_p.shape[-2:]),
-                               ref_grids=ref_grids, patch_counts=patch_counts, padded_lr_hw=tuple(lr_p.shape[-2:]),
-                               padded_ref_hw=ref_sizes, plan=plan, search_used=choice.describe(st.mode))
+    if return_aux:
+        return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=spec.grid_size(*inp.lr_hw),
+                           ref_grids=ref_grids, patch_counts=patch_counts, padded_lr_hw=inp.lr_hw,
+                           padded_ref_hw=inp.ref_sizes, plan=plan, search_used=choice.describe(), spec=spec)
     return (sr, plan) if return_plan else sr
 
 

@@ -16,6 +16,7 @@ when that still fits. A request that cannot fit (the reference alone too large, 
 search too large) raises :class:`MemoryBudgetError` with the numbers.
 """
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,9 +25,11 @@ from typing import Dict, List, Optional, Tuple
 from torch import nn
 
 from extracter.archs.refsr_base import LV1_STORAGE
-from extracter.archs.search_approximate import ApproximateSettings, approximate_search_bytes
 from extracter.archs.search_transfer import FEATURE_CHANNELS
 from extracter.archs.vgg import ENCODE_MARGIN
+from extracter.search import SearchSpec, get_method
+from extracter.search.methods.approximate import ApproximateSettings
+from extracter.search.spec import DEFAULT_CHUNK, DEFAULT_KEY_CHUNK
 
 FLOAT = 4
 # The encoded reference, bytes per reference pixel, float32 (extracter/archs/refsr_base.py encode_search_keys /
@@ -42,7 +45,6 @@ ENCODE_TILE = 512
 ENCODE_PEAK_PER_TILE_PX = 1300
 LR_VGG_PEAK_PER_LR_PX = 16 * 1300  # the untiled LR query features: VGG-19 of the x4 upsampled LR
 TEXTURE_FLOATS_PER_LR_PX = 64 * 16 + 128 * 4 + 256  # T_lv1 + T_lv2 + T_lv3 per rank
-DEFAULT_CHUNK, DEFAULT_KEY_CHUNK = 4096, 8192
 MIN_CHUNK, MIN_KEY_CHUNK = 256, 512
 DEFAULT_TILE_PAD = 16
 _UNITS = {'': 1, 'B': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
@@ -72,7 +74,7 @@ def format_bytes(n: float) -> str:
 
 @dataclass
 class NetSpec:
-    """What the planner needs to know of a network."""
+    """What the planner needs to know of a network, and the call's search geometry and approximate settings."""
 
     arch: str
     n_params: int
@@ -85,10 +87,18 @@ class NetSpec:
     approximate: ApproximateSettings = field(default_factory=ApproximateSettings)
 
     @classmethod
-    def from_net(cls, net: nn.Module) -> 'NetSpec':
-        st = net.search_transfer
-        return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), net.n_feats, st.top_k, st.window,
-                   st.stride, st.padding, net.facts.main_maps_per_lr_px, st.approximate)
+    def from_net(cls, net: nn.Module, search: Optional[SearchSpec] = None) -> 'NetSpec':
+        """The network's facts, with ``search``'s geometry and approximate settings (default: the network's)."""
+        search = net.default_search_spec if search is None else search
+        return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), net.n_feats,
+                   net.search_transfer.top_k, search.window, search.stride, search.padding,
+                   net.facts.main_maps_per_lr_px, search.approximate)
+
+    def search_spec(self, mode: str, chunk: int = DEFAULT_CHUNK, key_chunk: int = DEFAULT_KEY_CHUNK,
+                    cache_keys: bool = False) -> SearchSpec:
+        """The :class:`SearchSpec` of ``mode`` with this geometry and these block sizes."""
+        return SearchSpec(mode, self.window, self.stride, self.padding, chunk or DEFAULT_CHUNK,
+                          key_chunk or DEFAULT_KEY_CHUNK, cache_keys, self.approximate)
 
 
 @dataclass
@@ -103,6 +113,11 @@ class MemoryPlan:
     estimate: int  # estimated peak working memory, bytes
     parts: Dict[str, int]
     lv1_storage: str = 'stored'  # how the encoded references keep relu1_1 (LV1_STORAGE)
+
+    def search_spec(self, spec: SearchSpec) -> SearchSpec:
+        """``spec`` with this plan's method, block sizes and key caching."""
+        return spec.replace(method=self.search_mode, chunk_size=self.chunk_size, key_chunk_size=self.key_chunk_size,
+                            cache_keys=self.cache_keys)
 
     def describe(self) -> str:
         tile = 'untiled' if self.tile_size is None else f'tiles {self.tile_size} + pad {self.tile_pad} (LR px)'
@@ -123,31 +138,22 @@ def _grid(n: int, k: int, s: int, p: int) -> int:
 def search_block_bytes(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mode: str,
                        chunk: int, key_chunk: int, tile_hw: Optional[Tuple[int, int]] = None,
                        lv1_storage: str = 'stored', n_refs: int = 1) -> Dict[str, int]:
-    """Peak transient bytes of the search (whole LR of ``lr_hw``) and of the transfer (one tile of ``tile_hw``,
-    default the whole LR), besides the maps they read."""
+    """Peak transient bytes of the search (whole LR of ``lr_hw``: the method's own estimate,
+    :meth:`~extracter.search.base.SearchMethod.search_bytes`) and of the transfer (one tile of ``tile_hw``, default
+    the whole LR), besides the maps they read."""
     k, s, p = spec.window, spec.stride, spec.padding
     tile_hw = tile_hw or lr_hw
-    c3 = FEATURE_CHANNELS[3]
-    d = c3 * k * k
-    gh, gw = _grid(lr_hw[0], k, s, p), _grid(lr_hw[1], k, s, p)
+    search_spec = spec.search_spec(mode, chunk, key_chunk)
+    method = search_spec.search_method
+    search = method.search_bytes(lr_hw, (ref_hw[0] // 4, ref_hw[1] // 4), FEATURE_CHANNELS[3], search_spec,
+                                 spec.top_k)  # relu3_1 is at 1/4 of the reference
     th, tw = _grid(tile_hw[0], k, s, p), _grid(tile_hw[1], k, s, p)
-    rh, rw = ref_hw[0] // 4, ref_hw[1] // 4  # relu3_1 is at 1/4 of the reference
-    rgh, rgw = _grid(rh, k, s, p), _grid(rw, k, s, p)
-    lq, lk = gh * gw, rgh * rgw
     levels = ((1, 256), (2, 128), (4, 64))
-    if mode == 'dense':
-        search = FLOAT * (2 * d * (lq + lk) + 2 * lq * lk)
+    if method.transfer == 'dense':  # every reference patch unfolded at every level
+        lk = _grid(ref_hw[0] // 4, k, s, p) * _grid(ref_hw[1] // 4, k, s, p)
         transfer = max(FLOAT * 2 * c * (k * f) ** 2 * lk + FLOAT * c * (k * f) ** 2 * th * tw for f, c in levels)
         return {'search': search, 'transfer': transfer}
-    q, kc = min(chunk, lq), min(key_chunk, lk)
-    # the chunked search pads both maps (copies), squares one of them for the patch norms, then works in blocks
-    padded = FLOAT * c3 * ((lr_hw[0] + 2 * p) * (lr_hw[1] + 2 * p) + (rh + 2 * p) * (rw + 2 * p))
-    search = padded + max(FLOAT * c3 * max(lr_hw[0] * lr_hw[1], rh * rw),
-                          FLOAT * (2 * d * (q + 2 * gw) + 2 * d * (kc + 2 * rgw) + 3 * q * kc))
-    if mode == 'approximate':  # its own estimate, or the chunked search's where it runs that (small inputs)
-        approx = approximate_search_bytes(lr_hw, (rh, rw), c3, k, s, p, spec.approximate, chunk)
-        search = search if approx is None else approx
-    rows = max(1, chunk // tw)
+    rows = max(1, search_spec.chunk_size // tw)
     lb = min(rows, th) * tw
     transfer = 0
     for f, c in levels:
@@ -209,9 +215,10 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
         'transfer_blocks': blocks['transfer'],
         'main_network': tile_bytes(spec, (th, tw)),
     }
-    if cache_keys and mode == 'chunked':
-        parts['cached_keys'] = FLOAT * FEATURE_CHANNELS[3] * k * k * _grid(ref_hw[0] // 4, k, s, p) * _grid(
-            ref_hw[1] // 4, k, s, p)
+    if cache_keys:
+        search_spec = spec.search_spec(mode, chunk, key_chunk, cache_keys=True)
+        parts['cached_keys'] = search_spec.search_method.prepared_bytes((ref_hw[0] // 4, ref_hw[1] // 4),
+                                                                        FEATURE_CHANNELS[3], search_spec)
     # freed memory of the earlier phases that the C allocator keeps (measured on CPU with glibc: about one VGG-19
     # tile's transient, in RSS until the end of the inference)
     parts['retained'] = parts['encode_transient']
@@ -251,23 +258,62 @@ def tile_candidates(lr_hw: Tuple[int, int], multiple: int, tile_pad: int) -> Lis
     return sorted(((s, pad) for s in sizes), key=lambda t: (tile_work(lr_hw, t[0], t[1], multiple), t[0]))
 
 
+def _first_fit(fits, method, t, storages):
+    """(chunk, key_chunk, parts, lv1) of the first storage of relu1_1 at tiling ``t`` that fits with the largest
+    chunks (halving from the defaults; a method without blocks: its own), or None."""
+    for lv1 in storages:
+        chunk, key_chunk = DEFAULT_CHUNK, DEFAULT_KEY_CHUNK
+        while True:
+            ok, parts = fits(t, chunk, key_chunk, lv1)
+            if ok:
+                return chunk, key_chunk, parts, lv1
+            if not method.uses_blocks or (chunk <= MIN_CHUNK and key_chunk <= MIN_KEY_CHUNK):
+                break
+            chunk, key_chunk = max(MIN_CHUNK, chunk // 2), max(MIN_KEY_CHUNK, key_chunk // 2)
+    return None
+
+
+def _refuse(spec: NetSpec, lr_hw, ref_hw, budget: int, mode: str, tile, candidates, storages, n_refs: int):
+    """The error of a request that fits at no tiling, with what the smallest one needs."""
+    smallest = min(candidates[1:], key=lambda t: t[0]) if tile is None and len(candidates) > 1 else candidates[-1]
+    need = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, smallest, storages[-1],
+                    n_refs)['total']
+    what = 'untiled' if smallest is None else f'with tile_size={smallest[0]}, tile_pad={smallest[1]}'
+    if storages[-1] == 'recomputed':
+        what += ', relu1_1 recomputed'
+    hint = ('use search mode chunked' if not get_method(mode).uses_blocks else
+            'use a smaller tile' if tile is not None else 'use a smaller LR or reference')
+    return MemoryBudgetError(
+        f'max_memory={format_bytes(budget)} is too small for a {lr_hw[1]}x{lr_hw[0]} LR and a {ref_hw[1]}x{ref_hw[0]} '
+        f'reference ({mode} search, {what}): it needs about {format_bytes(need)}; raise max_memory or {hint}')
+
+
 def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
                 tile: Optional[Tuple[int, int]] = None, search_mode: Optional[str] = None,
-                tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1) -> MemoryPlan:
-    """Choose search mode, chunk sizes, tiling and how relu1_1 is kept so that one inference fits ``max_memory``.
+                tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1, search: Optional[SearchSpec] = None) -> MemoryPlan:
+    """Choose chunk sizes, tiling and how relu1_1 is kept so that one inference fits ``max_memory``.
 
     ``lr_hw`` / ``ref_hw``: the (already padded) LR and reference sizes (several references: one size with their
     summed area, and ``n_refs``). ``tile``: a requested (tile_size, tile_pad) in LR pixels, kept as given (only the
     chunks are chosen); otherwise the planner tiles only when the untiled run does not fit, with ``tile_pad`` of
     context. At every tiling relu1_1 is stored if that fits, else recomputed from the reference image (exact, a
-    little slower transfer: chosen only where needed). ``search_mode='dense'`` checks the faithful path instead (no
-    chunking, relu1_1 stored). Raises :class:`MemoryBudgetError` when nothing fits.
+    little slower transfer: chosen only where needed). ``search_mode`` (default chunked): the method, whose own
+    estimate counts (:meth:`~extracter.search.base.SearchMethod.search_bytes`); a method with the dense transfer
+    (``'dense'``, the faithful path) keeps relu1_1 stored; one without blocks is only checked. ``search``: the
+    call's spec (its geometry and approximate settings; a network's default otherwise). Raises
+    :class:`MemoryBudgetError` when nothing fits.
     """
-    spec = net_or_spec if isinstance(net_or_spec, NetSpec) else NetSpec.from_net(net_or_spec)
+    if isinstance(net_or_spec, NetSpec):
+        spec = net_or_spec if search is None else dataclasses.replace(
+            net_or_spec, window=search.window, stride=search.stride, padding=search.padding,
+            approximate=search.approximate)
+    else:
+        spec = NetSpec.from_net(net_or_spec, search)
     budget = parse_memory(max_memory)
     mode = search_mode or 'chunked'
+    method = get_method(mode)
     mult = spec.stride
-    storages = ('stored',) if mode == 'dense' else LV1_STORAGE
+    storages = ('stored',) if method.transfer == 'dense' else LV1_STORAGE
     least = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, (mult, 0), storages[-1], n_refs)
     ref_need = max(least['keys_peak'], least['encode_peak'])
     if ref_need > budget:
@@ -281,50 +327,22 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
         parts = estimate(spec, lr_hw, ref_hw, mode, chunk, key_chunk, cache, t, lv1, n_refs)
         return parts['total'] <= budget, parts
 
-    def try_chunks(t, lv1):
-        """Largest chunks (halving from the defaults) that fit with tiling ``t``, or None."""
-        if mode == 'dense':
-            ok, parts = fits(t, 0, 0, lv1)
-            return (0, 0, parts) if ok else None
-        chunk, key_chunk = DEFAULT_CHUNK, DEFAULT_KEY_CHUNK
-        while True:
-            ok, parts = fits(t, chunk, key_chunk, lv1)
-            if ok:
-                return chunk, key_chunk, parts
-            if chunk <= MIN_CHUNK and key_chunk <= MIN_KEY_CHUNK:
-                return None
-            chunk, key_chunk = max(MIN_CHUNK, chunk // 2), max(MIN_KEY_CHUNK, key_chunk // 2)
-
     if tile is not None:
-        t = (max(mult, tile[0] // mult * mult), -(-tile[1] // mult) * mult)
-        candidates = [t]
+        candidates = [(max(mult, tile[0] // mult * mult), -(-tile[1] // mult) * mult)]
     else:
         candidates = [None] + tile_candidates(lr_hw, mult, tile_pad)
     for t in candidates:
-        for lv1 in storages:
-            found = try_chunks(t, lv1)
-            if found is not None:
-                break
+        found = _first_fit(fits, method, t, storages)
         if found is None:
             continue
-        chunk, key_chunk, parts = found
+        chunk, key_chunk, parts, lv1 = found
         cache = False
-        if mode == 'chunked':  # normalise the reference patches once instead of once per block of LR patches
+        if method.caches_keys:  # normalise the reference patches once instead of once per block of LR patches
             k, s, p = spec.window, spec.stride, spec.padding
             n_query_blocks = math.ceil(_grid(lr_hw[0], k, s, p) * _grid(lr_hw[1], k, s, p) / chunk)
             ok, cached = fits(t, chunk, key_chunk, lv1, cache=True)
             if ok and n_query_blocks > 1:
                 cache, parts = True, cached
-        return MemoryPlan(budget, mode, chunk or DEFAULT_CHUNK, key_chunk or DEFAULT_KEY_CHUNK, cache,
-                          None if t is None else t[0], 0 if t is None else t[1], parts['total'], parts, lv1)
-    smallest = min(candidates[1:], key=lambda t: t[0]) if tile is None and len(candidates) > 1 else candidates[-1]
-    need = estimate(spec, lr_hw, ref_hw, mode, MIN_CHUNK, MIN_KEY_CHUNK, False, smallest, storages[-1],
-                    n_refs)['total']
-    what = 'untiled' if smallest is None else f'with tile_size={smallest[0]}, tile_pad={smallest[1]}'
-    if storages[-1] == 'recomputed':
-        what += ', relu1_1 recomputed'
-    hint = ('use search mode chunked' if mode == 'dense' else
-            'use a smaller tile' if tile is not None else 'use a smaller LR or reference')
-    raise MemoryBudgetError(
-        f'max_memory={format_bytes(budget)} is too small for a {lr_hw[1]}x{lr_hw[0]} LR and a {ref_hw[1]}x{ref_hw[0]} '
-        f'reference ({mode} search, {what}): it needs about {format_bytes(need)}; raise max_memory or {hint}')
+        return MemoryPlan(budget, mode, chunk, key_chunk, cache, None if t is None else t[0],
+                          0 if t is None else t[1], parts['total'], parts, lv1)
+    raise _refuse(spec, lr_hw, ref_hw, budget, mode, tile, candidates, storages, n_refs)

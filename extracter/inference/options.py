@@ -25,9 +25,9 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from extracter.archs.search_approximate import ApproximateSettings
 from extracter.archs.search_transfer import SEARCH_MODES as NET_SEARCH_MODES
 from extracter.inference.memory_plan import parse_memory
+from extracter.search.methods.approximate import ApproximateSettings
 
 # the network's modes, and 'auto': approximate where the exact search is expensive (resolved per image by the engine)
 SEARCH_MODES = NET_SEARCH_MODES + ('auto',)

@@ -5,7 +5,7 @@ reference, and the tiles' centres are stitched.
 split into tiles of ``tile_size`` x ``tile_size`` (the last row/column may be smaller), each processed with
 ``tile_pad`` extra LR pixels of context on every side (where the image has them), and only the tile's own area of
 the x4 output is kept. Both are rounded to multiples of the search stride (the LR multiple of
-``net.size_multiples()``), so that every tile's search patches sit on the untiled patch grid.
+``net.size_multiples(spec)``), so that every tile's search patches sit on the untiled patch grid.
 
 The search itself is not tiled: it runs once for the whole LR (chunked, bounded memory), and each tile takes its
 window of the result; see :func:`tiled_forward`.
@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, as_reference_list
+from extracter.search import SearchSpec
 from extracter.utils.input_warning import InputWarning
 
 # LR pixels of context for the tiled VGG-19 pass: its receptive field up to relu3_1 is 24 upsampled-LR pixels
@@ -56,12 +57,13 @@ def tile_spans(length: int, tile_size: int, tile_pad: int, multiple: int = 1) ->
 
 
 def search_features_tiled(net: RefSRNet, lr_up: torch.Tensor, tile_size: int,
-                          margin: int = VGG_MARGIN) -> torch.Tensor:
+                          margin: int = VGG_MARGIN, spec: Optional[SearchSpec] = None) -> torch.Tensor:
     """relu3_1 of the upsampled LR [N, 256, h, w] computed tile by tile (with ``margin`` LR pixels of context,
-    more than VGG-19's receptive field up to relu3_1, so the result equals the untiled one)."""
+    more than VGG-19's receptive field up to relu3_1, so the result equals the untiled one); tiles on multiples of
+    ``spec``'s stride (default: the network's)."""
     n, _, hu, wu = lr_up.shape
     h, w = hu // SCALE, wu // SCALE
-    multiple = net.size_multiples()[0]
+    multiple = net.size_multiples(spec)[0]
     out = None
     for y0, y1, iy0, iy1 in tile_spans(h, tile_size, margin, multiple):
         for x0, x1, ix0, ix1 in tile_spans(w, tile_size, margin, multiple):
@@ -99,7 +101,7 @@ def tile_loop(lr: torch.Tensor, scale: int, tile_size: int, tile_pad: int, multi
 def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
                   ref_feats: Union[ReferenceFeatures, Sequence[ReferenceFeatures]], tile_size: int, tile_pad: int,
                   progress: Optional[Callable[[int, int], None]] = None, return_search: bool = False,
-                  search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+                  search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, spec: Optional[SearchSpec] = None):
     """SR [N,3,4h,4w] of ``lr`` [N,3,h,w] tile by tile against one or several encoded references; ``lr`` must
     already have the net's LR multiple and ``lr_up`` is the upsampled whole LR. ``progress(done, total)`` is called
     after each tile. ``return_search``: also return the whole LR's search result (scores, index). ``search``: that
@@ -109,26 +111,28 @@ def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
     The search runs once for the whole LR (its query features are computed tile by tile, exactly): every tile
     then uses the untiled search result for its patches, so only the main network sees tile borders, and no
     search work is repeated in the tiles' overlaps. Memory: the LR's relu3_1 (1 KiB per LR pixel) and the search
-    result (top_k x 12 bytes per patch) for the whole LR, the rest per tile.
+    result (top_k x 12 bytes per patch) for the whole LR, the rest per tile. ``spec``: the call's search (default:
+    the network's).
     """
     n, _, h, w = lr.shape
-    st = net.search_transfer
-    s = st.stride
+    spec = net.search_spec(spec)
+    s = spec.stride
     refs = as_reference_list(ref_feats)
     if search is None:
-        search = net.search(search_features_tiled(net, lr_up, tile_size), refs)
+        search = net.search(search_features_tiled(net, lr_up, tile_size, spec=spec), refs, spec)
     flat_scores, flat_index = search
-    gh, gw = st.grid_size(h, w)
-    scores = flat_scores.view(n, st.top_k, gh, gw)
-    index = flat_index.view(n, st.top_k, gh, gw)
+    top_k = flat_scores.size(1)
+    gh, gw = spec.grid_size(h, w)
+    scores = flat_scores.view(n, top_k, gh, gw)
+    index = flat_index.view(n, top_k, gh, gw)
 
     def run_tile(iy0: int, iy1: int, ix0: int, ix1: int) -> torch.Tensor:
         # the tile's own patch grid is a window of the whole LR's (tile bounds are multiples of the stride)
-        th, tw = st.grid_size(iy1 - iy0, ix1 - ix0)
+        th, tw = spec.grid_size(iy1 - iy0, ix1 - ix0)
         py, px = iy0 // s, ix0 // s
-        search = (scores[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1),
-                  index[:, :, py:py + th, px:px + tw].reshape(n, st.top_k, -1))
-        return net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search)
+        search = (scores[:, :, py:py + th, px:px + tw].reshape(n, top_k, -1),
+                  index[:, :, py:py + th, px:px + tw].reshape(n, top_k, -1))
+        return net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search, spec=spec)
 
-    out = tile_loop(lr, SCALE, tile_size, tile_pad, net.size_multiples()[0], run_tile, progress)
+    out = tile_loop(lr, SCALE, tile_size, tile_pad, net.size_multiples(spec)[0], run_tile, progress)
     return (out, (flat_scores, flat_index)) if return_search else out

@@ -1,6 +1,6 @@
 """Approximate texture search for large inputs: reduced-dimension retrieval, then exact search in candidate windows.
 
-Same contract as :meth:`SearchTransfer.search_chunked <extracter.archs.search_transfer.SearchTransfer.search_chunked>`:
+Same contract as every search method (:class:`extracter.search.base.SearchMethod`), registered as ``approximate``:
 for every LR patch (unfold with window k, stride s, padding p of relu3_1 features) the top-k reference patches by the
 cosine relevance of TTSR Eq. 4, ``r_ij = <q_i / |q_i|, k_j / |k_j|>``, returned as ``(scores, index)``, each
 [N, top_k, L], rank-sorted; the scores are the exact relevances of the chosen patches.
@@ -48,7 +48,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from extracter.archs.patches import Scratch, chunked_search, grid_size, inv_patch_norms, merge_topk, patch_rows
+from extracter.search.base import SearchMethod, register_method
+from extracter.search.methods.exact import chunked_search_bytes
+from extracter.search.patches import Scratch, chunked_search, grid_size, inv_patch_norms, merge_topk, patch_rows
 
 __all__ = ['ApproximateSettings', 'approximate_search', 'exact_search_queries', 'grid_size', 'recall_at_1',
            'recall_at_k', 'uses_exact', 'AUTO_APPROXIMATE_ABOVE', 'auto_search_mode', 'exact_multiply_adds',
@@ -385,7 +387,7 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
     Args:
         lr_feat: relu3_1 of the up-sampled LR [N, C, h, w] (queries); ref_feat: of the down-up-sampled reference
             [N, C, H, W] (keys).
-        window, stride, padding, top_k: as :class:`~extracter.archs.search_transfer.SearchTransfer`.
+        window, stride, padding, top_k: as in :class:`~extracter.search.spec.SearchSpec`.
         settings: :class:`ApproximateSettings` (default: its defaults); ``overrides``: any of its fields, replacing
             the value in ``settings``. The fields:
 
@@ -568,3 +570,28 @@ def recall_at_k(approx: Tuple[torch.Tensor, torch.Tensor], exact: Tuple[torch.Te
     found = (e_i[:, :, None, :] == a_i[:, None, :, :]).any(dim=2)  # [N, k, L]
     found |= _tie_equal(a_s, e_s, tol)
     return found.float().mean().item()
+
+
+@register_method
+class ApproximateSearch(SearchMethod):
+    """The approximate search as a search method: :func:`approximate_search` with ``spec.approximate``; its
+    retrieval in blocks of ``spec.chunk_size`` queries, and, where it runs the exact search instead (small inputs),
+    the chunked search with the spec's block sizes."""
+
+    name = 'approximate'
+    exact = False
+    description = ('large inputs: reduced-descriptor retrieval, then exact relevances in candidate windows '
+                   '(sub-quadratic)')
+
+    def search(self, query: torch.Tensor, keys: torch.Tensor, spec, top_k: int, prepared=None):
+        return approximate_search(query, keys, *spec.geometry, top_k, spec.approximate,
+                                  query_chunk_size=spec.chunk_size,
+                                  exact_chunks=(spec.chunk_size, spec.key_chunk_size))
+
+    def search_bytes(self, query_hw, keys_hw, channels, spec, top_k) -> int:
+        own = approximate_search_bytes(query_hw, keys_hw, channels, *spec.geometry, spec.approximate,
+                                       spec.chunk_size)
+        return chunked_search_bytes(query_hw, keys_hw, channels, spec) if own is None else own
+
+    def is_exact_for(self, n_query: int, n_keys: int, spec) -> bool:
+        return uses_exact(n_query, n_keys, spec.approximate)

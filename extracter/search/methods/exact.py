@@ -1,0 +1,97 @@
+"""The exact searches: every LR patch against every reference patch (TTSR Eq. 4-5, 7).
+
+- ``dense`` (the faithful default, as the original code): the whole relevance matrix between all LR and all
+  reference patches at once; memory grows with (LR patches x reference patches). Its transfer unfolds every
+  reference patch (:mod:`extracter.search.transfer`), as the original does.
+- ``chunked``: blocks of ``chunk_size`` LR patches against blocks of ``key_chunk_size`` reference patches with a
+  running top-k; the same result up to float rounding (~1e-7), peak memory bounded by the block sizes.
+"""
+
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from extracter.search.base import SearchMethod, SearchResult, register_method
+from extracter.search.patches import chunked_search, grid_size, inv_patch_norms, patch_range
+
+FLOAT = 4
+
+
+@register_method
+class DenseSearch(SearchMethod):
+    name = 'dense'
+    exact = True
+    transfer = 'dense'
+    uses_blocks = False
+    description = 'exact, the whole relevance matrix at once (the original code; memory grows with both sizes)'
+
+    def search(self, query: torch.Tensor, keys: torch.Tensor, spec, top_k: int, prepared: Any = None
+               ) -> SearchResult:
+        k, s, p = spec.geometry
+        q = F.normalize(F.unfold(query, kernel_size=k, padding=p, stride=s), dim=1)  # [N, C*k*k, L]
+        kk = F.normalize(F.unfold(keys, kernel_size=k, padding=p, stride=s), dim=1)  # [N, C*k*k, Lr]
+        relevance = torch.bmm(kk.transpose(1, 2), q)  # [N, Lr, L]
+        return torch.topk(relevance, top_k, dim=1, largest=True, sorted=True)
+
+    def search_bytes(self, query_hw: Tuple[int, int], keys_hw: Tuple[int, int], channels: int, spec,
+                     top_k: int) -> int:
+        k, s, p = spec.geometry
+        d = channels * k * k
+        lq = spec.patch_count(*query_hw)
+        lk = spec.patch_count(*keys_hw)
+        return FLOAT * (2 * d * (lq + lk) + 2 * lq * lk)
+
+
+def prepare_key_blocks(keys: torch.Tensor, spec) -> List[torch.Tensor]:
+    """The L2-normalised reference patches in blocks of ``spec.key_chunk_size``, each [N, C*k*k, block]."""
+    k, s, p = spec.geometry
+    ref_pad = F.pad(keys, (p, p, p, p))
+    _, gw = grid_size(*keys.shape[-2:], k, s, p)
+    inv = inv_patch_norms(ref_pad, k, s)
+    n_keys = inv.size(1)
+    blocks = []
+    for j0 in range(0, n_keys, spec.key_chunk_size):
+        j1 = min(j0 + spec.key_chunk_size, n_keys)
+        blocks.append(patch_range(ref_pad, k, s, gw, j0, j1).mul_(inv[:, None, j0:j1]))
+    return blocks
+
+
+def chunked_search_bytes(query_hw: Tuple[int, int], keys_hw: Tuple[int, int], channels: int, spec) -> int:
+    """Peak transient bytes of the chunked search: both maps padded (copies), one squared for the patch norms,
+    then one block of queries, one of keys and their relevances."""
+    k, s, p = spec.geometry
+    d = channels * k * k
+    _, gw = spec.grid_size(*query_hw)
+    _, rgw = spec.grid_size(*keys_hw)
+    q = min(spec.chunk_size, spec.patch_count(*query_hw))
+    kc = min(spec.key_chunk_size, spec.patch_count(*keys_hw))
+    (h, w), (rh, rw) = query_hw, keys_hw
+    padded = FLOAT * channels * ((h + 2 * p) * (w + 2 * p) + (rh + 2 * p) * (rw + 2 * p))
+    return padded + max(FLOAT * channels * max(h * w, rh * rw),
+                        FLOAT * (2 * d * (q + 2 * gw) + 2 * d * (kc + 2 * rgw) + 3 * q * kc))
+
+
+@register_method
+class ChunkedSearch(SearchMethod):
+    name = 'chunked'
+    exact = True
+    caches_keys = True
+    description = 'exact, in blocks with a running top-k (bounded memory, the same result)'
+
+    def prepare(self, keys: torch.Tensor, spec) -> Optional[List[torch.Tensor]]:
+        """The normalised key blocks when ``spec.cache_keys`` (reused by every block of LR patches), else None."""
+        return prepare_key_blocks(keys, spec) if spec.cache_keys else None
+
+    def search(self, query: torch.Tensor, keys: torch.Tensor, spec, top_k: int, prepared: Any = None
+               ) -> SearchResult:
+        if prepared is None and spec.cache_keys and spec.patch_count(*query.shape[-2:]) > spec.chunk_size:
+            prepared = prepare_key_blocks(keys, spec)
+        return chunked_search(query, keys, *spec.geometry, top_k, spec.chunk_size, spec.key_chunk_size, prepared)
+
+    def search_bytes(self, query_hw, keys_hw, channels, spec, top_k) -> int:
+        return chunked_search_bytes(query_hw, keys_hw, channels, spec)
+
+    def prepared_bytes(self, keys_hw: Tuple[int, int], channels: int, spec) -> int:
+        """The cached normalised key patches (``spec.cache_keys``)."""
+        return FLOAT * channels * spec.window ** 2 * spec.patch_count(*keys_hw) if spec.cache_keys else 0
