@@ -6,7 +6,8 @@ training validation (``val:``), ``test.py`` (``val:``) and ``infer.py`` (its fla
       tile_pad: 16
     max_memory: 6G         # optional working-memory budget
     search:                # optional
-      mode: chunked        # dense | chunked | approximate | auto (approximate where the exact search is expensive)
+      mode: chunked        # a search method (dense | chunked | approximate | faiss ...) or auto (approximate where the
+                           # exact search is expensive)
       chunk_size: 4096     # optional, LR patches per block
       key_chunk_size: 8192 # optional, reference patches per block
       window: 12           # optional geometry switch for this run (EXTRACTER), all three together
@@ -25,12 +26,12 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from extracter.archs.search_transfer import SEARCH_MODES as NET_SEARCH_MODES
 from extracter.inference.memory_plan import parse_memory
+from extracter.search import get_method, method_names
 from extracter.search.methods.approximate import ApproximateSettings
 
-# the network's modes, and 'auto': approximate where the exact search is expensive (resolved per image by the engine)
-SEARCH_MODES = NET_SEARCH_MODES + ('auto',)
+# the registered search methods, and 'auto': approximate where the exact search is expensive (resolved per image)
+SEARCH_MODES = method_names() + ('auto',)
 TILE_KEYS = ('tile_size', 'tile_pad')
 SEARCH_KEYS = ('mode', 'chunk_size', 'key_chunk_size', 'window', 'stride', 'padding', 'approximate')
 APPROXIMATE_KEYS = tuple(f.name for f in dataclasses.fields(ApproximateSettings))
@@ -78,6 +79,9 @@ class SearchOptions:
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in SEARCH_MODES:
             raise InferenceOptionError(f'search.mode must be one of {", ".join(SEARCH_MODES)}, got {self.mode!r}')
+        missing = None if self.mode in (None, 'auto') else get_method(self.mode).available()
+        if missing is not None:
+            raise InferenceOptionError(f'search.mode {self.mode}: {missing}')
         for key in ('chunk_size', 'key_chunk_size'):
             if getattr(self, key) is not None:
                 _int(getattr(self, key), f'search.{key}', 1)

@@ -61,6 +61,9 @@ def choose_search(spec: SearchSpec, requested: Optional[str], lr_hw: Tuple[int, 
         method = 'chunked' if budgeted else spec.method
     chosen = spec.replace(method=method)
     runner = chosen.search_method
+    missing = runner.available()
+    if missing is not None:
+        raise ValueError(f'search mode {method}: {missing}')
     # several references are searched one by one: exact when every one of them is
     exact = all(runner.is_exact_for(n_query, spec.patch_count(h // SCALE, w // SCALE), chosen) for h, w in ref_hws)
     return SearchChoice(chosen, requested, work, exact)
