@@ -41,9 +41,9 @@ from extracter.data.image_io import ImageInputWarning, ImageReadError, read_imag
 from extracter.data.inference_dataset import inference_sample
 from extracter.inference.engine import run_sisr
 from extracter.inference.folder import batch_of_one, super_resolve
-from extracter.inference.memory_plan import MemoryBudgetError, parse_memory
+from extracter.inference.memory_plan import MemoryBudgetError
 from extracter.inference.network import NetworkLoadError, load_network
-from extracter.inference.options import SEARCH_MODES
+from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
 
 LOG = logging.getLogger('extracter.app')
@@ -238,7 +238,7 @@ class JobRunner:
         self.jobs_dir = self.output_dir / 'jobs'
         self.device = device
         self.max_memory = max_memory or default_memory_budget(device)
-        parse_memory(self.max_memory)
+        InferenceOptions(max_memory=self.max_memory)  # checked now (a ValueError naming it)
         self.models = list(models)
         self.allow_model_paths = allow_model_paths
         self.max_waiting = max_waiting
@@ -391,13 +391,7 @@ class JobRunner:
                       for i, p in enumerate(request.refs)]
         lr_path = self._input_path(request.lr, 'the photo to enlarge (the low-resolution photo)')
         ref_paths = [self._input_path(p, label) for p, label in zip(request.refs, ref_labels)]
-        if request.search_mode not in (None, '') + SEARCH_MODES:
-            raise JobError(f'Unknown search mode {request.search_mode!r}: choose one of {", ".join(SEARCH_MODES)}.')
-        budget = request.max_memory or self.max_memory
-        try:
-            parse_memory(budget)
-        except ValueError:
-            raise JobError(f'The memory budget {budget!r} is not a size: write it like 4G or 512M.') from None
+        options = self._inference_options(request)
         entry = self._choose_model(request, bool(ref_paths), notes)
 
         report(Progress('reading the photos', 0.02))
@@ -424,7 +418,7 @@ class JobRunner:
         net = self._network(entry)
         eta = _EtaClock(self._seconds_per_lr_px, h * w)
         if entry.uses_reference:
-            out = self._run_refsr(net, lq, refs, budget, request.search_mode, report, eta)
+            out = self._run_refsr(net, lq, refs, options, report, eta)
         else:
             out = self._run_single(net, lq, report, eta)
         report(Progress('writing the result', 0.97))
@@ -445,11 +439,24 @@ class JobRunner:
                          entry.label, not entry.uses_reference, seconds, out.get('plan'), notes,
                          out.get('search_used'))
 
-    def _run_refsr(self, net, lq: np.ndarray, refs: List[np.ndarray], budget: str, search_mode: Optional[str],
+    def _inference_options(self, request: JobRequest) -> InferenceOptions:
+        """The job's inference options (the same schema and route as infer.py's flags and the YAML ``val``
+        section), with the page's words for what is wrong."""
+        if request.search_mode not in (None, '') + SEARCH_MODES:
+            raise JobError(f'Unknown search mode {request.search_mode!r}: choose one of {", ".join(SEARCH_MODES)}.')
+        budget = request.max_memory or self.max_memory
+        try:
+            return InferenceOptions(max_memory=budget, search=SearchOptions(mode=request.search_mode or DEFAULT_SEARCH))
+        except InferenceOptionError as err:
+            if str(err).startswith('max_memory'):
+                raise JobError(f'The memory budget {budget!r} is not a size: write it like 4G or 512M.') from None
+            raise JobError(f'{str(err)[:1].upper()}{str(err)[1:]}.') from None
+
+    def _run_refsr(self, net, lq: np.ndarray, refs: List[np.ndarray], options: InferenceOptions,
                    report: Callable[[Progress], None], eta: '_EtaClock') -> Dict:
-        lr_mult, ref_mult = net.size_multiples()
+        run_kwargs = options.run_kwargs()
+        lr_mult, ref_mult = net.size_multiples(net.search_spec(geometry=options.search.geometry))
         sample = batch_of_one(inference_sample(lq, refs, lr_mult, ref_mult))
-        run_kwargs = {'max_memory': budget, 'search_mode': search_mode or DEFAULT_SEARCH}
 
         def stage(text: str) -> None:
             if text.startswith('encoding'):
