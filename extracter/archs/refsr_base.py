@@ -105,8 +105,19 @@ class RefSRNet(nn.Module):
     ``n_feats`` and the extractor named by ``facts.feature_extractor``, and implement ``_reconstruct`` (the main
     network, from the LR in [-1, 1] and the transferred textures).
 
-    ``forward`` is :meth:`encode_reference` followed by :meth:`forward_features`; the inference engine
-    (:mod:`extracter.inference`) calls them separately (one encoding, several tiles; several references).
+    The RefSR contract, the paper-level steps the inference engine (:mod:`extracter.inference`) and the tiles call,
+    each with the call's :class:`~extracter.search.spec.SearchSpec` (``spec=None``: the network's default):
+
+    1. :meth:`search_spec` (a call's spec, checked against the architecture) and :meth:`size_multiples` (what the
+       inputs are padded to), :meth:`check_inputs`;
+    2. encode each reference for the search: :meth:`encode_keys`; the LR's queries: :meth:`search_features`;
+    3. search the union of the references: :meth:`search` -> (scores, index) [N, top_k, L];
+    4. encode each reference for the transfer: :meth:`encode_texture_features`;
+    5. transfer and reconstruct an LR (or a tile of it, with its window of the search result):
+       :meth:`forward_features` (:meth:`transfer`, then :meth:`reconstruct`).
+
+    An architecture of another design implements the same steps (its own encodings, search and transfer).
+    ``forward`` (training) is :meth:`encode_reference` followed by :meth:`forward_features`.
     """
 
     facts: ClassVar[ArchFacts]
@@ -226,6 +237,23 @@ class RefSRNet(nn.Module):
             return lv1_feat, lv2, lv3
         lv2, lv3 = extractor.encode_tiled(ref, tile_size, levels=(2, 3))
         return extractor.relu1_1_source(ref), lv2, lv3
+
+    def encode_keys(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
+                    tile_size: Optional[int] = None, spec: Optional[SearchSpec] = None) -> ReferenceFeatures:
+        """The contract's first step for a reference: what the search needs of it, and nothing else (its keys, and
+        what ``spec``'s method prepares once per reference). The inference engine encodes the textures only after
+        the search (:meth:`encode_texture_features`), so that the two never share memory."""
+        spec = self.search_spec(spec)
+        keys = self.encode_search_keys(ref, ref_downup, tile_size)
+        return ReferenceFeatures(keys, None, None, None, spec.search_method.prepare(keys, spec))
+
+    def encode_texture_features(self, ref: torch.Tensor, tile_size: Optional[int] = None, lv1: str = 'stored',
+                                spec: Optional[SearchSpec] = None) -> ReferenceFeatures:
+        """The contract's step after the search: what the transfer reads of a reference (its textures, in the
+        layout ``spec``'s transfer reads fastest), without its search keys."""
+        spec = self.search_spec(spec)
+        textures = self.encode_textures(ref, tile_size, lv1)
+        return ReferenceFeatures(None, *(self.search_transfer.transfer_layout(t, spec) for t in textures))
 
     def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
         """relu3_1 of the upsampled LR (the search queries), at the LR size."""

@@ -50,7 +50,7 @@ class RefSRResult:
 
     ``scores``/``index``: the search result [N, top_k, L] on the padded LR's patch grid ``lr_grid``; ``index`` runs
     over the references' patches in order (``patch_counts`` each, see
-    :func:`extracter.archs.search_transfer.split_index`); ``ref_grids``: each reference's patch grid;
+    :func:`extracter.search.transfer.split_index`); ``ref_grids``: each reference's patch grid;
     ``padded_lr_hw``/``padded_ref_hw``: the sizes after padding to the network's multiples; ``plan``: the memory plan.
     """
 
@@ -126,15 +126,12 @@ def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Opti
     """Phases 1-2: the search keys of every reference (VGG-19 in tiles: one tile's transient memory), then the whole
     LR searched once (its query features tile by tile when tiled); the keys are dropped on return. Returns the
     search result, the references' patch grids and their patch counts."""
-    keys: List[torch.Tensor] = []
-    prepared: List[Any] = []
-    method = spec.search_method
+    keys: List[ReferenceFeatures] = []
     for i, (r, du) in enumerate(zip(inp.refs, inp.refs_du), start=1):
         net.check_inputs(inp.lr, r, None, du, spec)
         if stage is not None:
             stage(f'encoding reference {i}/{len(inp.refs)}')
-        keys.append(net.encode_search_keys(r, du, ENCODE_TILE))
-        prepared.append(method.prepare(keys[-1], spec))
+        keys.append(net.encode_keys(r, du, ENCODE_TILE, spec))
     inp.refs_du = [None] * len(inp.refs)
     lr_up = make_lr_up(inp.lr) if inp.lr_up is None else inp.lr_up
     inp.lr_up = None
@@ -143,8 +140,9 @@ def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Opti
     lr_feat = net.search_features(lr_up) if tile_size is None else search_features_tiled(net, lr_up, tile_size,
                                                                                           spec=spec)
     del lr_up
-    search = net.search_transfer.search(lr_feat, keys, prepared, spec)
-    return search, [spec.grid_size(*k.shape[-2:]) for k in keys], [spec.patch_count(*k.shape[-2:]) for k in keys]
+    search = net.search(lr_feat, keys, spec)
+    sizes = [k.search.shape[-2:] for k in keys]
+    return search, [spec.grid_size(*hw) for hw in sizes], [spec.patch_count(*hw) for hw in sizes]
 
 
 def _main_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, search, tile_t: Optional[Tuple[int, int]],
@@ -152,10 +150,7 @@ def _main_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, search, tile_t: O
     """Phases 3-4: the textures of every reference, only now (they never share memory with the keys and the
     search; channels-last on CPU, the layout the transfer reads fastest), then the main network, untiled or tile by
     tile, on the search result."""
-    st = net.search_transfer
-    encoded = [ReferenceFeatures(None, *(st.transfer_layout(t, spec)
-                                         for t in net.encode_textures(r, ENCODE_TILE, lv1_storage)))
-               for r in inp.refs]
+    encoded = [net.encode_texture_features(r, ENCODE_TILE, lv1_storage, spec) for r in inp.refs]
     if tile_t is None:
         return net.forward_features(inp.lr, None, encoded, search=search, spec=spec)
     return tiled_forward(net, inp.lr, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search,

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from extracter.archs.refsr_base import SCALE, RefSRNet, bicubic_resize
-from extracter.archs.search_transfer import split_index
 from extracter.data.image_io import ImageReadError, check_image_file
 from extracter.inference.engine import run_refsr, run_sisr
+from extracter.search.transfer import split_index
 from extracter.utils.file_io import check_writable, clean_stale_temp_files, ensure_folder
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8, texture_source_panels
 
