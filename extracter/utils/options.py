@@ -27,10 +27,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 import yaml
 
+from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
 from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
 from extracter.registry import basicsr_registry, use_basicsr
-from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments
+from extracter.utils.cli import ArgumentParser
 
 
 class OptionError(ValueError):
