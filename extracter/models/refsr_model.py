@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from extracter.inference.engine import refsr_kwargs_from_options, run_refsr
 from extracter.inference.network import load_state_into
+from extracter.options.schema import VAL_OWN_KEYS, optimizer_class, option_errors, scheduler_class
 from extracter.registry import MODEL_REGISTRY
 from extracter.utils import dist as dist_util
 from extracter.utils.checkpoint import load_checkpoint as _read_checkpoint
 from extracter.utils.checkpoint import network_state
 from extracter.utils.file_io import atomic_torch_save, atomic_write
-from extracter.utils.options import VAL_OWN_KEYS, optimizer_class, option_errors, scheduler_class
 
 
 def imwrite_atomic(img: np.ndarray, path: str) -> None:

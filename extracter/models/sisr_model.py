@@ -17,8 +17,8 @@ from torch import nn
 
 from extracter.inference.engine import refsr_kwargs_from_options, run_sisr
 from extracter.models.refsr_model import RefSRModel
+from extracter.options.schema import VAL_OWN_KEYS
 from extracter.registry import MODEL_REGISTRY
-from extracter.utils.options import VAL_OWN_KEYS
 
 
 @MODEL_REGISTRY.register()
