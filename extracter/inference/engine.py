@@ -102,7 +102,7 @@ def equivalent_ref_hw(sizes: Sequence[Tuple[int, int]], multiple: int) -> Tuple[
     return max(multiple, math.ceil(area / width / multiple) * multiple), width
 
 
-def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torch.Tensor] = None,
+def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torch.Tensor] = None,  # noqa: C901
               ref_downup: Optional[Images] = None, tile: Optional[Mapping[str, int]] = None,
               max_memory=None, search_mode: Optional[str] = None, chunk_size: Optional[int] = None,
               key_chunk_size: Optional[int] = None, search_geometry: Optional[Tuple[int, int, int]] = None,

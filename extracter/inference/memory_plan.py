@@ -251,7 +251,7 @@ def tile_candidates(lr_hw: Tuple[int, int], multiple: int, tile_pad: int) -> Lis
     return sorted(((s, pad) for s in sizes), key=lambda t: (tile_work(lr_hw, t[0], t[1], multiple), t[0]))
 
 
-def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
+def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,  # noqa: C901
                 tile: Optional[Tuple[int, int]] = None, search_mode: Optional[str] = None,
                 tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1) -> MemoryPlan:
     """Choose search mode, chunk sizes, tiling and how relu1_1 is kept so that one inference fits ``max_memory``.

@@ -263,30 +263,31 @@ def _check_scale(opt: Dict[str, Any], source: str) -> None:
                                          f'x{net_scale}); they must be equal'))
 
 
-def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
-    DATASET_REGISTRY = basicsr_registry('dataset')
-
+def _dataset_phase_kind(phase: str, is_train: bool, source: str) -> str:
+    """'train', 'val' or 'test' from a phase name (``val_2`` -> 'val'); a training set only in a training file."""
     kind = str(phase).split('_')[0]
     if kind not in ('train', 'val', 'test'):
         raise OptionError(_where(source, f"datasets.{phase}: phase must be 'train', 'val[_*]' or 'test[_*]'"))
     if kind == 'train' and not is_train:
         raise OptionError(_where(source, f'datasets.{phase}: a test option file has no training set'))
-    prefix = f'datasets.{phase}.'
-    if not isinstance(ds, dict):
-        raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
-    for req in ('name', 'type'):
-        if req not in ds:
-            raise OptionError(_where(source, f'{prefix}{req} is missing'))
+    return kind
+
+
+def _dataset_class(ds: Dict[str, Any], prefix: str, source: str) -> Any:
+    """The registered dataset class ``ds['type']`` names; an unknown name suggests the closest one."""
+    DATASET_REGISTRY = basicsr_registry('dataset')
+
     try:
-        cls = DATASET_REGISTRY.get(ds['type'])
+        return DATASET_REGISTRY.get(ds['type'])
     except KeyError:
         names = sorted(k for k, _ in DATASET_REGISTRY)
         close = difflib.get_close_matches(str(ds['type']), names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ''
         raise OptionError(_where(source, f"{prefix}type: unknown dataset {ds['type']!r}{hint}")) from None
-    own = _dataset_option_keys(ds['type'])
-    if own is not None:
-        check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
+
+
+def _check_dataset_defaults(cls: Any, ds: Dict[str, Any], prefix: str, source: str) -> None:
+    """Against the class' ``DEFAULTS``: the required keys are given, the boolean ones are true or false."""
     from extracter.data.options import REQUIRED
 
     for key, default in (getattr(cls, 'DEFAULTS', None) or {}).items():
@@ -294,13 +295,30 @@ def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require:
             raise OptionError(_where(source, f'{prefix}{key} is missing (required by {ds["type"]})'))
         if isinstance(default, bool) and key in ds and not isinstance(ds[key], bool):
             raise OptionError(_where(source, f'{prefix}{key} must be true or false, got {ds[key]!r}'))
+
+
+def _require_keys(block: Dict[str, Any], keys: Iterable[str], prefix: str, source: str) -> None:
+    for key in keys:
+        if key not in block:
+            raise OptionError(_where(source, f'{prefix}{key} is missing'))
+
+
+def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
+    kind = _dataset_phase_kind(phase, is_train, source)
+    prefix = f'datasets.{phase}.'
+    if not isinstance(ds, dict):
+        raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
+    _require_keys(ds, ('name', 'type'), prefix, source)
+    cls = _dataset_class(ds, prefix, source)
+    own = _dataset_option_keys(ds['type'])
+    if own is not None:
+        check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
+    _check_dataset_defaults(cls, ds, prefix, source)
     for key in DATASET_PATH_KEYS:
         if isinstance(ds.get(key), str):
             require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
     if kind == 'train':
-        for req in ('batch_size_per_gpu', 'num_worker_per_gpu'):
-            if req not in ds:
-                raise OptionError(_where(source, f'{prefix}{req} is missing'))
+        _require_keys(ds, ('batch_size_per_gpu', 'num_worker_per_gpu'), prefix, source)
 
 
 def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None:
