@@ -2,7 +2,8 @@
 and validated here, once, before anything is created on disk.
 
 Every mistake is an :class:`OptionError` that names the file and the dotted key, with a suggestion for typos
-(``difflib``). What is checked, section by section (each a function below):
+(``difflib``; the checks any option reader shares are :mod:`extracter.utils.option_checks`'s). What is checked,
+section by section (each a function below):
 - keys: ``network_*``, losses, optimisers, schedulers and metrics against the signature of the class they configure;
   datasets against the dataset class' ``DEFAULTS`` (plus the loader keys); the other sections against the key sets
   below; renamed keys name their new spelling;
