@@ -12,7 +12,8 @@ import importlib
 
 from extracter.version import __version__
 
-_SUBPACKAGES = ('app', 'archs', 'data', 'evaluation', 'inference', 'losses', 'models', 'pipeline', 'registry', 'utils')
+_SUBPACKAGES = ('app', 'archs', 'convert', 'data', 'evaluation', 'inference', 'losses', 'models', 'options', 'pipeline',
+               'registry', 'utils')
 
 __all__ = ['archs', 'data', 'losses', 'models', '__version__']
 

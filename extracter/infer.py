@@ -32,12 +32,13 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
     import torch
     from tqdm import tqdm
 
+    from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
     from extracter.data.image_io import is_image_file
     from extracter.data.inference_dataset import RefSRInferenceDataset
     from extracter.inference.folder import infer_folder
     from extracter.inference.network import load_network
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
-    from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main
+    from extracter.utils.cli import ArgumentParser, run_main
     from extracter.utils.file_io import check_writable
     from extracter.utils.malloc import retain_freed_memory
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from extracter.archs.convert import ConversionError, convert_state_dict, unwrap_state_dict
-from extracter.archs.convert_mmagic import convert_mmagic_discriminator
+from extracter.convert.common import ConversionError
+from extracter.convert.mmagic import convert_mmagic_discriminator
+from extracter.convert.official import convert_state_dict, unwrap_state_dict
 from extracter.utils.checkpoint import CheckpointError
 from extracter.utils.checkpoint import load_checkpoint as read_checkpoint
 from extracter.utils.cli import ArgumentParser, run_main

@@ -15,8 +15,9 @@ SIGTERM.
 import argparse
 import sys
 
+from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
 from extracter.data.lmdb_pack import PackError, PackJob, cufed_jobs, folder_files, pack
-from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments, run_main
+from extracter.utils.cli import ArgumentParser, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ def load_options(args) -> dict:
 
     opt = {}
     if args.yaml:
-        from extracter.utils.options import load_yaml
+        from extracter.options.schema import load_yaml
 
         opt = load_yaml(args.yaml)
         for part in args.section.split('.') if args.section else []:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from extracter.data import image_io
+from extracter.data.image_arguments import parse_pixel_count
 from extracter.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageInputWarning,
@@ -35,7 +36,7 @@ from extracter.data.image_io import (
     set_max_image_pixels,
 )
 from extracter.utils import file_io
-from extracter.utils.cli import EXIT_ERROR, parse_pixel_count, run_main
+from extracter.utils.cli import EXIT_ERROR, run_main
 from extracter.utils.file_io import (
     Terminated,
     atomic_write,

@@ -5,7 +5,8 @@ import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from extracter.archs.convert import ConversionError, convert_state_dict
+from extracter.convert.common import ConversionError
+from extracter.convert.official import convert_state_dict
 from scripts.convert_official import convert
 
 

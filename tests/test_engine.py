@@ -17,7 +17,7 @@ from extracter.archs.search_transfer import split_index
 from extracter.infer import InferenceError, run
 from extracter.inference import InferenceOptionError, InferenceOptions, run_refsr
 from extracter.inference.folder import output_stems
-from extracter.utils.options import OptionError, validate_options
+from extracter.options.schema import OptionError, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
 NET_OPT = dict(num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=8, top_k=2, window=6, stride=2,

@@ -19,9 +19,10 @@ import pytest
 import torch
 import yaml
 
-from extracter.archs.convert import ConversionError, build_network, convert_state_dict
-from extracter.archs.convert_mmagic import convert_mmagic_discriminator, map_mmagic_key
 from extracter.archs.discriminator_arch import RefSRDiscriminator
+from extracter.convert.common import ConversionError
+from extracter.convert.mmagic import convert_mmagic_discriminator, map_mmagic_key
+from extracter.convert.official import build_network, convert_state_dict
 from extracter.utils.restricted_unpickle import Placeholder, find_placeholders, restricted_load
 from scripts.convert_official import convert
 

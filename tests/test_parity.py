@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from extracter.archs.convert import build_network, convert_state_dict
+from extracter.convert.official import build_network, convert_state_dict
 
 FIXTURES = sorted((Path(__file__).parent / 'fixtures' / 'parity').glob('*.pt'))
 

@@ -18,7 +18,7 @@ from scipy.signal import correlate2d
 from extracter import test as test_entry
 from extracter.data import degradations as deg
 from extracter.evaluation import expand_protocols, merge_metrics
-from extracter.utils.options import OptionError, load_yaml, validate_options
+from extracter.options.schema import OptionError, load_yaml, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
 STITCH = 48  # canvas side for the small fixture (its references are at most 48 pixels); CUFED5 itself: MASA-SR's 512

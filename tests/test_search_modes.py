@@ -16,9 +16,9 @@ from extracter.archs.search_transfer import SearchTransfer, split_index
 from extracter.infer import run
 from extracter.inference import InferenceOptionError, InferenceOptions, run_refsr
 from extracter.inference.memory_plan import NetSpec, estimate, plan_memory
+from extracter.options.schema import OptionError, validate_options
 from extracter.search.methods import approximate as search_approximate
 from extracter.search.methods.approximate import ApproximateSettings, approximate_search, faiss_available, uses_exact
-from extracter.utils.options import OptionError, validate_options
 
 NET_OPT = dict(num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=8, top_k=2, window=6, stride=2,
                padding=2, dfe_init='random')

@@ -24,8 +24,8 @@ from extracter import train as train_entry
 from extracter.archs.drct_arch import DRCT
 from extracter.data.noref_dataset import NoRefTestDataset
 from extracter.inference.engine import run_sisr
-from extracter.models.refsr_model import load_checkpoint
-from extracter.utils.options import OptionError, load_yaml, validate_options
+from extracter.models.base_model import load_checkpoint
+from extracter.options.schema import OptionError, load_yaml, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / 'options' / 'train' / 'drct_demo_cpu.yml'

@@ -6,7 +6,8 @@ from copy import deepcopy
 import pytest
 import torch
 
-from extracter.models.refsr_model import RefSRModel, list_training_states, load_checkpoint
+from extracter.models.base_model import list_training_states, load_checkpoint
+from extracter.models.refsr_model import RefSRModel
 from extracter.utils import file_io
 
 TINY_G = {'type': 'Extracter', 'num_res_blocks': '1+1+1+1', 'num_grad_blocks': '1+1+1+1', 'n_feats': 8, 'top_k': 2,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extracter.utils.options import OptionError, load_yaml, parse_options, validate_options
+from extracter.options.schema import OptionError, load_yaml, parse_options, validate_options
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / 'options' / 'train' / 'tiny_rec_cpu.yml'

@@ -16,8 +16,8 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 
 from extracter import test as test_entry
 from extracter import train as train_entry
-from extracter.models.refsr_model import load_checkpoint
-from extracter.utils.options import load_yaml
+from extracter.models.base_model import load_checkpoint
+from extracter.options.schema import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from extracter.utils.cli import add_image_arguments, apply_image_arguments
+from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
 
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 4

@@ -2,7 +2,7 @@
 main network that stacks them over the x1, x2 and x4 scales with the transferred textures.
 
 Attribute names follow the original code (TTSR ``model/MainNet.py``, EXTRACTER ``model/CSFI.py``) so that official
-checkpoints map onto them by a prefix rename (:mod:`extracter.archs.convert`).
+checkpoints map onto them by a prefix rename (:mod:`extracter.convert.official`).
 
 Activations and residual sums are computed in place on the fresh outputs of the convolutions (``relu_``, ``add_``,
 ``addcmul``; the same numbers up to float rounding, ~1e-7; autograd-safe): every out-of-place one allocated a new

@@ -52,7 +52,7 @@ def network_options(weights: str, opt_path: Optional[str] = None,
         with open(path, encoding='utf-8') as f:
             opt = yaml.safe_load(f) or {}
     except yaml.YAMLError as err:
-        from extracter.utils.options import yaml_problem
+        from extracter.utils.option_checks import yaml_problem
 
         raise NetworkLoadError(f'{path}: not valid YAML: {yaml_problem(err)}') from None
     if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
@@ -72,7 +72,7 @@ def build_network(options: Dict[str, Any], source: str = 'network_g') -> torch.n
         raise NetworkLoadError(f'{source}: unknown network type {arch!r}') from None
     if not (isinstance(cls, type) and (issubclass(cls, RefSRNet) or getattr(cls, 'uses_reference', True) is False)):
         raise NetworkLoadError(f'{source}: {arch} is not an SR network of this package')
-    from extracter.utils.options import OptionError, check_annotated_types, check_keys, signature_keys
+    from extracter.utils.option_checks import OptionError, check_annotated_types, check_keys, signature_keys
 
     given = {k: v for k, v in options.items() if k != 'type'}
     try:  # the option schema's checks: key names (with a suggestion) and plain types

@@ -1,4 +1,5 @@
-"""SISRModel: single-image SR (DRCT) through the same lifecycle as :class:`~extracter.models.refsr_model.RefSRModel`.
+"""SISRModel: single-image SR (DRCT) in the lifecycle it shares with :class:`~extracter.models.refsr_model.RefSRModel`
+(:class:`~extracter.models.base_model.BaseSRModel`).
 
 The same training loop, losses, EMA, BasicSR checkpoints (``{'params', 'params_ema'}``), exact resume, validation
 metrics and test tables; only the network's inputs differ: ``net(lq)``. Batches may come from any of this package's
@@ -10,25 +11,21 @@ untiled or tile by tile (``val.tile: {tile_size, tile_pad}``), crop back; here t
 (:func:`extracter.inference.engine.run_sisr`, the tile loop RefSR uses). EMA weights are preferred when present.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
-from extracter.inference.engine import refsr_kwargs_from_options, run_sisr
-from extracter.models.refsr_model import RefSRModel
+from extracter.inference.engine import run_sisr
+from extracter.models.base_model import BaseSRModel
 from extracter.registry import MODEL_REGISTRY
-from extracter.utils.options import VAL_OWN_KEYS
 
 
 @MODEL_REGISTRY.register()
-class SISRModel(RefSRModel):
+class SISRModel(BaseSRModel):
     """Single-image SR model for any arch with the ``net(lr)`` interface (``uses_reference = False``: DRCT)."""
 
-    uses_reference = False
-
-    def feature_extractor(self) -> Optional[nn.Module]:
-        return None  # no separately trained texture extractor
+    uses_reference = False  # and no separately trained texture extractor (BaseSRModel.feature_extractor: None)
 
     def feed_data(self, data: Dict[str, Any]) -> None:
         if 'lq' not in data:
@@ -50,5 +47,4 @@ class SISRModel(RefSRModel):
     def _forward_any_size(self, net: nn.Module) -> torch.Tensor:
         """Reflect-pad, untiled or tiled (``val.tile``), crop back (the original's ``pre_process``/``tile_process``/
         ``post_process``). ``val.max_memory``/``val.search`` concern the reference search and have no effect."""
-        kwargs = refsr_kwargs_from_options(self.opt.get('val'), 'val.', ignore=VAL_OWN_KEYS)
-        return run_sisr(net, self.lq, **kwargs)
+        return run_sisr(net, self.lq, **self._val_inference_kwargs())

@@ -21,10 +21,10 @@ from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename
 from basicsr.utils.options import dict2str
 
 from extracter.evaluation.protocols import describe_metric
+from extracter.options.schema import option_errors, parse_options
 from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files
-from extracter.utils.options import option_errors, parse_options
 
 
 def prepare_results_dir(opt: Dict[str, Any]) -> None:

@@ -29,11 +29,11 @@ from basicsr.models import build_model
 from basicsr.utils import get_env_info, get_time_str, init_tb_logger, mkdir_and_rename
 from basicsr.utils.options import dict2str
 
-from extracter.models.refsr_model import list_training_states, load_checkpoint
+from extracter.models.base_model import list_training_states, load_checkpoint
+from extracter.options.schema import OptionError, option_errors, parse_options
 from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files, parse_temp_name
-from extracter.utils.options import OptionError, option_errors, parse_options
 
 
 def find_resume_state(opt: Dict[str, Any]) -> Optional[str]:

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from extracter.search import methods  # noqa: F401  (every method registers itself)
 from extracter.search.base import SearchMethod, SearchResult, get_method, method_names, register_method
 from extracter.search.spec import SearchSpec
 

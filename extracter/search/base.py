@@ -8,16 +8,15 @@ affair, and so is the memory it needs, which it states for the planner (:meth:`S
 
 Methods are stateless: every setting comes with the call, in a :class:`~extracter.search.spec.SearchSpec`, so one
 network serves any number of threads with different settings. A method registers itself by name with
-:func:`register_method`; :func:`get_method` imports :mod:`extracter.search.methods` (every module there) first.
+:func:`register_method`; importing :mod:`extracter.search` imports :mod:`extracter.search.methods` (every module
+there), so every method is registered before any lookup.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 
-if TYPE_CHECKING:  # annotations only: spec.py imports this module
-    from extracter.search.spec import SearchSpec
+SearchSpec = Any  # extracter.search.spec.SearchSpec (which imports this module): the annotations' name for it
 
 SearchResult = Tuple[torch.Tensor, torch.Tensor]  # (scores, index), each [N, top_k, L]
 TRANSFERS = ('dense', 'index')  # how the chosen patches are transferred (extracter.search.transfer)
@@ -45,12 +44,12 @@ class SearchMethod:
     caches_keys: ClassVar[bool] = False
     description: ClassVar[str] = ''
 
-    def prepare(self, keys: torch.Tensor, spec: 'SearchSpec') -> Any:
+    def prepare(self, keys: torch.Tensor, spec: SearchSpec) -> Any:
         """Work on one reference's keys that several searches of it may share (e.g. normalised key blocks); None
         when the method has none. What it returns is passed back to :meth:`search` as ``prepared``."""
         return None
 
-    def search(self, query: torch.Tensor, keys: torch.Tensor, spec: 'SearchSpec', top_k: int,
+    def search(self, query: torch.Tensor, keys: torch.Tensor, spec: SearchSpec, top_k: int,
                prepared: Any = None) -> SearchResult:
         """Top-``top_k`` reference patches of ``keys`` [N, C, H, W] (relu3_1 of the down-up-sampled reference) for
         every patch of ``query`` [N, C, h, w] (relu3_1 of the upsampled LR), patches as ``F.unfold`` makes them with
@@ -58,16 +57,16 @@ class SearchMethod:
         raise NotImplementedError
 
     def search_bytes(self, query_hw: Tuple[int, int], keys_hw: Tuple[int, int], channels: int,
-                     spec: 'SearchSpec', top_k: int) -> int:
+                     spec: SearchSpec, top_k: int) -> int:
         """Peak transient bytes (float32) of one :meth:`search` of a ``query_hw`` map against a ``keys_hw`` map
         (relu3_1 sizes, batch 1), besides its inputs and its result."""
         raise NotImplementedError
 
-    def prepared_bytes(self, keys_hw: Tuple[int, int], channels: int, spec: 'SearchSpec') -> int:
+    def prepared_bytes(self, keys_hw: Tuple[int, int], channels: int, spec: SearchSpec) -> int:
         """Bytes :meth:`prepare` keeps for one reference of ``keys_hw`` (relu3_1 size) under ``spec``."""
         return 0
 
-    def is_exact_for(self, n_query: int, n_keys: int, spec: 'SearchSpec') -> bool:
+    def is_exact_for(self, n_query: int, n_keys: int, spec: SearchSpec) -> bool:
         """Whether this search returns the exact result for these patch counts (an approximate method may run the
         exact search on small inputs)."""
         return self.exact
@@ -81,7 +80,6 @@ class SearchMethod:
 
 
 _METHODS: Dict[str, SearchMethod] = {}
-_LOADED = False
 
 
 def register_method(cls):
@@ -96,22 +94,13 @@ def register_method(cls):
     return cls
 
 
-def _load() -> None:
-    global _LOADED
-    if not _LOADED:
-        importlib.import_module('extracter.search.methods')
-        _LOADED = True
-
-
 def method_names() -> Tuple[str, ...]:
     """The registered methods' names, in registration order (dense, chunked, approximate, then the others)."""
-    _load()
     return tuple(_METHODS)
 
 
 def get_method(name: str) -> SearchMethod:
     """The method registered as ``name``; a ``ValueError`` listing the names otherwise."""
-    _load()
     try:
         return _METHODS[name]
     except (KeyError, TypeError):

@@ -2,7 +2,8 @@
 and validated here, once, before anything is created on disk.
 
 Every mistake is an :class:`OptionError` that names the file and the dotted key, with a suggestion for typos
-(``difflib``). What is checked, section by section (each a function below):
+(``difflib``; the checks any option reader shares are :mod:`extracter.utils.option_checks`'s). What is checked,
+section by section (each a function below):
 - keys: ``network_*``, losses, optimisers, schedulers and metrics against the signature of the class they configure;
   datasets against the dataset class' ``DEFAULTS`` (plus the loader keys); the other sections against the key sets
   below; renamed keys name their new spelling;
@@ -27,15 +28,21 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 import yaml
 
+from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
 from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
 from extracter.registry import basicsr_registry, use_basicsr
-from extracter.utils.cli import ArgumentParser, add_image_arguments, apply_image_arguments
-
-
-class OptionError(ValueError):
-    """A mistake in an option file: an unknown or misspelt key, a bad value, or a file it names that is missing."""
-
+from extracter.utils.cli import ArgumentParser
+from extracter.utils.option_checks import (
+    OptionError,
+    check_annotated_types,
+    check_keys,
+    check_scalar,
+    has_type,
+    signature_keys,
+    yaml_problem,
+)
+from extracter.utils.option_checks import where as _where
 
 TOP_KEYS = {'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'network_g', 'network_d', 'path',
             'train', 'val', 'logger', 'dist_params', 'find_unused_parameters', 'cudnn_benchmark'}
@@ -56,31 +63,6 @@ DATASET_PATH_KEYS = ('dataroot', 'dataroot_gt', 'dataroot_lq', 'dataroot_ref', '
                      'meta_info', 'video_root')
 
 
-def _where(source: str, key: str) -> str:
-    return f'{source}: {key}' if source else key
-
-
-def check_keys(given: Iterable[str], allowed: Iterable[str], prefix: str, source: str = '') -> None:
-    """Raise :class:`OptionError` for the first key of ``given`` not in ``allowed``, suggesting the closest one."""
-    allowed = sorted(set(allowed))
-    for key in given:
-        if key in allowed:
-            continue
-        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else f'; allowed keys: {", ".join(allowed)}'
-        raise OptionError(f"{_where(source, 'unknown option key ' + repr(prefix + str(key)))}{hint}")
-
-
-def signature_keys(fn: Callable, skip: int = 0) -> Tuple[set, bool]:
-    """Named parameters of ``fn`` (a class: its ``__init__``) after the first ``skip``; and whether it takes
-    ``**kwargs`` (then any key is accepted)."""
-    params = list(inspect.signature(fn).parameters.values())[skip:]
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names = {p.name for p in params if p.kind in named}
-    return names, var_kw
-
-
 def _check_typed_block(block: Any, prefix: str, source: str, lookup: Callable[[str], Callable], kind: str,
                        skip: int = 0, extra: Iterable[str] = ('type',),
                        require_type: bool = True) -> Optional[Callable]:
@@ -99,79 +81,6 @@ def _check_typed_block(block: Any, prefix: str, source: str, lookup: Callable[[s
         check_keys([k for k in block if k not in extra], names, prefix, source)
     check_annotated_types(block, target, prefix, source, skip=extra)
     return target
-
-
-_SIMPLE_TYPES = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string'}
-
-
-def _simple_types(annotation: Any) -> Optional[Tuple[type, ...]]:
-    """The plain types an annotation allows (``int``, ``Optional[str]``, ``Union[int, float]``), or None when it
-    allows anything else too (a sequence, a mapping, a class) and is not checked here."""
-    import typing
-
-    if annotation in _SIMPLE_TYPES:
-        return (annotation,)
-    if typing.get_origin(annotation) is typing.Literal:
-        return (annotation,)
-    if typing.get_origin(annotation) is typing.Union:
-        out = []
-        for arg in typing.get_args(annotation):
-            if arg is type(None):
-                out.append(type(None))
-            elif arg in _SIMPLE_TYPES or typing.get_origin(arg) is typing.Literal:
-                out.append(arg)
-            else:
-                return None
-        return tuple(out)
-    return None
-
-
-def _is_instance(value: Any, kinds: Tuple[Any, ...]) -> bool:
-    import typing
-
-    for kind in kinds:
-        if typing.get_origin(kind) is typing.Literal:
-            if any(value == choice and type(value) is type(choice) for choice in typing.get_args(kind)):
-                return True
-            continue
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if kind in (bool, str, type(None)) and isinstance(value, kind):
-            return True
-    return False
-
-
-def check_annotated_types(block: Dict[str, Any], target: Callable, prefix: str, source: str,
-                          skip: Iterable[str] = ('type',)) -> None:
-    """Values of ``block`` against the type annotations of ``target``'s parameters (a class: its ``__init__``):
-    the plain ones (int, float, bool, str, their Optional/Union) are checked, so that ``n_feats: eight`` fails here
-    with the file and the key, not inside the constructor. The constructor still checks ranges and choices."""
-    import typing
-
-    try:
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:  # noqa: BLE001  unresolvable annotations (a foreign class): nothing to check
-        return
-    for key, value in block.items():
-        if key in skip or key not in hints:
-            continue
-        kinds = _simple_types(hints[key])
-        if kinds is not None and not _is_instance(value, kinds):
-            raise OptionError(_where(source, f'{prefix}{key} must be {_describe(kinds)}, got {value!r}'))
-
-
-def _describe(kinds: Tuple[Any, ...]) -> str:
-    import typing
-
-    words = []
-    for kind in kinds:
-        if typing.get_origin(kind) is typing.Literal:
-            words.append('one of ' + ', '.join(repr(c) for c in typing.get_args(kind)))
-        else:
-            words.append(_SIMPLE_TYPES.get(kind, 'null'))
-    return ' or '.join(words)
 
 
 def _registry_lookup(registry) -> Callable[[str], Callable]:
@@ -297,18 +206,6 @@ CHOICES: Dict[str, Tuple[str, str]] = {
 }
 
 
-def check_scalar(value: Any, kind: type, lo: Optional[float], hi: Optional[float], key: str, source: str) -> None:
-    """A type (int: a whole number, not a bool; float: any number; bool: true/false; str) and an inclusive range;
-    the error names the key."""
-    if not _is_instance(value, (kind,)):
-        raise OptionError(_where(source, f'{key} must be {_SIMPLE_TYPES[kind]}, got {value!r}'))
-    if kind in (bool, str):
-        return
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f'>= {lo}' if hi is None else f'between {lo} and {hi}'
-        raise OptionError(_where(source, f'{key} must be {bounds}, got {value!r}'))
-
-
 def _matches(opt: Dict[str, Any], pattern: str) -> List[Tuple[str, Any]]:
     """(dotted key, value) of every non-null option matching ``pattern`` ('*' = any key at that level)."""
     parts = pattern.split('.')
@@ -367,30 +264,31 @@ def _check_scale(opt: Dict[str, Any], source: str) -> None:
                                          f'x{net_scale}); they must be equal'))
 
 
-def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
-    DATASET_REGISTRY = basicsr_registry('dataset')
-
+def _dataset_phase_kind(phase: str, is_train: bool, source: str) -> str:
+    """'train', 'val' or 'test' from a phase name (``val_2`` -> 'val'); a training set only in a training file."""
     kind = str(phase).split('_')[0]
     if kind not in ('train', 'val', 'test'):
         raise OptionError(_where(source, f"datasets.{phase}: phase must be 'train', 'val[_*]' or 'test[_*]'"))
     if kind == 'train' and not is_train:
         raise OptionError(_where(source, f'datasets.{phase}: a test option file has no training set'))
-    prefix = f'datasets.{phase}.'
-    if not isinstance(ds, dict):
-        raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
-    for req in ('name', 'type'):
-        if req not in ds:
-            raise OptionError(_where(source, f'{prefix}{req} is missing'))
+    return kind
+
+
+def _dataset_class(ds: Dict[str, Any], prefix: str, source: str) -> Any:
+    """The registered dataset class ``ds['type']`` names; an unknown name suggests the closest one."""
+    DATASET_REGISTRY = basicsr_registry('dataset')
+
     try:
-        cls = DATASET_REGISTRY.get(ds['type'])
+        return DATASET_REGISTRY.get(ds['type'])
     except KeyError:
         names = sorted(k for k, _ in DATASET_REGISTRY)
         close = difflib.get_close_matches(str(ds['type']), names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ''
         raise OptionError(_where(source, f"{prefix}type: unknown dataset {ds['type']!r}{hint}")) from None
-    own = _dataset_option_keys(ds['type'])
-    if own is not None:
-        check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
+
+
+def _check_dataset_defaults(cls: Any, ds: Dict[str, Any], prefix: str, source: str) -> None:
+    """Against the class' ``DEFAULTS``: the required keys are given, the boolean ones are true or false."""
     from extracter.data.options import REQUIRED
 
     for key, default in (getattr(cls, 'DEFAULTS', None) or {}).items():
@@ -398,13 +296,30 @@ def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require:
             raise OptionError(_where(source, f'{prefix}{key} is missing (required by {ds["type"]})'))
         if isinstance(default, bool) and key in ds and not isinstance(ds[key], bool):
             raise OptionError(_where(source, f'{prefix}{key} must be true or false, got {ds[key]!r}'))
+
+
+def _require_keys(block: Dict[str, Any], keys: Iterable[str], prefix: str, source: str) -> None:
+    for key in keys:
+        if key not in block:
+            raise OptionError(_where(source, f'{prefix}{key} is missing'))
+
+
+def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
+    kind = _dataset_phase_kind(phase, is_train, source)
+    prefix = f'datasets.{phase}.'
+    if not isinstance(ds, dict):
+        raise OptionError(_where(source, f'{prefix.rstrip(".")} must be a mapping'))
+    _require_keys(ds, ('name', 'type'), prefix, source)
+    cls = _dataset_class(ds, prefix, source)
+    own = _dataset_option_keys(ds['type'])
+    if own is not None:
+        check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
+    _check_dataset_defaults(cls, ds, prefix, source)
     for key in DATASET_PATH_KEYS:
         if isinstance(ds.get(key), str):
             require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')
     if kind == 'train':
-        for req in ('batch_size_per_gpu', 'num_worker_per_gpu'):
-            if req not in ds:
-                raise OptionError(_where(source, f'{prefix}{req} is missing'))
+        _require_keys(ds, ('batch_size_per_gpu', 'num_worker_per_gpu'), prefix, source)
 
 
 def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None:
@@ -474,7 +389,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
             raise OptionError(_where(source, f'required key {key!r} is missing'))
     check_run_name(opt['name'], source)
     num_gpu = opt.get('num_gpu', 'auto')
-    if num_gpu != 'auto' and not (_is_instance(num_gpu, (int,)) and num_gpu >= 0):
+    if num_gpu != 'auto' and not (has_type(num_gpu, (int,)) and num_gpu >= 0):
         raise OptionError(_where(source, f"num_gpu must be 'auto' or a whole number >= 0, got {num_gpu!r}"))
     _validate_networks(opt, source, require)
     _check_scale(opt, source)
@@ -585,13 +500,6 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def yaml_problem(err: Exception) -> str:
-    """A YAML parse error in one line: what and where (``line L, column C``)."""
-    mark = getattr(err, 'problem_mark', None)
-    problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
-    return f'{problem} (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else problem
-
-
 def load_yaml(path: str) -> Dict[str, Any]:
     if osp.isdir(path):
         raise OptionError(f'{path} is a folder; give the option file (.yml)')
@@ -682,7 +590,7 @@ def parse_options(root_path: str, is_train: bool, argv: Optional[List[str]] = No
 
     opt.setdefault('num_gpu', 'auto')
     opt['is_train'] = is_train
-    opt['opt_path'] = args.opt  # named in errors about the values (extracter.utils.options.option_errors)
+    opt['opt_path'] = args.opt  # named in errors about the values (extracter.options.schema.option_errors)
     opt['auto_resume'] = bool(getattr(args, 'auto_resume', False))
     opt['overwrite'] = bool(args.overwrite)
     if args.launcher == 'none':

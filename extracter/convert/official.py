@@ -1,10 +1,11 @@
-"""Turn checkpoints saved by the original EXTRACTER or TTSR code into BasicSR checkpoints for our archs.
+"""Turn checkpoints saved by the original EXTRACTER or TTSR code (or mmagic's TTSR) into BasicSR checkpoints for our
+archs: :func:`convert_state_dict` reads any of them.
 
 Original layouts (``torch.save(model.state_dict())`` in their trainers):
 - EXTRACTER: ``FE.*`` (VGG slices + frozen ``sub_mean``) and ``SR.*`` (main network and GDE in one module).
 - TTSR: ``LTE.*`` and ``MainNet.*`` (plus ``LTE_copy.*`` when saved without the trainer's filter: a frozen copy
   of LTE used only by the transferal perceptual loss; dropped).
-- mmagic/mmediting TTSR: ``generator.*`` and ``extractor.*`` (see :mod:`extracter.archs.convert_mmagic`).
+- mmagic/mmediting TTSR: ``generator.*`` and ``extractor.*`` (see :mod:`extracter.convert.mmagic`).
 Possibly nested under ``model`` / ``state_dict`` / ``params`` and prefixed ``module.`` (DataParallel/DDP).
 
 The mapping is a prefix rename (our attribute names follow the original ones); block counts, ``top_k`` and
@@ -17,14 +18,13 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from extracter.convert.common import ConversionError, infer_network_options
+from extracter.convert.mmagic import convert_mmagic_state, is_mmagic_state
+
 _NEST_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net', 'network')
 _GDE_PARTS = ('conv12_grad', 'grad_12', 'conv23_grad', 'grad_23', 'conv33_grad', 'grad_33', 'fuse_tail1',
               'fuse_tail2', 'fuse')
 _HEADS = ('conv11_head', 'conv22_head', 'conv33_head')
-
-
-class ConversionError(ValueError):
-    pass
 
 
 def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
@@ -80,47 +80,10 @@ def _map_ttsr_key(key: str) -> str:
     return f'main.{rest}'
 
 
-def _count(state: Dict[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r'\.(\d+)\.')
-    indices = {int(m.group(1)) for k in state for m in [pattern.match(k)] if m}
-    return max(indices) + 1 if indices else 0
-
-
-def infer_network_options(arch: str, state: Dict[str, torch.Tensor]) -> Dict[str, object]:
-    """The ``network_g`` options (type and arguments) that build a network matching ``state`` (our key names)."""
-    n_feats = int(state['main.SFE.conv_head.weight'].shape[0])
-    res_blocks = [_count(state, p) for p in ('main.SFE.RBs', 'main.RB11', 'main.RB21', 'main.RB31')]
-    if arch == 'Extracter':
-        grad_blocks = [_count(state, p) for p in ('gde.SFE.RBs', 'gde.grad_12', 'gde.grad_23', 'gde.grad_33')]
-        return {
-            'type': 'Extracter',
-            'num_res_blocks': '+'.join(map(str, res_blocks)),
-            'num_grad_blocks': '+'.join(map(str, grad_blocks)),
-            'n_feats': n_feats,
-            'res_scale': 1.0,
-            'top_k': _count(state, 'main.conv11_head'),
-            # the search geometry is not stored in the weights: the released code used 3/1/1, the paper 6/2/2;
-            # both work with the same weights (Extracter.set_search_geometry).
-            'window': 3,
-            'stride': 1,
-            'padding': 1,
-            'dfe_init': 'random',  # the checkpoint holds the DFE weights
-        }
-    return {
-        'type': 'TTSR',
-        'num_res_blocks': '+'.join(map(str, res_blocks)),
-        'n_feats': n_feats,
-        'res_scale': 1.0,
-        'lte_init': 'random',
-    }
-
-
 def convert_state_dict(raw, source: str = 'checkpoint') -> Tuple[Dict[str, torch.Tensor], Dict[str, object],
                                                                    List[str]]:
     """Returns (our state dict, network options, notes). Raises :class:`ConversionError` on anything unknown."""
     state = unwrap_state_dict(raw, source)
-    from extracter.archs.convert_mmagic import convert_mmagic_state, is_mmagic_state
-
     if is_mmagic_state(state):
         mapped, options, notes = convert_mmagic_state(state, source)
         verify_strict_load(mapped, options, source)

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from extracter.archs.convert import ConversionError, infer_network_options
+from extracter.convert.common import ConversionError, infer_network_options
 
 # mmagic TTSRNet -> our CSFIMainNet (``main.``); longest/most specific patterns first
 _GENERATOR_RULES: List[Tuple[str, str]] = [
