@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
+from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import LV1_STORAGE
 from extracter.archs.search_approximate import ApproximateSettings, approximate_search_bytes
 from extracter.archs.search_transfer import FEATURE_CHANNELS
@@ -81,14 +82,14 @@ class NetSpec:
     window: int
     stride: int
     padding: int
-    main_maps_per_lr_px: float  # main network activations per LR pixel, in n_feats-channel x4 maps (ArchFacts)
+    main_maps_per_lr_px: float  # main network activations per LR pixel, in n_feats-channel x4 maps (descriptor)
     approximate: ApproximateSettings = field(default_factory=ApproximateSettings)
 
     @classmethod
     def from_net(cls, net: nn.Module) -> 'NetSpec':
         st = net.search_transfer
         return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), net.n_feats, st.top_k, st.window,
-                   st.stride, st.padding, net.facts.main_maps_per_lr_px, st.approximate)
+                   st.stride, st.padding, descriptor_of(net).main_maps_per_lr_px, st.approximate)
 
 
 @dataclass
