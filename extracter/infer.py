@@ -32,6 +32,7 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
     import torch
     from tqdm import tqdm
 
+    from extracter.archs.descriptor import descriptor_of
     from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
     from extracter.data.image_io import is_image_file
     from extracter.data.inference_dataset import RefSRInferenceDataset
@@ -200,7 +201,7 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     if own_process and torch.device(device).type == 'cpu' and args.max_memory is None and not args.release_memory:
         retain_freed_memory()
     net = load_network(args.weights, args.opt, device, args.param_key)
-    if not getattr(net, 'uses_reference', True):
+    if not descriptor_of(net).uses_reference:
         dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
     else:
         # the geometry is checked now (TTSR refuses another); it applies per call

@@ -93,7 +93,7 @@ def profile_main_network(net, tile: int, fmt: str, clock, repeats: int, seed: in
     st = net.search_transfer
     lr, maps = build_main_inputs(tile, st.top_k, st.stride, st.window, st.padding, seed)
     convs = [m for name, m in net.named_modules()
-             if isinstance(m, nn.Conv2d) and not name.startswith(net.facts.feature_extractor)]
+             if isinstance(m, nn.Conv2d) and not name.startswith(net.descriptor.feature_extractor)]
     state = {'flops': 0, 'conv_s': 0.0, 't0': 0.0, 'by_size': {}}
 
     def pre(module, inputs):

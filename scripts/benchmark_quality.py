@@ -198,9 +198,10 @@ def parse_model_arg(text: str) -> Tuple[str, str]:
 
 def load_model(label: str, weights: str, device: str) -> Model:
     """The network of ``weights`` with the ``network_g`` of the YAML beside it: a RefSR network through the usual
-    loader, a single-image one (``uses_reference`` False, e.g. DRCT) built and loaded strictly the same way."""
+    loader, a single-image one (its descriptor's ``uses_reference`` False, e.g. DRCT) built and loaded strictly the
+    same way."""
+    from extracter.archs.descriptor import descriptor_of
     from extracter.inference.network import NetworkLoadError, load_state_into, network_options
-    from extracter.registry import ARCH_REGISTRY
     from extracter.utils.checkpoint import load_checkpoint, network_state
 
     try:
@@ -208,12 +209,12 @@ def load_model(label: str, weights: str, device: str) -> Model:
             raise FileNotFoundError(f'weights not found: {weights}')
         options = network_options(weights)
         try:
-            cls = ARCH_REGISTRY.get(options.get('type'))
+            descriptor = descriptor_of(options.get('type'))
         except KeyError:
             raise NetworkLoadError(f'{weights}: unknown network type {options.get("type")!r}') from None
-        if getattr(cls, 'uses_reference', True):
+        if descriptor.uses_reference:
             return Model(label, 'refsr', load_network(weights, device=device))
-        net = cls(**cls.options_for_weights(options))
+        net = descriptor.arch(**descriptor.options_for_weights(options))
         load_state_into(net, network_state(load_checkpoint(weights), weights, None), weights)
     except (OSError, ValueError) as err:  # missing files, NetworkLoadError, CheckpointError: one line
         raise SystemExit(f'error: --model {label}: {err}') from None

@@ -23,6 +23,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from extracter.archs.descriptor import descriptor_of
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
 from extracter.inference.network import load_network
@@ -69,7 +70,7 @@ def measure(name: str, pads: Sequence[int], lr_side: int, tile: int) -> List[Dic
     lr_img = read_image(PAIR / 'lr.png')[:side, :side]
     lr = deg.to_tensor(lr_img)[None]
     with torch.no_grad():
-        if net.uses_reference:
+        if descriptor_of(net).uses_reference:
             ref_img = read_image(PAIR / 'ref.png')[:4 * side, :4 * side]
             lr_up = deg.to_tensor(deg.make_lq_up(lr_img))[None]
             ref_du = deg.to_tensor(deg.make_ref_downup(ref_img))[None]

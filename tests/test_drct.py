@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from extracter.archs.drct_arch import DRCT, group_heads, shifted_window_mask
+from extracter.archs.drct_arch import DRCT, group_heads, read_drct_options, shifted_window_mask
 from extracter.registry import ARCH_REGISTRY
 
 FIXTURES = sorted((Path(__file__).parent / 'fixtures' / 'parity_drct').glob('*.pt'))
@@ -107,7 +107,7 @@ def test_fixture_detects_wrong_attention():
 def test_options_from_fixture_state_dict(path):
     fixture = load_fixture(path)
     original = fixture['network_g']
-    options = DRCT.options_from_state_dict({'params_ema': fixture['state_dict']})
+    options = DRCT.descriptor.detect({'params_ema': fixture['state_dict']})
     for key in ('type', 'upscale', 'in_chans', 'img_size', 'window_size', 'embed_dim', 'num_heads', 'gc', 'mlp_ratio',
                 'upsampler', 'resi_connection'):
         assert options[key] == original[key], key
@@ -137,7 +137,7 @@ ROUND_TRIP = {
 def test_options_from_state_dict_round_trip(options):
     net = build(options)
     state = net.state_dict()
-    inferred = DRCT.options_from_state_dict(state)
+    inferred = DRCT.descriptor.detect(state)
     expected = {'upscale': 2, 'in_chans': 3, 'gc': 32, 'qkv_bias': True, 'ape': False, 'patch_norm': True,
                 'resi_connection': '1conv', **options}
     img_size = expected['img_size']
@@ -153,12 +153,14 @@ def test_options_from_state_dict_round_trip(options):
 
 def test_options_accept_checkpoint_wrappers():
     state = build(TINY).state_dict()
-    bare = DRCT.options_from_state_dict(state)
-    assert DRCT.options_from_state_dict({'params': state}) == bare
-    assert DRCT.options_from_state_dict({'params_ema': state, 'params': {}}) == bare
-    assert DRCT.options_from_state_dict({f'module.{k}': v for k, v in state.items()}) == bare
-    with pytest.raises(ValueError, match='not a DRCT state dict'):
-        DRCT.options_from_state_dict({'conv.weight': torch.zeros(1)})
+    bare = DRCT.descriptor.detect(state)
+    assert bare is not None
+    assert DRCT.descriptor.detect({'params': state}) == bare
+    assert DRCT.descriptor.detect({'params_ema': state, 'params': {}}) == bare
+    assert DRCT.descriptor.detect({f'module.{k}': v for k, v in state.items()}) == bare
+    assert DRCT.descriptor.detect({'conv.weight': torch.zeros(1)}) is None
+    with pytest.raises(ValueError, match='not a DRCT state dict'):  # the reader says why
+        read_drct_options({'conv.weight': torch.zeros(1)})
 
 
 def test_original_yaml_block_builds_released_model():

@@ -93,9 +93,13 @@ def test_error_cases(weights, images, tmp_path):
         run(base + ['--lr', str(bad), '--ref', str(images / 'ref' / 'a.png')])
     with pytest.raises(FileNotFoundError, match='weights not found'):
         load_network(str(tmp_path / 'nowhere.pth'))
-    (tmp_path / 'no_yaml.pth').write_bytes((weights).read_bytes())
-    with pytest.raises(FileNotFoundError, match='network options not found'):
-        load_network(str(tmp_path / 'no_yaml.pth'))
+    (tmp_path / 'no_yaml.pth').write_bytes((weights).read_bytes())  # without its YAML: read off the weights
+    net = load_network(str(tmp_path / 'no_yaml.pth'))
+    assert (net.n_feats, net.num_res_blocks, net.search_transfer.top_k) == (8, [1, 1, 1, 1], 2)
+    torch.save({'params': {'conv.weight': torch.zeros(2, 3, 3, 3)}}, tmp_path / 'foreign.pth')
+    with pytest.raises(FileNotFoundError, match=r'network options not found: .*foreign.yml .*no architecture of this '
+                                                r'package recognises .*foreign.pth'):
+        load_network(str(tmp_path / 'foreign.pth'))
     with pytest.raises(InferenceError, match='--ref'):
         run(base + ['--lr', str(images / 'lr' / 'a.png')])
 

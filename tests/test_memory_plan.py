@@ -22,7 +22,7 @@ from extracter.inference.memory_plan import (
 
 # the released EXTRACTER size with the paper's geometry (window 6 / stride 2), without building it
 RELEASED = NetSpec('Extracter', n_params=9_426_447, n_feats=64, top_k=2, window=6, stride=2, padding=2,
-                   main_maps_per_lr_px=Extracter.facts.main_maps_per_lr_px)
+                   main_maps_per_lr_px=Extracter.descriptor.main_maps_per_lr_px)
 
 
 @pytest.mark.parametrize('text,expected', [('6G', 6 * 2 ** 30), ('512M', 512 * 2 ** 20), ('1.5GB', 3 * 2 ** 29),

@@ -29,7 +29,7 @@ from tests.data_helpers import shared_data_dir
 ROOT = Path(__file__).resolve().parents[1]
 # the released EXTRACTER size with the paper's geometry (window 6 / stride 2), without building it
 RELEASED = NetSpec('Extracter', n_params=9_426_447, n_feats=64, top_k=2, window=6, stride=2, padding=2,
-                   main_maps_per_lr_px=Extracter.facts.main_maps_per_lr_px)
+                   main_maps_per_lr_px=Extracter.descriptor.main_maps_per_lr_px)
 REL_TOL = 2e-6  # tiled vs untiled convolutions: the same sums in another order (measured: ~2e-7 of the largest value
 # in NCHW, up to 1.1e-6 with the channels-last layout of CPU inference, whose blocking depends on the size)
 

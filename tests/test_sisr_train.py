@@ -75,7 +75,7 @@ def test_drct_trains_validates_on_ema_and_saves_basicsr_checkpoints(tmp_path, cu
     assert set(ckpt) == {'params', 'params_ema'}
     net = DRCT(**TINY_NET, upscale=4, upsampler='pixelshuffle')
     net.load_state_dict(ckpt['params_ema'], strict=True)  # the original's layout: loads strictly
-    assert DRCT.options_from_state_dict(ckpt)['embed_dim'] == 12
+    assert DRCT.descriptor.detect(ckpt)['embed_dim'] == 12
     state = load_checkpoint(str(exp / 'training_states' / '2.state'))
     assert state['iter'] == 2 and len(state['optimizers']) == 1
     log = next(exp.glob('train_drct_demo_cpu_*.log')).read_text()

@@ -72,7 +72,7 @@ def test_tile_pad_below_the_floor_is_raised_with_a_warning():
     lr, ref = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 48, 40)
     net = tiny_extracter()
     floor = net.min_tile_pad
-    assert floor == Extracter.facts.min_tile_pad > 0
+    assert floor == Extracter.descriptor.min_tile_pad > 0
     at_floor = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': floor})
     with pytest.warns(InputWarning, match=f'tile_pad 0 is below what Extracter needs.*using tile_pad {floor}'):
         raised = run_refsr(net, lr, ref, tile={'tile_size': 12, 'tile_pad': 0})

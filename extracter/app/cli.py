@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--listen-all', action='store_true',
                         help='listen on all network interfaces (0.0.0.0, or --host); prints a warning')
     parser.add_argument('--models', default=None,
-                        help='folder of checkpoints with their .yml, or DRCT checkpoints alone '
+                        help='folder of checkpoints with their .yml, or alone (their network read off the weights) '
                         '(default: pretrained/)')
     parser.add_argument('-o', '--output', default='results/app', help='the page\'s own folder: uploads and results')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")

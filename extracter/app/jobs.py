@@ -66,7 +66,7 @@ class JobError(ValueError):
 @dataclass
 class ModelEntry:
     """A model the page offers: a checkpoint with its options (``W.yml`` beside ``W.pth``, or read off the weights
-    where the architecture allows it: DRCT)."""
+    by the architectures' descriptors)."""
 
     label: str
     weights: Path
@@ -76,8 +76,8 @@ class ModelEntry:
 
 def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
     """The entry of a checkpoint ``W.pth`` with its options ``W.yml`` (``network_g``), or, without one, with the
-    options read off its weights (DRCT); :class:`JobError` if unusable."""
-    from extracter.registry import ARCH_REGISTRY
+    options read off its weights; :class:`JobError` if unusable."""
+    from extracter.archs.descriptor import descriptor_of
 
     weights = Path(weights)
     name = label or weights.name
@@ -92,21 +92,20 @@ def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
             raise JobError(f'The model {name} has no options file beside it ({options.name} with a network_g block) '
                            'and its architecture cannot be read off the weights; convert original checkpoints with '
                            'scripts/convert_official.py, which writes one.')
-        cls = ARCH_REGISTRY.get(arch)
-        return ModelEntry(name, weights, arch, bool(getattr(cls, 'uses_reference', False)))
+        return ModelEntry(name, weights, arch, descriptor_of(arch).uses_reference)
     try:
         with open(options, encoding='utf-8') as f:
             arch = ((yaml.safe_load(f) or {}).get('network_g') or {}).get('type')
-        cls = ARCH_REGISTRY.get(arch)
+        descriptor = descriptor_of(arch)
     except (yaml.YAMLError, AttributeError, KeyError, TypeError):
         raise JobError(f'The options file of the model {name} ({options.name}) has no usable network_g type.') \
             from None
-    return ModelEntry(name, weights, str(arch), bool(getattr(cls, 'uses_reference', False)))
+    return ModelEntry(name, weights, str(arch), descriptor.uses_reference)
 
 
 def arch_read_off_weights(weights: Path) -> Optional[str]:
-    """The architecture of a checkpoint without a YAML where its state dict tells it (DRCT, as ``infer.py`` loads
-    it: :func:`extracter.inference.network.options_from_weights`); None if it cannot be read or told."""
+    """The architecture of a checkpoint without a YAML where its state dict tells it (as ``infer.py`` loads it:
+    :func:`extracter.inference.network.options_from_weights`); None if it cannot be read or told."""
     from extracter.inference.network import options_from_weights
     from extracter.utils.checkpoint import CheckpointError, load_checkpoint, network_state
 

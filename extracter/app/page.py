@@ -91,7 +91,7 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                                file_count='multiple', type='filepath', elem_id='refs')
                 model = gr.Dropdown(choices=choices, value=default_model, label='Model', elem_id='model',
                                     info=no_model or 'Checkpoints found in pretrained/ (with their .yml options; '
-                                                     'DRCT ones also alone).')
+                                                     'or alone: their network is read off the weights).')
                 model_path = gr.Textbox(label='...or the path of a converted checkpoint on this machine (.pth with '
                                               'its .yml beside it)', placeholder='path/to/model.pth',
                                         elem_id='model_path', interactive=runner.allow_model_paths,

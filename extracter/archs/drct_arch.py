@@ -38,14 +38,14 @@ forward) raise a ``ValueError`` that says why. A mask recomputed for another inp
 original keeps it float32, which only matters in half precision).
 """
 
-import inspect
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extracter.archs.descriptor import ArchDescriptor, describe
 from extracter.registry import ARCH_REGISTRY
 
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean used by the original for 3-channel inputs
@@ -318,7 +318,99 @@ class Upsample(nn.Sequential):
         super().__init__(*layers)
 
 
+def read_drct_options(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """The ``network_g`` options of the DRCT a plain state dict belongs to, as far as its tensors determine them
+    (``DRCT.descriptor.detect`` unwraps checkpoints and checks the result). Read off the tensors:
+    ``in_chans`` and ``embed_dim`` (``conv_first``), the number of groups (``layers.<i>``), ``num_heads`` (last
+    dimension of each group's first relative position bias table), ``window_size`` (that table has
+    ``(2 * window - 1)^2`` rows), ``img_size`` (number of windows of the stored shifted-window mask, checked
+    against the mask's values), ``gc`` (``adjust1``), ``mlp_ratio`` (``mlp.fc1``), ``qkv_bias``, ``patch_norm``,
+    ``ape``, ``resi_connection``, ``upsampler`` and ``upscale`` (shapes of the upsampler's convolutions). See
+    ``DRCT.descriptor.not_detected`` for the rest.
+    """
+    if 'conv_first.weight' not in state:
+        raise ValueError('not a DRCT state dict: no conv_first.weight')
+    embed_dim, in_chans = state['conv_first.weight'].shape[:2]
+    groups = sorted({int(k.split('.')[1]) for k in state if k.startswith('layers.')})
+    if not groups or groups != list(range(len(groups))):
+        raise ValueError(f'not a DRCT state dict: group indices {groups}')
+    table = state['layers.0.swin1.attn.relative_position_bias_table']
+    window = (math.isqrt(table.shape[0]) + 1) // 2
+    if (2 * window - 1) ** 2 != table.shape[0]:
+        raise ValueError(f'relative position bias table of {table.shape[0]} rows is not (2 * window - 1)^2')
+    num_heads = [int(state[f'layers.{i}.swin1.attn.relative_position_bias_table'].shape[1]) for i in groups]
+    hidden = state['layers.0.swin1.mlp.fc1.weight'].shape[0]
+    mlp_ratio = hidden / embed_dim
+
+    # img_size: the stored mask holds (H / window) * (W / window) windows; find the layout that reproduces it.
+    # Without stored masks the layers had shrunk their window to img_size (then img_size == window).
+    img_size: Union[int, List[int]] = window
+    mask = state.get('layers.0.swin2.attn_mask')
+    if mask is not None:
+        n_windows = mask.shape[0]
+        candidates = [(a, n_windows // a) for a in range(1, n_windows + 1) if n_windows % a == 0]
+        candidates.sort(key=lambda hw: (abs(hw[0] - hw[1]), -hw[0]))  # squarest first
+        for a, b in candidates:
+            size = (a * window, b * window)
+            if torch.equal(shifted_window_mask(size, window, window // 2), mask.float().cpu()):
+                img_size = size[0] if size[0] == size[1] else list(size)
+                break
+        else:
+            raise ValueError(f'the stored attention mask ({tuple(mask.shape)}) matches no image size')
+
+    convs = sorted(int(k.split('.')[1]) for k in state if k.startswith('upsample.') and k.endswith('.weight'))
+    upsampler = 'pixelshuffle' if 'conv_last.weight' in state else ''
+    upscale = 2 ** len(convs)  # one (4C, PixelShuffle 2) stage per factor 2 ...
+    if convs:
+        first = state[f'upsample.{convs[0]}.weight']
+        if first.shape[0] == 9 * first.shape[1]:  # ... or a single (9C, PixelShuffle 3) stage
+            upscale = 3
+    return {
+        'type': 'DRCT',
+        'upscale': upscale,
+        'in_chans': int(in_chans),
+        'img_size': img_size,
+        'patch_size': 1,
+        'window_size': window,
+        'img_range': 1.0,
+        'depths': [6] * len(groups),
+        'embed_dim': int(embed_dim),
+        'num_heads': num_heads,
+        'mlp_ratio': int(mlp_ratio) if mlp_ratio == int(mlp_ratio) else mlp_ratio,
+        'qkv_bias': 'layers.0.swin1.attn.qkv.bias' in state,
+        'ape': 'absolute_pos_embed' in state,
+        'patch_norm': 'patch_embed.norm.weight' in state,
+        'gc': int(state['layers.0.adjust1.weight'].shape[0]),
+        'upsampler': upsampler,
+        'resi_connection': '1conv' if 'conv_after_body.weight' in state else 'identity',
+    }
+
+
+def drct_multiples(options: Mapping[str, Any]) -> Tuple[int, int]:
+    """(LR side multiple, the same) of a DRCT built from complete options: :meth:`DRCT.pad_multiple` (the window, or
+    its least common multiple with the window the Swin layers shrink to when ``img_size`` is not larger)."""
+    window = int(options['window_size'])
+    img_hw, patch_hw = _pair(options['img_size']), _pair(options['patch_size'])
+    resolution = min(img_hw[0] // patch_hw[0], img_hw[1] // patch_hw[1])
+    effective = resolution if options['depths'] and resolution <= window else window
+    m = math.lcm(window, effective)
+    return m, m
+
+
 @ARCH_REGISTRY.register()
+@describe(
+    uses_reference=False, scale='upscale', multiples=drct_multiples, min_tile_pad=16, read_options=read_drct_options,
+    not_detected=(
+        ('depths', 'per-group values only set stochastic-depth rates: reported as 6 per group (as every released '
+                   'model)'),
+        ('patch_size', 'only img_size // patch_size is stored (mask resolution): reported as patch_size 1'),
+        ('img_range', 'not stored: reported as 1.0 (all released models)'),
+        ('qk_scale', 'not stored: reported as None (head_dim ** -0.5, all released models)'),
+        ('norm_layer', 'assumed nn.LayerNorm (weight and bias of the token dimension)'),
+        ('drop_rate, attn_drop_rate, drop_path_rate', 'training only, not stored: original defaults apply'),
+        ('compress_ratio, squeeze_factor, conv_scale, overlap_ratio, use_checkpoint', 'unused by the architecture'),
+    ),
+)
 class DRCT(nn.Module):
     """DRCT (Hsu et al., 2024) with the original's constructor, defaults and state-dict layout.
 
@@ -350,6 +442,8 @@ class DRCT(nn.Module):
         resi_connection: ``'1conv'`` (3x3 convolution after the body) or ``'identity'``.
         gc: growth channels of the dense connections.
     """
+
+    descriptor: ClassVar[ArchDescriptor]
 
     def __init__(self,
                  img_size: Union[int, Sequence[int]] = 64,
@@ -420,7 +514,7 @@ class DRCT(nn.Module):
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, resolution[0] * resolution[1], embed_dim))
             _trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             self.layers.append(RDG(embed_dim, resolution, num_heads[i], window_size, mlp_ratio, qkv_bias, qk_scale,
@@ -454,24 +548,9 @@ class DRCT(nn.Module):
     def no_weight_decay_keywords(self) -> set:
         return {'relative_position_bias_table'}
 
-    # ------------------------------------------------------------------ facts (see extracter.archs.refsr_base)
-    uses_reference = False  # single-image SR
-    # smallest tile padding (LR pixels) at which tiles match the untiled result (largest difference below 5e-4, an
-    # eighth of an 8-bit level; released size, scripts/measure_tile_pad.py); the engine raises a smaller one to it
-    min_tile_pad = 16
-
-    @classmethod
-    def scale_for(cls, options: Mapping[str, Any]) -> int:
-        """The upscaling factor of a network built from ``options`` (``upscale``)."""
-        return int(options.get('upscale', inspect.signature(cls.__init__).parameters['upscale'].default))
-
+    # ------------------------------------------------------------------ sizes of this network (the class': descriptor)
     def scale_of(self) -> int:
         return self.upscale
-
-    @classmethod
-    def options_for_weights(cls, options: Mapping[str, Any]) -> Dict[str, Any]:
-        """Constructor options for loading a complete checkpoint (nothing to skip: no pretrained sub-network)."""
-        return {k: v for k, v in options.items() if k != 'type'}
 
     def size_multiples(self) -> Tuple[int, int]:
         """(LR side multiple, -): the inference engine pads the input to it (the window)."""
@@ -517,87 +596,3 @@ class DRCT(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode='reflect')
         return self(x)[..., :h * self.upscale, :w * self.upscale]
-
-    # what options_from_state_dict cannot read off the weights, with the value it reports
-    NOT_INFERABLE: Dict[str, str] = {
-        'depths': 'per-group values only set stochastic-depth rates: reported as 6 per group (as every released model)',
-        'patch_size': 'only img_size // patch_size is stored (mask resolution): reported as patch_size 1',
-        'img_range': 'not stored: reported as 1.0 (all released models)',
-        'qk_scale': 'not stored: reported as None (head_dim ** -0.5, all released models)',
-        'norm_layer': 'assumed nn.LayerNorm (weight and bias of the token dimension)',
-        'drop_rate, attn_drop_rate, drop_path_rate': 'training only, not stored: original defaults apply',
-        'compress_ratio, squeeze_factor, conv_scale, overlap_ratio, use_checkpoint': 'unused by the architecture',
-    }
-
-    @staticmethod
-    def options_from_state_dict(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-        """The ``network_g`` options of the DRCT a state dict belongs to, as far as its tensors determine them.
-
-        Accepts a bare state dict, or a checkpoint ``{'params_ema': ...}`` / ``{'params': ...}`` (``params_ema``
-        preferred, as the original test options load it); a ``module.`` prefix is ignored. Read off the tensors:
-        ``in_chans`` and ``embed_dim`` (``conv_first``), the number of groups (``layers.<i>``), ``num_heads`` (last
-        dimension of each group's first relative position bias table), ``window_size`` (that table has
-        ``(2 * window - 1)^2`` rows), ``img_size`` (number of windows of the stored shifted-window mask, checked
-        against the mask's values), ``gc`` (``adjust1``), ``mlp_ratio`` (``mlp.fc1``), ``qkv_bias``, ``patch_norm``,
-        ``ape``, ``resi_connection``, ``upsampler`` and ``upscale`` (shapes of the upsampler's convolutions). See
-        :attr:`DRCT.NOT_INFERABLE` for the rest.
-        """
-        if 'params_ema' in state or 'params' in state:
-            state = state['params_ema'] if 'params_ema' in state else state['params']
-        state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
-        if 'conv_first.weight' not in state:
-            raise ValueError('not a DRCT state dict: no conv_first.weight')
-        embed_dim, in_chans = state['conv_first.weight'].shape[:2]
-        groups = sorted({int(k.split('.')[1]) for k in state if k.startswith('layers.')})
-        if not groups or groups != list(range(len(groups))):
-            raise ValueError(f'not a DRCT state dict: group indices {groups}')
-        table = state['layers.0.swin1.attn.relative_position_bias_table']
-        window = (math.isqrt(table.shape[0]) + 1) // 2
-        if (2 * window - 1) ** 2 != table.shape[0]:
-            raise ValueError(f'relative position bias table of {table.shape[0]} rows is not (2 * window - 1)^2')
-        num_heads = [int(state[f'layers.{i}.swin1.attn.relative_position_bias_table'].shape[1]) for i in groups]
-        hidden = state['layers.0.swin1.mlp.fc1.weight'].shape[0]
-        mlp_ratio = hidden / embed_dim
-
-        # img_size: the stored mask holds (H / window) * (W / window) windows; find the layout that reproduces it.
-        # Without stored masks the layers had shrunk their window to img_size (then img_size == window).
-        img_size: Union[int, List[int]] = window
-        mask = state.get('layers.0.swin2.attn_mask')
-        if mask is not None:
-            n_windows = mask.shape[0]
-            candidates = [(a, n_windows // a) for a in range(1, n_windows + 1) if n_windows % a == 0]
-            candidates.sort(key=lambda hw: (abs(hw[0] - hw[1]), -hw[0]))  # squarest first
-            for a, b in candidates:
-                size = (a * window, b * window)
-                if torch.equal(shifted_window_mask(size, window, window // 2), mask.float().cpu()):
-                    img_size = size[0] if size[0] == size[1] else list(size)
-                    break
-            else:
-                raise ValueError(f'the stored attention mask ({tuple(mask.shape)}) matches no image size')
-
-        convs = sorted(int(k.split('.')[1]) for k in state if k.startswith('upsample.') and k.endswith('.weight'))
-        upsampler = 'pixelshuffle' if 'conv_last.weight' in state else ''
-        upscale = 2 ** len(convs)  # one (4C, PixelShuffle 2) stage per factor 2 ...
-        if convs:
-            first = state[f'upsample.{convs[0]}.weight']
-            if first.shape[0] == 9 * first.shape[1]:  # ... or a single (9C, PixelShuffle 3) stage
-                upscale = 3
-        return {
-            'type': 'DRCT',
-            'upscale': upscale,
-            'in_chans': int(in_chans),
-            'img_size': img_size,
-            'patch_size': 1,
-            'window_size': window,
-            'img_range': 1.0,
-            'depths': [6] * len(groups),
-            'embed_dim': int(embed_dim),
-            'num_heads': num_heads,
-            'mlp_ratio': int(mlp_ratio) if mlp_ratio == int(mlp_ratio) else mlp_ratio,
-            'qkv_bias': 'layers.0.swin1.attn.qkv.bias' in state,
-            'ape': 'absolute_pos_embed' in state,
-            'patch_norm': 'patch_embed.norm.weight' in state,
-            'gc': int(state['layers.0.adjust1.weight'].shape[0]),
-            'upsampler': upsampler,
-            'resi_connection': '1conv' if 'conv_after_body.weight' in state else 'identity',
-        }

@@ -4,14 +4,15 @@ DFE (VGG-19 to relu3_1) -> Search & Transfer (top-k hard/soft attention, windows
 (one fusion head per rank and level) -> GDE (gradient density enhancing) -> SR image.
 """
 
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from extracter.archs.csfi import CSFIMainNet
+from extracter.archs.descriptor import StateDict, count_indexed, describe
 from extracter.archs.gde import GDE
 from extracter.archs.modules import parse_block_counts
-from extracter.archs.refsr_base import ArchFacts, RefSRNet
+from extracter.archs.refsr_base import REFSR_NOT_DETECTED, SCALE, RefSRNet, read_main_network, search_stride_multiples
 from extracter.archs.search_transfer import SearchMode, SearchTransfer
 from extracter.archs.vgg import ExtractorInit, TextureExtractor
 from extracter.registry import ARCH_REGISTRY
@@ -19,7 +20,24 @@ from extracter.registry import ARCH_REGISTRY
 BlockCounts = Union[str, Sequence[int]]
 
 
+def read_extracter_options(state: StateDict) -> Dict[str, Any]:
+    """EXTRACTER's ``network_g`` as far as its weights (our key names) determine it: width, block counts, top-k."""
+    if 'gde.SFE.conv_head.weight' not in state or 'dfe.slice1.0.weight' not in state:
+        raise ValueError('not an EXTRACTER state dict: no gde.SFE.conv_head.weight / dfe.slice1.0.weight')
+    return {'type': 'Extracter', **read_main_network(state),
+            'num_grad_blocks': [count_indexed(state, f'gde.{p}') for p in ('SFE.RBs', 'grad_12', 'grad_23', 'grad_33')],
+            'top_k': count_indexed(state, 'main.conv11_head')}
+
+
 @ARCH_REGISTRY.register()
+@describe(
+    uses_reference=True, scale=SCALE, multiples=search_stride_multiples, min_tile_pad=8, main_maps_per_lr_px=19.0,
+    feature_extractor='dfe', feature_extractor_init='dfe_init', adjustable_geometry=True,
+    read_options=read_extracter_options, init_only_options=('vgg19_path',), converters=('extracter-official',),
+    not_detected=REFSR_NOT_DETECTED + (
+        ('window, stride, padding', 'the search geometry is not stored: the constructor defaults 3/1/1 (as released; '
+                                    'the paper evaluates with 6/2/2, which the same weights take)'),),
+)
 class Extracter(RefSRNet):
     """EXTRACTER. Defaults are the released ``train.py`` configuration (blocks 8+16+8+4 / 8+9+9+9, top-k 2,
     window 3 / stride 1 / padding 1); the released notebook uses 2+8+8+4 / 2+9+9+9 and top-k 3; the paper's
@@ -39,9 +57,6 @@ class Extracter(RefSRNet):
             :class:`~extracter.archs.search_transfer.SearchTransfer`.
         chunk_size, key_chunk_size: LR / reference patches per block of the chunked search.
     """
-
-    facts = ArchFacts(feature_extractor='dfe', feature_extractor_init='dfe_init', adjustable_geometry=True,
-                      main_maps_per_lr_px=19.0, min_tile_pad=8)
 
     def __init__(
         self,

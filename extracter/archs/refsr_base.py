@@ -1,12 +1,11 @@
-"""What EXTRACTER and TTSR share at the model boundary: the facts each architecture states about itself
-(:class:`ArchFacts`), input checks, the down/up-sampled inputs, [0,1] <-> [-1,1], and the forward pass over one or
-several encoded references.
+"""What EXTRACTER and TTSR share at the model boundary: input checks, the down/up-sampled inputs, [0,1] <-> [-1,1],
+the forward pass over one or several encoded references, and the pieces of their descriptors
+(:mod:`extracter.archs.descriptor`) that both state the same way.
 
-Everything outside ``archs/`` asks the network (``net.facts``, :meth:`RefSRNet.size_multiples`,
-:meth:`RefSRNet.set_search_geometry`, :meth:`RefSRNet.options_for_weights`) instead of checking class names.
+Everything outside ``archs/`` asks the architecture's descriptor (``descriptor_of(net)``) or the network
+(:meth:`RefSRNet.size_multiples`, :meth:`RefSRNet.set_search_geometry`) instead of checking class names.
 """
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extracter.archs.descriptor import ArchDescriptor, StateDict, count_indexed
 from extracter.archs.layout import main_memory_format
 from extracter.archs.vgg import Relu11FromImage
 from extracter.search import SearchSpec
@@ -77,33 +77,38 @@ class ReferenceFeatures:
 References = Union[ReferenceFeatures, Sequence[ReferenceFeatures]]
 
 
-@dataclass(frozen=True)
-class ArchFacts:
-    """What code outside ``archs/`` may need to know of an architecture, stated by the architecture itself.
+def search_stride_multiples(options: Mapping[str, Any]) -> Tuple[int, int]:
+    """(LR side multiple, reference side multiple) of a RefSR network with an adjustable search geometry built from
+    complete options: the search stride and 4x the stride."""
+    stride = int(options['stride'])
+    return stride, SCALE * stride
 
-    Attributes:
-        feature_extractor: attribute holding the VGG-19 texture extractor (a parameter group of its own in training).
-        feature_extractor_init: constructor option that chooses its initialisation (``'vgg19'`` | ``'random'``).
-        adjustable_geometry: whether :meth:`RefSRNet.set_search_geometry` may change window/stride/padding.
-        main_maps_per_lr_px: the memory planner's profile: main-network activations per LR pixel, in n_feats-channel
-            x4 maps (measured on CPU with ``scripts/benchmark_scaling.py``, +10%).
-        min_tile_pad: the smallest tile padding (LR pixels) at which tiled inference matches the untiled result
-            (largest difference below 5e-4, an eighth of an 8-bit level, at the released size; measured with
-            ``scripts/measure_tile_pad.py``, docs/large_images.md): the main network's effective receptive field. A
-            smaller ``tile_pad`` is raised to it with a warning.
-    """
 
-    feature_extractor: str
-    feature_extractor_init: str
-    adjustable_geometry: bool
-    main_maps_per_lr_px: float
-    min_tile_pad: int
+def unit_stride_multiples(options: Mapping[str, Any]) -> Tuple[int, int]:
+    """The same for a fixed search geometry of stride 1 (TTSR's), whatever ``options`` hold."""
+    return 1, SCALE
+
+
+def read_main_network(state: StateDict) -> Dict[str, Any]:
+    """``n_feats`` and ``num_res_blocks`` of the CSFI main network (``main.*``) a state dict holds."""
+    n_feats = int(state['main.SFE.conv_head.weight'].shape[0])
+    blocks = [count_indexed(state, f'main.{p}') for p in ('SFE.RBs', 'RB11', 'RB21', 'RB31')]
+    return {'n_feats': n_feats, 'num_res_blocks': blocks}
+
+
+# what the weights of a RefSR network do not determine, with what ``detect`` reports
+REFSR_NOT_DETECTED: Tuple[Tuple[str, str], ...] = (
+    ('res_scale', 'not stored: the constructor default 1.0 (as released)'),
+    ('search_mode, chunk_size, key_chunk_size', 'how the search runs, not stored: constructor defaults'),
+    ('dfe_requires_grad / lte_requires_grad', 'training only, not stored: constructor default'),
+)
 
 
 class RefSRNet(nn.Module):
-    """Base class: subclasses state their :class:`ArchFacts` (``facts``), hold ``search_transfer`` (a SearchTransfer),
-    ``n_feats`` and the extractor named by ``facts.feature_extractor``, and implement ``_reconstruct`` (the main
-    network, from the LR in [-1, 1] and the transferred textures).
+    """Base class: subclasses state their :class:`~extracter.archs.descriptor.ArchDescriptor` (``@describe(...)``),
+    hold ``search_transfer`` (a SearchTransfer), ``n_feats`` and the extractor named by
+    ``descriptor.feature_extractor``, and implement ``_reconstruct`` (the main network, from the LR in [-1, 1] and
+    the transferred textures).
 
     The RefSR contract, the paper-level steps the inference engine (:mod:`extracter.inference`) and the tiles call,
     each with the call's :class:`~extracter.search.spec.SearchSpec` (``spec=None``: the network's default):
@@ -120,9 +125,7 @@ class RefSRNet(nn.Module):
     ``forward`` (training) is :meth:`encode_reference` followed by :meth:`forward_features`.
     """
 
-    facts: ClassVar[ArchFacts]
-    scale: ClassVar[int] = SCALE
-    uses_reference: ClassVar[bool] = True  # a fact every architecture states (DRCT: False)
+    descriptor: ClassVar[ArchDescriptor]
     search_transfer: nn.Module
     n_feats: int
 
@@ -135,42 +138,18 @@ class RefSRNet(nn.Module):
         self.n_feats = n_feats
         self.num_res_blocks = parse_block_counts(num_res_blocks, 4, 'num_res_blocks')
 
-    # ------------------------------------------------------------------ facts
+    # ------------------------------------------------------------------ facts (the descriptor's)
     def feature_extractor(self) -> nn.Module:
         """The VGG-19 texture extractor (EXTRACTER's DFE, TTSR's LTE)."""
-        return getattr(self, self.facts.feature_extractor)
-
-    @classmethod
-    def constructor_default(cls, name: str) -> Any:
-        return inspect.signature(cls.__init__).parameters[name].default
-
-    @classmethod
-    def scale_for(cls, options: Mapping[str, Any]) -> int:
-        """The upscaling factor of a network built from ``options``: always x4 for the RefSR archs."""
-        return SCALE
+        return getattr(self, self.descriptor.feature_extractor)
 
     def scale_of(self) -> int:
         return SCALE
 
     @property
     def min_tile_pad(self) -> int:
-        """The tile padding below which tiles differ from the untiled result (:attr:`ArchFacts.min_tile_pad`)."""
-        return self.facts.min_tile_pad
-
-    @classmethod
-    def size_multiples_for(cls, options: Mapping[str, Any]) -> Tuple[int, int]:
-        """(LR side multiple, reference side multiple) of a network built from ``options`` (a ``network_g`` block),
-        without building it: the search stride and 4x the stride."""
-        stride = int(options.get('stride', cls.constructor_default('stride'))) if cls.facts.adjustable_geometry else 1
-        return stride, SCALE * stride
-
-    @classmethod
-    def options_for_weights(cls, options: Mapping[str, Any]) -> Dict[str, Any]:
-        """Constructor options for loading a complete checkpoint: the extractor is not initialised from the VGG-19
-        file (the checkpoint holds it), so that file need not exist."""
-        out = {k: v for k, v in options.items() if k not in ('type', 'vgg19_path')}
-        out[cls.facts.feature_extractor_init] = 'random'
-        return out
+        """The tile padding below which tiles differ from the untiled result (``descriptor.min_tile_pad``)."""
+        return self.descriptor.min_tile_pad
 
     @property
     def default_search_spec(self) -> SearchSpec:
@@ -184,7 +163,7 @@ class RefSRNet(nn.Module):
         base = self.default_search_spec if spec is None else spec
         spec = base.replace(**changes)
         default = self.default_search_spec
-        if not self.facts.adjustable_geometry and spec.geometry != default.geometry:
+        if not self.descriptor.adjustable_geometry and spec.geometry != default.geometry:
             w, s, p = default.geometry
             raise ValueError(f'{type(self).__name__} has a fixed search geometry (window {w}, stride {s}, padding '
                              f'{p}); only EXTRACTER can change it')

@@ -1,17 +1,31 @@
 """TTSR (Yang et al., CVPR 2020), the baseline: LTE -> 3x3 hard/soft attention (top-1) -> CSFI main network."""
 
-from typing import Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from extracter.archs.csfi import CSFIMainNet
-from extracter.archs.refsr_base import ArchFacts, RefSRNet
+from extracter.archs.descriptor import StateDict, describe
+from extracter.archs.refsr_base import REFSR_NOT_DETECTED, SCALE, RefSRNet, read_main_network, unit_stride_multiples
 from extracter.archs.search_transfer import SearchMode, SearchTransfer
 from extracter.archs.vgg import ExtractorInit, TextureExtractor
 from extracter.registry import ARCH_REGISTRY
 
 
+def read_ttsr_options(state: StateDict) -> Dict[str, Any]:
+    """TTSR's ``network_g`` as far as its weights (our key names) determine it: width and block counts."""
+    if 'lte.slice1.0.weight' not in state:
+        raise ValueError('not a TTSR state dict: no lte.slice1.0.weight')
+    return {'type': 'TTSR', **read_main_network(state)}
+
+
 @ARCH_REGISTRY.register()
+@describe(
+    uses_reference=True, scale=SCALE, multiples=unit_stride_multiples, min_tile_pad=8, main_maps_per_lr_px=17.0,
+    feature_extractor='lte', feature_extractor_init='lte_init', adjustable_geometry=False,
+    read_options=read_ttsr_options, not_detected=REFSR_NOT_DETECTED, init_only_options=('vgg19_path',),
+    converters=('ttsr-official', 'mmagic-ttsr'),
+)
 class TTSR(RefSRNet):
     """TTSR with the released configuration by default (16+16+8+4 residual blocks, 64 features).
 
@@ -28,9 +42,6 @@ class TTSR(RefSRNet):
         search_mode: ``'dense'`` (faithful) or ``'chunked'`` (bounded memory, same output).
         chunk_size, key_chunk_size: LR / reference patches per block of the chunked search.
     """
-
-    facts = ArchFacts(feature_extractor='lte', feature_extractor_init='lte_init', adjustable_geometry=False,
-                      main_maps_per_lr_px=17.0, min_tile_pad=8)
 
     def __init__(
         self,

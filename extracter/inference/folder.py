@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import SCALE, RefSRNet, bicubic_resize
 from extracter.data.image_io import ImageReadError, check_image_file
 from extracter.inference.engine import run_refsr, run_sisr
@@ -73,7 +74,7 @@ def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs
     empty, no relevance)."""
     lq, lq_up = sample['lq'].to(device), sample['lq_up'].to(device)
     h, w = (int(v) for v in sample['lq_size'].reshape(-1)[:2])
-    if not getattr(net, 'uses_reference', True):
+    if not descriptor_of(net).uses_reference:
         if texture_map:
             raise ValueError(f'{type(net).__name__} is a single-image network: there is no texture source to map')
         sr = run_sisr(net, lq, progress=progress, **run_kwargs)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
+from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import LV1_STORAGE
 from extracter.archs.search_transfer import FEATURE_CHANNELS
 from extracter.archs.vgg import ENCODE_MARGIN
@@ -83,7 +84,7 @@ class NetSpec:
     window: int
     stride: int
     padding: int
-    main_maps_per_lr_px: float  # main network activations per LR pixel, in n_feats-channel x4 maps (ArchFacts)
+    main_maps_per_lr_px: float  # main network activations per LR pixel, in n_feats-channel x4 maps (descriptor)
     approximate: ApproximateSettings = field(default_factory=ApproximateSettings)
 
     @classmethod
@@ -92,7 +93,7 @@ class NetSpec:
         search = net.default_search_spec if search is None else search
         return cls(type(net).__name__, sum(p.numel() for p in net.parameters()), net.n_feats,
                    net.search_transfer.top_k, search.window, search.stride, search.padding,
-                   net.facts.main_maps_per_lr_px, search.approximate)
+                   descriptor_of(net).main_maps_per_lr_px, search.approximate)
 
     def search_spec(self, mode: str, chunk: int = DEFAULT_CHUNK, key_chunk: int = DEFAULT_KEY_CHUNK,
                     cache_keys: bool = False) -> SearchSpec:

@@ -1,6 +1,6 @@
 """A network for inference from a checkpoint: its options (the YAML beside the weights, any YAML with a
-``network_g`` block, or, for architectures that can tell, the weights themselves: DRCT) and its weights, loaded
-strictly through :mod:`extracter.utils.checkpoint`."""
+``network_g`` block, or else the weights themselves, read by the architectures' descriptors: ``detect``) and its
+weights, loaded strictly through :mod:`extracter.utils.checkpoint`."""
 
 import os
 import re
@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 import yaml
 
-from extracter.archs.refsr_base import RefSRNet
+from extracter.archs.descriptor import detect_options, find_descriptor
 from extracter.utils.checkpoint import CheckpointError, check_not_original, load_checkpoint, network_state
 
 CONVERT_HINT = ('checkpoints of the original EXTRACTER/TTSR code must be converted first: '
@@ -22,32 +22,22 @@ class NetworkLoadError(ValueError):
 
 
 def options_from_weights(state: Dict[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
-    """``network_g`` read off a state dict by the first registered architecture that can
-    (``options_from_state_dict``, e.g. :meth:`extracter.archs.drct_arch.DRCT.options_from_state_dict`); None if none
-    can."""
-    from extracter.registry import ARCH_REGISTRY
-
-    for _, cls in sorted(ARCH_REGISTRY, key=lambda item: item[0]):
-        reader = getattr(cls, 'options_from_state_dict', None)
-        if reader is None:
-            continue
-        try:
-            return reader(state)
-        except (ValueError, KeyError):
-            continue
-    return None
+    """``network_g`` read off a state dict by the architecture whose descriptor recognises it
+    (:meth:`~extracter.archs.descriptor.ArchDescriptor.detect`); None if none does."""
+    return detect_options(state)
 
 
 def network_options(weights: str, opt_path: Optional[str] = None,
                     state: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
     """``network_g`` from ``opt_path``, or from the YAML beside the weights (``W.pth`` -> ``W.yml``), or else read
-    off the weights' ``state`` where the architecture allows it (DRCT)."""
+    off the weights' ``state`` (:func:`options_from_weights`)."""
     path = Path(opt_path) if opt_path else Path(weights).with_suffix('.yml')
     if not path.is_file():
         inferred = options_from_weights(state) if state is not None and not opt_path else None
         if inferred is not None:
             return inferred
-        raise FileNotFoundError(f'network options not found: {path} (give --opt with a network_g block)')
+        told = '' if opt_path or state is None else f'; no architecture of this package recognises {weights}'
+        raise FileNotFoundError(f'network options not found: {path} (give --opt with a network_g block){told}')
     try:
         with open(path, encoding='utf-8') as f:
             opt = yaml.safe_load(f) or {}
@@ -61,8 +51,8 @@ def network_options(weights: str, opt_path: Optional[str] = None,
 
 
 def build_network(options: Dict[str, Any], source: str = 'network_g') -> torch.nn.Module:
-    """The architecture named by ``options['type']`` (a RefSR network, or a single-image one: DRCT), built for
-    loading a complete checkpoint afterwards."""
+    """The architecture named by ``options['type']`` (any with a descriptor: a RefSR network, or a single-image one),
+    built for loading a complete checkpoint afterwards."""
     from extracter.registry import ARCH_REGISTRY
 
     arch = options.get('type')
@@ -70,7 +60,8 @@ def build_network(options: Dict[str, Any], source: str = 'network_g') -> torch.n
         cls = ARCH_REGISTRY.get(arch)
     except KeyError:
         raise NetworkLoadError(f'{source}: unknown network type {arch!r}') from None
-    if not (isinstance(cls, type) and (issubclass(cls, RefSRNet) or getattr(cls, 'uses_reference', True) is False)):
+    descriptor = find_descriptor(cls)
+    if descriptor is None:
         raise NetworkLoadError(f'{source}: {arch} is not an SR network of this package')
     from extracter.utils.option_checks import OptionError, check_annotated_types, check_keys, signature_keys
 
@@ -83,7 +74,7 @@ def build_network(options: Dict[str, Any], source: str = 'network_g') -> torch.n
     except OptionError as err:
         raise NetworkLoadError(str(err)) from None
     try:
-        return cls(**cls.options_for_weights(options))
+        return cls(**descriptor.options_for_weights(options))
     except (TypeError, ValueError) as err:  # the constructor's own checks (ranges, block counts)
         raise NetworkLoadError(f'{source}: network_g: {err}') from None
 

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, as_reference_list
 from extracter.search import SearchSpec
 from extracter.utils.input_warning import InputWarning
@@ -36,9 +37,9 @@ def round_tile(tile_size: int, tile_pad: int, multiple: int) -> Tuple[int, int]:
 
 
 def tile_pad_floor(net: torch.nn.Module, tile_pad: int) -> int:
-    """``tile_pad`` raised to the network's floor (``net.min_tile_pad``, an architecture fact: below it the tiles'
-    borders show in the result), with an :class:`~extracter.utils.input_warning.InputWarning` when raised."""
-    floor = int(net.min_tile_pad)
+    """``tile_pad`` raised to the network's floor (its descriptor's ``min_tile_pad``: below it the tiles' borders show
+    in the result), with an :class:`~extracter.utils.input_warning.InputWarning` when raised."""
+    floor = descriptor_of(net).min_tile_pad
     if tile_pad >= floor:
         return tile_pad
     warnings.warn(f'tile_pad {tile_pad} is below what {type(net).__name__} needs for tiles to match the untiled '

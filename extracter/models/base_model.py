@@ -96,9 +96,11 @@ class BaseSRModel(abc.ABC):
     @classmethod
     def check_architecture(cls, arch: Optional[str]) -> None:
         """A reference-based model needs a reference-based network and a single-image model a single-image one."""
+        from extracter.archs.descriptor import find_descriptor
         from extracter.registry import basicsr_registry
 
-        if bool(getattr(basicsr_registry('arch').get(arch), 'uses_reference', False)) != cls.uses_reference:
+        descriptor = find_descriptor(basicsr_registry('arch').get(arch))
+        if (descriptor is not None and descriptor.uses_reference) != cls.uses_reference:
             other = 'SISRModel' if cls.uses_reference else 'RefSRModel'
             kind = 'reference-based' if cls.uses_reference else 'single-image'
             raise ValueError(f'model_type {cls.__name__} needs a {kind} network; network_g.type {arch} is not one: '

@@ -253,11 +253,13 @@ def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> N
 
 def _check_scale(opt: Dict[str, Any], source: str) -> None:
     """``scale`` must be the network's own factor (``scale_for``: x4 for the RefSR archs, ``upscale`` for DRCT)."""
+    from extracter.archs.descriptor import find_descriptor
+
     ARCH_REGISTRY = basicsr_registry('arch')
 
     net_opt = opt['network_g']
-    arch = ARCH_REGISTRY.get(net_opt['type'])
-    net_scale = arch.scale_for(net_opt) if hasattr(arch, 'scale_for') else 4
+    descriptor = find_descriptor(ARCH_REGISTRY.get(net_opt['type']))
+    net_scale = descriptor.scale_for(net_opt) if descriptor is not None else 4  # another package's arch: x4
     scale = opt.get('scale', 4)
     if scale != net_scale:
         raise OptionError(_where(source, f"scale: {scale!r} disagrees with network_g ({net_opt['type']} upscales "
@@ -461,15 +463,17 @@ def option_errors(source: str, key: str) -> Iterator[None]:
 def derive_dataset_strides(opt: Dict[str, Any], source: str = '') -> None:
     """Give every dataset that takes a ``stride`` the search stride its images must fit: the network's, or the one
     ``val.search`` switches to for validation/test sets. A hand-written ``stride`` that disagrees is an error."""
+    from extracter.archs.descriptor import find_descriptor
+
     ARCH_REGISTRY, DATASET_REGISTRY = basicsr_registry('arch'), basicsr_registry('dataset')
 
-    arch = ARCH_REGISTRY.get(opt['network_g']['type'])
-    if not getattr(arch, 'uses_reference', False):  # single-image archs pad their inputs themselves
+    descriptor = find_descriptor(ARCH_REGISTRY.get(opt['network_g']['type']))
+    if descriptor is None or not descriptor.uses_reference:  # single-image archs pad their inputs themselves
         return
-    train_stride = arch.size_multiples_for(opt['network_g'])[0]
+    train_stride = descriptor.size_multiples_for(opt['network_g'])[0]
     geometry = (((opt.get('val') or {}).get('search')) or {})
-    eval_stride = arch.size_multiples_for({**opt['network_g'], **({'stride': geometry['stride']}
-                                                                    if 'stride' in geometry else {})})[0]
+    eval_stride = descriptor.size_multiples_for({**opt['network_g'], **({'stride': geometry['stride']}
+                                                                           if 'stride' in geometry else {})})[0]
     for phase, ds in opt['datasets'].items():
         defaults = getattr(DATASET_REGISTRY.get(ds['type']), 'DEFAULTS', None) or {}
         if 'stride' not in defaults:
