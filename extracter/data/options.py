@@ -3,6 +3,8 @@ arguments (``Dataset(dataroot=...)``); both end up in one validated dict, and un
 
 from typing import Any, Dict, Mapping, Optional
 
+from extracter.archs.refsr_base import SCALE
+
 REQUIRED = object()
 
 # Keys BasicSR's option files and build_dataset/build_dataloader put into a dataset's options; ignored here.
@@ -14,7 +16,8 @@ BASICSR_KEYS = frozenset({
 
 def merge_options(cls_name: str, defaults: Mapping[str, Any], opt: Optional[Mapping[str, Any]],
                   kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-    """Defaults <- opt <- kwargs; raises on unknown keys, missing required keys and a scale other than 4."""
+    """Defaults <- opt <- kwargs; raises on unknown keys, missing required keys and a scale other than the RefSR
+    archs' (``SCALE``, x4)."""
     given: Dict[str, Any] = {}
     if opt is not None:
         given.update(opt)
@@ -22,8 +25,8 @@ def merge_options(cls_name: str, defaults: Mapping[str, Any], opt: Optional[Mapp
     unknown = sorted(k for k in given if k not in defaults and k not in BASICSR_KEYS)
     if unknown:
         raise ValueError(f'{cls_name}: unknown option(s) {unknown}; known: {sorted(defaults)}')
-    if given.get('scale', 4) != 4:
-        raise ValueError(f"{cls_name}: only scale 4 is supported, got scale={given['scale']}")
+    if given.get('scale', SCALE) != SCALE:
+        raise ValueError(f"{cls_name}: only scale {SCALE} is supported, got scale={given['scale']}")
     out = {k: given.get(k, v) for k, v in defaults.items()}
     missing = sorted(k for k, v in out.items() if v is REQUIRED)
     if missing:
@@ -33,9 +36,10 @@ def merge_options(cls_name: str, defaults: Mapping[str, Any], opt: Optional[Mapp
 
 
 def positive_multiple_of_4(value: Any, name: str) -> int:
+    """``value`` if it is a positive multiple of the scale (x4), else a ValueError naming ``name``."""
     value = int(value)
-    if value < 4 or value % 4:
-        raise ValueError(f'{name} must be a positive multiple of 4, got {value}')
+    if value < SCALE or value % SCALE:
+        raise ValueError(f'{name} must be a positive multiple of {SCALE}, got {value}')
     return value
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 import yaml
 
+from extracter.archs.refsr_base import SCALE
 from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
 from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
@@ -259,8 +260,8 @@ def _check_scale(opt: Dict[str, Any], source: str) -> None:
 
     net_opt = opt['network_g']
     descriptor = find_descriptor(ARCH_REGISTRY.get(net_opt['type']))
-    net_scale = descriptor.scale_for(net_opt) if descriptor is not None else 4  # another package's arch: x4
-    scale = opt.get('scale', 4)
+    net_scale = descriptor.scale_for(net_opt) if descriptor is not None else SCALE  # another package's arch
+    scale = opt.get('scale', SCALE)
     if scale != net_scale:
         raise OptionError(_where(source, f"scale: {scale!r} disagrees with network_g ({net_opt['type']} upscales "
                                          f'x{net_scale}); they must be equal'))
@@ -609,7 +610,7 @@ def parse_options(root_path: str, is_train: bool, argv: Optional[List[str]] = No
 
     for phase, dataset in opt['datasets'].items():
         dataset['phase'] = str(phase).split('_')[0]
-        dataset['scale'] = opt.get('scale', 4)
+        dataset['scale'] = opt.get('scale', SCALE)
         for key in ('dataroot', 'dataroot_gt', 'dataroot_lq', 'dataroot_ref'):
             if isinstance(dataset.get(key), str):
                 dataset[key] = osp.expanduser(dataset[key])
