@@ -6,7 +6,7 @@ import yaml
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from extracter.archs.convert import ConversionError, convert_state_dict
-from scripts.convert_official import convert
+from extracter.tools.convert_official import convert
 
 
 def to_original_layout(arch: str, state: dict) -> dict:

@@ -22,8 +22,8 @@ import yaml
 from extracter.archs.convert import ConversionError, build_network, convert_state_dict
 from extracter.archs.convert_mmagic import convert_mmagic_discriminator, map_mmagic_key
 from extracter.archs.discriminator_arch import RefSRDiscriminator
+from extracter.tools.convert_official import convert
 from extracter.utils.restricted_unpickle import Placeholder, find_placeholders, restricted_load
-from scripts.convert_official import convert
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'parity_mmagic'
 CASES = ('rec', 'gan')

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Convert an original EXTRACTER (SR.*, FE.*) or TTSR (MainNet.*, LTE.*) checkpoint, or an mmagic/mmediting TTSR
 checkpoint (generator.*, extractor.*), into a BasicSR checkpoint.
 

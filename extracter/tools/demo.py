@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The main job on a bundled real example (`make demo`): x4 super-resolution with a high-resolution reference.
 
 Example 1 (bundled with scikit-image, available offline to anyone): the Middlebury 2014 motorcycle stereo pair. The
@@ -25,42 +24,21 @@ import torch
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
-from extracter.inference.folder import super_resolve
+from extracter.data.inference_dataset import inference_sample
+from extracter.inference.folder import batch_of_one, super_resolve
 from extracter.inference.network import load_network
+from extracter.tools.measure import metrics
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write_text, check_writable
 from extracter.utils.visualize import save_png, side_by_side
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 DEMO_WEIGHTS = ROOT / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
 SHARED = ROOT.parent / 'shared' / 'data'
 
 
-def metrics(img: np.ndarray, gt: np.ndarray) -> tuple:
-    from extracter.registry import use_basicsr
-
-    use_basicsr()  # basicsr importable (the compat shim)
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-
-    bgr = [np.ascontiguousarray(a[..., ::-1]) for a in (img, gt)]
-    return (calculate_psnr(*bgr, crop_border=4, test_y_channel=True),
-            calculate_ssim(*bgr, crop_border=4, test_y_channel=True))
-
-
-def sample_from(lq: np.ndarray, refs, multiple: int) -> dict:
-    """A batch-of-one sample in the dataset contract (PIL-bicubic lq_up and ref_downup, as in training)."""
-    h, w = lq.shape[:2]
-    lq_p = deg.pad_to_multiple(lq, multiple, 'edge')
-    sample = {'lq': deg.to_tensor(lq_p)[None], 'lq_up': deg.to_tensor(deg.make_lq_up(lq_p))[None],
-              'lq_size': torch.tensor([[h, w]])}
-    ref_t = [deg.to_tensor(deg.pad_to_multiple(r, 4 * multiple, 'edge'))[None] for r in refs]
-    ref_du = [deg.to_tensor(deg.make_ref_downup(deg.pad_to_multiple(r, 4 * multiple, 'edge')))[None] for r in refs]
-    sample['ref'] = ref_t if len(ref_t) > 1 else ref_t[0]
-    sample['ref_downup'] = ref_du if len(ref_du) > 1 else ref_du[0]
-    return sample
-
-
 def archive_existing(out: Path) -> None:
+    """Rename an existing, non-empty ``out`` with a time stamp (BasicSR's convention)."""
     if out.exists() and any(out.iterdir()):
         archived = out.with_name(f'{out.name}_archived_{time.strftime("%Y%m%d_%H%M%S")}')
         out.rename(archived)
@@ -96,7 +74,7 @@ def run(argv) -> int:
         net = ARCH_REGISTRY.get('Extracter')(**opt).eval()
         print(f'WARNING: {args.weights} not found: running with RANDOMLY INITIALISED weights; the pictures show the '
               'pipeline, not a super-resolution result (train the demo model: see README)')
-    stride = net.search_transfer.stride
+    multiples = net.size_multiples()  # (LR, reference) side multiples: inputs are edge-padded to them
     out = Path(args.output)
     archive_existing(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,9 +89,11 @@ def run(argv) -> int:
     lq = deg.make_lq(hr)
     rows = ['| example | method | PSNR (dB) | SSIM |', '|---|---|---:|---:|']
     t0 = time.time()
-    result = super_resolve(net, sample_from(lq, [right], stride), args.device, run_kwargs, texture_map=True)
+    sample = batch_of_one(inference_sample(lq, [right], *multiples))
+    result = super_resolve(net, sample, args.device, run_kwargs, texture_map=True)
     self_ref = deg.make_lq_up(lq)
-    result_self = super_resolve(net, sample_from(lq, [self_ref], stride), args.device, run_kwargs)
+    sample_self = batch_of_one(inference_sample(lq, [self_ref], *multiples))
+    result_self = super_resolve(net, sample_self, args.device, run_kwargs)
     print(f'motorcycle: {time.time() - t0:.1f} s')
     for label, img in (('bicubic', result['bicubic']), ('EXTRACTER demo, self-reference', result_self['sr']),
                        ('EXTRACTER demo, right view as reference', result['sr'])):
@@ -133,7 +113,8 @@ def run(argv) -> int:
     demo_pair = SHARED / 'refsr-pairs' / 'ttsr-demo'
     if (demo_pair / 'lr.png').is_file():
         lq2, ref2 = read_image(demo_pair / 'lr.png'), read_image(demo_pair / 'ref.png')
-        r2 = super_resolve(net, sample_from(lq2, [ref2], stride), args.device, run_kwargs, texture_map=True)
+        sample2 = batch_of_one(inference_sample(lq2, [ref2], *multiples))
+        r2 = super_resolve(net, sample2, args.device, run_kwargs, texture_map=True)
         save_png(r2['sr'], out / 'ttsr_demo_sr.png')
         save_png(side_by_side([('bicubic x4', r2['bicubic']), ('SR x4', r2['sr']), ('reference', ref2)],
                               height=r2['sr'].shape[0]), out / 'ttsr_demo_compare.png')

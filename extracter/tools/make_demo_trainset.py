@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Build the CPU demo model's training pairs, in CUFED's layout, from real photographs and video frames.
 
 A reference that differs from its target only by a shift teaches a RefSR network to copy blindly, so every pair
@@ -12,7 +11,7 @@ here has real differences (the kinds below, drawn with a fixed seed):
 - ``self``: the reference is the target's own bicubic x4 down-up (what the self-reference protocol gives the
   network at test time): a perfect match without any detail, so the network learns not to over-trust a match
   (off by default; the last stage of the demo model uses it).
-Vid4, Set5 and Set14 are not used: they are held aside for ``scripts/benchmark_quality.py``.
+Vid4, Set5 and Set14 are not used: they are held aside for ``benchmarks/benchmark_quality.py``.
 
 Output: ``OUT/train/input/NNNNN.png`` (HR) and ``OUT/train/ref/NNNNN.png`` (reference, same name), plus
 ``OUT/pairs.csv`` recording how each pair was made. Use it with ``options/train/demo_cpu.yml`` (stages 1-2) and,

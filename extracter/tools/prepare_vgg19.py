@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Write the canonical local VGG-19 weights file used to initialise the DFE/LTE and by the perceptual loss.
 
 Sources (nothing is downloaded):
