@@ -169,7 +169,7 @@ MEASURE = textwrap.dedent('''
     import torch
     from extracter.archs.extracter_arch import Extracter
     from extracter.inference.engine import equivalent_ref_hw, run_refsr
-    from scripts.benchmark_scaling import load_inputs
+    from extracter.tools.measure import load_inputs
     out, ref_side, budget = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
