@@ -38,8 +38,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import harness
-from benchmarks.harness import ROOT
-from extracter.tools.measure import load_inputs
+from benchmarks.harness import ROOT, load_inputs
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_torch_save, atomic_write, atomic_write_text
 

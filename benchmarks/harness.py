@@ -5,7 +5,7 @@ They are not part of the installed package: run them from the repository root as
 harness as ``benchmarks.harness``). The tests run them the same way, in subprocesses.
 
 - where things are: :data:`ROOT` (the checkout), :data:`SHARED_DATA` (``../shared/data`` beside it, or
-  ``$EXTRACTER_SHARED_DATA``), :data:`DEMO_WEIGHTS`;
+  ``$EXTRACTER_SHARED_DATA``), :data:`DEMO_WEIGHTS`; :func:`load_inputs`, the real input pair at a given size;
 - subprocesses: :func:`module_command` (a benchmark's own worker, ``python -m benchmarks.<name>``),
   :func:`subprocess_env` (the checkout on ``PYTHONPATH``, a thread count), :func:`run_measured` (wall time and peak
   RSS of a child), :func:`command_line` (how this process was started, for logs);
@@ -14,6 +14,10 @@ harness as ``benchmarks.harness``). The tests run them the same way, in subproce
 - timing and memory: :func:`add_timing_arguments` (``--threads``, ``--clock``), :func:`clock_name`,
   :func:`make_clock`, :func:`best_time`, :func:`peak_rss_mib`, :func:`rss_bytes`;
 - the machine: :func:`add_machine_argument` (``--machine``, written into the result tables) and :data:`IDLE_NOTE`.
+
+It uses only long-standing parts of ``extracter`` (``utils.file_io``), so that a benchmark also measures an older
+checkout put first on ``PYTHONPATH`` (run from outside the repository, e.g. ``cd /tmp &&
+PYTHONPATH=<old checkout>:<this checkout> python -m benchmarks.profile_inference``).
 """
 
 import argparse
@@ -32,10 +36,37 @@ from extracter.utils.file_io import refuse_overwrite
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get('EXTRACTER_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
 DEMO_WEIGHTS = ROOT / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
+DCSR_PAIR = SHARED_DATA / 'refsr-pairs' / 'dcsr-camerafusion'
 PACKAGE = 'benchmarks'
 
 IDLE_NOTE = ('Timings are results only on an idle machine (say so with --machine); on a machine shared with other '
              'jobs measure CPU time with one thread (--threads 1, OMP_NUM_THREADS=1) and compare ratios only.')
+
+
+def load_inputs(size: int, seed: int, folder: Path = DCSR_PAIR):
+    """LR (size/4) and reference (size) in [0, 1], [1, 3, h, w], and where they come from: centre crops of the wide
+    (HR, downscaled) and telephoto (reference) views of ``folder`` (DCSR CameraFusion) when present, else seeded
+    noise."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    if (folder / 'wide.jpg').is_file() and (folder / 'tele.jpg').is_file():
+        def crop(name):
+            img = ImageOps.exif_transpose(Image.open(folder / name)).convert('RGB')
+            w, h = img.size
+            side = min(w, h, 3 * size)  # a centre crop, scaled to the wanted size
+            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+            return img.crop(box).resize((size, size), Image.BICUBIC)
+
+        def to_t(im):
+            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
+
+        hr, ref = crop('wide.jpg'), crop('tele.jpg')
+        lr = hr.resize((size // 4, size // 4), Image.BICUBIC)
+        return to_t(lr), to_t(ref), 'dcsr-camerafusion wide/tele centre crops'
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, size // 4, size // 4, generator=g), torch.rand(1, 3, size, size, generator=g), 'noise'
 
 
 # ------------------------------------------------------------------------------------------------------ subprocesses

@@ -1,8 +1,8 @@
 """Where the time of one EXTRACTER inference goes: CPU time by stage and by operation, through ``run_refsr``.
 
 One forward pass of EXTRACTER at the released size (random weights, window 6 / stride 2 / padding 2 by default) on
-a real wide/tele pair (DCSR CameraFusion centre crops, :func:`extracter.tools.measure.load_inputs`, as
-``benchmark_scaling``; seeded noise without the data),
+a real wide/tele pair (DCSR CameraFusion centre crops, ``harness.load_inputs``, as ``benchmark_scaling``; seeded
+noise without the data),
 tiled (``--tile`` / ``--tile-pad``, LR pixels) or with the planner's tiles for ``--max-memory``, with ``--search``.
 It reports:
 
@@ -16,8 +16,8 @@ It reports:
 
 Clock: process CPU time (``time.process_time``) with one thread, meaningful on a shared machine; wall time with more
 threads (``--clock`` overrides). The stage hooks use only names that every version of this code base has, so the
-script also profiles older checkouts that have ``extracter/tools/measure.py`` (run it from this checkout with the
-old one first: ``PYTHONPATH=<old checkout>:. python -m benchmarks.profile_inference``). ``--json`` writes the figures
+script also profiles older checkouts: run it from outside the repository with the old checkout first, ``cd /tmp &&
+PYTHONPATH=<old checkout>:<this checkout> python -m benchmarks.profile_inference``. ``--json`` writes the figures
 (an existing file is kept unless ``--overwrite`` is given).
 
 Example, from the repository root (the lead's idle machine: the same with ``--threads 2``)::
@@ -33,7 +33,14 @@ from typing import Callable, Dict
 
 import torch
 
-from benchmarks.harness import add_timing_arguments, clock_name, make_clock, markdown_table, refuse_existing
+from benchmarks.harness import (
+    add_timing_arguments,
+    clock_name,
+    load_inputs,
+    make_clock,
+    markdown_table,
+    refuse_existing,
+)
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write_text
 
@@ -136,7 +143,6 @@ def run(argv) -> None:
 
     from extracter.archs.extracter_arch import Extracter
     from extracter.inference.engine import run_refsr
-    from extracter.tools.measure import load_inputs
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

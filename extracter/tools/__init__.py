@@ -8,7 +8,7 @@
 - :mod:`~extracter.tools.make_demo_trainset` (``extracter-make-demo-trainset``): the CPU demo model's pairs;
 - :mod:`~extracter.tools.show_dataset` (``extracter-show-dataset``): a dataset's samples as an image grid;
 - :mod:`~extracter.tools.measure`: what the demo, the developer benchmarks (``benchmarks/``, not part of the
-  package) and the tests share (PSNR/SSIM as reported, convolution FLOPs, the benchmarks' real input pair).
+  package) and the tests share (PSNR/SSIM as reported, convolution FLOPs).
 
 The tools find ``pretrained/``, ``options/`` and ``results/`` in the checkout they are installed from (``pip install
 -e .``, as ``make venv`` does).
