@@ -15,9 +15,9 @@ harness as ``benchmarks.harness``). The tests run them the same way, in subproce
   :func:`make_clock`, :func:`best_time`, :func:`peak_rss_mib`, :func:`rss_bytes`;
 - the machine: :func:`add_machine_argument` (``--machine``, written into the result tables) and :data:`IDLE_NOTE`.
 
-It uses only long-standing parts of ``extracter`` (``utils.file_io``), so that a benchmark also measures an older
-checkout put first on ``PYTHONPATH`` (run from outside the repository, e.g. ``cd /tmp &&
-PYTHONPATH=<old checkout>:<this checkout> python -m benchmarks.profile_inference``).
+It uses only long-standing parts of ``extracter`` (``utils.file_io``), so that ``profile_inference`` (whose hooks
+use only long-standing names too) also measures an older checkout put first on ``PYTHONPATH``, run from outside the
+repository: ``cd /tmp && PYTHONPATH=<old checkout>:<this checkout> python -m benchmarks.profile_inference``.
 """
 
 import argparse
