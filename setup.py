@@ -34,5 +34,12 @@ setup(
         'extracter-test = extracter.test:main',
         'extracter-infer = extracter.infer:entry_point',
         'extracter-app = extracter.app.cli:main',
+        # the user tools (extracter/tools/; scripts/<name>.py runs the same from a checkout)
+        'extracter-demo = extracter.tools.demo:main',
+        'extracter-convert = extracter.tools.convert_official:main',
+        'extracter-create-lmdb = extracter.tools.create_lmdb:main',
+        'extracter-prepare-vgg19 = extracter.tools.prepare_vgg19:main',
+        'extracter-make-demo-trainset = extracter.tools.make_demo_trainset:main',
+        'extracter-show-dataset = extracter.tools.show_dataset:main',
     ]},
 )

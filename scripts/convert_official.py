@@ -1,107 +1,13 @@
 #!/usr/bin/env python
-"""Convert an original EXTRACTER (SR.*, FE.*) or TTSR (MainNet.*, LTE.*) checkpoint, or an mmagic/mmediting TTSR
-checkpoint (generator.*, extractor.*), into a BasicSR checkpoint.
+"""Convert an original EXTRACTER/TTSR or an mmagic TTSR checkpoint into a BasicSR one.
 
-Writes OUTPUT (``{'params': state_dict}``) and, beside it, OUTPUT with suffix ``.yml`` holding the matching
-``network_g`` options. An mmagic TTSR-GAN checkpoint's discriminator goes to OUTPUT_net_d.pth (``network_d`` in the
-YAML). Checkpoints whose metadata holds objects other than tensors and plain containers (mmengine's) are read with
-:func:`extracter.utils.restricted_unpickle.restricted_load`, which replaces those objects by inert placeholders.
-Load the result with:
-
-    import yaml
-    from extracter.registry import ARCH_REGISTRY  # (BasicSR's after extracter.registry.use_basicsr())
-    opt = yaml.safe_load(open('model.yml'))['network_g']
-    net = ARCH_REGISTRY.get(opt.pop('type'))(**opt)
-    net.load_state_dict(torch.load('model.pth', weights_only=True)['params'], strict=True)
-
-Example:
-  python scripts/convert_official.py extracter_model.pt -o experiments/pretrained_models/extracter_official.pth
+A thin wrapper of :mod:`extracter.tools.convert_official`, installed as ``extracter-convert``;
+``--help`` lists the options.
 """
 
-import argparse
-import pickle
 import sys
-from pathlib import Path
 
-import yaml
-
-from extracter.convert.common import ConversionError
-from extracter.convert.mmagic import convert_mmagic_discriminator
-from extracter.convert.official import convert_state_dict, unwrap_state_dict
-from extracter.utils.checkpoint import CheckpointError
-from extracter.utils.checkpoint import load_checkpoint as read_checkpoint
-from extracter.utils.cli import ArgumentParser, run_main
-from extracter.utils.file_io import atomic_torch_save, atomic_write_text, refuse_overwrite
-from extracter.utils.restricted_unpickle import find_placeholders, restricted_load
-
-
-def load_checkpoint(path: str):
-    """(object, notes): ``weights_only`` loading, or the restricted loader when the file holds other objects."""
-    try:
-        return read_checkpoint(path), []
-    except CheckpointError as err:
-        if not isinstance(err.__cause__, pickle.UnpicklingError):
-            raise ConversionError(str(err)) from None
-        # weights_only refused a class: read it again with everything but tensors and containers replaced
-    try:
-        raw = restricted_load(path)
-    except Exception as err:
-        raise ConversionError(f'{path}: cannot be read as a torch checkpoint: {err}') from err
-    found = find_placeholders(raw)
-    names = sorted(set(found.values()))
-    return raw, [f'not loaded (replaced by placeholders): {len(found)} object(s) of {names[:6]}'
-                 f'{" ..." if len(names) > 6 else ""}'] if found else []
-
-
-def convert(input_path: str, output: str, overwrite: bool = False) -> dict:
-    out = Path(output)
-    yml = out.with_suffix('.yml')
-    out_d = out.with_name(f'{out.stem}_net_d{out.suffix}')
-    if out.suffix.lower() in ('.yml', '.yaml') or not out.suffix:
-        raise ConversionError(f'-o {output}: give the weights file to write (e.g. {out.with_suffix(".pth").name}); '
-                              f'its options go beside it as {yml.name}')
-    if Path(input_path).resolve() in (out.resolve(), yml.resolve(), out_d.resolve()):
-        raise ConversionError(f'-o {output} would replace the input {input_path}; write the conversion elsewhere')
-    refuse_overwrite(out, overwrite)
-    refuse_overwrite(yml, overwrite)
-    raw, load_notes = load_checkpoint(input_path)
-    state, options, notes = convert_state_dict(raw, source=input_path)
-    disc = convert_mmagic_discriminator(unwrap_state_dict(raw, input_path), input_path)
-    if disc is not None:
-        refuse_overwrite(out_d, overwrite)
-    atomic_torch_save({'params': state}, out)
-    header = f'# network_g options for {out.name}, converted from {Path(input_path).name}\n'
-    if options['type'] == 'Extracter':  # TTSR's search geometry is fixed (3/1/1)
-        header += ('# The search geometry (window/stride/padding) is not stored in the weights: 3/1/1 as released;\n'
-                   '# the paper evaluates with 6/2/2. Both work with these weights.\n')
-    doc = {'network_g': options}
-    result = {'output': str(out), 'options': str(yml), 'network_g': options, 'notes': load_notes + notes}
-    if disc is not None:
-        atomic_torch_save({'params': disc[0]}, out_d)
-        doc['network_d'] = disc[1]
-        result.update(output_d=str(out_d), network_d=disc[1])
-    atomic_write_text(yml, header + yaml.safe_dump(doc, sort_keys=False))
-    return result
-
-
-def run(argv) -> int:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('input', help='checkpoint saved by the original EXTRACTER or TTSR code, or by mmagic')
-    parser.add_argument('-o', '--output', required=True, help='output .pth (the .yml is written beside it)')
-    parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
-    args = parser.parse_args(argv)
-    result = convert(args.input, args.output, args.overwrite)
-    print(f"wrote {result['output']}{' and ' + result['output_d'] if 'output_d' in result else ''} "
-          f"and {result['options']}")
-    print(yaml.safe_dump({'network_g': result['network_g']}, sort_keys=False).rstrip())
-    for note in result['notes']:
-        print('note:', note)
-    return 0
-
-
-def main(argv=None) -> int:
-    return run_main(run, argv)
-
+from extracter.tools.convert_official import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -22,6 +22,7 @@ from PIL import Image
 
 from extracter.data import image_io
 from extracter.registry import ARCH_REGISTRY
+from tests.bench_helpers import run_benchmarks
 from tests.data_helpers import REPO_ROOT
 
 NET = dict(type='Extracter', num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=8, top_k=2, window=6,
@@ -252,7 +253,7 @@ def test_test_sets_with_one_name_are_refused(world, tmp_path, capsys):
 
 
 def test_convert_official_refuses_an_output_that_would_replace_its_yaml_or_input(world, tmp_path, capsys):
-    from scripts.convert_official import main
+    from extracter.tools.convert_official import main
 
     src = world['w'] / 'official.pth'
     run_refused(main, [src, '-o', tmp_path / 'x.yml'], capsys, tmp_path, 'x.yml')
@@ -260,7 +261,7 @@ def test_convert_official_refuses_an_output_that_would_replace_its_yaml_or_input
 
 
 def test_show_dataset_keeps_an_existing_output(world, tmp_path, capsys):
-    from scripts.show_dataset import main
+    from extracter.tools.show_dataset import main
 
     (tmp_path / 'grid.png').write_bytes(b'user file')
     argv = ['--type', 'CUFED5Dataset', '--set', f'dataroot={world["cufed"] / "test" / "CUFED5"}', '-o',
@@ -417,7 +418,7 @@ def test_a_read_only_output_folder_is_refused(world, tmp_path, capsys):
 
 
 def test_decompression_bombs_name_the_file_and_the_flag(world, tmp_path, capsys):
-    from scripts.create_lmdb import main as lmdb_main
+    from extracter.tools.create_lmdb import main as lmdb_main
 
     run_refused(infer_main(), infer_args(world, tmp_path, lr=world['img'] / 'bomb.png'), capsys, tmp_path,
                 'bomb.png', '400,000,000 pixels', '--max-image-pixels')
@@ -436,6 +437,8 @@ def test_test_py_mismatched_checkpoint_is_one_line_with_the_shapes(world, tmp_pa
     assert len(err.strip().splitlines()[-1]) < 600  # a summary, not the 14 KB of key names
 
 
+# the user tools (extracter/tools/, run in-process) and the developer benchmarks (benchmarks/, run as
+# ``python -m benchmarks.<name>`` in a subprocess: they are not part of the package)
 SCRIPT_CASES = [
     ('prepare_vgg19', ['--source', 'torchvision', '--input', '{w}/junk.pth', '-o', '{tmp}/v.pth'], ['junk.pth']),
     ('convert_official', ['{w}/junk.pth', '-o', '{tmp}/c.pth'], ['junk.pth']),
@@ -454,14 +457,36 @@ SCRIPT_CASES = [
 ]
 
 
-@pytest.mark.parametrize('script,argv,names', SCRIPT_CASES,
-                         ids=[f'{s}-{i}' for i, (s, _, _) in enumerate(SCRIPT_CASES)])
-def test_scripts_refuse_bad_input_in_one_line(world, tmp_path, capsys, script, argv, names):
+def is_benchmark(script: str) -> bool:
+    return (REPO_ROOT / 'benchmarks' / f'{script}.py').is_file()
+
+
+@pytest.fixture(scope='module')
+def benchmark_refusals(world, tmp_path_factory):
+    """The benchmarks' cases, run at once, each in a folder of its own: (the run, its folder, what changed in
+    ``world`` meanwhile)."""
+    folders = {i: tmp_path_factory.mktemp(f'{script}{i}') for i, (script, _, _) in enumerate(SCRIPT_CASES)
+               if is_benchmark(script)}
+    before = snapshot(world['root'])
+    runs = run_benchmarks({i: (SCRIPT_CASES[i][0], *(a.format(w=world['w'], tmp=folders[i]) for a in
+                                                     SCRIPT_CASES[i][1])) for i in folders}, cwd=folders)
+    world_changes = changed(before, snapshot(world['root']))
+    return {i: (runs[i], folders[i], world_changes) for i in folders}
+
+
+@pytest.mark.parametrize('case', range(len(SCRIPT_CASES)), ids=[f'{s}-{i}' for i, (s, _, _) in enumerate(SCRIPT_CASES)])
+def test_scripts_refuse_bad_input_in_one_line(world, tmp_path, capsys, request, case):
     import importlib
 
-    main = importlib.import_module(f'scripts.{script}').main
-    argv = [a.format(w=world['w'], tmp=tmp_path) for a in argv]
-    run_refused(main, argv, capsys, world['root'], *names)
+    script, argv, names = SCRIPT_CASES[case]
+    if is_benchmark(script):
+        proc, tmp_path, world_changes = request.getfixturevalue('benchmark_refusals')[case]
+        assert_refused(proc.returncode, proc.stderr, *names)
+        assert world_changes == []
+    else:
+        argv = [a.format(w=world['w'], tmp=tmp_path) for a in argv]
+        main = importlib.import_module(f'extracter.tools.{script}').main
+        run_refused(main, argv, capsys, world['root'], *names)
     assert changed({}, snapshot(tmp_path)) == []  # nothing created where the outputs would have gone
 
 
@@ -538,7 +563,7 @@ def test_stale_temporary_files_of_a_killed_run_are_removed_by_the_next(world, tm
 
 # ------------------------------------------------------------------------------------ 8. a corrupt image in a folder
 def test_unreadable_header_in_a_folder_stops_before_any_output(world, tmp_path, capsys):
-    from scripts.create_lmdb import main as lmdb_main
+    from extracter.tools.create_lmdb import main as lmdb_main
 
     run_refused(infer_main(), infer_args(world, tmp_path, lr=world['img'] / 'mid_header'), capsys, tmp_path,
                 'b.png', 'nothing was written')

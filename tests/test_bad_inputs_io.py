@@ -523,7 +523,7 @@ def _image_folder(folder: Path, n: int = 4) -> Path:
 
 
 def test_create_lmdb_bad_images_exit_2_naming_each_and_change_nothing(tmp_path, capsys):
-    from scripts.create_lmdb import main
+    from extracter.tools.create_lmdb import main
 
     src = _image_folder(tmp_path / 'src')
     (src / '100.png').write_bytes(b'')
@@ -541,7 +541,7 @@ def test_create_lmdb_bad_images_exit_2_naming_each_and_change_nothing(tmp_path, 
 
 
 def test_create_lmdb_pixel_flag_warnings_and_path_errors(tmp_path, capsys):
-    from scripts.create_lmdb import main
+    from extracter.tools.create_lmdb import main
 
     src = _image_folder(tmp_path / 'src', 2)
     rgba = np.dstack([_gradient(48, 40), np.full((48, 40), 255, np.uint8)])
@@ -575,7 +575,7 @@ def test_create_lmdb_pixel_flag_warnings_and_path_errors(tmp_path, capsys):
 def test_create_lmdb_next_run_removes_stale_staging_folder(tmp_path, capsys):
     """A staging folder of a run killed outright (planted, from a process that is gone) is removed by the next run;
     one of a running process is left alone."""
-    from scripts.create_lmdb import main
+    from extracter.tools.create_lmdb import main
 
     src = _image_folder(tmp_path / 'src', 2)
     out = tmp_path / 'out'
@@ -633,7 +633,7 @@ def test_prepare_vgg19_junk_inputs_one_line_naming_the_file(tmp_path, capsys):
     import torch
     from torch import nn
 
-    from scripts.prepare_vgg19 import main
+    from extracter.tools.prepare_vgg19 import main
 
     junk = tmp_path / 'junk'
     junk.mkdir()

@@ -1,9 +1,8 @@
-"""scripts/benchmark_quality.py on tiny inputs cut from real pictures: the comparison mode (RefSR models with real
-and self references, a single-image model, the bicubic row; Y and RGB metrics, time and memory; tables and crops)
-checked against direct computations, its errors, and the single-model mode still working."""
+"""benchmarks/benchmark_quality.py (in a subprocess) on tiny inputs cut from real pictures: the comparison mode
+(RefSR models with real and self references, a single-image model, the bicubic row; Y and RGB metrics, time and
+memory; tables and crops) checked against direct computations, its errors, and the single-model mode still working."""
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import yaml
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from PIL import Image
 
-from scripts import benchmark_quality as bq
+from tests.bench_helpers import run_benchmark, run_benchmarks
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -68,9 +67,9 @@ def tiny_models(tmp_path_factory):
     return out
 
 
-def _main(monkeypatch, *argv):
-    monkeypatch.setattr(sys, 'argv', ['benchmark_quality.py', *map(str, argv)])
-    bq.main()
+def _main(*argv):
+    proc = run_benchmark('benchmark_quality', *argv)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def _rows(path: Path):
@@ -81,14 +80,10 @@ def _rows(path: Path):
 @pytest.fixture(scope='module')
 def comparison(tmp_path_factory, tiny_shared, tiny_models):
     out = tmp_path_factory.mktemp('compare') / 'report'
-    mp = pytest.MonkeyPatch()
-    try:
-        _main(mp, '--model', f'EXT={tiny_models["Extracter"][0]}', '--model', f'TTSR={tiny_models["TTSR"][0]}',
-              '--model', f'DRCT={tiny_models["DRCT"][0]}', '--shared', tiny_shared, '-o', out, '--crop', 32,
-              '--margin', 8, '--frame-step', 100, '--sisr-crop', 32, '--motorcycle-crop', 32,
-              '--motorcycle-ref-crop', 96, '--crop-size', 16, '--zoom', 2, '--note', 'shared machine')
-    finally:
-        mp.undo()
+    _main('--model', f'EXT={tiny_models["Extracter"][0]}', '--model', f'TTSR={tiny_models["TTSR"][0]}',
+          '--model', f'DRCT={tiny_models["DRCT"][0]}', '--shared', tiny_shared, '-o', out, '--crop', 32,
+          '--margin', 8, '--frame-step', 100, '--sisr-crop', 32, '--motorcycle-crop', 32,
+          '--motorcycle-ref-crop', 96, '--crop-size', 16, '--zoom', 2, '--note', 'shared machine')
     return out
 
 
@@ -161,7 +156,7 @@ def test_motorcycle_rows_equal_direct_computations(comparison, tiny_models):
     assert rows[('right view', 'TTSR')]['psnr_y_b4'] != rows[('self-reference', 'TTSR')]['psnr_y_b4']
 
 
-@pytest.mark.parametrize('argv, message', [
+ARGUMENT_ERRORS = [
     (['--model', 'EXT'], 'expects LABEL=WEIGHTS'),
     (['--model', 'bicubic=x.pth'], "the label bicubic is the bicubic row's own"),
     (['--model', 'A=x.pth', '--model', 'A=y.pth'], 'labels must differ'),
@@ -169,17 +164,29 @@ def test_motorcycle_rows_equal_direct_computations(comparison, tiny_models):
     (['--model', 'A=x.pth', '--weights', 'x.pth'], 'either --weights'),
     (['--model', 'A=/no/x.pth', '--sets', 'motorcycle'], 'error: --model A: weights not found: /no/x.pth'),
     ([], 'give --weights'),
-])
-def test_comparison_argument_errors(monkeypatch, capsys, tmp_path, argv, message):
-    monkeypatch.setattr(sys, 'argv', ['benchmark_quality.py', *map(str, argv), '-o', str(tmp_path / 'out')])
-    assert bq.main() != 0  # through the scripts' error boundary (run_main): a message, a non-zero exit status
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / 'out').exists()
+]
 
 
-def test_single_model_mode_still_works(monkeypatch, tmp_path, tiny_shared, tiny_models):
+@pytest.fixture(scope='module')
+def refusals(tmp_path_factory):
+    """Every bad command line, run at once: (the run, the output folder it was given)."""
+    outs = {i: tmp_path_factory.mktemp(f'refused{i}') / 'out' for i in range(len(ARGUMENT_ERRORS))}
+    runs = run_benchmarks({i: ('benchmark_quality', *argv, '-o', outs[i]) for i, (argv, _) in
+                           enumerate(ARGUMENT_ERRORS)})
+    return {i: (runs[i], outs[i]) for i in runs}
+
+
+@pytest.mark.parametrize('case', range(len(ARGUMENT_ERRORS)), ids=[f'argv{i}' for i in range(len(ARGUMENT_ERRORS))])
+def test_comparison_argument_errors(refusals, case):
+    (proc, out), message = refusals[case], ARGUMENT_ERRORS[case][1]
+    assert proc.returncode != 0  # through the scripts' error boundary (run_main): a message, a non-zero exit status
+    assert message in proc.stderr
+    assert not out.exists()
+
+
+def test_single_model_mode_still_works(tmp_path, tiny_shared, tiny_models):
     out = tmp_path / 'single'
-    _main(monkeypatch, '--weights', tiny_models['TTSR'][0], '--shared', tiny_shared, '-o', out, '--crop', 32,
+    _main('--weights', tiny_models['TTSR'][0], '--shared', tiny_shared, '-o', out, '--crop', 32,
           '--margin', 8, '--frame-step', 100, '--sisr-crop', 32)
     rows = _rows(out / 'per_image.csv')
     assert {r['method'] for r in rows} == {'bicubic', 'self-reference'} | {f'ref k={k}' for k in (1, 2, 4, 8, 16)}

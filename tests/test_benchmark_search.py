@@ -1,22 +1,16 @@
-"""scripts/benchmark_search.py end to end at tiny sizes: the tables it writes, and that its scratch files never land
-in the output folder (they hold images derived from ../shared/data, which must not be committed)."""
+"""benchmarks/benchmark_search.py end to end at tiny sizes (``python -m benchmarks.benchmark_search``): the tables
+it writes, and that its scratch files never land in the output folder (they hold images derived from ../shared/data,
+which must not be committed)."""
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / 'scripts' / 'benchmark_search.py'
+from tests.bench_helpers import run_benchmark
 
 
 def _run(args, shared_data):
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, str(SCRIPT), *args, '--threads', '1', '--machine', 'test'], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_benchmark('benchmark_search', *args, '--threads', '1', '--machine', 'test', timeout=300)
 
 
 def test_search_benchmark_writes_tables_and_keeps_no_scratch(tmp_path, shared_data):

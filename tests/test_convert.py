@@ -7,7 +7,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from extracter.convert.common import ConversionError
 from extracter.convert.official import convert_state_dict
-from scripts.convert_official import convert
+from extracter.tools.convert_official import convert
 
 
 def to_original_layout(arch: str, state: dict) -> dict:

@@ -197,12 +197,13 @@ def test_packer_reports_missing_pairs_and_unreadable_files(cufed_root, tmp_path)
 
 def _cli(*args):
     cmd = [sys.executable, str(REPO_ROOT / 'scripts' / 'create_lmdb.py'), '--no-progress', *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))  # this checkout's package, whichever one is installed
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_create_lmdb_script_main(cufed_root, tmp_path, capsys):
     """The command line's main(): packs and verifies, then refuses to overwrite (exit status 2, reason on stderr)."""
-    from scripts.create_lmdb import main
+    from extracter.tools.create_lmdb import main
 
     args = ['--no-progress', '--folder', str(cufed_root / 'train' / 'ref'), '--lmdb', str(tmp_path / 'ref.lmdb')]
     assert main(args) == 0

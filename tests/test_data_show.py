@@ -5,7 +5,7 @@ from PIL import Image
 
 
 def test_show_dataset_grid(cufed_root, tmp_path, capsys):
-    from scripts.show_dataset import main
+    from extracter.tools.show_dataset import main
 
     out = tmp_path / 'grid.png'
     args = ['--type', 'CUFED5Dataset', '--set', f'dataroot={cufed_root / "test" / "CUFED5"}',

@@ -8,9 +8,10 @@ import pytest
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
-from extracter.inference.folder import super_resolve
+from extracter.data.inference_dataset import inference_sample
+from extracter.inference.folder import batch_of_one, super_resolve
 from extracter.inference.network import load_network
-from scripts.demo import metrics, sample_from
+from extracter.tools.measure import metrics
 
 WEIGHTS = Path(__file__).resolve().parents[1] / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
 
@@ -23,8 +24,9 @@ def test_demo_model_beats_bicubic_and_uses_the_reference(shared_data):
     hr = np.ascontiguousarray(hr_full[200:328, 300:428])  # 128 x 128 target
     ref = np.ascontiguousarray(ref_full[184:344, 284:444])  # the same region of the next frame, with a margin
     lq = deg.make_lq(hr)
-    result = super_resolve(net, sample_from(lq, [ref], net.search_transfer.stride), 'cpu', {})
-    self_ref = super_resolve(net, sample_from(lq, [deg.make_lq_up(lq)], net.search_transfer.stride), 'cpu', {})
+    multiples = net.size_multiples()
+    result = super_resolve(net, batch_of_one(inference_sample(lq, [ref], *multiples)), 'cpu', {})
+    self_ref = super_resolve(net, batch_of_one(inference_sample(lq, [deg.make_lq_up(lq)], *multiples)), 'cpu', {})
     psnr_sr, _ = metrics(result['sr'], hr)
     psnr_self, _ = metrics(self_ref['sr'], hr)
     psnr_bicubic, _ = metrics(result['bicubic'], hr)

@@ -7,7 +7,7 @@ import pytest
 
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
-from scripts.make_demo_trainset import build
+from extracter.tools.make_demo_trainset import build
 
 
 def test_recipe_builds_cufed_layout_deterministically(shared_data, tmp_path):

@@ -23,8 +23,8 @@ from extracter.archs.discriminator_arch import RefSRDiscriminator
 from extracter.convert.common import ConversionError
 from extracter.convert.mmagic import convert_mmagic_discriminator, map_mmagic_key
 from extracter.convert.official import build_network, convert_state_dict
+from extracter.tools.convert_official import convert
 from extracter.utils.restricted_unpickle import Placeholder, find_placeholders, restricted_load
-from scripts.convert_official import convert
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'parity_mmagic'
 CASES = ('rec', 'gan')

@@ -168,15 +168,22 @@ MEASURE = textwrap.dedent('''
     import json, os, resource, sys
     import torch
     from extracter.archs.extracter_arch import Extracter
+    from extracter.data.degradations import pil_bicubic, to_tensor
+    from extracter.data.image_io import read_image
     from extracter.inference.engine import equivalent_ref_hw, run_refsr
-    from scripts.benchmark_scaling import load_inputs
     out, ref_side, budget = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    def view(name, size):  # a centre crop of the wide or telephoto view, scaled to size x size
+        img = read_image(os.path.join(sys.argv[4], name))
+        h, w = img.shape[:2]
+        side = min(w, h, 3 * size)
+        top, left = (h - side) // 2, (w - side) // 2
+        return pil_bicubic(img[top:top + side, left:left + side], (size, size))
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
     net = Extracter(num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=16, dfe_init='random', window=6,
                     stride=2, padding=2).eval()
-    lr = load_inputs(out, 0)[0]
-    ref = load_inputs(ref_side, 0)[1]
+    lr = to_tensor(pil_bicubic(view('wide.jpg', out), (out // 4, out // 4)))[None]
+    ref = to_tensor(view('tele.jpg', ref_side))[None]
     with open('/proc/self/statm') as f:
         base = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
     sr, plan = run_refsr(net, lr, ref, max_memory=budget, search_mode='approximate', return_plan=True)
@@ -190,10 +197,10 @@ MEASURE = textwrap.dedent('''
 def test_measured_peak_of_a_1024_reference_is_within_the_estimate():
     """A real pair (DCSR wide/tele crops), a 1024 x 1024 reference, a budget that makes the planner tile and
     recompute relu1_1: the RSS peak above what the process held before the call is within the estimate (+10%)."""
-    shared_data_dir('refsr-pairs', 'dcsr-camerafusion')  # skips where the data is absent
+    pair = shared_data_dir('refsr-pairs', 'dcsr-camerafusion')  # skips where the data is absent
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-c', MEASURE, '1024', '1024', '1000M'], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=1800)
+    proc = subprocess.run([sys.executable, '-c', MEASURE, '1024', '1024', '1000M', str(pair)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row['lv1'] == 'recomputed' and row['tile'] is not None

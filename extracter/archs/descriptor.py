@@ -46,10 +46,10 @@ class ArchDescriptor:
             stride; DRCT: the window (both entries).
         min_tile_pad: the smallest tile padding (LR pixels) at which tiled inference matches the untiled result
             (largest difference below 5e-4, an eighth of an 8-bit level, at the released size; measured with
-            ``scripts/measure_tile_pad.py``, docs/large_images.md): the network's effective receptive field. A
+            ``benchmarks/measure_tile_pad.py``, docs/large_images.md): the network's effective receptive field. A
             smaller ``tile_pad`` is raised to it with a warning.
         main_maps_per_lr_px: the memory planner's profile: main-network activations per LR pixel, in
-            n_feats-channel x4 maps (measured on CPU with ``scripts/benchmark_scaling.py``, +10%); None where the
+            n_feats-channel x4 maps (measured on CPU with ``benchmarks/benchmark_scaling.py``, +10%); None where the
             planner does not plan the network (single-image).
         feature_extractor: attribute holding the VGG-19 texture extractor (a parameter group of its own in training);
             None without one.

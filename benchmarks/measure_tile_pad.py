@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """How much tile padding each architecture needs: PSNR of the tiled output against the untiled one, per tile pad.
 
 Tiled inference keeps only each tile's own area of the output; the padding (``tile_pad``, LR pixels of context on
@@ -10,19 +9,19 @@ floor each architecture states (``min_tile_pad``) is the smallest pad measured h
 between the tiled and the untiled result is below 5e-4 (an eighth of an 8-bit level: the saved 8-bit pictures are
 then (almost) identical); see docs/large_images.md.
 
-    python scripts/measure_tile_pad.py                       # prints the Markdown table
-    python scripts/measure_tile_pad.py --arch Extracter --pads 0 2 4 8 -o pads.md
+    python -m benchmarks.measure_tile_pad                       # prints the Markdown table
+    python -m benchmarks.measure_tile_pad --arch Extracter --pads 0 2 4 8 -o pads.md
 """
 
 import argparse
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from benchmarks.harness import DEMO_WEIGHTS, SHARED_DATA, markdown_table
 from extracter.archs.descriptor import descriptor_of
 from extracter.data import degradations as deg
 from extracter.data.image_io import read_image
@@ -32,9 +31,8 @@ from extracter.registry import ARCH_REGISTRY
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write_text, refuse_overwrite
 
-ROOT = Path(__file__).resolve().parents[1]
-PAIR = ROOT.parent / 'shared' / 'data' / 'refsr-pairs' / 'ttsr-demo'
-DEMO = ROOT / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
+PAIR = SHARED_DATA / 'refsr-pairs' / 'ttsr-demo'
+DEMO = DEMO_WEIGHTS
 DRCT_RELEASED = dict(upscale=4, in_chans=3, img_size=64, window_size=16, img_range=1.0, embed_dim=180,
                      depths=[6] * 6, num_heads=[6] * 6, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
 CONFIGS = {
@@ -100,10 +98,9 @@ def measure(name: str, pads: Sequence[int], lr_side: int, tile: int) -> List[Dic
 def table(rows: List[Dict[str, object]], lr_side: int, tile: int) -> str:
     lines = [f'LR {lr_side}x{lr_side} (tiles of {tile} LR pixels), reference {4 * lr_side}x{4 * lr_side}; PSNR of '
              'the tiled SR against the untiled SR (float outputs in [0, 1]).', '',
-             '| architecture | tile_pad | pad used | PSNR vs untiled (dB) | largest difference |',
-             '|---|---:|---:|---:|---:|']
-    for r in rows:
-        lines.append(f"| {r['arch']} | {r['pad']} | {r['used']} | {r['psnr']:.1f} | {r['max_diff']:.1e} |")
+             markdown_table(['architecture', 'tile_pad', 'pad used', 'PSNR vs untiled (dB)', 'largest difference'],
+                            [[r['arch'], str(r['pad']), str(r['used']), f"{r['psnr']:.1f}", f"{r['max_diff']:.1e}"]
+                             for r in rows], 'lrrrr')]
     return '\n'.join(lines) + '\n'
 
 

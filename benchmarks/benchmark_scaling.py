@@ -12,77 +12,45 @@ matrix products are timed on their own and compared with ``torch.matmul``'s rate
 planner refuses, that is estimated not to fit ``--dense-limit``, or that runs out of memory is recorded as such.
 
 Writes ``results.csv``, ``results.md`` and ``scaling.png`` into ``--out`` (default
-``results/benchmark_scaling/<geometry>``); an existing folder is kept unless ``--overwrite`` is given.
+``results/benchmark_scaling/<geometry>``); an existing folder is kept unless ``--overwrite`` is given. ``--dry-run``
+prints each case's command line and ``run_refsr`` arguments (JSON lines) and runs nothing.
 
 Weights are random, of the released size (blocks 8+16+8+4 / 8+9+9+9, 64 features, top-k 2), with the paper's
 geometry (window 6, stride 2, padding 2) by default. Inputs are a real wide/tele phone pair from
 ``../shared/data/refsr-pairs/dcsr-camerafusion`` when present (centre crops), else seeded noise.
 
-Example: ``PYTHONPATH=. python scripts/benchmark_scaling.py --sizes 256 512 1024 --budget 2048=6G``; the 2048 end to
+Example (from the repository root): ``python -m benchmarks.benchmark_scaling --sizes 256 512 1024 --budget 2048=6G``;
+the 2048 end to
 end with the approximate search: ``--sizes 2048 --methods ours --search approximate --budget 2048=6G``; the 4096
 case (a 4096 x 4096 output with a 4096 x 4096 reference in 8G): ``--sizes 4096 --methods ours --search approximate
 --budget 4096=8G --timeout 10800``.
 """
 
 import argparse
-import csv
-import io
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import ROOT, load_inputs
 from extracter.utils.cli import ArgumentParser, run_main
+from extracter.utils.file_io import atomic_torch_save, atomic_write, atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-
-DATA = ROOT.parent / 'shared' / 'data' / 'refsr-pairs' / 'dcsr-camerafusion'
 GIB = 2 ** 30
 FIELDS = ['size', 'method', 'status', 'plan', 'wall_s', 'vgg_s', 'search_s', 'search_matmul_s', 'transfer_s',
           'rest_s', 'search_gflops', 'matmul_peak_gflops', 'search_matmul_frac', 'peak_rss_gib', 'base_rss_gib',
           'estimate_gib', 'max_abs_diff_vs_dense', 'psnr_vs_dense_db', 'note']
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    with os.fdopen(fd, 'wb') as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def load_inputs(size: int, seed: int):
-    """LR (size/4) and reference (size) in [0, 1], [1, 3, h, w]."""
-    from PIL import Image, ImageOps
-    if (DATA / 'wide.jpg').is_file() and (DATA / 'tele.jpg').is_file():
-        def crop(name):
-            img = ImageOps.exif_transpose(Image.open(DATA / name)).convert('RGB')
-            w, h = img.size
-            side = min(w, h, 3 * size)  # a centre crop, scaled to the wanted size
-            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
-            return img.crop(box).resize((size, size), Image.BICUBIC)
-        hr, ref = crop('wide.jpg'), crop('tele.jpg')
-        lr = hr.resize((size // 4, size // 4), Image.BICUBIC)
-        to_t = lambda im: torch.from_numpy(__import__('numpy').asarray(im).copy()).permute(2, 0, 1)[None].float() / 255  # noqa: E731
-        return to_t(lr), to_t(ref), 'dcsr-camerafusion wide/tele centre crops'
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, 3, size // 4, size // 4, generator=g), torch.rand(1, 3, size, size, generator=g), 'noise'
-
-
 def matmul_peak_gflops(n: int = 4096, reps: int = 3) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
+    best = harness.best_time(lambda: torch.matmul(a, b), time.perf_counter, reps, 0)  # a warm-up, then the best call
     return 2 * n ** 3 / best / 1e9
 
 
@@ -130,11 +98,6 @@ class Timers:
         return out
 
 
-def rss_now() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
 def run_case(args) -> dict:
     """One forward pass in this (child) process; prints a JSON line."""
     from extracter.archs.extracter_arch import Extracter
@@ -146,7 +109,7 @@ def run_case(args) -> dict:
     window, stride, padding = args.geometry
     net = Extracter(dfe_init='random', window=window, stride=stride, padding=padding).eval()
     lr, ref, source = load_inputs(args.case_size, args.seed)
-    base = rss_now()
+    base = harness.rss_bytes()
     row = {'size': args.case_size, 'method': args.case_method, 'base_rss_gib': base / GIB, 'note': source}
     spec = NetSpec.from_net(net)
     if args.case_method in ('dense', 'chunked'):  # untiled, without a budget
@@ -189,9 +152,7 @@ def run_case(args) -> dict:
     else:
         row['plan'] = f'{args.case_method}, untiled, no budget'
     if args.save_sr:
-        buf = io.BytesIO()
-        torch.save(sr.clone(), buf)
-        atomic_write(Path(args.save_sr), buf.getvalue())
+        atomic_torch_save(sr.clone(), args.save_sr)
     return row
 
 
@@ -205,17 +166,16 @@ def case_kwargs(method: str, budget: str, search: str) -> dict:
 
 def child_command(size: int, method: str, budget: str, args, out_dir: Path) -> list:
     """The command line of one case's subprocess."""
-    return [sys.executable, str(Path(__file__).resolve()), '--case-size', str(size), '--case-method', method,
-            '--case-budget', budget, '--search', args.search, '--seed', str(args.seed),
-            '--geometry', *map(str, args.geometry), '--dense-limit', args.dense_limit,
-            '--save-sr', str(out_dir / f'.sr_{size}_{method}.pt')]
+    return harness.module_command('benchmark_scaling', '--case-size', size, '--case-method', method,
+                                  '--case-budget', budget, '--search', args.search, '--seed', args.seed,
+                                  '--geometry', *args.geometry, '--dense-limit', args.dense_limit,
+                                  '--save-sr', out_dir / f'.sr_{size}_{method}.pt')
 
 
 def child(size: int, method: str, budget: str, args, out_dir: Path) -> dict:
     cmd = child_command(size, method, budget, args, out_dir)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=harness.subprocess_env(), timeout=args.timeout)
     except subprocess.TimeoutExpired as err:
         row = {'size': size, 'method': method, 'status': 'timeout', 'note': f'over {args.timeout} s'}
         stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or '')
@@ -243,12 +203,7 @@ def fmt(v, spec='.2f'):
 
 
 def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction='ignore')
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(r)
-    atomic_write(out_dir / 'results.csv', buf.getvalue().encode())
+    atomic_write_text(out_dir / 'results.csv', harness.csv_text(rows, FIELDS, lineterminator='\r\n'))
     cols = [('size', 'output', 'd'), ('method', 'method', 's'), ('status', 'status', 's'),
             ('wall_s', 'total s', '.1f'), ('vgg_s', 'VGG s', '.1f'), ('search_s', 'search s', '.1f'),
             ('transfer_s', 'transfer s', '.1f'), ('rest_s', 'rest s', '.1f'),
@@ -266,7 +221,7 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
     for r in rows:
         note = f" - {r['note']}" if r.get('note') else ''
         lines.append(f"- {r['size']} {r['method']}: {r.get('plan') or ''}{note}")
-    atomic_write(out_dir / 'results.md', ('\n'.join(lines) + '\n').encode())
+    atomic_write_text(out_dir / 'results.md', '\n'.join(lines) + '\n')
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -296,9 +251,7 @@ def write_outputs(rows, out_dir: Path, peak: float, header: str) -> None:
             ax.legend()
     fig.suptitle(f'EXTRACTER forward, dense vs chunked/tiled (matmul peak {peak:.0f} GFLOP/s)', fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=120)
-    atomic_write(out_dir / 'scaling.png', buf.getvalue())
+    atomic_write(out_dir / 'scaling.png', lambda tmp: fig.savefig(tmp, format='png', dpi=120))
 
 
 def build_parser() -> ArgumentParser:
@@ -319,8 +272,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--timeout', type=float, default=7200, help='seconds per case')
     parser.add_argument('--out', type=Path, default=None)
     parser.add_argument('--overwrite', action='store_true')
-    parser.add_argument('--machine', default='machine state not stated: timings may be noisy',
-                        help='how the machine was while measuring, for the table header, e.g. "idle 2-core machine"')
+    harness.add_machine_argument(parser, default='machine state not stated: timings may be noisy')
+    parser.add_argument('--dry-run', action='store_true',
+                        help="print each case's command line and run_refsr arguments (JSON lines); run nothing")
     # internal: one case in a child process
     parser.add_argument('--case-size', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--case-method', help=argparse.SUPPRESS)
@@ -343,6 +297,11 @@ def run(argv) -> None:
     if min(args.sizes) < 16:
         raise ValueError(f'--sizes are output sides in pixels (>= 16), got {args.sizes}')
     if args.case_size is not None:
+        if args.dry_run:
+            print(json.dumps({'case_size': args.case_size, 'case_method': args.case_method,
+                              'case_budget': args.case_budget, 'search': args.search,
+                              'run_refsr': case_kwargs(args.case_method, args.case_budget, args.search)}), flush=True)
+            return
         print(json.dumps(run_case(args)), flush=True)
         return
 
@@ -353,8 +312,15 @@ def run(argv) -> None:
         budgets[int(size)] = budget
     parse_memory(args.max_memory)
     out_dir = args.out or default_out_dir(args)
-    if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
-        raise FileExistsError(f'{out_dir} already holds results; pass --overwrite or choose --out')
+    if args.dry_run:
+        for size in args.sizes:
+            for method in args.methods:
+                budget = budgets.get(size, args.max_memory)
+                print(json.dumps({'size': size, 'method': method, 'out': str(out_dir),
+                                  'command': child_command(size, method, budget, args, out_dir),
+                                  'run_refsr': case_kwargs(method, budget, args.search)}), flush=True)
+        return
+    harness.refuse_existing(out_dir, args.overwrite, 'or choose --out')
     out_dir.mkdir(parents=True, exist_ok=True)
     peak = matmul_peak_gflops()
     print(f'torch.matmul peak on this machine: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)', flush=True)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Quality report of a checkpoint on real pictures, always beside bicubic (a script, not a test); or, with
 ``--model LABEL=WEIGHTS`` (repeated), several models side by side (comparison mode, below).
 
@@ -12,8 +11,8 @@
 PSNR/SSIM on Y with a 4-pixel border (BasicSR's calculate_psnr/calculate_ssim), as a Markdown table, a CSV and a
 plot of PSNR against k, in ``--output`` (an existing folder is kept and renamed with a time stamp).
 
-Example:
-  python scripts/benchmark_quality.py --weights pretrained/demo_cpu/extracter_demo_cpu.pth
+Example (from the repository root):
+  python -m benchmarks.benchmark_quality --weights pretrained/demo_cpu/extracter_demo_cpu.pth
 
 Comparison mode: every ``--model LABEL=WEIGHTS`` (the network options from the YAML beside the weights) on the same
 targets, with bicubic as a row of its own. RefSR models (EXTRACTER, TTSR) get real references and the
@@ -26,14 +25,13 @@ each model call (CUDA: the allocator's peak; CPU: the growth of the resident set
 estimate). Writes ``compare.md`` and ``compare.csv`` (means per set, reference and model), ``per_image.csv`` and
 ``crops.png`` (a crop of one target per set: HR, bicubic and every model, enlarged without interpolation).
 
-  python scripts/benchmark_quality.py --model EXTRACTER=pretrained/demo_cpu/extracter_demo_cpu.pth \
+  python -m benchmarks.benchmark_quality --model EXTRACTER=pretrained/demo_cpu/extracter_demo_cpu.pth \
       --model TTSR=pretrained/ttsr_demo_cpu/ttsr_demo_cpu.pth -o results/compare_demo
 """
 
 import argparse
 import csv
 import ctypes
-import io
 import os
 import sys
 import threading
@@ -47,18 +45,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks import harness
 from extracter.data import degradations as deg
 from extracter.data.image_io import list_images, read_image
+from extracter.data.inference_dataset import inference_sample
 from extracter.evaluation.protocols import describe_metric, expand_protocols
 from extracter.inference.engine import run_sisr
-from extracter.inference.folder import super_resolve
+from extracter.inference.folder import batch_of_one, super_resolve
 from extracter.inference.network import load_network
+from extracter.tools.demo import archive_existing
+from extracter.tools.measure import metrics
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_write, atomic_write_text
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: scripts/ importable
-from scripts.demo import archive_existing, metrics, sample_from  # noqa: E402
 
 OFFSETS = (1, 2, 4, 8, 16)
 
@@ -82,19 +81,20 @@ def vid4_cases(root: Path, crop: int, margin: int, frame_step: int):
 
 def evaluate(net, shared: Path, crop: int, margin: int, frame_step: int, device: str, max_memory: str,
              sisr_crop: int = 0):
-    stride = net.search_transfer.stride
+    multiples = net.size_multiples()  # (LR, reference) side multiples: inputs are edge-padded to them
     kwargs = {'max_memory': max_memory}
     rows = []
     cases = list(vid4_cases(shared / 'video', crop, margin, frame_step))
     done_self = set()
     for seq, t, k, hr, ref in tqdm(cases, desc='Vid4', unit='case'):
         lq = deg.make_lq(hr)
-        res = super_resolve(net, sample_from(lq, [ref], stride), device, kwargs)
+        res = super_resolve(net, batch_of_one(inference_sample(lq, [ref], *multiples)), device, kwargs)
         rows.append((seq, t, f'ref k={k}', *metrics(res['sr'], hr)))
         if (seq, t) not in done_self:
             done_self.add((seq, t))
             rows.append((seq, t, 'bicubic', *metrics(res['bicubic'], hr)))
-            res_self = super_resolve(net, sample_from(lq, [deg.make_lq_up(lq)], stride), device, kwargs)
+            sample_self = batch_of_one(inference_sample(lq, [deg.make_lq_up(lq)], *multiples))
+            res_self = super_resolve(net, sample_self, device, kwargs)
             rows.append((seq, t, 'self-reference', *metrics(res_self['sr'], hr)))
     for name in ('Set5', 'Set14'):
         folder = shared / 'sisr' / name
@@ -103,9 +103,10 @@ def evaluate(net, shared: Path, crop: int, margin: int, frame_step: int, device:
             if sisr_crop:  # a centred crop, to bound the time of the self-reference search on a CPU
                 y, x = max((hr.shape[0] - sisr_crop) // 2, 0), max((hr.shape[1] - sisr_crop) // 2, 0)
                 hr = hr[y:y + sisr_crop, x:x + sisr_crop]
-            hr = deg.crop_to_multiple(np.ascontiguousarray(hr), 4 * stride, fname)
+            hr = deg.crop_to_multiple(np.ascontiguousarray(hr), multiples[1], fname)
             lq = deg.make_lq(hr)
-            res = super_resolve(net, sample_from(lq, [deg.make_lq_up(lq)], stride), device, kwargs)
+            res = super_resolve(net, batch_of_one(inference_sample(lq, [deg.make_lq_up(lq)], *multiples)), device,
+                                kwargs)
             rows.append((name, fname, 'bicubic', *metrics(res['bicubic'], hr)))
             rows.append((name, fname, 'self-reference', *metrics(res['sr'], hr)))
     return rows
@@ -230,13 +231,7 @@ class PeakMemory:
         self.cuda = str(device).startswith('cuda')
         self.peak: Optional[int] = None
 
-    @staticmethod
-    def _rss() -> Optional[int]:
-        try:
-            with open('/proc/self/statm') as f:
-                return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-        except (OSError, ValueError, IndexError):
-            return None
+    _rss = staticmethod(harness.rss_bytes)
 
     def __enter__(self) -> 'PeakMemory':
         if self.cuda:
@@ -283,7 +278,7 @@ def run_model(model: Model, case: Case, condition: str, device: str, run_kwargs:
             out = run_sisr(model.net, deg.to_tensor(case.lq)[None].to(device), **run_kwargs)
             sr = tensor_to_uint8(out)
         else:
-            sample = sample_from(case.lq, case.refs[condition], model.net.search_transfer.stride)
+            sample = batch_of_one(inference_sample(case.lq, case.refs[condition], *model.net.size_multiples()))
             sr = super_resolve(model.net, sample, device, run_kwargs)['sr']
         if str(device).startswith('cuda'):
             torch.cuda.synchronize()
@@ -389,14 +384,6 @@ def summarise_comparison(rows, labels: Sequence[str]):
     return out
 
 
-def _csv_text(rows, columns) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n', extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def comparison_markdown(summary, title: str, device: str, note: str) -> str:
     names = list(COMPARE_METRICS)
     lines = [f'### {title}', '',
@@ -477,8 +464,8 @@ def run_comparison(args) -> None:
     rows, kept = compare(models, cases, args.device, {'max_memory': args.max_memory}, keep)
     summary = summarise_comparison(rows, ['bicubic'] + labels)
     columns = ['dataset', 'reference', 'model', 'images', *COMPARE_METRICS, 'seconds', 'peak_mib']
-    atomic_write_text(out / 'compare.csv', _csv_text(summary, columns))
-    atomic_write_text(out / 'per_image.csv', _csv_text(rows, ['dataset', 'image', 'reference', 'model',
+    atomic_write_text(out / 'compare.csv', harness.csv_text(summary, columns))
+    atomic_write_text(out / 'per_image.csv', harness.csv_text(rows, ['dataset', 'image', 'reference', 'model',
                                                               *COMPARE_METRICS, 'seconds', 'peak_mib']))
     note = f'; {args.note}' if args.note else ''
     table = comparison_markdown(summary, args.title or ' vs '.join(labels), args.device, note)
@@ -504,7 +491,7 @@ def run(argv) -> None:
     parser.add_argument('--zoom', type=int, default=3, help='comparison mode: enlargement of the crops in crops.png')
     parser.add_argument('--note', default='', help='comparison mode: a note for the table (e.g. "shared machine")')
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: beside the weights)')
-    parser.add_argument('--shared', default=str(Path(__file__).resolve().parents[2] / 'shared' / 'data'))
+    parser.add_argument('--shared', default=str(harness.SHARED_DATA))
     parser.add_argument('-o', '--output', default='results/benchmark_quality')
     parser.add_argument('--crop', type=int, default=256, help='HR crop side of the Vid4 targets (multiple of 16)')
     parser.add_argument('--margin', type=int, default=32, help='extra reference context around the target region')

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark the approximate texture search against the exact (chunked) search on real pairs, and end to end.
 
 Two modes.
@@ -30,34 +29,31 @@ RSS), ``--search chunked`` vs ``--search approximate`` on the demo targets: a 10
 telephoto as a same-size reference) and a 720 x 480 video frame (Vid4 calendar frame 1, frame 2 as reference). Writes
 ``e2e.csv`` and ``e2e.md``: wall time, speed-up, peak RSS, PSNR/SSIM against the HR, SR vs exact-search SR.
 
-Examples (the lead's commands, on an idle machine, are in docs/benchmarks/search/README.md):
-  python scripts/benchmark_search.py --sizes 512 1024 2048 --sr --threads 2 --out results/benchmark_search
-  python scripts/benchmark_search.py --e2e --threads 2 --out results/benchmark_search_e2e
+Examples, from the repository root (the lead's commands, on an idle machine, are in
+docs/benchmarks/search/README.md):
+  python -m benchmarks.benchmark_search --sizes 512 1024 2048 --sr --threads 2 --out results/benchmark_search
+  python -m benchmarks.benchmark_search --e2e --threads 2 --out results/benchmark_search_e2e
 """
 
 import argparse
 import csv
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import DEMO_WEIGHTS, ROOT
+from extracter.tools.measure import metrics
+from extracter.utils.cli import ArgumentParser, run_main
+from extracter.utils.file_io import atomic_write_text
 
-from extracter.utils.cli import ArgumentParser, run_main  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / 'shared' / 'data'
-if not DATA.is_dir():
-    DATA = Path('/work/shared/data')
-DEMO_WEIGHTS = ROOT / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
+DATA = harness.SHARED_DATA
 PAIRS = ('dcsr', 'sintel', 'vid4', 'motorcycle')
 NETS = ('released', 'demo')
 DEFAULT_CASES = ('released:6/2/2', 'demo:3/1/1')
@@ -135,22 +131,6 @@ def build_net(net: str, geometry, vgg19: str):
     return model
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def metrics(img: np.ndarray, gt: np.ndarray):
-    """PSNR / SSIM on Y with a 4-pixel border (BasicSR), RGB uint8 inputs."""
-    from extracter.registry import use_basicsr
-
-    use_basicsr()  # basicsr importable (the compat shim)
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-
-    bgr = [np.ascontiguousarray(a[..., ::-1]) for a in (img, gt)]
-    return (calculate_psnr(*bgr, crop_border=4, test_y_channel=True),
-            calculate_ssim(*bgr, crop_border=4, test_y_channel=True))
-
-
 def psnr_rgb(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float('inf') if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -183,7 +163,7 @@ def case_worker(args) -> None:
         return out
 
     st.search = timed_search
-    out = {'peak_before_mib': _rss_mib()}
+    out = {'peak_before_mib': harness.peak_rss_mib()}
     t0 = time.perf_counter()
     if args.method == 'exact' and sample is not None:  # the sampled exact search only
         query = net.search_features(t['lq_up'])
@@ -212,7 +192,7 @@ def case_worker(args) -> None:
         out['total_s'] = time.perf_counter() - t0
     if sample is not None and args.method != 'exact':
         scores, index = scores[:, :, sample], index[:, :, sample]
-    out.update(scores=scores, index=index, peak_rss_mib=_rss_mib())
+    out.update(scores=scores, index=index, peak_rss_mib=harness.peak_rss_mib())
     torch.save(out, args.result)
 
 
@@ -233,11 +213,9 @@ def run_case(pair: str, size: int, net: str, geometry, args, work: Path, log) ->
     out = {}
     for method in ('exact', 'approx'):
         result = work / f'{method}.pt'
-        cmd = [sys.executable, __file__, '--worker', '--method', method, '--case', json.dumps(case), '--sample',
-               str(sample_path), '--result', str(result), '--threads', str(args.threads)]
-        env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads),
-               'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
-        subprocess.run(cmd, check=True, env=env)
+        cmd = harness.module_command('benchmark_search', '--worker', '--method', method, '--case', json.dumps(case),
+                                     '--sample', sample_path, '--result', result, '--threads', args.threads)
+        subprocess.run(cmd, check=True, env=harness.subprocess_env(args.threads))
         out[method] = torch.load(result, weights_only=True)
         result.unlink()
     ex, ap = out['exact'], out['approx']
@@ -281,10 +259,7 @@ def _f(v, fmt):
 
 
 def write_table(rows, out: Path, note: str) -> None:
-    from extracter.utils.file_io import atomic_write_text
-
-    buf = [','.join(FIELDS)] + [','.join(str(r[f]) for f in FIELDS) for r in rows]
-    atomic_write_text(out / 'results.csv', '\n'.join(buf) + '\n')
+    atomic_write_text(out / 'results.csv', harness.csv_text(rows, FIELDS))
     lines = [f'# Approximate vs exact texture search\n\n{note}\n',
              '| pair | size | net | geometry | exact | recall@1 | recall@k | relevance | search s exact / approx '
              '| speed-up | total s exact / approx | peak RSS MiB exact / approx | SR vs exact dB '
@@ -379,18 +354,6 @@ def e2e_images(target: str):
     raise ValueError(f'unknown end-to-end target {target!r}')
 
 
-def run_measured(cmd, env) -> tuple:
-    """Run ``cmd``; (wall seconds, peak RSS MiB of that process)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return wall, usage.ru_maxrss / 1024
-
-
 def exact_search_seconds(folder: Path, threads: int, max_memory: "str | None" = None) -> float:
     """The exact (chunked) search's own time in a run of the demo model on the same inputs as infer.py's (the
     dataset's sample, ``super_resolve``, the allocator setting of infer.py): what a faster search can take off the
@@ -426,11 +389,9 @@ def run_e2e(args, out: Path, work: Path, log) -> None:
     from PIL import Image
 
     from extracter.data.degradations import make_lq
-    from extracter.utils.file_io import atomic_write_text
 
     rows = []
-    env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads),
-           'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    env = harness.subprocess_env(args.threads)
     for target in args.targets:
         hr, ref = e2e_images(target)
         if args.shrink > 1:  # a quick check of the script: the targets shrunk
@@ -448,15 +409,16 @@ def run_e2e(args, out: Path, work: Path, log) -> None:
             cmd = [sys.executable, str(ROOT / 'extracter' / 'infer.py'), '--weights', str(DEMO_WEIGHTS), '--lr',
                    str(folder / 'lr.png'), '--ref', str(folder / 'ref.png'), '-o', str(dest), '--search', mode,
                    '--overwrite'] + (['--max-memory', args.max_memory] if args.max_memory else [])
-            wall, peak = run_measured(cmd, env)
+            wall, peak = harness.run_measured(cmd, env)
             sr = np.asarray(Image.open(dest / 'lr_sr.png').convert('RGB'))
             psnr, ssim = metrics(sr, hr)
             res[mode] = (wall, peak, psnr, ssim, sr)
             log(f'{target} {mode}: {wall:.1f} s, peak {peak:.0f} MiB, PSNR {psnr:.3f} SSIM {ssim:.4f}')
         (ew, ep, eps, ess, esr), (aw, apk, aps, ass, asr) = res['chunked'], res['approximate']
         # its own process: the peak RSS of a child (wait4) counts the parent's pages it starts with
-        share = subprocess.run([sys.executable, __file__, '--search-share', str(folder), '--threads',
-                                str(args.threads)] + (['--max-memory', args.max_memory] if args.max_memory else []),
+        share = subprocess.run(harness.module_command('benchmark_search', '--search-share', folder, '--threads',
+                                                      args.threads)
+                               + (['--max-memory', args.max_memory] if args.max_memory else []),
                                check=True, env=env, capture_output=True, text=True)
         search_s = float(share.stdout.split()[-1])
         bound = ew / (ew - search_s) if search_s < ew else float('inf')
@@ -467,9 +429,7 @@ def run_e2e(args, out: Path, work: Path, log) -> None:
                      'approx_peak_mib': apk, 'exact_psnr': eps, 'exact_ssim': ess, 'approx_psnr': aps,
                      'approx_ssim': ass, 'psnr_delta': aps - eps, 'sr_psnr_vs_exact': psnr_rgb(asr, esr),
                      'threads': args.threads})
-    fields = list(rows[0])
-    atomic_write_text(out / 'e2e.csv', '\n'.join([','.join(fields)] + [','.join(str(r[f]) for f in fields)
-                                                                        for r in rows]) + '\n')
+    atomic_write_text(out / 'e2e.csv', harness.csv_text(rows, list(rows[0])))
     lines = [f'# End to end through infer.py: the demo model, exact (chunked) vs approximate search\n\n{args.note}\n',
              'Bound: the speed-up a search taking no time at all would give, exact run / (exact run - its search); '
              'the exact search timed in process on the same inputs.\n',
@@ -503,9 +463,8 @@ def run(argv) -> None:
     parser.add_argument('--samples', type=int, default=2000, help='sampled query patches otherwise')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--vgg19', default=str(ROOT / 'experiments' / 'pretrained_models' / 'vgg19_canonical.pth'),
-                        help='canonical VGG-19 file for the released-size network (scripts/prepare_vgg19.py)')
-    parser.add_argument('--machine', default='a 2-core machine shared with other jobs',
-                        help='how the machine was, for the tables')
+                        help='canonical VGG-19 file for the released-size network (extracter-prepare-vgg19)')
+    harness.add_machine_argument(parser, default='a 2-core machine shared with other jobs')
     parser.add_argument('--out', default='results/benchmark_search')
     parser.add_argument('--overwrite', action='store_true', help='replace existing results in --out')
     parser.add_argument('--plot-only', action='store_true', help='redraw the table and plot from results.csv')
@@ -532,8 +491,8 @@ def run(argv) -> None:
     args.note = NOTE.format(threads=args.threads, machine=args.machine)
     out = Path(args.out)
     kind = 'e2e.csv' if args.e2e else 'results.csv'
-    if (out / kind).exists() and not (args.overwrite or args.plot_only):
-        raise SystemExit(f'error: {out / kind} exists; pass --overwrite to replace it')
+    if not args.plot_only:
+        harness.refuse_existing(out / kind, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / ('e2e.log' if args.e2e else 'benchmark.log'), 'a')
 
@@ -543,7 +502,7 @@ def run(argv) -> None:
         log_file.write(line + '\n')
         log_file.flush()
 
-    log(f'{" ".join(sys.argv)} ({args.note})')
+    log(f'{harness.command_line()} ({args.note})')
     if args.e2e:
         with tempfile.TemporaryDirectory(prefix='benchmark_search_e2e_') as tmp:  # inputs and outputs of infer.py
             run_e2e(args, out, Path(tmp), log)
@@ -564,8 +523,6 @@ def run(argv) -> None:
                         write_table(rows, out, args.note)
     write_table(rows, out, args.note)
     slopes = plot(rows, out, args.note)
-    from extracter.utils.file_io import atomic_write_text
-
     atomic_write_text(out / 'slopes.json', json.dumps(slopes, indent=1) + '\n')
     log(f'slopes: {json.dumps(slopes)}')
 

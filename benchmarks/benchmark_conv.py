@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """This CPU's 3x3 convolution throughput, and the share of it that EXTRACTER's main network reaches.
 
 1. Convolution throughput: ``F.conv2d`` 3x3, stride 1, padding 1, float32, batch 1, at the main network's shapes
@@ -18,52 +17,25 @@ one thread) or ``wall`` (``time.perf_counter``); ``auto`` (default) is process t
 with more (process time would sum the threads). On a shared machine measure with ``--threads 1``; on an idle one
 ``--threads 2`` gives what a 2-core run gets.
 
-Examples::
+Examples (from the repository root)::
 
-    OMP_NUM_THREADS=1 python scripts/benchmark_conv.py --threads 1          # shared machine: CPU time, one core
-    python scripts/benchmark_conv.py --threads 2 --clock wall               # idle machine, both cores
-    python scripts/benchmark_conv.py --tile 64 --shapes 64:64 128:64 192:64 320:64 --sizes 64 128 256
+    OMP_NUM_THREADS=1 python -m benchmarks.benchmark_conv --threads 1       # shared machine: CPU time, one core
+    python -m benchmarks.benchmark_conv --threads 2 --clock wall            # idle machine, both cores
+    python -m benchmarks.benchmark_conv --tile 64 --shapes 64:64 128:64 192:64 320:64 --sizes 64 128 256
 """
 
 import sys
-import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.harness import add_timing_arguments, best_time, clock_name, make_clock, markdown_table
+from extracter.tools.measure import conv_flops
 from extracter.utils.cli import ArgumentParser, run_main
 
 FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
-
-
-def conv_flops(conv: nn.Conv2d, out: torch.Tensor) -> int:
-    """FLOPs of one convolution (a multiply and an add per weight and output pixel): 2 Cin/groups Cout kh kw H W."""
-    kh, kw = conv.kernel_size
-    return 2 * conv.in_channels // conv.groups * conv.out_channels * kh * kw * out.shape[0] * out.shape[-2] * \
-        out.shape[-1]
-
-
-def make_clock(name: str, threads: int) -> Callable[[], float]:
-    if name == 'auto':
-        name = 'process' if threads == 1 else 'wall'
-    return time.process_time if name == 'process' else time.perf_counter
-
-
-def best_time(fn: Callable[[], object], clock: Callable[[], float], repeats: int, min_seconds: float) -> float:
-    """Best time per call over ``repeats`` rounds, each of enough calls to last ``min_seconds`` (after a warm-up)."""
-    t = clock()
-    fn()
-    once = max(clock() - t, 1e-6)
-    calls = max(1, int(min_seconds / once))
-    best = float('inf')
-    for _ in range(repeats):
-        t = clock()
-        for _ in range(calls):
-            fn()
-        best = min(best, (clock() - t) / calls)
-    return best
 
 
 def conv_rate(cin: int, cout: int, size: int, fmt: str, clock, repeats: int, min_seconds: float) -> float:
@@ -126,12 +98,6 @@ def profile_main_network(net, tile: int, fmt: str, clock, repeats: int, seed: in
     return best
 
 
-def markdown(header: Sequence[str], rows: List[Sequence[str]]) -> str:
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-    return '\n'.join(lines)
-
-
 def parse_shape(text: str) -> Tuple[int, int]:
     try:
         cin, cout = (int(v) for v in text.split(':'))
@@ -144,8 +110,7 @@ def parse_shape(text: str) -> Tuple[int, int]:
 
 def run(argv) -> None:
     parser = ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--clock', choices=['auto', 'process', 'wall'], default='auto')
+    add_timing_arguments(parser, threads_help='torch threads (default 1)')
     parser.add_argument('--tile', type=int, default=136,
                         help='LR tile side of the main-network run, pixels (default 136: the 2048 run with 6G, '
                              'tiles of 104 + 2 x 16)')
@@ -171,9 +136,8 @@ def run(argv) -> None:
         raise ValueError(f'--sizes must be positive, got {sizes}')
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    clock_name = args.clock if args.clock != 'auto' else ('process' if args.threads == 1 else 'wall')
-    clock = make_clock(args.clock, args.threads)
-    print(f'torch {torch.__version__}, {args.threads} thread(s), {clock_name} time, float32, batch 1\n', flush=True)
+    clock, label = make_clock(args.clock, args.threads), clock_name(args.clock, args.threads)
+    print(f'torch {torch.__version__}, {args.threads} thread(s), {label} time, float32, batch 1\n', flush=True)
 
     rates: Dict[Tuple[int, int, int, str], float] = {}
     rows = []
@@ -186,7 +150,7 @@ def run(argv) -> None:
             rows.append(row)
             print(' '.join(row), flush=True)
     print('\n3x3 convolution throughput, GFLOP/s\n')
-    print(markdown(['channels', 'size'] + args.formats, rows))
+    print(markdown_table(['channels', 'size'] + args.formats, rows))
     if args.skip_network:
         return
 
@@ -210,12 +174,12 @@ def run(argv) -> None:
             row += [f'{peak:.1f}', f'{achieved / peak:.0%}']
         rows.append(row)
         print(' '.join(row), flush=True)
-    header = ['layout', 'conv GFLOP', f'{clock_name} s', 'in convs', 'conv-only GFLOP/s', 'achieved GFLOP/s']
+    header = ['layout', 'conv GFLOP', f'{label} s', 'in convs', 'conv-only GFLOP/s', 'achieved GFLOP/s']
     if have:
         header += ['64->64 throughput GFLOP/s', 'fraction']
     print(f'\nEXTRACTER main network (released size, random weights), one {t} x {t} LR tile '
-          f'({4 * t} x {4 * t} output), {clock_name} time\n')
-    print(markdown(header, rows))
+          f'({4 * t} x {4 * t} output), {label} time\n')
+    print(markdown_table(header, rows))
     if not have:
         print('\n(fraction: needs the 64:64 shape measured at the tile, 2 x tile and 4 x tile sizes)')
 

@@ -2,7 +2,7 @@
 and from LMDB, and print a table. Builds a temporary CUFED-layout set of 160x160 HR / varied-size Ref pairs from
 real photographs (default ../shared/data/train/bsd200), packs it with the LMDB packer, and removes it afterwards.
 
-    python scripts/bench_data.py --num 200 --workers 0 2
+    python -m benchmarks.bench_data --num 200 --workers 0 2
 """
 
 import os
@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.harness import SHARED_DATA, markdown_table
 from extracter.utils.cli import ArgumentParser, run_main
 
 
@@ -43,9 +44,8 @@ def throughput(ds, workers: int, batch: int) -> float:
 
 
 def run(argv) -> int:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--src', default=os.path.join(here, '..', 'shared', 'data', 'train', 'bsd200'))
+    p.add_argument('--src', default=str(SHARED_DATA / 'train' / 'bsd200'))
     p.add_argument('--num', type=int, default=200)
     p.add_argument('--batch', type=int, default=9)
     p.add_argument('--workers', type=int, nargs='+', default=[0, 2])
@@ -65,9 +65,7 @@ def run(argv) -> int:
                 # best of two epochs: the machine may be shared, the first epoch pays for warm-up
                 rows.append((backend, w, max(throughput(ds, w, args.batch) for _ in range(2))))
     print(f'RefSRTrainDataset, {args.num} pairs (160x160 HR), batch {args.batch}, {os.cpu_count()} CPUs')
-    print('| backend | workers | samples/s |\n|---|---|---|')
-    for backend, w, sps in rows:
-        print(f'| {backend} | {w} | {sps:.0f} |')
+    print(markdown_table(['backend', 'workers', 'samples/s'], [[b, str(w), f'{sps:.0f}'] for b, w, sps in rows]))
     return 0
 
 

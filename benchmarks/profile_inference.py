@@ -1,8 +1,8 @@
-#!/usr/bin/env python
 """Where the time of one EXTRACTER inference goes: CPU time by stage and by operation, through ``run_refsr``.
 
 One forward pass of EXTRACTER at the released size (random weights, window 6 / stride 2 / padding 2 by default) on
-a real wide/tele pair (DCSR CameraFusion centre crops, as ``benchmark_scaling.py``; seeded noise without the data),
+a real wide/tele pair (DCSR CameraFusion centre crops, ``harness.load_inputs``, as ``benchmark_scaling``; seeded
+noise without the data),
 tiled (``--tile`` / ``--tile-pad``, LR pixels) or with the planner's tiles for ``--max-memory``, with ``--search``.
 It reports:
 
@@ -12,27 +12,37 @@ It reports:
 - by operation (``--ops``, a ``TorchDispatchMode`` timing every ATen call): convolutions, interpolation, gathers,
   folds, matrix products, element-wise operations, copies..., per stage;
 - the main network's convolution FLOPs (2 Cin/groups Cout kh kw Hout Wout, counted from the calls) and its rate:
-  conv FLOPs / main-network time (compare with ``scripts/benchmark_conv.py``'s throughput).
+  conv FLOPs / main-network time (compare with ``benchmarks/benchmark_conv.py``'s throughput).
 
 Clock: process CPU time (``time.process_time``) with one thread, meaningful on a shared machine; wall time with more
 threads (``--clock`` overrides). The stage hooks use only names that every version of this code base has, so the
-script also profiles older checkouts (``PYTHONPATH=<old checkout> python scripts/profile_inference.py``).
+script also profiles older checkouts: run it from outside the repository with the old checkout first, ``cd /tmp &&
+PYTHONPATH=<old checkout>:<this checkout> python -m benchmarks.profile_inference``. ``--json`` writes the figures
+(an existing file is kept unless ``--overwrite`` is given).
 
-Example (the lead's idle machine: the same with ``--threads 2``)::
+Example, from the repository root (the lead's idle machine: the same with ``--threads 2``)::
 
-    OMP_NUM_THREADS=1 python scripts/profile_inference.py --size 512 --tile 64 --tile-pad 16 --ops
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_inference --size 512 --tile 64 --tile-pad 16 --ops
 """
 
 import collections
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict
 
 import torch
 
+from benchmarks.harness import (
+    add_timing_arguments,
+    clock_name,
+    load_inputs,
+    make_clock,
+    markdown_table,
+    refuse_existing,
+)
 from extracter.utils.cli import ArgumentParser, run_main
+from extracter.utils.file_io import atomic_write_text
 
 STAGES = ('vgg', 'search', 'transfer', 'main', 'other')
 CATEGORIES = [  # (category, substrings of the ATen op name), first match wins
@@ -116,11 +126,11 @@ def run(argv) -> None:
     parser.add_argument('--max-memory', default=None, help='working-memory budget (the planner picks the tiles)')
     parser.add_argument('--search', choices=['chunked', 'approximate', 'auto', 'dense'], default='approximate')
     parser.add_argument('--geometry', type=int, nargs=3, default=[6, 2, 2], metavar=('WINDOW', 'STRIDE', 'PAD'))
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--clock', choices=['auto', 'process', 'wall'], default='auto')
+    add_timing_arguments(parser)
     parser.add_argument('--ops', action='store_true', help='also time every ATen operation (slower)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', type=Path, default=None, help='also write the figures to this JSON file')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing --json file')
     args = parser.parse_args(argv)
     if args.size < 64 or args.size % 16:
         raise ValueError(f'--size must be a multiple of 16, at least 64, got {args.size}')
@@ -128,17 +138,16 @@ def run(argv) -> None:
         raise ValueError(f'--ref-size must be a multiple of 16, at least 64, got {args.ref_size}')
     if args.threads < 1:
         raise ValueError(f'--threads must be >= 1, got {args.threads}')
-    if args.json is not None and args.json.exists():
-        raise FileExistsError(f'{args.json} exists; choose another --json path')
+    if args.json is not None:
+        refuse_existing(args.json, args.overwrite, 'or choose another --json path')
 
     from extracter.archs.extracter_arch import Extracter
     from extracter.inference.engine import run_refsr
-    from scripts.benchmark_scaling import load_inputs
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    clock_name = args.clock if args.clock != 'auto' else ('process' if args.threads == 1 else 'wall')
-    clock = time.process_time if clock_name == 'process' else time.perf_counter
+    label = clock_name(args.clock, args.threads)
+    clock = make_clock(args.clock, args.threads)
     torch.manual_seed(args.seed)
     window, stride, padding = args.geometry
     net = Extracter(dfe_init='random', window=window, stride=stride, padding=padding).eval()
@@ -174,27 +183,22 @@ def run(argv) -> None:
 
     plan = res.plan.describe() if res.plan is not None else 'no budget'
     print(f'EXTRACTER released size, random weights, geometry {args.geometry}, output {args.size} x {args.size}, '
-          f'reference {ref.shape[-1]} x {ref.shape[-2]} ({source}); {args.threads} thread(s), {clock_name} time')
+          f'reference {ref.shape[-1]} x {ref.shape[-2]} ({source}); {args.threads} thread(s), {label} time')
     print(f'search: {getattr(res, "search_used", "") or args.search}; plan: {plan}; tiles: {tiles[-1] if tiles else 1}'
           f'; tile: {kwargs.get("tile")}\n')
-    print('| stage | s | share |\n|---|---:|---:|')
-    for s in STAGES:
-        print(f'| {s} | {stage_t.get(s, 0.0):.2f} | {stage_t.get(s, 0.0) / total:.1%} |')
-    print(f'| total | {total:.2f} | 100% |')
+    stage_rows = [[s, f'{stage_t.get(s, 0.0):.2f}', f'{stage_t.get(s, 0.0) / total:.1%}'] for s in STAGES]
+    print(markdown_table(['stage', 's', 'share'], stage_rows + [['total', f'{total:.2f}', '100%']], 'lrr'))
     out = {'args': {k: str(v) for k, v in vars(args).items()}, 'plan': plan, 'tiles': tiles[-1] if tiles else 1,
-           'clock': clock_name, 'total_s': total, 'stages_s': stage_t}
+           'clock': label, 'total_s': total, 'stages_s': stage_t}
     if args.ops:
         cats = [c for c, _ in CATEGORIES] + ['other']
-        print(f'\nBy operation ({clock_name} s; a column is a stage; the time outside ATen calls is not listed)\n')
-        print('| operation | ' + ' | '.join(STAGES) + ' | all | share |')
-        print('|---|' + '---:|' * (len(STAGES) + 2))
-        rows = sorted(cats, key=lambda c: -sum(prof.op_t.get((s, c), 0.0) for s in STAGES))
-        for c in rows:
+        print(f'\nBy operation ({label} s; a column is a stage; the time outside ATen calls is not listed)\n')
+        rows = []
+        for c in sorted(cats, key=lambda c: -sum(prof.op_t.get((s, c), 0.0) for s in STAGES)):
             vals = [prof.op_t.get((s, c), 0.0) for s in STAGES]
-            if sum(vals) < 1e-4:
-                continue
-            cells = ' | '.join(f'{v:.2f}' for v in vals)
-            print(f'| {c} | {cells} | {sum(vals):.2f} | {sum(vals) / total:.1%} |')
+            if sum(vals) >= 1e-4:
+                rows.append([c, *(f'{v:.2f}' for v in vals), f'{sum(vals):.2f}', f'{sum(vals) / total:.1%}'])
+        print(markdown_table(['operation', *STAGES, 'all', 'share'], rows, 'l' + 'r' * (len(STAGES) + 2)))
         main_t = stage_t.get('main', 0.0)
         flops = prof.main_conv_flops
         conv_t = max(prof.main_conv_t, 1e-9)
@@ -205,7 +209,7 @@ def run(argv) -> None:
                    main_conv_s=prof.main_conv_t)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + '\n')
+        atomic_write_text(args.json, json.dumps(out, indent=1) + '\n')
 
 
 def main(argv=None) -> int:

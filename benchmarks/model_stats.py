@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Print parameters and multiply-adds of each architecture for a given input size.
 
 Multiply-adds are counted by PyTorch's FlopCounterMode (convolutions, the search's matrix products, linear layers;
@@ -9,8 +8,8 @@ the original README (``sum(p.numel() for p in model.parameters())``: DRCT 14,139
 "27.58M"); the persistent buffers that are in their state dict besides (relative position indices and the
 shifted-window masks for img_size 64) are listed separately. Their GMACs are for an LR input of --sisr-size.
 
-Example:
-  python scripts/model_stats.py --lr-size 40 40 --ref-size 160 160 --sisr-size 64 64
+Example (from the repository root):
+  python -m benchmarks.model_stats --lr-size 40 40 --ref-size 160 160 --sisr-size 64 64
 """
 
 import argparse
@@ -19,6 +18,7 @@ import sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.harness import markdown_table
 from extracter.registry import ARCH_REGISTRY
 from extracter.utils.cli import ArgumentParser, run_main
 
@@ -96,24 +96,26 @@ def run(argv) -> int:
 def sisr_table(args: argparse.Namespace) -> None:
     h, w = args.sisr_size
     print(f'\nSingle-image SR: LR {h}x{w} -> SR x4\n')
-    print('| configuration | parameters | + relative position index (buffer) | + attention masks (buffer) | GMACs |')
-    print('|---|---:|---:|---:|---:|')
+    rows = []
     for label, (arch, kwargs) in SISR_CONFIGS.items():
         s = sisr_stats(arch, kwargs, (h, w))
-        print(f"| {label} | {s['params']:,} | {s['index']:,} | {s['mask']:,} | {s['gmacs']:.2f} |")
+        rows.append([label, f"{s['params']:,}", f"{s['index']:,}", f"{s['mask']:,}", f"{s['gmacs']:.2f}"])
+    print(markdown_table(['configuration', 'parameters', '+ relative position index (buffer)',
+                          '+ attention masks (buffer)', 'GMACs'], rows, 'lrrrr'))
 
 
 def refsr_table(args: argparse.Namespace) -> None:
     print(f'LR {args.lr_size[0]}x{args.lr_size[1]} -> SR {4 * args.lr_size[0]}x{4 * args.lr_size[1]}, '
           f'reference {args.ref_size[0]}x{args.ref_size[1]}\n')
-    print('| configuration | parameters | frozen | GMACs | extractor | search | main net | GDE |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|')
+    rows = []
     for label, (arch, kwargs) in CONFIGS.items():
         s = stats(arch, kwargs, tuple(args.lr_size), tuple(args.ref_size))
         p = s['parts']
         extractor = p.get('dfe', p.get('lte', 0.0))
-        print(f"| {label} | {s['params']:,} | {s['frozen']} | {s['gmacs']:.2f} | {extractor:.2f} | "
-              f"{p['search']:.2f} | {p.get('main', 0.0):.2f} | {p.get('gde', 0.0):.2f} |")
+        rows.append([label, f"{s['params']:,}", str(s['frozen']), f"{s['gmacs']:.2f}", f'{extractor:.2f}',
+                     f"{p['search']:.2f}", f"{p.get('main', 0.0):.2f}", f"{p.get('gde', 0.0):.2f}"])
+    print(markdown_table(['configuration', 'parameters', 'frozen', 'GMACs', 'extractor', 'search', 'main net', 'GDE'],
+                         rows, 'lrrrrrrr'))
 
 
 def main(argv=None) -> int:
