@@ -118,7 +118,7 @@ def make_sample(pair: str, size: int) -> dict:
     return degrade(pil_bicubic(hr, (size, size)), pil_bicubic(ref, (size, size)))
 
 
-def build_net(net: str, geometry, vgg19: str):
+def build_net(net: str, vgg19: str):
     from extracter.archs.extracter_arch import Extracter
     from extracter.inference.network import load_network
 
@@ -127,8 +127,7 @@ def build_net(net: str, geometry, vgg19: str):
         model = Extracter(dfe_init='vgg19', vgg19_path=vgg19).eval()
     else:
         model = load_network(str(DEMO_WEIGHTS))
-    model.set_search_geometry(*geometry)
-    return model
+    return model  # the case's geometry is passed with each call
 
 
 def psnr_rgb(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,7 +146,8 @@ def case_worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     case = json.loads(args.case)
-    net = build_net(case['net'], case['geometry'], case['vgg19'])
+    net = build_net(case['net'], case['vgg19'])
+    geometry = tuple(case['geometry'])
     st = net.search_transfer
     images = make_sample(case['pair'], case['size'])
     t = {k: to_tensor(v)[None] for k, v in images.items() if k != 'gt'}
@@ -175,7 +175,8 @@ def case_worker(args) -> None:
     elif case['sr']:
         mode = 'chunked' if args.method == 'exact' else 'approximate'
         res = run_refsr(net, t['lq'], t['ref'], lr_up=t['lq_up'], ref_downup=t['ref_downup'], search_mode=mode,
-                        approximate=approx, max_memory=case['max_memory'], return_aux=True)
+                        search_geometry=geometry, approximate=approx, max_memory=case['max_memory'],
+                        return_aux=True)
         out['total_s'] = time.perf_counter() - t0
         out['search_s'] = timing['search']
         out['plan'] = res.plan.describe() if res.plan is not None else 'no budget'
@@ -186,8 +187,9 @@ def case_worker(args) -> None:
     else:  # the search alone, on the network's features
         query = net.search_features(t['lq_up'])
         keys = net.encode_search_keys(t['ref'], t['ref_downup'], ENCODE_TILE)  # VGG-19 in tiles (bounded memory)
-        st.set_chunking('chunked' if args.method == 'exact' else 'approximate', approximate=approx)
-        scores, index = st.search(query, keys)
+        spec = net.search_spec(method='chunked' if args.method == 'exact' else 'approximate', geometry=geometry,
+                               approximate=approx)
+        scores, index = st.search(query, keys, spec=spec)
         out['search_s'] = timing['search']
         out['total_s'] = time.perf_counter() - t0
     if sample is not None and args.method != 'exact':
