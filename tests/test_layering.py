@@ -30,7 +30,7 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     ('options',),  # the option files' schema: checks every component, including the inference options
     ('models',),  # BasicSR's model lifecycle (training, validation, saving)
     ('pipeline',),  # training and testing
-    ('app', 'infer', 'train', 'test', PACKAGE),  # entry points (PACKAGE: extracter/__init__.py)
+    ('app', 'tools', 'infer', 'train', 'test', PACKAGE),  # entry points (PACKAGE: extracter/__init__.py)
 )
 
 # The one exception: a registry lookup imports, by name, the package that fills it (``Registry('arch',
