@@ -6,7 +6,7 @@ references, the search and transfer blocks and the main network's activations, p
 It does not count the Python / PyTorch runtime itself (on CPU about 0.5 GB of RSS after importing the inference
 engine and the networks; 0.75 GB with basicsr, as in training and test.py).
 Estimates are float32 and deliberately a little pessimistic; coefficients were measured on CPU (RSS peaks, which
-include what glibc keeps of freed memory; docs/large_images.md has the measurements).
+include what glibc keeps of freed memory; docs/benchmarks/large_images_notes.md has the measurements).
 
 The plan prefers, in order: no tiling, then the tiling that fits with the least main-network work (usually the
 fewest, equal tiles: their context is recomputed, see :func:`tile_work`); at each tiling relu1_1 stored, then
