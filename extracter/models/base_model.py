@@ -517,15 +517,36 @@ class BaseSRModel(abc.ABC):
                              f'{len(self.optimizers)} (was the GAN loss switched on or off?)')
         if len(resume_state['schedulers']) != len(self.schedulers):
             raise ValueError('the resume state and these options have different numbers of schedulers')
+        option_lrs = [[group['initial_lr'] for group in o.param_groups] for o in self.optimizers]
         for o, s in zip(self.optimizers, resume_state['optimizers']):
             o.load_state_dict(s)
         for sch, s in zip(self.schedulers, resume_state['schedulers']):
             sch.load_state_dict(s)
+        self._apply_option_lrs(option_lrs)
         if resume_state.get('rec_only_iter', self.rec_only_iter) != self.rec_only_iter:
             get_root_logger().warning(f"train.rec_only_iter changed from {resume_state['rec_only_iter']} to "
                                       f'{self.rec_only_iter}: the warm-up phase follows the new value')
         if resume_state.get('best_metric_results'):
             self.best_metric_results = resume_state['best_metric_results']
+
+    def _apply_option_lrs(self, option_lrs: List[List[float]]) -> None:
+        """A resumed run takes the learning rates of its options where they differ from the saved run's (e.g. a lower
+        ``train.optim_g.lr`` after a run stopped on non-finite values): each group's current rate is scaled by the
+        same factor, so the schedule's position and the warm-up are kept. Equal options change nothing."""
+        names = ('train.optim_g', 'train.optim_d')
+        for i, (optimizer, lrs) in enumerate(zip(self.optimizers, option_lrs)):
+            for j, (group, new) in enumerate(zip(optimizer.param_groups, lrs)):
+                old = group.get('initial_lr', new)
+                if old == new:
+                    continue
+                group['lr'] = group['lr'] * new / old if old else new
+                group['initial_lr'] = new
+                for scheduler in self.schedulers:
+                    if scheduler.optimizer is optimizer:
+                        scheduler.base_lrs[j] = new
+                which = ('train.lr_fe' if i == 0 and j == 1 else f'{names[min(i, 1)]}.lr')
+                get_root_logger().warning(f'{which}: {new:g} in the options, {old:g} in the resume state: the '
+                                          f'options\' rate is used (now {group["lr"]:g})')
 
     def restore_rng(self, resume_state: Dict[str, Any]) -> None:
         rank, world = dist_util.get_dist_info()
