@@ -51,7 +51,7 @@ TOP_KEYS = {'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets',
 PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_network_d', 'strict_load_d',
              'param_key_d', 'resume_state'}
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
-              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
+              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters', 'nonfinite_patience'}
 LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
 VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'protocols')  # besides tile, max_memory, search
 RENAMED_KEYS = {'val.search_geometry': 'val.search.window / val.search.stride / val.search.padding'}
@@ -153,6 +153,7 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'train.total_iter': (int, 1, None),
     'train.rec_only_iter': (int, 0, None),
     'train.net_d_iters': (int, 1, None),
+    'train.nonfinite_patience': (int, 0, None),
     'train.warmup_iter': (int, -1, None),
     'train.ema_decay': (float, 0, 1),
     'train.lr_fe': (float, 0, None),
