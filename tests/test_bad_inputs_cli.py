@@ -326,6 +326,8 @@ TRAIN_OPTION_CASES = [
     ('datasets.train.dataroot_gt', None),
     ('datasets.train.use_hflip', 'maybe'),
     ('train.optim_g.betas', [2, 3]),
+    ('train.optim_g.lr', float('inf')),
+    ('train.optim_g.betas', [0.9, float('nan')]),
     ('train.scheduler.milestones', ['a']),
     ('network_g.n_feats', 'eight'),
     ('network_g.n_feats', 7),

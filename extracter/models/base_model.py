@@ -23,6 +23,7 @@ schedulers and ``tensor2img``.
 
 import abc
 import os
+import warnings
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
@@ -40,6 +41,7 @@ from tqdm import tqdm
 
 from extracter.inference.engine import refsr_kwargs_from_options
 from extracter.inference.network import load_state_into
+from extracter.models.nonfinite import NonFiniteError, SkippedStep, all_finite, check_step, nonfinite_tensors
 from extracter.options.schema import VAL_OWN_KEYS, optimizer_class, option_errors, scheduler_class
 from extracter.utils import dist as dist_util
 from extracter.utils.checkpoint import load_checkpoint as _read_checkpoint
@@ -214,10 +216,14 @@ class BaseSRModel(abc.ABC):
 
     # ------------------------------------------------------------------ learning rate, logs, best metrics
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
-        """Step the schedulers (from the 2nd iteration), then BasicSR's linear warm-up over ``warmup_iter``."""
+        """Step the schedulers (from the 2nd iteration), then BasicSR's linear warm-up over ``warmup_iter``. The
+        schedule follows the iteration, also after optimiser steps skipped on non-finite values (torch's warning
+        about a scheduler step before the first optimiser step is expected then)."""
         if current_iter > 1:
-            for scheduler in self.schedulers:
-                scheduler.step()
+            with warnings.catch_warnings():
+                warnings.filterwarnings('ignore', message=r'Detected call of `lr_scheduler\.step\(\)` before')
+                for scheduler in self.schedulers:
+                    scheduler.step()
         if current_iter < warmup_iter:
             for optimizer in self.optimizers:
                 for group in optimizer.param_groups:
@@ -256,53 +262,73 @@ class BaseSRModel(abc.ABC):
         return current_iter <= self.rec_only_iter
 
     def optimize_parameters(self, current_iter: int) -> None:
+        """One iteration: the critic's steps (after the warm-up, with a GAN loss), then the generator's. A step
+        whose loss terms or gradients are not all finite is skipped and listed in ``self.skipped_steps`` (see
+        :mod:`extracter.models.nonfinite`); the EMA follows only the generator steps taken."""
         if not hasattr(self, 'gt'):
             raise KeyError("training batches need 'gt'")
         rec_only = self.in_rec_only_phase(current_iter)
-        loss_dict: Dict[str, torch.Tensor] = OrderedDict()
-
-        # critic steps first (as the original): net_d_iters updates on the detached SR of this batch
         use_gan = self.cri_gan is not None and not rec_only
+        self.skipped_steps: List[SkippedStep] = []
+        loss_dict: Dict[str, torch.Tensor] = OrderedDict()
         self.optimizer_g.zero_grad(set_to_none=True)
         self.output = self.train_forward()
-        if use_gan:
-            for p in self.net_d.parameters():
-                p.requires_grad = True
-            for _ in range(self.net_d_iters):
-                self.optimizer_d.zero_grad(set_to_none=True)
-                l_d, wdist, gp, d_real = self.cri_gan.discriminator_loss(self.net_d, self.gt, self.output.detach())
-                l_d.backward()
-                self.optimizer_d.step()
-            loss_dict['l_d'] = l_d.detach()
-            loss_dict['l_d_wdist'] = wdist.detach()
-            loss_dict['l_d_gp'] = gp.detach()
-            loss_dict['out_d_real'] = d_real.detach()
-            for p in self.net_d.parameters():
-                p.requires_grad = False
+        if use_gan:  # critic steps first (as the original): net_d_iters updates on the detached SR of this batch
+            loss_dict.update(self._critic_steps())
+        terms = self._generator_losses(rec_only, use_gan)
+        terms['l_total'].backward()  # also on a non-finite loss: DDP's reducer expects every backward
+        loss_dict.update((k, v.detach()) for k, v in terms.items())
+        stepped = self._guarded_step('generator', self.optimizer_g, terms)
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if stepped and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
 
-        # generator: L = L_rec (+ L_per + L_grd + L_adv after the warm-up)
-        l_total = self.cri_pix(self.output, self.gt)
-        loss_dict['l_rec'] = l_total.detach()
+    def _critic_steps(self) -> Dict[str, torch.Tensor]:
+        """``net_d_iters`` critic steps on the detached SR; the last step's loss terms."""
+        for p in self.net_d.parameters():
+            p.requires_grad = True
+        for _ in range(self.net_d_iters):
+            self.optimizer_d.zero_grad(set_to_none=True)
+            l_d, wdist, gp, d_real = self.cri_gan.discriminator_loss(self.net_d, self.gt, self.output.detach())
+            l_d.backward()
+            self._guarded_step('critic', self.optimizer_d, OrderedDict(l_d=l_d, l_d_wdist=wdist, l_d_gp=gp))
+        for p in self.net_d.parameters():
+            p.requires_grad = False
+        return OrderedDict(l_d=l_d.detach(), l_d_wdist=wdist.detach(), l_d_gp=gp.detach(),
+                           out_d_real=d_real.detach())
+
+    def _generator_losses(self, rec_only: bool, use_gan: bool) -> Dict[str, torch.Tensor]:
+        """L = L_rec (+ L_per + L_grd + L_adv after the warm-up): the terms and ``l_total``, with gradients."""
+        terms: Dict[str, torch.Tensor] = OrderedDict(l_rec=self.cri_pix(self.output, self.gt))
         if not rec_only:
             if self.cri_perceptual is not None:
-                l_per = self.cri_perceptual(self.output, self.gt)
-                l_total = l_total + l_per
-                loss_dict['l_per'] = l_per.detach()
+                terms['l_per'] = self.cri_perceptual(self.output, self.gt)
             if self.cri_gradient is not None:
-                l_grd = self.cri_gradient(self.output, self.gt)
-                l_total = l_total + l_grd
-                loss_dict['l_grd'] = l_grd.detach()
+                terms['l_grd'] = self.cri_gradient(self.output, self.gt)
             if use_gan:
                 # the bare critic: its weights are frozen here, so DDP must not wait for their gradients
-                l_adv = self.cri_gan(self.get_bare_model(self.net_d)(self.output))
-                l_total = l_total + l_adv
-                loss_dict['l_adv'] = l_adv.detach()
-        loss_dict['l_total'] = l_total.detach()
-        l_total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+                terms['l_adv'] = self.cri_gan(self.get_bare_model(self.net_d)(self.output))
+        l_total = terms['l_rec']
+        for key in list(terms)[1:]:
+            l_total = l_total + terms[key]
+        terms['l_total'] = l_total
+        return terms
+
+    def _guarded_step(self, network: str, optimizer: torch.optim.Optimizer, terms: Dict[str, torch.Tensor]) -> bool:
+        """``optimizer.step()`` unless a loss term or a gradient is not finite (then the gradients are dropped and
+        the step recorded as skipped); a step that leaves non-finite weights is recorded too. Whether it stepped."""
+        params = [p for group in optimizer.param_groups for p in group['params']]
+        bad_terms, grads_ok = check_step(terms, (p.grad for p in params if p.grad is not None),
+                                         self.opt.get('dist', False))
+        if bad_terms or not grads_ok:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps.append(SkippedStep(network, bad_terms, gradient=not bad_terms))
+            return False
+        optimizer.step()
+        if not bool(all_finite(p.detach() for p in params)):
+            self.skipped_steps.append(SkippedStep(network, weights=True))
+            return False
+        return True
 
     @abc.abstractmethod
     def train_forward(self) -> torch.Tensor:
@@ -440,8 +466,25 @@ class BaseSRModel(abc.ABC):
             save_dict[key] = {k: v.detach().cpu() for k, v in self.get_bare_model(net_).state_dict().items()}
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
+    def check_finite_weights(self) -> None:
+        """Raise :class:`~extracter.models.nonfinite.NonFiniteError` when a network to be saved (the generator, its
+        EMA, the critic) holds inf or NaN. Every process checks (their weights are equal), so all of them stop."""
+        nets = {'net_g': self.get_bare_model(self.net_g)}
+        if hasattr(self, 'net_g_ema'):
+            nets['net_g (EMA, params_ema)'] = self.net_g_ema
+        if hasattr(self, 'net_d'):
+            nets['net_d'] = self.get_bare_model(self.net_d)
+        for label, net in nets.items():
+            state = net.state_dict()
+            bad = nonfinite_tensors(state)
+            if bad:
+                raise NonFiniteError(f'{label} has non-finite weights ({len(bad)} of {len(state)} tensors, e.g. '
+                                     f'{bad[0]!r}); nothing was saved')
+
     def save(self, epoch: int, current_iter: int, loop_state: Optional[Dict[str, Any]] = None) -> None:
-        """Networks first, then the training state (atomic): the newest state always has complete networks."""
+        """Networks first, then the training state (atomic): the newest state always has complete networks. Networks
+        with non-finite weights are refused before anything is written (:meth:`check_finite_weights`)."""
+        self.check_finite_weights()
         rng = dist_util.gather_objects(dist_util.get_rng_state(self.device))  # collective: every rank calls save
         if hasattr(self, 'net_g_ema'):
             self.save_network([self.net_g, self.net_g_ema], 'net_g', current_iter, ['params', 'params_ema'])
@@ -474,15 +517,36 @@ class BaseSRModel(abc.ABC):
                              f'{len(self.optimizers)} (was the GAN loss switched on or off?)')
         if len(resume_state['schedulers']) != len(self.schedulers):
             raise ValueError('the resume state and these options have different numbers of schedulers')
+        option_lrs = [[group['initial_lr'] for group in o.param_groups] for o in self.optimizers]
         for o, s in zip(self.optimizers, resume_state['optimizers']):
             o.load_state_dict(s)
         for sch, s in zip(self.schedulers, resume_state['schedulers']):
             sch.load_state_dict(s)
+        self._apply_option_lrs(option_lrs)
         if resume_state.get('rec_only_iter', self.rec_only_iter) != self.rec_only_iter:
             get_root_logger().warning(f"train.rec_only_iter changed from {resume_state['rec_only_iter']} to "
                                       f'{self.rec_only_iter}: the warm-up phase follows the new value')
         if resume_state.get('best_metric_results'):
             self.best_metric_results = resume_state['best_metric_results']
+
+    def _apply_option_lrs(self, option_lrs: List[List[float]]) -> None:
+        """A resumed run takes the learning rates of its options where they differ from the saved run's (e.g. a lower
+        ``train.optim_g.lr`` after a run stopped on non-finite values): each group's current rate is scaled by the
+        same factor, so the schedule's position and the warm-up are kept. Equal options change nothing."""
+        names = ('train.optim_g', 'train.optim_d')
+        for i, (optimizer, lrs) in enumerate(zip(self.optimizers, option_lrs)):
+            for j, (group, new) in enumerate(zip(optimizer.param_groups, lrs)):
+                old = group.get('initial_lr', new)
+                if old == new:
+                    continue
+                group['lr'] = group['lr'] * new / old if old else new
+                group['initial_lr'] = new
+                for scheduler in self.schedulers:
+                    if scheduler.optimizer is optimizer:
+                        scheduler.base_lrs[j] = new
+                which = ('train.lr_fe' if i == 0 and j == 1 else f'{names[min(i, 1)]}.lr')
+                get_root_logger().warning(f'{which}: {new:g} in the options, {old:g} in the resume state: the '
+                                          f'options\' rate is used (now {group["lr"]:g})')
 
     def restore_rng(self, resume_state: Dict[str, Any]) -> None:
         rank, world = dist_util.get_dist_info()

@@ -7,7 +7,7 @@ section by section (each a function below):
 - keys: ``network_*``, losses, optimisers, schedulers and metrics against the signature of the class they configure;
   datasets against the dataset class' ``DEFAULTS`` (plus the loader keys); the other sections against the key sets
   below; renamed keys name their new spelling;
-- types and ranges of the scalar options (:data:`SCALARS`);
+- types and ranges of the scalar options (:data:`SCALARS`); no number anywhere may be inf or NaN;
 - the inference keys of ``val`` (tile / max_memory / search) by :class:`extracter.inference.InferenceOptions`;
 - files and folders the options name.
 - types and values of the options with a fixed set of values (:data:`CHOICES`), e.g. CUFED5's ``ref_level``.
@@ -36,6 +36,7 @@ from extracter.registry import basicsr_registry, use_basicsr
 from extracter.utils.cli import ArgumentParser
 from extracter.utils.option_checks import (
     OptionError,
+    check_all_finite,
     check_annotated_types,
     check_keys,
     check_scalar,
@@ -50,7 +51,7 @@ TOP_KEYS = {'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets',
 PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_network_d', 'strict_load_d',
              'param_key_d', 'resume_state'}
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
-              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters'}
+              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters', 'nonfinite_patience'}
 LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
 VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'protocols')  # besides tile, max_memory, search
 RENAMED_KEYS = {'val.search_geometry': 'val.search.window / val.search.stride / val.search.padding'}
@@ -141,7 +142,8 @@ def _dataset_option_keys(dataset_type: str) -> Optional[set]:
     return set(keys) | set(BASICSR_KEYS)
 
 
-# Types and ranges of scalar options: dotted key pattern ('*' = any phase) -> (type, minimum, maximum or None).
+# Types and ranges of scalar options: dotted key pattern ('*' = any phase) -> (type, minimum, maximum or None). A float
+# must also be finite (``check_scalar``: inf and NaN are refused, as for every float a constructor annotates).
 SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'datasets.*.batch_size_per_gpu': (int, 1, None),
     'datasets.*.num_worker_per_gpu': (int, 0, None),
@@ -151,6 +153,7 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'train.total_iter': (int, 1, None),
     'train.rec_only_iter': (int, 0, None),
     'train.net_d_iters': (int, 1, None),
+    'train.nonfinite_patience': (int, 0, None),
     'train.warmup_iter': (int, -1, None),
     'train.ema_decay': (float, 0, 1),
     'train.lr_fe': (float, 0, None),
@@ -415,6 +418,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
     check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
     if opt.get('val') is not None:
         _validate_val(opt['val'], source)
+    check_all_finite(opt, '', source)  # no option means anything by inf or NaN
     _check_scalars(opt, source)
     derive_dataset_strides(opt, source)
     if (opt.get('val') or {}).get('protocols') is not None:  # derived: the protocols' metrics join val.metrics

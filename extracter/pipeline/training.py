@@ -30,6 +30,7 @@ from basicsr.utils import get_env_info, get_time_str, init_tb_logger, mkdir_and_
 from basicsr.utils.options import dict2str
 
 from extracter.models.base_model import list_training_states, load_checkpoint
+from extracter.models.nonfinite import NONFINITE_PATIENCE, NonFiniteError
 from extracter.options.schema import OptionError, option_errors, parse_options
 from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
@@ -151,6 +152,11 @@ class TrainingRun:
         self.val_opt = opt.get('val') or {}
         self.logger: Optional[logging.Logger] = None
         self.tb_logger = None
+        # non-finite values: consecutive iterations with skipped steps, all of them, the newest state saved
+        self.patience = int(opt['train'].get('nonfinite_patience', NONFINITE_PATIENCE))
+        self.nonfinite_streak = self.nonfinite_total = 0
+        self.last_good: Optional[str] = None
+        self.current_iter = 0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -160,6 +166,7 @@ class TrainingRun:
         torch.backends.cudnn.benchmark = bool(opt.get('cudnn_benchmark', False))
         self.resume_path = find_resume_state(opt)
         self.resume_state = load_checkpoint(self.resume_path, self.device) if self.resume_path else None
+        self.last_good = self.resume_path
         self.train_loader, self.train_sampler, self.val_loaders, data_info = create_dataloaders(opt)
         self.model = build_model(opt)
         prepare_experiment_dirs(opt, resuming=self.resume_state is not None)
@@ -212,6 +219,59 @@ class TrainingRun:
         self.model.feed_data(batch)
         self.model.optimize_parameters(current_iter)
 
+    def check_finite_step(self, current_iter: int) -> None:
+        """Count the iterations whose steps the model skipped on non-finite values (``model.skipped_steps``), log
+        each, and stop (:class:`NonFiniteError`, exit status 2) after more than ``train.nonfinite_patience``
+        consecutive ones, or at once when a step left non-finite weights."""
+        skipped = getattr(self.model, 'skipped_steps', None)
+        if not skipped:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        what = '; '.join(dict.fromkeys(step.describe() for step in skipped))
+        self.logger.warning(f'iter {current_iter}: {what}: step skipped ({self.nonfinite_streak} iteration(s) in a '
+                            f'row, {self.nonfinite_total} in this run; train.nonfinite_patience: {self.patience})')
+        if any(step.weights for step in skipped):
+            raise NonFiniteError(f'training stopped at iteration {current_iter}: {what}, which no later step can '
+                                 f'undo; {self.resume_hint()}')
+        if self.nonfinite_streak > self.patience:
+            first = current_iter - self.nonfinite_streak + 1
+            span = f'iterations {first}-{current_iter}' if first < current_iter else f'iteration {current_iter}'
+            raise NonFiniteError(f'training stopped at iteration {current_iter}: {what}; {self.nonfinite_streak} '
+                                 f'consecutive iteration(s) with non-finite values ({span}), more than '
+                                 f'train.nonfinite_patience: {self.patience}; {self.resume_hint()}')
+
+    def resume_hint(self) -> str:
+        """Where to go on from after a stop: the newest training state saved (or resumed from), or none yet."""
+        if self.last_good is None:
+            return ('no checkpoint was saved yet: fix the cause (e.g. a lower train.optim_g.lr) and start again, the '
+                    'experiment folder is reused')
+        return (f'the last good checkpoint is {self.last_good}: fix the cause (e.g. a lower train.optim_g.lr) and '
+                'resume from it with --auto_resume (or path.resume_state)')
+
+    def save_checkpoint(self, epoch: int, current_iter: int, loop_state: Optional[Dict[str, Any]] = None) -> None:
+        """``model.save``; a network with non-finite weights stops the run with nothing written."""
+        try:
+            self.model.save(epoch, current_iter, loop_state)
+        except NonFiniteError as err:
+            which = 'net_g_latest.pth' if current_iter == -1 else f'the checkpoint of iteration {current_iter}'
+            raise NonFiniteError(f'training stopped at iteration {self.current_iter}: {which} was not written: {err}; '
+                                 f'{self.resume_hint()}') from err
+        if current_iter != -1:
+            self.last_good = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+
+    def periodic_save_due(self, current_iter: int, save_freq: int) -> bool:
+        """A checkpoint every ``save_freq`` iterations, but none while steps are being skipped: those weights just
+        gave non-finite values (the run's last iteration saves after the loop in any case)."""
+        if current_iter % save_freq and current_iter != self.total_iters:
+            return False
+        if not self.nonfinite_streak:
+            return True
+        if current_iter != self.total_iters:
+            self.logger.warning(f'iter {current_iter}: no checkpoint while steps are skipped on non-finite values')
+        return False
+
     def log_progress(self, epoch: int, current_iter: int) -> None:
         now = time.time()
         its = self.window_iters / max(now - self.window_start, 1e-9)
@@ -263,28 +323,30 @@ class TrainingRun:
                     break
                 current_iter += 1
                 iter_in_epoch += 1
+                self.current_iter = current_iter
                 self.train_step(current_iter, batch)
                 self.window_iters += 1
                 if current_iter % print_freq == 0 or current_iter == self.total_iters:
                     self.log_progress(epoch, current_iter)
-                if current_iter % save_freq == 0 or current_iter == self.total_iters:
+                self.check_finite_step(current_iter)
+                if self.periodic_save_due(current_iter, save_freq):
                     if epoch_rng_all is None:
                         epoch_rng_all = dist_util.gather_objects(epoch_rng)
                     self.logger.info(f'Saving models and training state at iter {current_iter}.')
-                    self.model.save(epoch, current_iter, {'iter_in_epoch': iter_in_epoch,
-                                                          'rng_epoch_start': epoch_rng_all})
+                    self.save_checkpoint(epoch, current_iter, {'iter_in_epoch': iter_in_epoch,
+                                                               'rng_epoch_start': epoch_rng_all})
                     last_saved = current_iter
                 if val_freq and current_iter % val_freq == 0 and self.val_loaders:
                     self.validate(current_iter)
                 tic = time.time()
         if last_saved != current_iter:
-            self.model.save(epoch, current_iter, {'iter_in_epoch': iter_in_epoch,
-                                                  'rng_epoch_start': dist_util.gather_objects(epoch_rng)})
+            self.save_checkpoint(epoch, current_iter, {'iter_in_epoch': iter_in_epoch,
+                                                       'rng_epoch_start': dist_util.gather_objects(epoch_rng)})
         self.logger.info(f'End of training at iter {current_iter}. Time consumed: '
                          f'{datetime.timedelta(seconds=int(time.time() - self.run_start))}. Saving the latest model.')
 
     def finish(self) -> None:
-        self.model.save(-1, -1)
+        self.save_checkpoint(-1, -1)
         if self.opt['dist']:  # DDP keeps the replicas equal; prove it (an error here means the ranks diverged)
             model = self.model
             digests = dist_util.gather_objects(dist_util.weights_digest(model.get_bare_model(model.net_g)))
@@ -292,8 +354,12 @@ class TrainingRun:
             if len(set(digests)) != 1:
                 raise RuntimeError(f'net_g weights differ between ranks: {digests}')
             self.logger.info(f'net_g weights identical on all {len(digests)} ranks')
+
+    def close(self) -> None:
+        """Close TensorBoard's writer (also after a stop on non-finite values or another error)."""
         if self.tb_logger:
             self.tb_logger.close()
+            self.tb_logger = None
 
 
 def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -301,6 +367,9 @@ def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None)
     bind_console()
     run = TrainingRun(opt, args.opt)
     run.setup()
-    run.run()
-    run.finish()
+    try:
+        run.run()
+        run.finish()
+    finally:
+        run.close()
     return opt

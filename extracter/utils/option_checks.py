@@ -6,6 +6,7 @@ mistake is an :class:`OptionError` naming the file and the dotted key. The optio
 
 import difflib
 import inspect
+import math
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 
@@ -86,7 +87,8 @@ def check_annotated_types(block: Dict[str, Any], target: Callable, prefix: str, 
                           skip: Iterable[str] = ('type',)) -> None:
     """Values of ``block`` against the type annotations of ``target``'s parameters (a class: its ``__init__``):
     the plain ones (int, float, bool, str, their Optional/Union) are checked, so that ``n_feats: eight`` fails here
-    with the file and the key, not inside the constructor. The constructor still checks ranges and choices."""
+    with the file and the key, not inside the constructor; a float must be finite. The constructor still checks
+    ranges and choices."""
     import typing
 
     try:
@@ -99,6 +101,8 @@ def check_annotated_types(block: Dict[str, Any], target: Callable, prefix: str, 
         kinds = _simple_types(hints[key])
         if kinds is not None and not has_type(value, kinds):
             raise OptionError(where(source, f'{prefix}{key} must be {_describe(kinds)}, got {value!r}'))
+        if kinds is not None and float in kinds:
+            check_finite(value, prefix + key, source)
 
 
 def _describe(kinds: Tuple[Any, ...]) -> str:
@@ -113,13 +117,34 @@ def _describe(kinds: Tuple[Any, ...]) -> str:
     return ' or '.join(words)
 
 
+def check_finite(value: Any, key: str, source: str) -> None:
+    """Refuse inf and NaN (YAML's ``.inf``, ``.nan``, or a number such as ``1.0e400`` that overflows): no option
+    means anything by them, and a NaN would pass every range check."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(where(source, f'{key} must be a finite number, got {value!r}'))
+
+
+def check_all_finite(node: Any, key: str, source: str) -> None:
+    """:func:`check_finite` on every number of ``node`` (the options at the dotted ``key``; '' for the top level),
+    its mappings and lists (``train.optim_g.betas[1]``), also the numbers no schema entry or annotation names."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            check_all_finite(value, f'{key}.{name}' if key else str(name), source)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_all_finite(value, f'{key}[{i}]', source)
+    else:
+        check_finite(node, key, source)
+
+
 def check_scalar(value: Any, kind: type, lo: Optional[float], hi: Optional[float], key: str, source: str) -> None:
-    """A type (int: a whole number, not a bool; float: any number; bool: true/false; str) and an inclusive range;
-    the error names the key."""
+    """A type (int: a whole number, not a bool; float: any finite number; bool: true/false; str) and an inclusive
+    range; the error names the key."""
     if not has_type(value, (kind,)):
         raise OptionError(where(source, f'{key} must be {_SIMPLE_TYPES[kind]}, got {value!r}'))
     if kind in (bool, str):
         return
+    check_finite(value, key, source)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f'>= {lo}' if hi is None else f'between {lo} and {hi}'
         raise OptionError(where(source, f'{key} must be {bounds}, got {value!r}'))
