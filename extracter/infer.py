@@ -11,7 +11,9 @@ The network options come from the YAML beside the weights (``W.yml``, as ``scrip
 demo model have them; key ``network_g``) or from ``--opt`` (any YAML with a ``network_g`` block, e.g. a training
 options file). For every input ``x`` it writes ``x_sr.png``, ``x_bicubic.png`` and ``x_compare.png`` (bicubic | SR
 | reference), and with ``--texture-map`` ``x_texture.png`` (where the textures came from). Existing outputs are never
-replaced unless ``--overwrite``; ``--skip-existing`` finishes an interrupted folder. Several ``--ref`` (or a
+replaced unless ``--overwrite``; ``--skip-existing`` finishes an interrupted folder (an input whose outputs are not
+all there and whole is made again). One run at a time writes into a folder: a second is refused, or waits with
+``--wait`` (:mod:`extracter.utils.folder_lock`). Several ``--ref`` (or a
 sub-folder ``REF_DIR/x/``) search the union of all the references' patches (our extension), with tiles and memory
 budgets like one reference. A single-image network (DRCT) takes no reference; its options may also be read off its
 weights (an original DRCT checkpoint needs no YAML). This file is a thin command line over :mod:`extracter.inference`.
@@ -41,6 +43,7 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
     from extracter.utils.cli import ArgumentParser, run_main
     from extracter.utils.file_io import check_writable
+    from extracter.utils.folder_lock import add_wait_argument, command_line, folder_lock
     from extracter.utils.malloc import retain_freed_memory
 
 
@@ -76,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--texture-map', action='store_true', help='also write where the textures came from')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     parser.add_argument('--skip-existing', action='store_true',
-                        help='skip inputs whose outputs all exist (finish an interrupted folder)')
+                        help='skip inputs whose outputs all exist and are whole PNGs; make the others again '
+                             '(finish an interrupted folder)')
+    add_wait_argument(parser, 'the output folder')
     add_image_arguments(parser)
     return parser
 
@@ -214,10 +219,16 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
         dist.init_process_group('gloo')
         barrier = dist.barrier
     bar = tqdm(total=len(range(rank, len(dataset), world)), desc='images', unit='img', disable=rank != 0)
+    command = command_line('infer.py', sys.argv[1:] if argv is None else argv)
     try:
-        report = infer_folder(net, dataset, Path(args.output), options.run_kwargs(), device, args.texture_map,
-                              args.overwrite, args.skip_existing, rank, world, keep_going=True, after_plan=barrier,
-                              on_image=lambda done, total, name: (bar.update(1), bar.set_postfix_str(name)))
+        # the lock before the outputs are looked at: the processes of one torchrun launch share it
+        with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
+            report = infer_folder(net, dataset, Path(args.output), options.run_kwargs(), device, args.texture_map,
+                                  args.overwrite, args.skip_existing, rank, world, keep_going=True,
+                                  after_plan=barrier,
+                                  on_image=lambda done, total, name: (bar.update(1), bar.set_postfix_str(name)))
+            if barrier is not None:  # the lock's maker keeps it until every process is done
+                barrier()
     finally:
         bar.close()
         if world > 1:
@@ -226,8 +237,10 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
         print(f'{name}: {used}')
     for line in report.cleaned:
         print(line, file=sys.stderr)
+    for line in report.redone:
+        print(f'made again (--skip-existing): {line}', file=sys.stderr)
     if report.skipped:
-        print(f'skipped {len(report.skipped)} input(s) whose outputs exist')
+        print(f'skipped {len(report.skipped)} input(s) whose outputs exist and are whole')
     if report.failed:
         done = len(report.written) + len(report.skipped)
         lines = '\n  '.join(msg if name in msg else f'{name}: {msg}' for name, msg in report.failed)

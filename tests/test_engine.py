@@ -1,5 +1,6 @@
 """The one inference engine: several references in every search mode, with tiles and budgets; the texture map is the
-run's own search; folder inference (collisions, --skip-existing, torchrun sharding); the options' one route."""
+run's own search; folder inference (collisions, --skip-existing, torchrun sharding and its shared folder lock); the
+options' one route."""
 
 import os
 import subprocess
@@ -223,6 +224,15 @@ def test_torchrun_shards_a_folder_and_writes_every_output_once(weights, lr_folde
     single = tmp_path / 'single'
     run(['--weights', str(weights), '--lr', str(lr_folder / 'lr'), '--ref', str(lr_folder / 'ref.png'),
          '-o', str(single)])
+    for name in names:
+        assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(single / name)))
+    # both processes shared the launch's lock on the folder; --skip-existing makes the damaged inputs again
+    (out / 'im1_compare.png').unlink()
+    (out / 'im2_sr.png').write_bytes((out / 'im2_sr.png').read_bytes()[:100])
+    proc = subprocess.run(cmd + ['--skip-existing'], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'im1.png: im1_compare.png is missing' in proc.stderr and 'im2.png: im2_sr.png is truncated' in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == names  # no lock left
     for name in names:
         assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(single / name)))
 

@@ -13,7 +13,8 @@ Guarantees:
 - One job runs at a time per runner; later ones wait in order and say so (``queued: N job(s) ahead``), at most
   ``max_waiting`` of them.
 - Input files are read only from ``upload_dir`` (where the page stores uploads); their names are never used for
-  outputs. Outputs go to ``output_dir/jobs/<job id>/`` under generated names, written atomically, never replaced.
+  outputs. Outputs go to ``output_dir/jobs/<job id>/`` under generated names, written atomically, never replaced;
+  the job's folder is created exclusively (another page process sharing ``output_dir`` can never get the same one).
 - Every failure becomes a :class:`JobError` whose message says what is wrong in plain words; nothing escapes.
 - A memory budget always applies to reference-based runs: the request's, else the runner's default (half of the
   memory that is free when the runner starts, see :func:`default_memory_budget`).
@@ -57,6 +58,7 @@ WEIGHT_SUFFIXES = ('.pth', '.pt')
 TEXTURE_MIN_H = 320
 DEFAULT_SEARCH = 'auto'  # as infer.py: approximate where the exact search is expensive
 SISR_TILE = {'tile_size': 256, 'tile_pad': 16}  # single-image models: tiles above this size (LR pixels)
+JOB_ID_ATTEMPTS = 8
 
 
 class JobError(ValueError):
@@ -375,11 +377,19 @@ class JobRunner:
         return self._net_cache[1]
 
     def _new_job_folder(self) -> Tuple[str, Path]:
-        self._count += 1
-        job_id = f'{time.strftime("%Y%m%d-%H%M%S")}-{self._count:04d}-{secrets.token_hex(3)}'
-        folder = self.jobs_dir / job_id
-        folder.mkdir(parents=True, exist_ok=False)
-        return job_id, folder
+        """A new folder of its own for a job. Creating it (``mkdir``, which fails if the name exists) is the claim, so
+        two page processes sharing ``output_dir`` never write into one folder, and need no lock: should their ids
+        ever collide (same second and count, and 24 random bits), the second takes another id."""
+        for _ in range(JOB_ID_ATTEMPTS):
+            self._count += 1
+            job_id = f'{time.strftime("%Y%m%d-%H%M%S")}-{self._count:04d}-{secrets.token_hex(3)}'
+            folder = self.jobs_dir / job_id
+            try:
+                folder.mkdir(parents=True, exist_ok=False)
+            except FileExistsError:
+                continue
+            return job_id, folder
+        raise JobError(f'Could not make a new job folder in {self.jobs_dir} (every name tried exists).')
 
     def _run(self, request: JobRequest, report: Callable[[Progress], None]) -> JobResult:
         t0 = time.time()

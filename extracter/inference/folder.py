@@ -3,9 +3,13 @@
 For every input ``x`` the outputs are ``x_sr.png``, ``x_bicubic.png``, ``x_compare.png`` (bicubic | SR |
 references) and optionally ``x_texture.png`` (where the textures came from, drawn from the run's own search).
 Guarantees: output names never collide (inputs whose names differ only in the extension get the extension in
-their output names), existing outputs are never replaced without ``overwrite``, everything is written atomically,
-and with ``skip_existing`` an input whose outputs all exist is skipped (a rerun finishes an interrupted job).
-Under ``torchrun`` each process takes every WORLD_SIZE-th input (:func:`shard`).
+their output names), existing outputs are never replaced without ``overwrite``, and an input's outputs are complete
+or absent: they are written together (:func:`~extracter.utils.file_io.atomic_write_all`: each to a temporary file,
+then all renamed at once), and with ``skip_existing`` an input is skipped only if every one of its outputs exists and
+is a whole PNG (:func:`~extracter.utils.visualize.png_problem`); any other is made again, its leftovers replaced (a
+rerun finishes an interrupted job, also one killed between two renames or with a file cut short). An interruption
+(Ctrl-C, SIGTERM) says what it left (:func:`interruption_note`). Under ``torchrun`` each process takes every
+WORLD_SIZE-th input (:func:`shard`). The caller holds the folder's lock (:mod:`extracter.utils.folder_lock`).
 """
 
 import errno
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,8 +28,16 @@ from extracter.archs.refsr_base import SCALE, RefSRNet, bicubic_resize
 from extracter.data.image_io import ImageReadError, check_image_file
 from extracter.inference.engine import run_refsr, run_sisr
 from extracter.search.transfer import split_index
-from extracter.utils.file_io import check_writable, clean_stale_temp_files, ensure_folder
-from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8, texture_source_panels
+from extracter.utils.file_io import (
+    Terminated,
+    atomic_write_all,
+    check_writable,
+    clean_stale_temp_files,
+    ensure_folder,
+    set_left_behind,
+    written_before_failure,
+)
+from extracter.utils.visualize import png_problem, png_writer, side_by_side, tensor_to_uint8, texture_source_panels
 
 OUTPUT_KINDS = ('sr', 'bicubic', 'compare')
 TEXTURE_KIND = 'texture'
@@ -112,16 +125,32 @@ def texture_panels(res, refs: Sequence[torch.Tensor], out_hw: Tuple[int, int]):
 
 
 def write_outputs(result: Dict[str, Any], paths: Dict[str, Path]) -> None:
-    """The pictures of one input, each written atomically."""
-    save_png(result['sr'], paths['sr'])
-    save_png(result['bicubic'], paths['bicubic'])
+    """The pictures of one input, written as one (:func:`~extracter.utils.file_io.atomic_write_all`): all or none
+    of them are in place, unless the process is killed outright between two renames."""
     x = result.get('scale', SCALE)
-    panels = [(f'bicubic x{x}', result['bicubic']), (f'SR x{x}', result['sr'])]
-    panels += [(f'reference {j + 1}', r) for j, r in enumerate(result['refs'])]
-    save_png(side_by_side(panels, height=result['sr'].shape[0]), paths['compare'])
+    height = result['sr'].shape[0]
+
+    def compare() -> np.ndarray:
+        panels = [(f'bicubic x{x}', result['bicubic']), (f'SR x{x}', result['sr'])]
+        return side_by_side(panels + [(f'reference {j + 1}', r) for j, r in enumerate(result['refs'])], height)
+
+    pictures = {'sr': lambda: result['sr'], 'bicubic': lambda: result['bicubic'], 'compare': compare}
     if TEXTURE_KIND in paths:
-        panels = [('SR x4', result['sr'])] + result['texture_panels']
-        save_png(side_by_side(panels, height=result['sr'].shape[0]), paths[TEXTURE_KIND])
+        pictures[TEXTURE_KIND] = lambda: side_by_side([('SR x4', result['sr'])] + result['texture_panels'], height)
+    atomic_write_all([(paths[kind], png_writer(make)) for kind, make in pictures.items()])
+
+
+def output_problems(paths: Dict[str, Path]) -> Dict[Path, str]:
+    """The outputs of one input that are missing or not whole PNGs, each with what is wrong."""
+    problems = {}
+    for path in paths.values():
+        if not path.exists():
+            problems[path] = 'is missing'
+        else:
+            problem = png_problem(path)
+            if problem:
+                problems[path] = f'is {problem}' if problem.startswith(('truncated', 'corrupt', 'not')) else problem
+    return problems
 
 
 @dataclass
@@ -133,35 +162,49 @@ class FolderReport:
     failed: List[Tuple[str, str]] = field(default_factory=list)
     searches: List[Tuple[str, str]] = field(default_factory=list)  # (input, the search that ran and the memory plan)
     cleaned: List[str] = field(default_factory=list)  # stale temporary files of a killed run, removed or left
+    redone: List[str] = field(default_factory=list)  # skip_existing: inputs made again, and why (rank 0 only)
+
+
+@dataclass
+class FolderPlan:
+    """Per input: its output paths and whether it is to be run; ``redo``: the inputs ``skip_existing`` makes again
+    although some of their outputs exist, and why (``a.png: a_compare.png is missing``)."""
+
+    planned: List[Dict[str, Path]]
+    todo: List[bool]
+    redo: List[str] = field(default_factory=list)
 
 
 def plan_folder(lq_paths: Sequence[str], out_dir: Path, texture_map: bool, overwrite: bool, skip_existing: bool,
-                input_folders: Sequence[str] = ()) -> Tuple[List[Dict[str, Path]], List[bool]]:
+                input_folders: Sequence[str] = ()) -> FolderPlan:
     """Output paths per input and whether each input is to be run. Refuses, before any work: an output folder that
     is a file, is one of ``input_folders`` (folders read as a whole: the outputs would be taken as inputs by the next
     run) or is not writable; output names that collide; outputs that exist when neither ``overwrite`` nor
-    ``skip_existing`` is set."""
+    ``skip_existing`` is set. With ``skip_existing`` an input is skipped only if all of its outputs exist and are
+    whole PNGs (:func:`output_problems`); else it is run again, and its outputs that exist are replaced."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f'output {out_dir} is a file, not a folder; give a folder with -o')
     for folder in input_folders:
         if Path(folder).resolve() == out_dir.resolve():
             raise ValueError(f'output folder {out_dir} is the input folder {folder}: the outputs would be read as '
                              'inputs by the next run; give another folder with -o')
-    planned = [output_paths(out_dir, stem, texture_map) for stem in output_stems(lq_paths)]
-    todo = []
+    plan = FolderPlan([output_paths(out_dir, stem, texture_map) for stem in output_stems(lq_paths)], [])
     existing = []
-    for paths in planned:
-        present = [p for p in paths.values() if p.exists()]
-        if skip_existing and len(present) == len(paths):
-            todo.append(False)
+    for lq_path, paths in zip(lq_paths, plan.planned):
+        if skip_existing:
+            problems = output_problems(paths)
+            plan.todo.append(bool(problems))
+            if problems and any(p.exists() for p in paths.values()):  # partly there: say what is made again
+                plan.redo.append(f'{os.path.basename(lq_path)}: ' +
+                                 '; '.join(f'{p.name} {why}' for p, why in problems.items()))
             continue
-        existing += present
-        todo.append(True)
+        existing += [p for p in paths.values() if p.exists()]
+        plan.todo.append(True)
     if existing and not overwrite:
         hint = '--overwrite to replace them or --skip-existing to finish the rest'
         raise FileExistsError(errno.EEXIST, f'{len(existing)} output file(s) exist, e.g. {existing[0]}; pass {hint}')
     check_writable(out_dir)
-    return planned, todo
+    return plan
 
 
 def check_inputs(paths: Sequence[str]) -> None:
@@ -195,36 +238,70 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
     out_dir = Path(out_dir)
     roots = (dataset.opt.get('dataroot_lq'), dataset.opt.get('dataroot_ref'))
     read_whole = [f for f in roots if f and os.path.isdir(f)]  # folders whose every image is an input
-    planned, todo = plan_folder(dataset.lq_paths, out_dir, texture_map, overwrite, skip_existing, read_whole)
-    check_inputs([p for i, paths in enumerate(dataset.ref_paths) if todo[i] for p in [dataset.lq_paths[i]] + paths])
+    plan = plan_folder(dataset.lq_paths, out_dir, texture_map, overwrite, skip_existing, read_whole)
+    check_inputs([p for i, paths in enumerate(dataset.ref_paths) if plan.todo[i]
+                  for p in [dataset.lq_paths[i]] + paths])
     if after_plan is not None:
         after_plan()
-    report = FolderReport()
-    mine = shard(len(planned), rank, world_size)
+    report = FolderReport(redone=plan.redo if rank == 0 else [])
+    mine = shard(len(plan.planned), rank, world_size)
     ensure_folder(out_dir)
     if rank == 0:  # temporary files of a run killed outright (SIGKILL, out of memory)
         report.cleaned = clean_stale_temp_files(out_dir).lines()
-    for done, i in enumerate(mine, start=1):
-        name = os.path.basename(dataset.lq_paths[i])
-        if not todo[i]:
-            report.skipped.append(name)
-        else:
-            try:
-                result = super_resolve(net, batch_of_one(dataset[i]), device, run_kwargs, texture_map)
-            except (ValueError, OSError) as err:
-                if not keep_going:
-                    raise
-                paths = [dataset.lq_paths[i]] + list(dataset.ref_paths[i])
-                msg = str(err) if any(p in str(err) for p in paths) else \
-                    f'{dataset.lq_paths[i]} with reference(s) {", ".join(paths[1:])}: {err}'
-                report.failed.append((name, msg))
+    current = None
+    try:
+        for done, i in enumerate(mine, start=1):
+            current = i
+            name = os.path.basename(dataset.lq_paths[i])
+            if not plan.todo[i]:
+                report.skipped.append(name)
             else:
-                write_outputs(result, planned[i])
-                report.written.append(planned[i])
-                if result.get('search_used'):  # RefSR only
-                    plan = result.get('plan')
-                    report.searches.append((name, result['search_used'] + (
-                        f'; memory plan: {plan.describe()}' if plan is not None else '')))
-        if on_image is not None:
-            on_image(done, len(mine), name)
+                _run_input(net, dataset, i, plan.planned[i], device, run_kwargs, texture_map, keep_going, report)
+            current = None
+            if on_image is not None:
+                on_image(done, len(mine), name)
+    except (KeyboardInterrupt, Terminated) as err:
+        partial = (dataset.lq_paths[current], plan.planned[current]) if current is not None else None
+        set_left_behind(err, interruption_note(out_dir, report, partial, written_before_failure(err)))
+        raise
     return report
+
+
+def _run_input(net: RefSRNet, dataset, i: int, paths: Dict[str, Path], device: str, run_kwargs: Dict[str, Any],
+               texture_map: bool, keep_going: bool, report: FolderReport) -> None:
+    """Super-resolve input ``i`` of ``dataset`` and write its outputs; a failure is raised or, with ``keep_going``,
+    reported."""
+    name = os.path.basename(dataset.lq_paths[i])
+    try:
+        result = super_resolve(net, batch_of_one(dataset[i]), device, run_kwargs, texture_map)
+    except (ValueError, OSError) as err:
+        if not keep_going:
+            raise
+        inputs = [dataset.lq_paths[i]] + list(dataset.ref_paths[i])
+        msg = str(err) if any(p in str(err) for p in inputs) else \
+            f'{dataset.lq_paths[i]} with reference(s) {", ".join(inputs[1:])}: {err}'
+        report.failed.append((name, msg))
+        return
+    write_outputs(result, paths)
+    report.written.append(paths)
+    if result.get('search_used'):  # RefSR only
+        plan = result.get('plan')
+        report.searches.append((name, result['search_used'] + (
+            f'; memory plan: {plan.describe()}' if plan is not None else '')))
+
+
+def interruption_note(out_dir: Path, report: FolderReport, current: Optional[Tuple[str, Dict[str, Path]]],
+                      placed: Sequence[Path]) -> str:
+    """What an interrupted folder run left, for the command line's message: the input in progress (``current``: its
+    path and outputs) with the outputs already in place (``placed``, usually none: they are written as one), or
+    that no input was left partly written."""
+    n = len(report.written)
+    done = f'{n} input(s) done by this process, outputs in {out_dir}' if n else 'none done by this process yet'
+    if current is not None and placed:
+        lq_path, paths = current
+        missing = [p.name for p in paths.values() if p not in placed]
+        return (f'temporary files were removed; {os.path.basename(lq_path)} was left partly written: '
+                f'{", ".join(str(p) for p in placed)} ({", ".join(missing)} missing) ({done}); rerun with '
+                '--skip-existing to make it again and finish')
+    return (f'temporary files were removed, no input was left partly written ({done}); rerun with --skip-existing '
+            'to finish')

@@ -34,6 +34,7 @@ from extracter.evaluation.protocols import merge_metrics
 from extracter.inference.options import InferenceOptions
 from extracter.registry import basicsr_registry, use_basicsr
 from extracter.utils.cli import ArgumentParser
+from extracter.utils.folder_lock import add_wait_argument
 from extracter.utils.option_checks import (
     OptionError,
     check_all_finite,
@@ -577,6 +578,7 @@ def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
     parser.add_argument('--root_path', default=None,
                         help='folder that holds experiments/, results/ and tb_logger/ (default: the repository root)')
     parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)  # older torch.distributed.launch
+    add_wait_argument(parser, 'experiments/<name>' if is_train else 'results/<name>')
     add_image_arguments(parser)
     return parser
 

@@ -25,13 +25,15 @@ from extracter.options.schema import option_errors, parse_options
 from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files
+from extracter.utils.folder_lock import FolderLock, command_line
 
 
-def prepare_results_dir(opt: Dict[str, Any]) -> None:
+def prepare_results_dir(opt: Dict[str, Any], lock: Optional[FolderLock] = None) -> None:
     """``results/<name>``: one holding results (a metrics table: a finished test set) is archived with ``--overwrite``
     and refused without it; an empty one, one with only the log of a failed start, or the pictures of a run that
     stopped before its first metrics table (a corrupt image, an interruption) is reused: its pictures are made
-    again."""
+    again. ``lock``: rank 0's lock on the folder (taken before it is looked at; it moves to the new folder when the
+    old one is archived)."""
     results_root = opt['path']['results_root']
     if dist_util.is_main_process():
         vis = opt['path']['visualization']  # temporary files of a run killed outright (SIGKILL, out of memory)
@@ -42,7 +44,12 @@ def prepare_results_dir(opt: Dict[str, Any]) -> None:
             if not opt['overwrite']:
                 raise FileExistsError(f'{results_root} already exists; pass --overwrite to archive it (renamed to '
                                       '<name>_archived_<time>) and test again (it holds results)')
-            mkdir_and_rename(results_root)
+            if lock is not None:
+                archived = f'{results_root}_archived_{get_time_str()}'
+                print(f'Path already exists. Rename it to {archived}', flush=True)
+                lock.archive(archived)
+            else:
+                mkdir_and_rename(results_root)
         os.makedirs(opt['path']['visualization'], exist_ok=True)
     dist_util.barrier()
 
@@ -124,7 +131,22 @@ def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) 
                                         seed=opt['manual_seed']))
         info.append(f'Test set {ds_opt["name"]}: {len(test_set)} images')
     model = build_model(opt)
-    prepare_results_dir(opt)
+    lock = None
+    if dist_util.is_main_process():  # one run at a time in results/<name>
+        lock = FolderLock(results_root, command_line('test.py', sys.argv[1:] if argv is None else argv), args.wait)
+        lock.acquire()
+    try:
+        prepare_results_dir(opt, lock)
+        run_tests(opt, loaders, info, model)
+    finally:
+        if lock is not None:
+            lock.release()
+    return opt
+
+
+def run_tests(opt: Dict[str, Any], loaders: List[Any], info: List[str], model) -> None:
+    """Test every set into ``results/<name>`` (prepared, and locked by rank 0); ``opt['tables']``: the records."""
+    results_root = opt['path']['results_root']
     log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
     logger = setup_run_logger(log_file)
     logger.info(get_env_info())
@@ -154,4 +176,3 @@ def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) 
         logger.info(f'Summary written to {osp.join(results_root, "summary.md")} (and .csv)\n'
                     f'{summary_table(summary, metric_names, metrics)["md"]}')
     opt['tables'] = tables
-    return opt

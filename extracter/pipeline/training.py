@@ -35,6 +35,7 @@ from extracter.options.schema import OptionError, option_errors, parse_options
 from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files, parse_temp_name
+from extracter.utils.folder_lock import FolderLock, command_line
 
 
 def find_resume_state(opt: Dict[str, Any]) -> Optional[str]:
@@ -59,10 +60,11 @@ def holds_results(root: str) -> bool:
     return False
 
 
-def prepare_experiment_dirs(opt: Dict[str, Any], resuming: bool) -> None:
+def prepare_experiment_dirs(opt: Dict[str, Any], resuming: bool, lock: Optional[FolderLock] = None) -> None:
     """Rank 0 creates ``experiments/<name>``; an existing one with results is kept unless resuming or ``--overwrite``
     (then it is renamed to ``<name>_archived_<time>``, never deleted). One without results (a failed start) is
-    reused."""
+    reused. ``lock``: rank 0's lock on the folder (taken before it is looked at; it moves to the new folder when the
+    old one is archived)."""
     root = opt['path']['experiments_root']
     if dist_util.is_main_process():  # temporary files of a run killed outright (SIGKILL, out of memory)
         for key in ('experiments_root', 'models', 'training_states'):
@@ -71,7 +73,12 @@ def prepare_experiment_dirs(opt: Dict[str, Any], resuming: bool) -> None:
         if not opt['overwrite']:
             raise FileExistsError(f'{root} already exists; use --auto_resume to continue that run or --overwrite to '
                                   'archive it and start afresh (it holds checkpoints or results)')
-        mkdir_and_rename(root)
+        if lock is not None:
+            archived = f'{root}_archived_{get_time_str()}'
+            print(f'Path already exists. Rename it to {archived}', flush=True)
+            lock.archive(archived)
+        else:
+            mkdir_and_rename(root)
         tb_dir = osp.join(opt['root_path'], 'tb_logger', opt['name'])
         if osp.exists(tb_dir):
             mkdir_and_rename(tb_dir)
@@ -142,8 +149,11 @@ def format_log(opt: Dict[str, Any], epoch: int, current_iter: int, total_iters: 
 class TrainingRun:
     """One training run, from parsed options to the last checkpoint."""
 
-    def __init__(self, opt: Dict[str, Any], opt_file: str) -> None:
+    def __init__(self, opt: Dict[str, Any], opt_file: str, command: Optional[str] = None,
+                 wait: Optional[float] = None) -> None:
         self.opt, self.opt_file = opt, opt_file
+        self.command, self.wait = command, wait  # for the lock on experiments/<name>: how it names us, --wait
+        self.folder_lock: Optional[FolderLock] = None
         opt.setdefault('logger', {})
         opt['logger'].setdefault('print_freq', 100)
         opt['logger'].setdefault('save_checkpoint_freq', 5000)
@@ -169,7 +179,9 @@ class TrainingRun:
         self.last_good = self.resume_path
         self.train_loader, self.train_sampler, self.val_loaders, data_info = create_dataloaders(opt)
         self.model = build_model(opt)
-        prepare_experiment_dirs(opt, resuming=self.resume_state is not None)
+        if dist_util.is_main_process():  # one run at a time in experiments/<name> (released by release())
+            self.folder_lock = FolderLock(opt['path']['experiments_root'], self.command, self.wait).acquire()
+        prepare_experiment_dirs(opt, resuming=self.resume_state is not None, lock=self.folder_lock)
         copy_option_file(self.opt_file, opt)
         log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
         self.logger = setup_run_logger(log_file)
@@ -361,15 +373,21 @@ class TrainingRun:
             self.tb_logger.close()
             self.tb_logger = None
 
+    def release(self) -> None:
+        """Give back the lock on ``experiments/<name>`` (after the run, an error, Ctrl-C or SIGTERM)."""
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+
 
 def train_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) -> Dict[str, Any]:
     opt, args = parse_options(root_path, is_train=True, argv=argv)
     bind_console()
-    run = TrainingRun(opt, args.opt)
-    run.setup()
+    run = TrainingRun(opt, args.opt, command_line('train.py', sys.argv[1:] if argv is None else argv), args.wait)
     try:
+        run.setup()
         run.run()
         run.finish()
     finally:
         run.close()
+        run.release()
     return opt

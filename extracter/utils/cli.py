@@ -30,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Type
 
 from tqdm import tqdm
 
-from extracter.utils.file_io import Terminated, interruptible
+from extracter.utils.file_io import Terminated, interruptible, left_behind
 from extracter.utils.input_warning import InputWarning
 
 EXIT_OK = 0
@@ -108,9 +108,9 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
             status = main(argv)
         return EXIT_OK if status is None else int(status)
     except Terminated as err:
-        return fail(int(err.code), f'{err}; temporary files were removed, no partial output was left')
-    except KeyboardInterrupt:
-        return fail(EXIT_INTERRUPTED, 'interrupted (Ctrl-C); temporary files were removed, no partial output was left')
+        return fail(int(err.code), f'{err}; {left_behind(err)}')
+    except KeyboardInterrupt as err:
+        return fail(EXIT_INTERRUPTED, f'interrupted (Ctrl-C); {left_behind(err)}')
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         try:
             sys.stdout = open(os.devnull, 'w')  # noqa: SIM115  (keep Python from failing again on exit)

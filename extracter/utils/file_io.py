@@ -25,7 +25,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -217,6 +217,24 @@ def _mkstemp_in(folder: Path, prefix: str) -> str:
     return tmp
 
 
+def _refuse_folder(path: Path) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f'{path} is a folder; give the path of a file to write')
+
+
+def _usual_permissions(tmp: str) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file in the target folder, then rename it onto ``path``.
 
@@ -224,22 +242,61 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     (``.<name>.extracter-tmp-<host>-<pid>.<random>.tmp``) is removed on an exception, Ctrl-C, SIGTERM or SIGHUP.
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, f'{path} is a folder; give the path of a file to write')
+    _refuse_folder(path)
     with interruptible():
         tmp = _mkstemp_in(path.parent, temp_prefix(path))
         try:
             write(tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+            _usual_permissions(tmp)
             os.replace(tmp, path)
         except BaseException:
-            try:
-                os.remove(tmp)
-            except FileNotFoundError:
-                pass
+            _remove_quietly(tmp)
             raise
+
+
+def atomic_write_all(files: Sequence[Tuple[PathLike, Callable[[str], None]]]) -> None:
+    """Write several files as one, e.g. the pictures of one image: each ``write(tmp_path)`` to a temporary file
+    first, then all renamed onto their paths in one go, with SIGTERM/SIGHUP held back until the last rename
+    (:func:`signals_deferred`). An exception, Ctrl-C or SIGTERM while the files are written leaves none of them (the
+    temporary files are removed); only a Ctrl-C or a failure between two renames (microseconds) or a SIGKILL can
+    leave some: the exception then carries the paths already in place (:func:`written_before_failure`)."""
+    staged: List[Tuple[str, Path]] = []
+    with interruptible():
+        try:
+            for path, write in files:
+                path = Path(path)
+                _refuse_folder(path)
+                staged.append((_mkstemp_in(path.parent, temp_prefix(path)), path))
+                write(staged[-1][0])
+                _usual_permissions(staged[-1][0])
+            with signals_deferred():
+                for tmp, path in staged:
+                    os.replace(tmp, path)
+        except BaseException as err:
+            placed = [path for tmp, path in staged if not os.path.lexists(tmp)]
+            for tmp, _ in staged:
+                _remove_quietly(tmp)
+            if placed:
+                err.extracter_written = placed
+            raise
+
+
+def written_before_failure(err: BaseException) -> List[Path]:
+    """The files :func:`atomic_write_all` had put in place when ``err`` stopped it (usually none)."""
+    return list(getattr(err, 'extracter_written', ()))
+
+
+LEFT_NOTHING = 'temporary files were removed, no partly written file was left'
+
+
+def set_left_behind(err: BaseException, note: str) -> None:
+    """Say on an interruption (Ctrl-C, :class:`Terminated`) what the run left, for the command line's message."""
+    err.extracter_left = note
+
+
+def left_behind(err: BaseException) -> str:
+    """What an interrupted run left (:func:`set_left_behind`), by default :data:`LEFT_NOTHING`."""
+    return getattr(err, 'extracter_left', None) or LEFT_NOTHING
 
 
 def atomic_torch_save(obj, path: PathLike) -> None:
