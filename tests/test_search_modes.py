@@ -132,6 +132,9 @@ def test_training_refuses_the_approximate_search(tmp_path):
     opt['network_g']['search_mode'] = 'approximate'
     with pytest.raises(OptionError, match='network_g.search_mode: approximate is for inference only'):
         validate_options(opt, is_train=True, source='tiny.yml')
+    opt['network_g']['search_mode'] = 'faiss'  # exact, but its scores carry no gradient
+    with pytest.raises(OptionError, match='network_g.search_mode: faiss is for inference only .*dense or chunked'):
+        validate_options(opt, is_train=True, source='tiny.yml')
 
 
 def test_planner_counts_the_approximate_search():

@@ -69,3 +69,44 @@ def test_a_spec_passed_down_equals_the_keyword_route():
         from extracter.archs.refsr_base import make_lr_up
         direct = net.forward_features(lr, make_lr_up(lr), feats, spec=spec)
     assert direct.shape == (1, 3, 96, 144)
+
+
+def test_spec_values_are_normalised_and_bad_ones_named():
+    import numpy as np
+    import pytest
+
+    spec = SearchSpec('chunked', np.int64(6), 2, 2, chunk_size=np.int32(512), cache_keys=1)
+    assert (spec.window, spec.chunk_size, spec.cache_keys) == (6, 512, True) and type(spec.window) is int
+    with pytest.raises(ValueError, match='chunk_size must be an integer >= 1, got 1024.5'):
+        SearchSpec('chunked', chunk_size=1024.5)
+    with pytest.raises(ValueError, match='search mode must be one of dense, chunked, approximate'):
+        SearchSpec('sparse')
+    with pytest.raises(TypeError, match='spec must be a SearchSpec'):
+        run_refsr(_net(), *_inputs(), search_spec='chunked')
+
+
+def test_a_whole_spec_keeps_its_method_under_a_budget():
+    net = _net()
+    lr, ref = _inputs()
+    spec = net.search_spec(method='approximate', geometry=(6, 2, 2))
+    res = run_refsr(net, lr, ref, search_spec=spec, max_memory='1G', return_aux=True)
+    assert res.spec.method == 'approximate' and res.plan.search_mode == 'approximate'
+    res = run_refsr(net, lr, ref, max_memory='1G', return_aux=True)  # nothing asked: a budget means chunked
+    assert res.spec.method == 'chunked'
+
+
+def test_prepared_key_blocks_refuse_another_spec():
+    import pytest
+
+    net = _net()
+    st = net.search_transfer
+    lr, ref = _inputs()
+    with torch.no_grad():
+        keys = net.encode_search_keys(ref)
+        query = net.search_features(torch.nn.functional.interpolate(lr, scale_factor=4, mode='bicubic'))
+    a = net.search_spec(method='chunked', key_chunk_size=40)
+    blocks = st.prepare_keys(keys, a)
+    torch.testing.assert_close(st.search(query, keys, blocks, a)[0], st.search(query, keys, None, a)[0],
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match='key_chunk_size 40; this search has .* 80'):
+        st.search(query, keys, blocks, a.replace(key_chunk_size=80))

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 from extracter.app.jobs import DEFAULT_SEARCH, JobError, JobRequest, JobResult, JobRunner
 from extracter.inference.options import SEARCH_MODES
+from extracter.search import get_method
 
 TITLE = 'EXTRACTER: enlarge a photo x4 with the help of reference photos'
 INTRO = ('Drop the photo to enlarge and one or more **reference photos**: pictures of the same scene or subject in '
@@ -22,6 +23,11 @@ INTRO = ('Drop the photo to enlarge and one or more **reference photos**: pictur
          'matches. Without a reference a single-image model is used, if one is installed. Everything runs on this '
          'machine; nothing is uploaded anywhere else.')
 
+
+
+def available_search_modes() -> List[str]:
+    """The search modes this machine can run (an optional method whose package is missing is left out)."""
+    return [m for m in SEARCH_MODES if m == 'auto' or get_method(m).available() is None]
 
 def _status(kind: str, text: str) -> str:
     return f'**{kind}** {text}'
@@ -99,9 +105,10 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 with gr.Accordion('Memory and search', open=False):
                     budget = gr.Textbox(label='Memory budget (e.g. 4G; default: half of the memory free at start)',
                                         value=runner.max_memory, elem_id='budget')
-                    search = gr.Radio(choices=list(SEARCH_MODES), value=DEFAULT_SEARCH, elem_id='search',
+                    search = gr.Radio(choices=available_search_modes(), value=DEFAULT_SEARCH, elem_id='search',
                                       label='Search (auto: approximate where the exact search is expensive, else '
-                                            'exact; dense and chunked are exact, approximate is sub-quadratic)')
+                                            'exact; dense, chunked and faiss are exact, approximate is '
+                                            'sub-quadratic)')
                 run = gr.Button('Enlarge x4', variant='primary', elem_id='run')
             with gr.Column(scale=2):
                 status = gr.Markdown(_status('Ready.', no_model or 'Add a photo and press "Enlarge x4".'),

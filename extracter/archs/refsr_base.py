@@ -160,6 +160,8 @@ class RefSRNet(nn.Module):
         """The spec of one call: ``spec`` (default: :attr:`default_search_spec`) with ``changes``
         (:meth:`SearchSpec.replace`: ``method``, ``geometry``, block sizes, ...), checked against this architecture
         (EXTRACTER's dynamic window and stride: any geometry; TTSR: its own only)."""
+        if spec is not None and not isinstance(spec, SearchSpec):
+            raise TypeError(f'spec must be a SearchSpec (extracter.search.SearchSpec), got {type(spec).__name__}')
         base = self.default_search_spec if spec is None else spec
         spec = base.replace(**changes)
         default = self.default_search_spec

@@ -28,6 +28,7 @@ from torch import nn
 from extracter.search import SearchSpec, get_method, method_names, search_references
 from extracter.search import transfer as transfer_ops
 from extracter.search.methods.approximate import ApproximateSettings
+from extracter.search.methods.exact import KeyBlocks, prepare_key_blocks
 from extracter.search.transfer import OVERLAP_NORMS, ComputedMap, split_index, transfer, transfer_layout
 
 __all__ = ['EXACT_MODES', 'FEATURE_CHANNELS', 'OVERLAP_NORMS', 'SEARCH_MODES', 'SearchMode', 'SearchTransfer',
@@ -126,11 +127,10 @@ class SearchTransfer(nn.Module):
         return [spec.patch_count(*feat.shape[-2:]) for feat in _as_list(ref_maps)]
 
     # ------------------------------------------------------------------ search (Eq. 4, 5, 7)
-    def prepare_keys(self, ref_feat: torch.Tensor, spec: Optional[SearchSpec] = None):
-        """What the method can prepare once per reference (:meth:`~extracter.search.base.SearchMethod.prepare`;
-        chunked with ``cache_keys``: the normalised key blocks), else None."""
-        spec = self.spec(spec)
-        return spec.search_method.prepare(ref_feat, spec)
+    def prepare_keys(self, ref_feat: torch.Tensor, spec: Optional[SearchSpec] = None) -> KeyBlocks:
+        """The normalised key blocks of the chunked search for ``spec``'s geometry and ``key_chunk_size`` (default:
+        the module's), to reuse across searches of this reference with that spec (e.g. tiles)."""
+        return prepare_key_blocks(ref_feat, self.spec(spec))
 
     def search(self, lr_feat: torch.Tensor, ref_feat: Maps, key_blocks=None,
                spec: Optional[SearchSpec] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -142,10 +142,10 @@ class SearchTransfer(nn.Module):
             key_blocks = [key_blocks]
         return search_references(lr_feat, _as_list(ref_feat), self.spec(spec), self.top_k, key_blocks)
 
-    def search_dense(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor,
-                     top_k: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The faithful search (the whole relevance matrix) with the default geometry."""
-        spec = self.default_spec.replace(method='dense')
+    def search_dense(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor, top_k: Optional[int] = None,
+                     spec: Optional[SearchSpec] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The faithful search (the whole relevance matrix), with the default geometry unless ``spec``."""
+        spec = self.spec(spec).replace(method='dense')
         return spec.search_method.search(lr_feat, ref_feat, spec, top_k or self.top_k)
 
     def search_chunked(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor, key_blocks=None,

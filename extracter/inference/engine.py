@@ -215,7 +215,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         plan_pad = max(DEFAULT_TILE_PAD if plan_pad is None else tile_pad_floor(net, plan_pad), net.min_tile_pad)
         inp = _pad_inputs(lr, lr_up, refs, refs_du, multiples, pad_mode)
         del refs_du
-        choice = choose_search(spec, search_mode, inp.lr_hw, inp.ref_sizes, budgeted=max_memory is not None)
+        # a whole spec given asks for its method (a budget then keeps it), as search_mode would
+        requested = search_spec.method if search_mode is None and search_spec is not None else search_mode
+        choice = choose_search(spec, requested, inp.lr_hw, inp.ref_sizes, budgeted=max_memory is not None)
         spec = choice.spec
         plan: Optional[MemoryPlan] = None
         if max_memory is not None:

@@ -311,6 +311,19 @@ def _require_keys(block: Dict[str, Any], keys: Iterable[str], prefix: str, sourc
             raise OptionError(_where(source, f'{prefix}{key} is missing'))
 
 
+def _check_training_search(mode: Optional[str], source: str) -> None:
+    """Training searches with a method whose scores carry the gradient (dense or chunked); the others are for
+    inference (``val.search.mode`` may choose them for validation)."""
+    from extracter.search import get_method, method_names
+
+    if mode is None or mode not in method_names() or get_method(mode).trainable:
+        return  # an unknown mode is the constructor's error, tied to the key
+    trainable = ' or '.join(m for m in method_names() if get_method(m).trainable)
+    raise OptionError(_where(source, f'network_g.search_mode: {mode} is for inference only (training searches '
+                                     f'exactly, with gradients: {trainable}); val.search.mode may choose it for '
+                                     'validation'))
+
+
 def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
     kind = _dataset_phase_kind(phase, is_train, source)
     prefix = f'datasets.{phase}.'
@@ -412,10 +425,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
     _check_dataset_names(datasets, source)
     if is_train:
         _validate_train(opt, source, require)
-        if opt['network_g'].get('search_mode') == 'approximate':
-            raise OptionError(_where(source, 'network_g.search_mode: approximate is for inference only (training '
-                                             'searches exactly: dense or chunked); val.search.mode may choose it '
-                                             'for validation'))
+        _check_training_search(opt['network_g'].get('search_mode'), source)
     check_keys(opt.get('dist_params') or {}, DIST_KEYS, 'dist_params.', source)
     if opt.get('val') is not None:
         _validate_val(opt['val'], source)

@@ -33,7 +33,9 @@ class SearchMethod:
             ``'index'`` (the chosen patches gathered by index, band by band or block by block: same result up to
             float rounding, bounded memory).
         uses_blocks: whether ``chunk_size`` / ``key_chunk_size`` bound its memory (the planner shrinks them to fit).
-        caches_keys: whether ``cache_keys`` applies (:meth:`prepare` then keeps the normalised key patches).
+        caches_keys: whether ``cache_keys`` applies (the search then normalises the key patches once).
+        trainable: whether training may use it: its scores carry the gradient to the feature extractor (the soft
+            attention S of Eq. 7 multiplies the textures) and it is exact.
         description: one line for ``--help`` and the docs.
     """
 
@@ -42,6 +44,7 @@ class SearchMethod:
     transfer: ClassVar[str] = 'index'
     uses_blocks: ClassVar[bool] = True
     caches_keys: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
     description: ClassVar[str] = ''
 
     def prepare(self, keys: torch.Tensor, spec: SearchSpec) -> Any:

@@ -6,6 +6,7 @@ derives each call's spec from it (:meth:`SearchSpec.replace`), and the memory pl
 """
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Tuple
 
@@ -17,8 +18,15 @@ DEFAULT_CHUNK, DEFAULT_KEY_CHUNK = 4096, 8192
 LEVEL_FACTORS = {3: 1, 2: 2, 1: 4}  # relu3_1, relu2_1 (x2), relu1_1 (x4)
 
 
-def _positive_int(value, name: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+def _int(value, name: str, least: int) -> int:
+    """``value`` as an int (any integer type: int, NumPy's), at least ``least``; a ValueError naming it otherwise."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f'{name} must be an integer >= {least}, got {value!r}') from None
+    if value < least:
         raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
     return value
 
@@ -48,22 +56,19 @@ class SearchSpec:
 
     def __post_init__(self) -> None:
         get_method(self.method)  # a ValueError naming the registered methods
-        _positive_int(self.stride, 'search stride', 1)
-        _positive_int(self.window, 'search window', 1)
-        _positive_int(self.padding, 'search padding', 0)
+        for name, label, least in (('window', 'search window', 1), ('stride', 'search stride', 1),
+                                   ('padding', 'search padding', 0), ('chunk_size', 'chunk sizes: chunk_size', 1),
+                                   ('key_chunk_size', 'chunk sizes: key_chunk_size', 1)):
+            object.__setattr__(self, name, _int(getattr(self, name), label, least))  # frozen: normalised here, once
         if self.window < self.stride:
             raise ValueError(f'search geometry needs window >= stride >= 1, got window={self.window} '
                              f'stride={self.stride}')
         if self.padding >= self.window:
             raise ValueError(f'search geometry needs 0 <= padding < window, got padding={self.padding} '
                              f'window={self.window}')
-        if isinstance(self.chunk_size, bool) or isinstance(self.key_chunk_size, bool) or \
-                not isinstance(self.chunk_size, int) or not isinstance(self.key_chunk_size, int) or \
-                self.chunk_size < 1 or self.key_chunk_size < 1:
-            raise ValueError(f'chunk sizes must be >= 1, got chunk_size={self.chunk_size!r} '
-                             f'key_chunk_size={self.key_chunk_size!r}')
-        if not isinstance(self.cache_keys, bool):
+        if self.cache_keys not in (True, False):  # bool, or 0 / 1 of any integer type
             raise ValueError(f'cache_keys must be true or false, got {self.cache_keys!r}')
+        object.__setattr__(self, 'cache_keys', bool(self.cache_keys))
         if not isinstance(self.approximate, ApproximateSettings):
             raise TypeError(f'approximate must be ApproximateSettings, got {type(self.approximate).__name__}')
 

@@ -7,7 +7,8 @@
   running top-k; the same result up to float rounding (~1e-7), peak memory bounded by the block sizes.
 """
 
-from typing import Any, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ class DenseSearch(SearchMethod):
     exact = True
     transfer = 'dense'
     uses_blocks = False
+    trainable = True
     description = 'exact, the whole relevance matrix at once (the original code; memory grows with both sizes)'
 
     def search(self, query: torch.Tensor, keys: torch.Tensor, spec, top_k: int, prepared: Any = None
@@ -43,7 +45,23 @@ class DenseSearch(SearchMethod):
         return FLOAT * (2 * d * (lq + lk) + 2 * lq * lk)
 
 
-def prepare_key_blocks(keys: torch.Tensor, spec) -> List[torch.Tensor]:
+@dataclass(frozen=True)
+class KeyBlocks:
+    """The L2-normalised reference patches in blocks, and the geometry and block size they were made with (a search
+    with another spec must not read them)."""
+
+    blocks: List[torch.Tensor]
+    geometry: Tuple[int, int, int]
+    key_chunk_size: int
+
+    def check(self, spec) -> List[torch.Tensor]:
+        if (self.geometry, self.key_chunk_size) != (spec.geometry, spec.key_chunk_size):
+            raise ValueError(f'the prepared key blocks were made with geometry {self.geometry} and key_chunk_size '
+                             f'{self.key_chunk_size}; this search has {spec.geometry} and {spec.key_chunk_size}')
+        return self.blocks
+
+
+def prepare_key_blocks(keys: torch.Tensor, spec) -> KeyBlocks:
     """The L2-normalised reference patches in blocks of ``spec.key_chunk_size``, each [N, C*k*k, block]."""
     k, s, p = spec.geometry
     ref_pad = F.pad(keys, (p, p, p, p))
@@ -54,7 +72,7 @@ def prepare_key_blocks(keys: torch.Tensor, spec) -> List[torch.Tensor]:
     for j0 in range(0, n_keys, spec.key_chunk_size):
         j1 = min(j0 + spec.key_chunk_size, n_keys)
         blocks.append(patch_range(ref_pad, k, s, gw, j0, j1).mul_(inv[:, None, j0:j1]))
-    return blocks
+    return KeyBlocks(blocks, spec.geometry, spec.key_chunk_size)
 
 
 def chunked_search_bytes(query_hw: Tuple[int, int], keys_hw: Tuple[int, int], channels: int, spec) -> int:
@@ -77,17 +95,17 @@ class ChunkedSearch(SearchMethod):
     name = 'chunked'
     exact = True
     caches_keys = True
+    trainable = True
     description = 'exact, in blocks with a running top-k (bounded memory, the same result)'
-
-    def prepare(self, keys: torch.Tensor, spec) -> Optional[List[torch.Tensor]]:
-        """The normalised key blocks when ``spec.cache_keys`` (reused by every block of LR patches), else None."""
-        return prepare_key_blocks(keys, spec) if spec.cache_keys else None
 
     def search(self, query: torch.Tensor, keys: torch.Tensor, spec, top_k: int, prepared: Any = None
                ) -> SearchResult:
-        if prepared is None and spec.cache_keys and spec.patch_count(*query.shape[-2:]) > spec.chunk_size:
-            prepared = prepare_key_blocks(keys, spec)
-        return chunked_search(query, keys, *spec.geometry, top_k, spec.chunk_size, spec.key_chunk_size, prepared)
+        """``prepared``: :class:`KeyBlocks` made with this spec (or None). With ``spec.cache_keys`` and more than one
+        block of LR patches the key blocks are made here, once, for this search (the planner counts them)."""
+        blocks = prepared.check(spec) if isinstance(prepared, KeyBlocks) else prepared
+        if blocks is None and spec.cache_keys and spec.patch_count(*query.shape[-2:]) > spec.chunk_size:
+            blocks = prepare_key_blocks(keys, spec).blocks
+        return chunked_search(query, keys, *spec.geometry, top_k, spec.chunk_size, spec.key_chunk_size, blocks)
 
     def search_bytes(self, query_hw, keys_hw, channels, spec, top_k) -> int:
         return chunked_search_bytes(query_hw, keys_hw, channels, spec)

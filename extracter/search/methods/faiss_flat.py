@@ -66,7 +66,7 @@ class FaissSearch(SearchMethod):
                     found_i.append(torch.from_numpy(i_np) + j0)
                 best_s, best_i = merge_topk(best_s, best_i, torch.cat(found_s), torch.cat(found_i), top_k, dim=1)
             scores[b], index[b] = best_s.t(), best_i.t()
-        return scores.to(device), index.to(device)
+        return scores.to(device=device, dtype=query.dtype), index.to(device)
 
     def search_bytes(self, query_hw, keys_hw, channels, spec, top_k) -> int:
         # one block of normalised keys (and faiss' copy), one of queries, their top-k, the running top-k
