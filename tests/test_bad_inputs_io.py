@@ -491,6 +491,10 @@ def test_run_main_known_unexpected_debug_and_signals(tmp_path, capsys):
     assert code == 0 and err == 'warning: a.png: the alpha channel is dropped\n'
     assert run_main(raiser(SystemExit(2)), []) == 2  # argparse's usage errors: their exit status, returned
     assert run_main(raiser(SystemExit(None)), []) == 0  # --help
+    for message in ('error: --model expects LABEL=WEIGHTS', '--model expects LABEL=WEIGHTS'):
+        # sys.exit('message'): a usage error the script states itself; Python alone would exit 1, as for a bug
+        code, _, err = _run(raiser(SystemExit(message)), [], capsys)
+        assert code == 2 and err == 'error: --model expects LABEL=WEIGHTS\n', err
 
 
 def test_run_main_leaves_torch_global_modes_as_it_found_them():
