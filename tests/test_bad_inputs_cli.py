@@ -597,3 +597,16 @@ def test_corrupt_pixels_in_a_folder_the_rest_is_written_and_skip_existing_finish
     assert rc == 0, err
     assert 'skipped 2 input(s)' in out_text and (out / 'b_sr.png').is_file()
     assert all(snapshot(out)[p] == h for p, h in written.items())  # the earlier outputs were not touched
+
+
+# ---------------------------------------------------------------------- 9. memory budgets: the flag or key named once
+def test_memory_budget_errors_name_the_flag_or_the_key_once(world, tmp_path, capsys):
+    err = run_refused(infer_main(), infer_args(world, tmp_path, '--max-memory', 'lots'), capsys, tmp_path,
+                      "--max-memory: must look like '6G'", "got 'lots'")
+    assert 'max_memory' not in err, err
+    from extracter.train import main
+
+    path = option_file(world, tmp_path, 'train', ('val.max_memory', 'lots'))
+    err = run_refused(main, ['-opt', path, '--root_path', tmp_path / 'root'], capsys, tmp_path, path.name,
+                      "val.max_memory must look like '6G'", "got 'lots'")
+    assert err.count('max_memory') == 1, err
