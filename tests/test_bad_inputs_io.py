@@ -280,6 +280,24 @@ def test_low_range_16bit_warns_and_significant_bits_rescales(tmp_path):
         set_16bit_scaling('auto')
 
 
+def test_image_tensors_never_come_from_read_only_arrays(tmp_path, monkeypatch):
+    """read_image's arrays are Pillow's read-only buffers; torch warns (once per process) when given one."""
+    from extracter.data.degradations import to_tensor
+
+    writable = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, 'from_numpy', lambda a: writable.append(a.flags.writeable) or from_numpy(a))
+    for h, w in ((1, 1), (5, 7)):
+        Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(tmp_path / 'x.png')
+        arr = read_image(tmp_path / 'x.png')
+        with open(tmp_path / 'x.png', 'rb') as f:
+            record = decode_image_bytes(f.read(), '<lmdb>:x')  # an LMDB record is decoded the same way
+        for img in (arr, record):
+            t = to_tensor(img)
+            assert t.shape == (3, h, w) and torch.allclose(t, torch.full_like(t, 200 / 255))
+    assert writable == [True] * 4
+
+
 # --- atomic writes and interruption -----------------------------------------------------------------------------------
 
 
