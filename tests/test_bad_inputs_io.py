@@ -702,3 +702,45 @@ def test_prepare_vgg19_junk_inputs_one_line_naming_the_file(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith('error: ') and what in err, err
         assert _tree(tmp_path) == before
+
+
+# --- checkpoints: code, pickle protocols (extracter/utils/checkpoint.py, restricted_unpickle.py) ---------------------
+
+
+def test_which_calls_run_code():
+    from extracter.utils.restricted_unpickle import runs_code
+
+    for name in ('posix.system', 'builtins.eval', 'builtins.exec', 'builtins.getattr', 'subprocess.Popen',
+                 'subprocess.check_output', 'importlib.import_module', 'torch.load', 'pathlib.Path.unlink',
+                 'mmengine.logging.history_buffer.HistoryBuffer.min', 'webbrowser.open', 'timeit.timeit'):
+        assert runs_code(name), name
+    for name in ('numpy._core.multiarray.scalar', 'numpy.core.multiarray._reconstruct', 'numpy.dtype',
+                 'copyreg._reconstructor', 'collections.defaultdict', 'datetime.datetime', 'torch.device',
+                 'pathlib.PosixPath', 'mmengine.config.config.ConfigDict', 'lightning.AttributeDict', 'my.Stage'):
+        assert not runs_code(name), name
+
+
+def test_checkpoint_reading_refuses_code_names_objects_and_reads_protocol_4_quietly(tmp_path):
+    from torch import nn
+
+    from extracter.utils.checkpoint import CheckpointError, HostileCheckpointError, load_checkpoint
+
+    weights = {'conv.weight': torch.randn(2, 3, 3, 3)}
+    torch.save({'params': weights}, tmp_path / 'p4.pth', pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # torch's "Detected pickle protocol 4" would fail here
+        loaded = load_checkpoint(tmp_path / 'p4.pth')
+    assert torch.equal(loaded['params']['conv.weight'], weights['conv.weight'])
+    marker = tmp_path / 'pwned'
+    (tmp_path / 'raw.pth').write_bytes(b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n.")  # INST os.system
+    with pytest.raises(HostileCheckpointError, match=r'raw.pth: refused: the pickle calls os.system \(a checkpoint '
+                                                     r'never needs to run code\); nothing was run'):
+        load_checkpoint(tmp_path / 'raw.pth')
+    assert not marker.exists()
+    torch.save(nn.Linear(2, 2), tmp_path / 'model.pth')  # objects, not code: refused as before, naming the class
+    with pytest.raises(CheckpointError, match=r'objects other than tensors \(a pickled model\?\).*'
+                                              r'torch.nn.modules.linear.Linear') as caught:
+        load_checkpoint(tmp_path / 'model.pth')
+    assert not isinstance(caught.value, HostileCheckpointError)
+    assert isinstance(load_checkpoint(tmp_path / 'model.pth', placeholders=True), object)  # the converter's reading
+
