@@ -5,7 +5,8 @@ Writes OUTPUT (``{'params': state_dict}``) and, beside it, OUTPUT with suffix ``
 ``network_g`` options. An mmagic TTSR-GAN checkpoint's discriminator goes to OUTPUT_net_d.pth (``network_d`` in the
 YAML). Checkpoints whose metadata holds objects other than tensors and plain containers (mmengine's) are read with
 :func:`extracter.utils.restricted_unpickle.restricted_load`, which replaces those objects by inert placeholders; a
-checkpoint whose pickle would call code (``os.system``, ``eval``) is refused as hostile. Load the result with:
+checkpoint whose pickle would call code (``os.system``, ``eval``) is refused as hostile, and one already in this
+toolkit's format is refused with the command that uses it as it is. Load the result with:
 
     import yaml
     from extracter.registry import ARCH_REGISTRY  # (BasicSR's after extracter.registry.use_basicsr())
