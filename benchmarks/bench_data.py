@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.harness import SHARED_DATA, markdown_table
+from benchmarks.harness import SHARED_DATA, check_at_least, markdown_table
 from extracter.utils.cli import ArgumentParser, run_main
 
 
@@ -22,7 +22,7 @@ def build_fixture(src: str, root: str, num: int) -> None:
 
     names = list_images(src)
     if len(names) < num:
-        raise SystemExit(f'{src} has {len(names)} images, fewer than --num {num}')
+        raise ValueError(f'{src} has {len(names)} images, fewer than --num {num}')
     rng = random.Random(0)
     for sub in ('input', 'ref'):
         os.makedirs(os.path.join(root, 'train', sub))
@@ -50,6 +50,7 @@ def run(argv) -> int:
     p.add_argument('--batch', type=int, default=9)
     p.add_argument('--workers', type=int, nargs='+', default=[0, 2])
     args = p.parse_args(argv)
+    check_at_least(p, ('--num', args.num, 1), ('--batch', args.batch, 1), ('--workers', args.workers, 0))
     from extracter.data.lmdb_pack import cufed_jobs, pack
     from extracter.data.refsr_train_dataset import RefSRTrainDataset
 

@@ -130,6 +130,8 @@ def run(argv) -> None:
         raise ValueError(f'--tile must be an even number of LR pixels >= 8 (the stride is 2), got {args.tile}')
     if args.repeats < 1 or args.network_repeats < 1:
         raise ValueError(f'--repeats and --network-repeats must be >= 1, got {args.repeats}, {args.network_repeats}')
+    if not args.min_seconds >= 0:
+        raise ValueError(f'--min-seconds must be >= 0 (0: one call per round), got {args.min_seconds:g}')
     shapes = [parse_shape(s) for s in args.shapes]
     sizes = args.sizes or [args.tile, 2 * args.tile, 4 * args.tile]
     if min(sizes) < 1:

@@ -191,9 +191,9 @@ class Case:
 def parse_model_arg(text: str) -> Tuple[str, str]:
     label, sep, weights = text.partition('=')
     if not sep or not label or not weights:
-        raise SystemExit(f'error: --model expects LABEL=WEIGHTS, got {text!r}')
+        raise ValueError(f'--model expects LABEL=WEIGHTS, got {text!r}')
     if label.lower() == 'bicubic':
-        raise SystemExit(f'error: --model {text!r}: the label bicubic is the bicubic row\'s own')
+        raise ValueError(f'--model {text!r}: the label bicubic is the bicubic row\'s own')
     return label, weights
 
 
@@ -218,7 +218,7 @@ def load_model(label: str, weights: str, device: str) -> Model:
         net = descriptor.arch(**descriptor.options_for_weights(options))
         load_state_into(net, network_state(load_checkpoint(weights), weights, None), weights)
     except (OSError, ValueError) as err:  # missing files, NetworkLoadError, CheckpointError: one line
-        raise SystemExit(f'error: --model {label}: {err}') from None
+        raise ValueError(f'--model {label}: {err}') from None
     return Model(label, 'sisr', net.eval().to(device))
 
 
@@ -430,16 +430,16 @@ def run_comparison(args) -> None:
     labelled = [parse_model_arg(m) for m in args.model]
     labels = [label for label, _ in labelled]
     if len(set(labels)) != len(labels):
-        raise SystemExit(f'error: --model labels must differ, got {labels}')
+        raise ValueError(f'--model labels must differ, got {labels}')
     sets = [s.strip().lower() for s in args.sets.split(',') if s.strip()]
     unknown = [s for s in sets if s not in SETS]
     if unknown or not sets:
-        raise SystemExit(f'error: --sets: unknown {unknown or "(empty)"}; choose from {",".join(SETS)}')
+        raise ValueError(f'--sets: unknown {unknown or "(empty)"}; choose from {",".join(SETS)}')
     shared = Path(args.shared)
     for s, sub in (('vid4', 'video'), ('set5', 'sisr/Set5'), ('set14', 'sisr/Set14')):
         if s in sets and not (shared / sub).is_dir():
-            raise SystemExit(f'error: {shared / sub} not found (the real test data, see ../shared/data/README.md); '
-                             f'leave {s} out of --sets')
+            raise FileNotFoundError(f'{shared / sub} not found (the real test data, see ../shared/data/README.md); '
+                                    f'leave {s} out of --sets')
     models = [Model('bicubic', 'bicubic')] + [load_model(label, w, args.device) for label, w in labelled]
     out = Path(args.output)
     archive_existing(out)
@@ -477,6 +477,17 @@ def run_comparison(args) -> None:
     print(f'{len(rows)} measurements in {time.time() - t0:.0f} s; report in {out}')
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The values argparse's types do not check, refused before any work (one line, exit status 2)."""
+    harness.check_at_least(parser, ('--max-images', args.max_images, 0, ' (0: every image)'), ('--crop', args.crop, 16),
+                           ('--margin', args.margin, 0), ('--frame-step', args.frame_step, 1),
+                           ('--sisr-crop', args.sisr_crop, 0, ' (0: the whole image)'),
+                           ('--motorcycle-crop', args.motorcycle_crop, 16),
+                           ('--motorcycle-ref-crop', args.motorcycle_ref_crop, 0, ' (0: the whole view)'),
+                           ('--crop-size', args.crop_size, 1), ('--zoom', args.zoom, 1))
+    harness.check_memory(parser, '--max-memory', args.max_memory)
+
+
 def run(argv) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', default=None, help='one checkpoint: the single-model report')
@@ -501,13 +512,14 @@ def run(argv) -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--title', default=None)
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     if args.model:
         if args.weights:
-            raise SystemExit('error: give either --weights (one model) or --model LABEL=WEIGHTS (comparison)')
+            parser.error('give either --weights (one model) or --model LABEL=WEIGHTS (comparison)')
         run_comparison(args)
         return
     if not args.weights:
-        raise SystemExit('error: give --weights (one model) or --model LABEL=WEIGHTS, repeated (comparison)')
+        parser.error('give --weights (one model) or --model LABEL=WEIGHTS, repeated (comparison)')
     shared = Path(args.shared)
     if not (shared / 'video').is_dir():
         raise FileNotFoundError(f'{shared}/video not found (the real test data, see ../shared/data/README.md)')

@@ -292,12 +292,28 @@ def default_out_dir(args) -> Path:
     return ROOT / 'results' / 'benchmark_scaling' / name
 
 
+def parse_budgets(parser: argparse.ArgumentParser, items: list) -> dict:
+    """``--budget SIZE=BUDGET`` (repeated) -> ``{size: budget}``; a malformed one is a usage error naming it."""
+    budgets = {}
+    for item in items:
+        size, sep, budget = item.partition('=')
+        if not sep or not size.strip().isdigit():
+            parser.error(f'--budget expects SIZE=BUDGET such as 2048=6G, got {item!r}')
+        harness.check_memory(parser, f'--budget {item}', budget)
+        budgets[int(size)] = budget
+    return budgets
+
+
 def run(argv) -> None:
-    args = build_parser().parse_args(argv)
-    from extracter.inference.memory_plan import parse_memory
-    args.dense_limit_bytes = parse_memory(args.dense_limit)
-    if min(args.sizes) < 16:
-        raise ValueError(f'--sizes are output sides in pixels (>= 16), got {args.sizes}')
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    harness.check_at_least(parser, ('--sizes', args.sizes, 16, ' (output sides in pixels)'))
+    if args.timeout <= 0:
+        parser.error(f'--timeout must be positive (seconds per case), got {args.timeout:g}')
+    harness.check_geometry(parser, args.geometry)
+    args.dense_limit_bytes = harness.check_memory(parser, '--dense-limit', args.dense_limit)
+    harness.check_memory(parser, '--max-memory', args.max_memory)
+    budgets = parse_budgets(parser, args.budget)
     if args.case_size is not None:
         if args.dry_run:
             print(json.dumps({'case_size': args.case_size, 'case_method': args.case_method,
@@ -307,12 +323,6 @@ def run(argv) -> None:
         print(json.dumps(run_case(args)), flush=True)
         return
 
-    budgets = {}
-    for item in args.budget:
-        size, _, budget = item.partition('=')
-        parse_memory(budget)
-        budgets[int(size)] = budget
-    parse_memory(args.max_memory)
     out_dir = args.out or default_out_dir(args)
     if args.dry_run:
         for size in args.sizes:

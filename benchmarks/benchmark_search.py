@@ -450,6 +450,27 @@ def run_e2e(args, out: Path, work: Path, log) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- main
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The values argparse's types do not check, refused before any work (one line, exit status 2)."""
+    from extracter.search.methods.approximate import ApproximateSettings
+
+    harness.check_at_least(parser, ('--sizes', args.sizes, 16, ' (output sides in pixels)'),
+                           ('--samples', args.samples, 1), ('--threads', args.threads, 1), ('--shrink', args.shrink, 1))
+    if not args.exact_full_max >= 0:
+        parser.error(f'--exact-full-max must be >= 0 (0: always the sampled queries), got {args.exact_full_max:g}')
+    for net, geometry in args.cases:
+        harness.check_geometry(parser, geometry, f'--cases {net}:{"/".join(map(str, geometry))}:')
+    if args.max_memory is not None:
+        harness.check_memory(parser, '--max-memory', args.max_memory)
+    try:
+        knobs = json.loads(args.knobs)
+        if not isinstance(knobs, dict):
+            raise ValueError(f'expected a JSON object of ApproximateSettings fields, got {args.knobs!r}')
+        ApproximateSettings(**knobs)
+    except (ValueError, TypeError) as err:  # JSON syntax, unknown fields, values out of range
+        parser.error(f'--knobs: {err}')
+
+
 def run(argv) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), choices=PAIRS)
@@ -482,6 +503,7 @@ def run(argv) -> None:
     parser.add_argument('--result', help=argparse.SUPPRESS)
     parser.add_argument('--search-share', help=argparse.SUPPRESS)  # e2e: time the exact search in this folder
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     if args.worker:
         case_worker(args)
         return

@@ -13,7 +13,9 @@ harness as ``benchmarks.harness``). The tests run them the same way, in subproce
   :func:`markdown_table`;
 - timing and memory: :func:`add_timing_arguments` (``--threads``, ``--clock``), :func:`clock_name`,
   :func:`make_clock`, :func:`best_time`, :func:`peak_rss_mib`, :func:`rss_bytes`;
-- the machine: :func:`add_machine_argument` (``--machine``, written into the result tables) and :data:`IDLE_NOTE`.
+- the machine: :func:`add_machine_argument` (``--machine``, written into the result tables) and :data:`IDLE_NOTE`;
+- argument values argparse's types do not check: :func:`check_at_least`, :func:`check_geometry`,
+  :func:`check_memory` (usage errors: one ``error:`` line, exit status 2, before any work).
 
 It uses only long-standing parts of ``extracter`` (``utils.file_io``), so that ``profile_inference`` (whose hooks
 use only long-standing names too) also measures an older checkout put first on ``PYTHONPATH``, run from outside the
@@ -185,6 +187,37 @@ def rss_bytes() -> Optional[int]:
             return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
     except (OSError, ValueError, IndexError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------- argument values
+def check_at_least(parser: argparse.ArgumentParser, *checks: Tuple) -> None:
+    """Refuse the first ``(flag, value, least[, meaning])`` whose value (or any of its values, for a list) is below
+    ``least``: one ``error:`` line, exit status 2 (``parser.error``), before any work."""
+    for flag, value, least, *meaning in checks:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v < least for v in values):
+            parser.error(f'{flag} must be >= {least}{meaning[0] if meaning else ""}, got '
+                         f'{" ".join(map(str, values))}')
+
+
+def check_geometry(parser: argparse.ArgumentParser, geometry: Sequence[int], flag: str = '--geometry') -> None:
+    """A search geometry WINDOW STRIDE PAD as the networks take it: stride >= 1, window >= stride, 0 <= pad <
+    window."""
+    window, stride, pad = geometry
+    if stride < 1 or window < stride or not 0 <= pad < window:
+        parser.error(f'{flag} WINDOW STRIDE PAD needs stride >= 1, window >= stride and 0 <= pad < window, got '
+                     f'{window} {stride} {pad}')
+
+
+def check_memory(parser: argparse.ArgumentParser, flag: str, value) -> int:
+    """Bytes of a memory flag (``6G``, ``512M``, bytes), or its usage error naming the flag once."""
+    from extracter.inference.memory_plan import parse_memory
+
+    try:
+        return parse_memory(value)
+    except ValueError as err:  # 'max_memory must look like ...' -> '--dense-limit: must look like ...'
+        message = str(err)
+        parser.error(f'{flag}: {message[len("max_memory "):] if message.startswith("max_memory ") else message}')
 
 
 # ------------------------------------------------------------------------------------------------------- the machine

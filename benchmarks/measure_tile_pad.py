@@ -114,10 +114,10 @@ def run(argv: List[str]) -> int:
     parser.add_argument('-o', '--output', default=None, help='also write the table to this Markdown file')
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)
-    if not PAIR.is_dir():
-        raise FileNotFoundError(f'{PAIR}: the real image pair is missing (../shared/data, see its README)')
     if any(p < 0 for p in args.pads) or args.tile < 1 or args.lr_side < args.tile:
         raise ValueError('--pads must be >= 0, --tile >= 1 and --lr-side >= --tile')
+    if not PAIR.is_dir():
+        raise FileNotFoundError(f'{PAIR}: the real image pair is missing (../shared/data, see its README)')
     if args.output:
         refuse_overwrite(args.output, args.overwrite)
     torch.set_num_threads(max(1, torch.get_num_threads()))

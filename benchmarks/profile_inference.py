@@ -35,6 +35,9 @@ import torch
 
 from benchmarks.harness import (
     add_timing_arguments,
+    check_at_least,
+    check_geometry,
+    check_memory,
     clock_name,
     load_inputs,
     make_clock,
@@ -138,6 +141,10 @@ def run(argv) -> None:
         raise ValueError(f'--ref-size must be a multiple of 16, at least 64, got {args.ref_size}')
     if args.threads < 1:
         raise ValueError(f'--threads must be >= 1, got {args.threads}')
+    check_at_least(parser, ('--tile', args.tile if args.tile is not None else 1, 1), ('--tile-pad', args.tile_pad, 0))
+    check_geometry(parser, args.geometry)
+    if args.max_memory is not None:
+        check_memory(parser, '--max-memory', args.max_memory)
     if args.json is not None:
         refuse_existing(args.json, args.overwrite, 'or choose another --json path')
 

@@ -102,7 +102,10 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     except InferenceOptionError as err:
         msg = str(err)
         key = next((k for k in FLAGS if msg.startswith(k)), None)
-        raise InferenceError(f'{FLAGS[key]}: {msg}' if key else msg) from None
+        if key is None:
+            raise InferenceError(msg) from None
+        # the flag instead of the key, named once: 'max_memory must look like ...' -> '--max-memory: must look like ...'
+        raise InferenceError(f'{FLAGS[key]}: {msg[len(key):].lstrip(" :")}') from None
 
 
 def select_device(name: str, world: int = 1, local_rank: int = 0) -> str:

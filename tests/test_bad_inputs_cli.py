@@ -7,10 +7,12 @@ temporary tree before and after). The inputs are small synthetic images and a ne
 so the whole battery runs in well under a minute on 2 CPU cores.
 """
 
+import enum
 import hashlib
 import os
 import signal
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from extracter.data import image_io
 from extracter.registry import ARCH_REGISTRY
 from tests.bench_helpers import run_benchmarks
 from tests.data_helpers import REPO_ROOT
+from tests.test_convert import to_original_layout
 
 NET = dict(type='Extracter', num_res_blocks='1+1+1+1', num_grad_blocks='1+1+1+1', n_feats=8, top_k=2, window=6,
            stride=2, padding=2, dfe_init='random')
@@ -212,9 +215,11 @@ def infer_main():
 
 
 def infer_args(world, tmp_path, *extra, weights='tiny', lr=None, ref=None):
+    """infer.py's arguments; ``weights``: a name in ``world['w']`` or a path."""
     lr = lr or world['img'] / 'lr' / 'a.png'
     ref = ref or world['img'] / 'ref.png'
-    return ['--weights', world['w'] / f'{weights}.pth', '--lr', lr, '--ref', ref, '-o', tmp_path / 'out', *extra]
+    weights = weights if isinstance(weights, Path) else world['w'] / f'{weights}.pth'
+    return ['--weights', weights, '--lr', lr, '--ref', ref, '-o', tmp_path / 'out', *extra]
 
 
 # ------------------------------------------------------------------------------------------- 1. no output is lost
@@ -444,7 +449,11 @@ def test_test_py_mismatched_checkpoint_is_one_line_with_the_shapes(world, tmp_pa
 SCRIPT_CASES = [
     ('prepare_vgg19', ['--source', 'torchvision', '--input', '{w}/junk.pth', '-o', '{tmp}/v.pth'], ['junk.pth']),
     ('convert_official', ['{w}/junk.pth', '-o', '{tmp}/c.pth'], ['junk.pth']),
-    ('convert_official', ['{w}/tiny.pth', '-o', '{tmp}/c.pth'], ['tiny.pth', 'neither']),
+    ('convert_official', ['{w}/tiny.pth', '-o', '{tmp}/c.pth'],
+     ['tiny.pth', "already in this toolkit's format (Extracter", 'use it as it is', '--weights']),
+    ('create_lmdb', ['--folder', '{w}', '--lmdb', '{tmp}/x.lmdb', '--compress-level', '12'],
+     ['--compress-level', '12']),
+    ('make_demo_trainset', ['--shared', '{tmp}/nowhere', '--num', '0', '-o', '{tmp}/dt'], ['--num', '0']),
     ('show_dataset', ['--type', 'Foo', '-o', '{tmp}/s.png'], ['Foo']),
     ('show_dataset', ['--yaml', '{w}/badyml.yml', '--section', 'x', '-o', '{tmp}/s.png'], ['badyml.yml', 'line 2']),
     ('model_stats', ['--lr-size', '0', '0'], ['--lr-size']),
@@ -453,6 +462,12 @@ SCRIPT_CASES = [
     ('demo', ['--weights', '{w}/tiny.pth', '-o', '{w}/tiny.pth'], ['tiny.pth', 'is a file']),
     ('bench_data', ['--src', '{tmp}/nowhere', '--num', '2'], ['nowhere']),
     ('benchmark_quality', ['--weights', '{w}/tiny.pth', '--shared', '{tmp}/nowhere'], ['nowhere']),
+    ('benchmark_quality', ['--model', 'tiny={w}/tiny.pth', '--max-images', '-1'], ['--max-images', '-1']),
+    ('benchmark_quality', ['--model', 'tiny'], ['--model', "'tiny'", 'LABEL=WEIGHTS']),  # was exit status 1
+    ('benchmark_quality', ['--model', 'tiny={w}/tiny.pth', '--max-memory', '6X'], ['--max-memory: must', "'6X'"]),
+    ('benchmark_scaling', ['--budget', '2048=lots', '--out', '{tmp}/bs'], ['--budget 2048=lots', "'lots'"]),
+    ('benchmark_search', ['--knobs', 'nonsense', '--out', '{tmp}/s'], ['--knobs']),
+    ('profile_inference', ['--tile-pad', '-1'], ['--tile-pad', '-1']),
     ('benchmark_scaling', ['--sizes', '0', '--out', '{tmp}/bs'], ['--sizes']),
     ('benchmark_search', ['--sizes', 'x'], ['--sizes', "'x'"]),
     ('measure_tile_pad', ['--pads', '-1'], ['--pads']),
@@ -591,3 +606,111 @@ def test_corrupt_pixels_in_a_folder_the_rest_is_written_and_skip_existing_finish
     assert rc == 0, err
     assert 'skipped 2 input(s)' in out_text and (out / 'b_sr.png').is_file()
     assert all(snapshot(out)[p] == h for p, h in written.items())  # the earlier outputs were not touched
+
+
+# ---------------------------------------------------------------------- 9. memory budgets: the flag or key named once
+def test_memory_budget_errors_name_the_flag_or_the_key_once(world, tmp_path, capsys):
+    err = run_refused(infer_main(), infer_args(world, tmp_path, '--max-memory', 'lots'), capsys, tmp_path,
+                      "--max-memory: must look like '6G'", "got 'lots'")
+    assert 'max_memory' not in err, err
+    from extracter.train import main
+
+    path = option_file(world, tmp_path, 'train', ('val.max_memory', 'lots'))
+    err = run_refused(main, ['-opt', path, '--root_path', tmp_path / 'root'], capsys, tmp_path, path.name,
+                      "val.max_memory must look like '6G'", "got 'lots'")
+    assert err.count('max_memory') == 1, err
+
+
+# --------------------------------------------------------------------------- 10. checkpoints that would run code
+class _Call:
+    """Unpickling this with plain pickle would call ``func(*args)``."""
+
+    def __init__(self, func, args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+class Stage(enum.Enum):  # metadata of the kinds training frameworks store: pickled by reference, never imported
+    TRAIN = 'train'
+
+
+class History:
+    def mean(self):
+        return 0.0
+
+
+def hostile_payloads(marker: Path) -> dict:
+    """{case: (payload, the callable the message names)}: each would create ``marker`` if it were run."""
+    import subprocess
+
+    return {
+        'system': (_Call(os.system, (f'touch {marker}',)), 'os.system'),
+        'eval': (_Call(eval, (f'open({str(marker)!r}, "w").close()',)), 'builtins.eval'),
+        'subprocess': (_Call(subprocess.check_call, (['touch', str(marker)],)), 'subprocess.check_call'),
+        'method': (_Call(marker.touch, ()), f'pathlib.{type(marker).__name__}.touch'),  # getattr, then a call
+    }
+
+
+@pytest.mark.parametrize('case', ['system', 'eval', 'subprocess', 'method'])
+def test_a_checkpoint_that_would_run_code_is_refused_by_the_converter_and_infer(world, tmp_path, capsys, case):
+    from extracter.tools.convert_official import main as convert_main
+
+    marker = tmp_path / 'pwned'
+    payload, name = hostile_payloads(marker)[case]
+    tiny = torch.load(world['w'] / 'tiny.pth', weights_only=True)['params']
+    evil = tmp_path / 'w' / 'evil.pth'
+    evil.parent.mkdir()
+    torch.save({'state_dict': to_original_layout('Extracter', tiny), 'meta': {'note': payload}}, evil)
+    run_refused(convert_main, [evil, '-o', tmp_path / 'c.pth'], capsys, tmp_path, 'evil.pth: refused: the pickle '
+                f'calls {name} (a checkpoint never needs to run code); nothing was run')
+    torch.save({'params': tiny, 'meta': payload}, evil)  # our layout, and the payload
+    run_refused(infer_main(), infer_args(world, tmp_path, weights=evil), capsys, tmp_path, 'evil.pth',
+                f'calls {name}', 'nothing was run')
+    assert not marker.exists()
+
+
+def test_a_raw_pickle_that_would_run_code_is_named_as_such(world, tmp_path, capsys):
+    from extracter.tools.convert_official import main as convert_main
+
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'w' / 'evil.pth'
+    evil.parent.mkdir()
+    evil.write_bytes(b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n.")  # protocol 0: INST os.system
+    run_refused(convert_main, [evil, '-o', tmp_path / 'c.pth'], capsys, tmp_path, 'evil.pth', 'calls os.system')
+    assert not marker.exists()
+
+
+def test_training_metadata_objects_are_kept_as_placeholders_not_refused(world, tmp_path, capsys):
+    import argparse
+    import collections
+    import datetime
+
+    state = to_original_layout('Extracter', torch.load(world['w'] / 'tiny.pth', weights_only=True)['params'])
+    meta = {'seed': np.int64(5), 'curve': np.arange(3.0), 'stage': Stage.TRAIN, 'work_dir': Path('/runs/x'),
+            'time': datetime.datetime(2024, 1, 2), 'counts': collections.defaultdict(list, a=[1]),
+            'args': argparse.Namespace(lr=1e-4), 'ranks': collections.Counter('aab'), 'statistic': History.mean,
+            'history': History()}
+    src = tmp_path / 'w' / 'official_meta.pth'
+    src.parent.mkdir()
+    torch.save({'state_dict': state, 'meta': meta}, src)
+    from extracter.tools.convert_official import main as convert_main
+
+    rc, out, err = call(convert_main, [src, '-o', tmp_path / 'c.pth'], capsys)
+    assert rc == 0, err
+    assert 'note: not loaded (replaced by placeholders): 10 object(s)' in out and 'argparse.Namespace' in out, out
+    assert (tmp_path / 'c.pth').is_file() and (tmp_path / 'c.yml').is_file()
+
+
+def test_a_checkpoint_in_pickle_protocol_4_loads_without_a_console_warning(world, tmp_path, capsys):
+    tiny = torch.load(world['w'] / 'tiny.pth', weights_only=True)
+    weights = tmp_path / 'w' / 'p4.pth'
+    weights.parent.mkdir()
+    torch.save(tiny, weights, pickle_protocol=4)  # torch's weights-only reader warns about it, then cannot read it
+    (weights.parent / 'p4.yml').write_text(yaml.safe_dump({'network_g': NET}))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        rc, _, err = call(infer_main(), infer_args(world, tmp_path, weights=weights), capsys)
+    assert rc == 0, err
+    assert 'warning' not in err.lower() and 'protocol' not in err, err

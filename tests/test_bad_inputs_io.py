@@ -280,6 +280,24 @@ def test_low_range_16bit_warns_and_significant_bits_rescales(tmp_path):
         set_16bit_scaling('auto')
 
 
+def test_image_tensors_never_come_from_read_only_arrays(tmp_path, monkeypatch):
+    """read_image's arrays are Pillow's read-only buffers; torch warns (once per process) when given one."""
+    from extracter.data.degradations import to_tensor
+
+    writable = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, 'from_numpy', lambda a: writable.append(a.flags.writeable) or from_numpy(a))
+    for h, w in ((1, 1), (5, 7)):
+        Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(tmp_path / 'x.png')
+        arr = read_image(tmp_path / 'x.png')
+        with open(tmp_path / 'x.png', 'rb') as f:
+            record = decode_image_bytes(f.read(), '<lmdb>:x')  # an LMDB record is decoded the same way
+        for img in (arr, record):
+            t = to_tensor(img)
+            assert t.shape == (3, h, w) and torch.allclose(t, torch.full_like(t, 200 / 255))
+    assert writable == [True] * 4
+
+
 # --- atomic writes and interruption -----------------------------------------------------------------------------------
 
 
@@ -491,6 +509,10 @@ def test_run_main_known_unexpected_debug_and_signals(tmp_path, capsys):
     assert code == 0 and err == 'warning: a.png: the alpha channel is dropped\n'
     assert run_main(raiser(SystemExit(2)), []) == 2  # argparse's usage errors: their exit status, returned
     assert run_main(raiser(SystemExit(None)), []) == 0  # --help
+    for message in ('error: --model expects LABEL=WEIGHTS', '--model expects LABEL=WEIGHTS'):
+        # sys.exit('message'): a usage error the script states itself; Python alone would exit 1, as for a bug
+        code, _, err = _run(raiser(SystemExit(message)), [], capsys)
+        assert code == 2 and err == 'error: --model expects LABEL=WEIGHTS\n', err
 
 
 def test_run_main_leaves_torch_global_modes_as_it_found_them():
@@ -680,3 +702,45 @@ def test_prepare_vgg19_junk_inputs_one_line_naming_the_file(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith('error: ') and what in err, err
         assert _tree(tmp_path) == before
+
+
+# --- checkpoints: code, pickle protocols (extracter/utils/checkpoint.py, restricted_unpickle.py) ---------------------
+
+
+def test_which_calls_run_code():
+    from extracter.utils.restricted_unpickle import runs_code
+
+    for name in ('posix.system', 'builtins.eval', 'builtins.exec', 'builtins.getattr', 'subprocess.Popen',
+                 'subprocess.check_output', 'importlib.import_module', 'torch.load', 'pathlib.Path.unlink',
+                 'mmengine.logging.history_buffer.HistoryBuffer.min', 'webbrowser.open', 'timeit.timeit'):
+        assert runs_code(name), name
+    for name in ('numpy._core.multiarray.scalar', 'numpy.core.multiarray._reconstruct', 'numpy.dtype',
+                 'copyreg._reconstructor', 'collections.defaultdict', 'datetime.datetime', 'torch.device',
+                 'pathlib.PosixPath', 'mmengine.config.config.ConfigDict', 'lightning.AttributeDict', 'my.Stage'):
+        assert not runs_code(name), name
+
+
+def test_checkpoint_reading_refuses_code_names_objects_and_reads_protocol_4_quietly(tmp_path):
+    from torch import nn
+
+    from extracter.utils.checkpoint import CheckpointError, HostileCheckpointError, load_checkpoint
+
+    weights = {'conv.weight': torch.randn(2, 3, 3, 3)}
+    torch.save({'params': weights}, tmp_path / 'p4.pth', pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # torch's "Detected pickle protocol 4" would fail here
+        loaded = load_checkpoint(tmp_path / 'p4.pth')
+    assert torch.equal(loaded['params']['conv.weight'], weights['conv.weight'])
+    marker = tmp_path / 'pwned'
+    (tmp_path / 'raw.pth').write_bytes(b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n.")  # INST os.system
+    with pytest.raises(HostileCheckpointError, match=r'raw.pth: refused: the pickle calls os.system \(a checkpoint '
+                                                     r'never needs to run code\); nothing was run'):
+        load_checkpoint(tmp_path / 'raw.pth')
+    assert not marker.exists()
+    torch.save(nn.Linear(2, 2), tmp_path / 'model.pth')  # objects, not code: refused as before, naming the class
+    with pytest.raises(CheckpointError, match=r'objects other than tensors \(a pickled model\?\).*'
+                                              r'torch.nn.modules.linear.Linear') as caught:
+        load_checkpoint(tmp_path / 'model.pth')
+    assert not isinstance(caught.value, HostileCheckpointError)
+    assert isinstance(load_checkpoint(tmp_path / 'model.pth', placeholders=True), object)  # the converter's reading
+

@@ -90,3 +90,22 @@ def test_wrong_files(tmp_path):
     with pytest.raises(FileExistsError, match='--overwrite'):
         convert(str(other), str(tmp_path / 'exists.pth'))
     assert (tmp_path / 'exists.pth').read_bytes() == b'user data'
+
+
+@pytest.mark.parametrize('arch', ['Extracter', 'TTSR', 'DRCT'])
+def test_a_checkpoint_already_in_our_format_is_refused_with_the_command_that_uses_it(tmp_path, arch):
+    from tests.test_descriptor import TINY
+
+    net = ARCH_REGISTRY.get(arch)(**TINY[arch])
+    src = tmp_path / 'ours.pth'
+    torch.save({'params_ema': net.state_dict(), 'params': net.state_dict()}, src)
+    with pytest.raises(ConversionError, match=rf"ours.pth: already in this toolkit's format \({arch}.*use it as it is "
+                                              r'\(python extracter/infer.py --weights .*ours.pth'):
+        convert(str(src), str(tmp_path / 'o.pth'))
+    partial = dict(net.state_dict())
+    partial.pop(next(iter(partial)))
+    torch.save({'params': partial}, src)
+    if arch != 'DRCT':  # our RefSR key names (main.*, dfe.*/lte.*, gde.*): nothing to convert either
+        with pytest.raises(ConversionError, match="has this toolkit's key names .*nothing to convert"):
+            convert(str(src), str(tmp_path / 'o.pth'))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ours.pth']  # nothing written

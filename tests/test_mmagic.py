@@ -24,7 +24,7 @@ from extracter.convert.common import ConversionError
 from extracter.convert.mmagic import convert_mmagic_discriminator, map_mmagic_key
 from extracter.convert.official import build_network, convert_state_dict
 from extracter.tools.convert_official import convert
-from extracter.utils.restricted_unpickle import Placeholder, find_placeholders, restricted_load
+from extracter.utils.restricted_unpickle import HostilePickleError, Placeholder, find_placeholders, restricted_load
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'parity_mmagic'
 CASES = ('rec', 'gan')
@@ -241,7 +241,10 @@ def test_restricted_load_never_runs_reduce(tmp_path, legacy_format):
     weights = {'conv.weight': torch.randn(2, 3, 3, 3), 'conv.bias': torch.randn(2).half()}
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': weights, 'meta': payloads}, path, _use_new_zipfile_serialization=not legacy_format)
-    loaded = restricted_load(path)
+    with pytest.raises(HostilePickleError, match=r'evil.pth: refused: the pickle calls os.system, builtins.exec and '
+                                                 r'importlib.import_module \(a checkpoint never needs to run code\)'):
+        restricted_load(path)
+    loaded = restricted_load(path, refuse_code=False)  # what was not run, recorded
     assert not marker.exists()
     assert 'antigravity' not in sys.modules
     for key, payload in payloads.items():

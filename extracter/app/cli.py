@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         runner = JobRunner(output, device=args.device, max_memory=args.max_memory, models=models,
                            allow_model_paths=not args.listen_all, max_waiting=args.max_waiting)
     except ValueError as err:
-        raise SystemExit(f'error: --max-memory: {err}') from None
+        raise SystemExit(f'error: --max-memory: {str(err).removeprefix("max_memory ")}') from None
     print(f'models in {models_dir}: {len(models)}; default memory budget {runner.max_memory}; outputs in {output}')
     page = build_page(runner, str(models_dir))
     page.queue(default_concurrency_limit=1)

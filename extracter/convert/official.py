@@ -18,6 +18,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from extracter.archs.descriptor import detect_options
 from extracter.convert.common import ConversionError, infer_network_options
 from extracter.convert.mmagic import convert_mmagic_state, is_mmagic_state
 
@@ -25,6 +26,8 @@ _NEST_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net', 'network')
 _GDE_PARTS = ('conv12_grad', 'grad_12', 'conv23_grad', 'grad_23', 'conv33_grad', 'grad_33', 'fuse_tail1',
               'fuse_tail2', 'fuse')
 _HEADS = ('conv11_head', 'conv22_head', 'conv33_head')
+_OUR_HEADS = ('main', 'dfe', 'lte', 'gde')  # the top-level modules of this toolkit's RefSR networks
+USE_AS_IS = 'python extracter/infer.py --weights {source} ...'
 
 
 def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
@@ -41,6 +44,27 @@ def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor
     else:
         raise ConversionError(f'{source}: could not find a state dict of tensors')
     return {re.sub(r'^(module\.)+', '', k): v for k, v in obj.items()}
+
+
+def _shown(value) -> str:
+    return '+'.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def refuse_ours(state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> None:
+    """A checkpoint already in this toolkit's format (an architecture's descriptor recognises it: ``detect``) needs
+    no conversion: refused with the command that uses it as it is."""
+    options = detect_options(state)
+    if options is not None:
+        shown = ', '.join(f'{k} {_shown(options[k])}' for k in ('num_res_blocks', 'n_feats', 'top_k', 'upscale',
+                                                                  'embed_dim') if k in options)
+        raise ConversionError(f"{source}: already in this toolkit's format ({options['type']}"
+                              f"{': ' + shown if shown else ''}): use it as it is ({USE_AS_IS.format(source=source)});"
+                              f' nothing was converted')
+    heads = {k.split('.', 1)[0] for k in state}
+    if heads and heads <= set(_OUR_HEADS):
+        raise ConversionError(f"{source}: has this toolkit's key names ({', '.join(f'{h}.*' for h in sorted(heads))}), "
+                              'not an original layout: there is nothing to convert (but no architecture of this '
+                              'package matches its tensors as they are: a partial or edited state dict?)')
 
 
 def detect_arch(state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> str:
@@ -84,6 +108,7 @@ def convert_state_dict(raw, source: str = 'checkpoint') -> Tuple[Dict[str, torch
                                                                    List[str]]:
     """Returns (our state dict, network options, notes). Raises :class:`ConversionError` on anything unknown."""
     state = unwrap_state_dict(raw, source)
+    refuse_ours(state, source)
     if is_mmagic_state(state):
         mapped, options, notes = convert_mmagic_state(state, source)
         verify_strict_load(mapped, options, source)

@@ -165,5 +165,9 @@ def augment_sample(images: Dict[str, np.ndarray], params: Dict[str, Tuple[bool, 
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 ``H x W x 3`` -> float32 ``3 x H x W`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+    """uint8 ``H x W x 3`` -> float32 ``3 x H x W`` in [0, 1]. ``img`` may be read-only (as :func:`read_image`'s
+    arrays are: Pillow's pixel buffer); torch is never handed a read-only array (it would warn)."""
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    if not chw.flags.writeable:  # the transpose needed no copy (a 1 x 1 image): still the read-only buffer
+        chw = chw.copy()
+    return torch.from_numpy(chw).float().div_(255.0)

@@ -372,7 +372,9 @@ def _open_image_file(path: str) -> BinaryIO:
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as uint8 RGB ``H x W x 3`` (see the module docstring for the normalisation)."""
+    """Read an image file as uint8 RGB ``H x W x 3`` (see the module docstring for the normalisation). The array is
+    usually read-only (Pillow's pixel buffer, not copied again): copy it before writing into it; for a tensor use
+    :func:`extracter.data.degradations.to_tensor`."""
     path = os.fspath(path)
     with _open_image_file(path) as f:
         arr, notes = _decode(f, path)

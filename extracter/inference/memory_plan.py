@@ -56,10 +56,12 @@ class MemoryBudgetError(ValueError):
 
 
 def parse_memory(value) -> int:
-    """Bytes from ``6G``, ``1.5G``, ``512M``, ``6GB``, ``6GiB`` (binary units) or a plain number of bytes."""
+    """Bytes from ``6G``, ``1.5G``, ``512M``, ``6GB``, ``6GiB`` (binary units) or a plain number of bytes. Errors
+    start with the key, once (``max_memory must look like '6G', ...``): callers that took the value from a flag put
+    the flag in its place (``--max-memory: must look like ...``)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value <= 0:
-            raise ValueError(f'max_memory must be positive, got {value}')
+            raise ValueError(f'max_memory must be positive (a working-memory budget such as 6G), got {value}')
         return int(value)
     match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*', str(value).upper())
     if not match:

@@ -116,9 +116,9 @@ class InferenceOptions:
                                        'the tile size)')
         if self.max_memory is not None:
             try:
-                parse_memory(self.max_memory)
+                parse_memory(self.max_memory)  # its message starts with the key: 'max_memory must ...'
             except ValueError as err:
-                raise InferenceOptionError(f'max_memory: {err}') from None
+                raise InferenceOptionError(str(err)) from None
 
     @classmethod
     def from_mapping(cls, opt: Optional[Mapping[str, Any]], prefix: str = '',

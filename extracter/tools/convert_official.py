@@ -4,8 +4,9 @@ checkpoint (generator.*, extractor.*), into a BasicSR checkpoint.
 Writes OUTPUT (``{'params': state_dict}``) and, beside it, OUTPUT with suffix ``.yml`` holding the matching
 ``network_g`` options. An mmagic TTSR-GAN checkpoint's discriminator goes to OUTPUT_net_d.pth (``network_d`` in the
 YAML). Checkpoints whose metadata holds objects other than tensors and plain containers (mmengine's) are read with
-:func:`extracter.utils.restricted_unpickle.restricted_load`, which replaces those objects by inert placeholders.
-Load the result with:
+:func:`extracter.utils.restricted_unpickle.restricted_load`, which replaces those objects by inert placeholders; a
+checkpoint whose pickle would call code (``os.system``, ``eval``) is refused as hostile, and one already in this
+toolkit's format is refused with the command that uses it as it is. Load the result with:
 
     import yaml
     from extracter.registry import ARCH_REGISTRY  # (BasicSR's after extracter.registry.use_basicsr())
@@ -18,7 +19,6 @@ Example:
 """
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
@@ -31,21 +31,16 @@ from extracter.utils.checkpoint import CheckpointError
 from extracter.utils.checkpoint import load_checkpoint as read_checkpoint
 from extracter.utils.cli import ArgumentParser, run_main
 from extracter.utils.file_io import atomic_torch_save, atomic_write_text, refuse_overwrite
-from extracter.utils.restricted_unpickle import find_placeholders, restricted_load
+from extracter.utils.restricted_unpickle import find_placeholders
 
 
 def load_checkpoint(path: str):
-    """(object, notes): ``weights_only`` loading, or the restricted loader when the file holds other objects."""
+    """(object, notes): ``weights_only`` loading, or the restricted loader when the file holds other objects (they
+    come back as inert placeholders, listed in the notes); a pickle that calls code is refused."""
     try:
-        return read_checkpoint(path), []
+        raw = read_checkpoint(path, placeholders=True)
     except CheckpointError as err:
-        if not isinstance(err.__cause__, pickle.UnpicklingError):
-            raise ConversionError(str(err)) from None
-        # weights_only refused a class: read it again with everything but tensors and containers replaced
-    try:
-        raw = restricted_load(path)
-    except Exception as err:
-        raise ConversionError(f'{path}: cannot be read as a torch checkpoint: {err}') from err
+        raise ConversionError(str(err)) from None
     found = find_placeholders(raw)
     names = sorted(set(found.values()))
     return raw, [f'not loaded (replaced by placeholders): {len(found)} object(s) of {names[:6]}'

@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error('--folder needs --lmdb')
     if args.lmdb and not args.folder:
         p.error('--lmdb goes with --folder')
+    if not 0 <= args.compress_level <= 9:
+        p.error(f'--compress-level must be 0..9 (PNG), got {args.compress_level}')
     return args
 
 

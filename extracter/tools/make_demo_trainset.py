@@ -119,13 +119,15 @@ def pair_self(img: np.ndarray, size: int, rng: np.random.Generator):
     return hr, deg.make_lq_up(deg.make_lq(hr)), 'self-reference (bicubic x4 down-up)'
 
 
-def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False,
-          overlap_shift=(0.2, 0.7), video_steps: int = 4, video_shift: float = 1 / 3) -> Path:
-    """Write ``num`` pairs of ``size`` x ``size`` to ``out`` (atomically). ``overlap_shift``: range of the reference
-    window's shift for ``overlap`` pairs, as a fraction of ``size`` per axis; ``video_steps``: the largest frame
-    distance for ``video`` pairs; ``video_shift``: their largest window shift, as a fraction of ``size``."""
-    if size % 16:
-        raise ValueError(f'--size must be a multiple of 16, got {size}')
+def check_settings(num: int, size: int, seed: int, mix, overlap_shift, video_steps: int, video_shift: float):
+    """:func:`build`'s settings, each refused naming its flag (before anything is read or written); the four
+    proportions of ``mix``."""
+    if size < 16 or size % 16:
+        raise ValueError(f'--size must be a positive multiple of 16, got {size}')
+    if num < 1:
+        raise ValueError(f'--num must be >= 1 (pairs to write), got {num}')
+    if seed < 0:
+        raise ValueError(f'--seed must be >= 0 (a NumPy seed), got {seed}')
     if len(mix) == len(KINDS) - 1:
         mix = tuple(mix) + (0.0,)  # three proportions: no 'self' pairs
     if len(mix) != len(KINDS) or min(mix) < 0 or sum(mix) <= 0:
@@ -134,6 +136,15 @@ def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_M
         raise ValueError(f'--overlap-shift must satisfy 0 <= LO <= HI < 1, got {tuple(overlap_shift)}')
     if video_steps < 1 or not 0 <= video_shift < 1:
         raise ValueError(f'--video-steps must be >= 1 and --video-shift in [0, 1), got {video_steps}, {video_shift}')
+    return mix
+
+
+def build(shared: Path, out: Path, num: int, size: int, seed: int, mix=DEFAULT_MIX, overwrite: bool = False,
+          overlap_shift=(0.2, 0.7), video_steps: int = 4, video_shift: float = 1 / 3) -> Path:
+    """Write ``num`` pairs of ``size`` x ``size`` to ``out`` (atomically). ``overlap_shift``: range of the reference
+    window's shift for ``overlap`` pairs, as a fraction of ``size`` per axis; ``video_steps``: the largest frame
+    distance for ``video`` pairs; ``video_shift``: their largest window shift, as a fraction of ``size``."""
+    mix = check_settings(num, size, seed, mix, overlap_shift, video_steps, video_shift)
     still_dirs = (shared / 'train' / 'bsd200', shared / 'train' / 'yang91')
     stills = [read_image(d / n) for d in still_dirs for n in list_images(d)]
     stills = [s for s in stills if min(s.shape[:2]) >= size + 8]

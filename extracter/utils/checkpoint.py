@@ -1,17 +1,24 @@
-"""The one place where checkpoints are read. Checkpoints are untrusted input: always ``weights_only=True``.
+"""The one place where checkpoints are read. Checkpoints are untrusted input: ``weights_only=True``, or for the files
+torch's weights-only unpickler cannot read, our restricted unpickler, which imports and runs nothing either.
 
 - :func:`load_checkpoint`: the whole file (a training state, a BasicSR network file, a VGG-19 file, a foreign
-  checkpoint), with errors that name the file.
+  checkpoint), with errors that name the file. A pickle that would call code (``os.system``, ``eval``, ...) is
+  refused as hostile; one of pickle protocol 3 or above (which torch's weights-only unpickler does not read) is read
+  by the restricted unpickler (:mod:`extracter.utils.restricted_unpickle`).
 - :func:`network_state`: the network's tensors inside a loaded checkpoint: BasicSR's ``{'params_ema'|'params': ...}``
   (EMA weights preferred, as BasicSR's test scripts do) or a plain state dict; ``module.`` prefixes (DataParallel/DDP)
   removed.
 """
 
 import os
+import pickle
 import re
+import warnings
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
+
+from extracter.utils.restricted_unpickle import HostilePickleError, PickleReport, restricted_load
 
 PathLike = Union[str, 'os.PathLike[str]']
 DEFAULT_PARAM_KEYS = ('params_ema', 'params')
@@ -19,6 +26,11 @@ DEFAULT_PARAM_KEYS = ('params_ema', 'params')
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or that does not hold what was asked for; the message names it."""
+
+
+class HostileCheckpointError(CheckpointError):
+    """A checkpoint whose pickle would call code (``os.system``, ``eval``, ...): refused, nothing was run; the message
+    names the file and the callable."""
 
 
 def _why_unreadable(path: str, err: Exception) -> str:
@@ -36,9 +48,16 @@ def _why_unreadable(path: str, err: Exception) -> str:
     return 'not a PyTorch weights file'
 
 
-def load_checkpoint(path: PathLike, map_location: Any = 'cpu', what: str = 'a PyTorch checkpoint') -> Any:
+def load_checkpoint(path: PathLike, map_location: Any = 'cpu', what: str = 'a PyTorch checkpoint',
+                    placeholders: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``; a missing, empty, foreign or corrupt file is an error naming it and
-    ``what`` was expected."""
+    ``what`` was expected.
+
+    A file torch's weights-only unpickler refuses is read again by the restricted unpickler (nothing imported or
+    run): a pickle that calls code is refused (:class:`HostileCheckpointError`); tensors and plain containers in a
+    pickle protocol torch's reader does not take (3 and above) are returned; objects of other classes are refused
+    (a pickled model?) unless ``placeholders`` (then they come back as inert placeholders: the converter of
+    mmengine's checkpoints reads those)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f'{path} is a folder, expected the file of {what}')
@@ -47,13 +66,36 @@ def load_checkpoint(path: PathLike, map_location: Any = 'cpu', what: str = 'a Py
     if os.path.getsize(path) == 0:
         raise CheckpointError(f'{path}: empty file (0 bytes), expected {what}')
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about every protocol but 2 (then reads it or fails); those files are read below
+            warnings.filterwarnings('ignore', message='Detected pickle protocol', category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except OSError as err:
         raise OSError(err.errno, f'{path}: cannot read ({err.strerror or err})') from err
     except MemoryError:
         raise
+    except pickle.UnpicklingError as err:  # a class or an opcode torch's weights-only unpickler does not take
+        return _load_restricted(path, map_location, what, placeholders, err)
     except Exception as err:  # noqa: BLE001  unpickling untrusted data fails in many ways; all mean the same
         raise CheckpointError(f'{path}: {_why_unreadable(path, err)}; expected {what}') from err
+
+
+def _load_restricted(path: str, map_location: Any, what: str, placeholders: bool, refused: Exception) -> Any:
+    """The file that ``torch.load(weights_only=True)`` refused (``refused``), read by the restricted unpickler."""
+    report = PickleReport()
+    try:
+        obj = restricted_load(path, map_location, report=report)
+    except HostilePickleError as err:
+        raise HostileCheckpointError(str(err)) from None
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001  junk: say what torch's reader found
+        raise CheckpointError(f'{path}: {_why_unreadable(path, refused)}; expected {what}') from refused
+    if report.replaced and not placeholders:
+        names = ', '.join(report.replaced[:3]) + (' ...' if report.replaced[3:] else '')
+        raise CheckpointError(f'{path}: a PyTorch file holding objects other than tensors (a pickled model?); only '
+                              f'weights-only files are read, this one holds {names}; expected {what}')
+    return obj
 
 
 def strip_module_prefix(state: Dict[str, Any]) -> Dict[str, Any]:

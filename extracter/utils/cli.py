@@ -10,10 +10,11 @@ Usage in a script::
 
 Exit statuses: 0 success; 2 a known error (bad input or environment: ``ValueError`` and its subclasses such as
 ``ImageReadError`` or ``OptionError``, ``OSError`` and its subclasses such as ``FileNotFoundError``,
-``FileExistsError``, ``PermissionError``, ``IsADirectoryError``, a full disk, ``MemoryError``, and the script's own
-``known`` types); 1 anything unexpected (a bug: the message says to rerun with ``--debug`` and report it); 130 Ctrl-C;
-128 + n for signal n (143 for SIGTERM), as a shell reports a killed process. ``--debug`` anywhere on the command line
-(or ``EXTRACTER_DEBUG=1``) prints the traceback as well; the flag is removed before ``main`` sees ``argv``.
+``FileExistsError``, ``PermissionError``, ``IsADirectoryError``, a full disk, ``MemoryError``, the script's own
+``known`` types, argparse's usage errors and ``sys.exit('message')``); 1 anything unexpected (a bug: the message
+says to rerun with ``--debug`` and report it); 130 Ctrl-C; 128 + n for signal n (143 for SIGTERM), as a shell
+reports a killed process. ``--debug`` anywhere on the command line (or ``EXTRACTER_DEBUG=1``) prints the traceback
+as well; the flag is removed before ``main`` sees ``argv``.
 
 While ``main`` runs, SIGTERM and SIGHUP raise :class:`~extracter.utils.file_io.Terminated`, so temporary files are
 removed (see :mod:`extracter.utils.file_io`), and an :class:`~extracter.utils.input_warning.InputWarning` (e.g. an
@@ -122,8 +123,8 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
     except SystemExit as err:  # argparse's usage errors (2, message already printed) and --help (0)
         if err.code is None or isinstance(err.code, int):
             return int(err.code or 0)
-        print(err.code, file=sys.stderr)
-        return EXIT_UNEXPECTED
+        # sys.exit('message'): a usage error stated by the script itself (Python would exit 1, as for a bug)
+        return fail(EXIT_ERROR, str(err.code).removeprefix('error: '))
     except Exception as err:  # noqa: BLE001  the boundary: a bug, reported as one
         hint = '' if debug else f'; rerun with {debug_flag} for the traceback'
         return fail(EXIT_UNEXPECTED, f'unexpected {type(err).__name__}: {err}{hint} (please report it)')
