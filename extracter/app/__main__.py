@@ -1,5 +1,7 @@
 """``python -m extracter.app``: the local web page (see :mod:`extracter.app.cli`)."""
 
+import sys
+
 from extracter.app.cli import main
 
-main()
+sys.exit(main())

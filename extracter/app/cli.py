@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
+from extracter.utils.cli import run_main
 
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 4
@@ -64,7 +65,12 @@ def check_host(host: str, listen_all: bool) -> str:
     return host
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``extracter-app``: the exit status (2 and one ``error:`` line for bad input, as every command line here)."""
+    return run_main(serve, argv)
+
+
+def serve(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(argv)
     host = check_host(args.host, args.listen_all)
     if args.listen_all:
@@ -119,4 +125,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
