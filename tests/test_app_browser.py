@@ -89,16 +89,20 @@ def open_page(browser, url):
 
 
 def upload(page, elem_id: str, paths, attempts: int = 3) -> None:
-    """Choose the files in the component's file input; the upload has finished when the component lists them. On a
-    busy machine the page may not have attached its handlers yet when the first choice is made: choose again."""
+    """Choose the files in the component's file input; the upload has finished when the component lists them (Gradio
+    shows a name as its stem and its extension apart: wait for the stem). On a busy machine the page may not have
+    attached its handlers yet when the first choice is made: choose again, but only while the component lists none
+    of the files (choosing again after an upload started would add a second copy to a multi-file box)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    box = page.locator(f'#{elem_id}')
+    stems = [Path(p).stem for p in paths]
     for attempt in range(1, attempts + 1):
-        page.locator(f'#{elem_id} input[type=file]').set_input_files([str(p) for p in paths])
+        if attempt == 1 or not any(box.get_by_text(stem).count() for stem in stems):
+            box.locator('input[type=file]').set_input_files([str(p) for p in paths])
         try:
-            for p in paths:
-                page.locator(f'#{elem_id}').get_by_text(Path(p).name).first.wait_for(
-                    timeout=JOB_TIMEOUT_MS // attempts)
+            for stem in stems:
+                box.get_by_text(stem).first.wait_for(timeout=JOB_TIMEOUT_MS // attempts)
             return
         except PlaywrightTimeout:
             if attempt == attempts:
@@ -172,3 +176,36 @@ def test_page_full_size_motorcycle_pair(server, browser, tmp_path):
     sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_full.png', 4 * JOB_TIMEOUT_MS)
     assert sr.shape == pair['hr'].shape
     assert psnr_y(sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])
+
+
+def test_the_page_takes_the_next_free_port_and_prints_its_own_address(tmp_path):
+    """``make app`` while 7860 is taken: the next free port, said so, and the page's address printed; never
+    Gradio's banner suggesting a public link (share=True: this page is local by design)."""
+    require_app_extras()
+    if not DEMO_MODEL.is_file():
+        pytest.skip(f'the demo model {DEMO_MODEL} is missing')
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
+        log_path = tmp_path / 'server.log'
+        with open(log_path, 'w') as log:
+            proc = subprocess.Popen([sys.executable, '-m', 'extracter.app', '--port', str(port), '-o',
+                                     str(tmp_path / 'page'), '--models', str(DEMO_MODEL.parent)],
+                                    cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.time() + START_TIMEOUT_S
+                while 'the page is at' not in log_path.read_text():
+                    assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-2000:]
+                    time.sleep(0.5)
+                text = log_path.read_text()
+                url = re.search(r'the page is at (http://127\.0\.0\.1:(\d+)/) \(this machine only\)', text)
+                assert url and int(url.group(2)) != port and f'port {port} is in use; using {url.group(2)}' in text
+                with urllib.request.urlopen(url.group(1), timeout=10) as resp:
+                    assert resp.status == 200
+                assert 'share=True' not in text and 'public link' not in text
+            finally:
+                proc.terminate()
+                proc.wait(30)
+

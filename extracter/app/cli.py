@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from extracter.utils.cli import run_main
 
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 4
+PORT_TRIES = 20  # a port in use: the next ones are tried
 REPO_PRETRAINED = Path(__file__).resolve().parents[2] / 'pretrained'
 LISTEN_ALL_WARNING = ('WARNING: --listen-all: the page listens on every network interface; anyone who can reach this '
                       'machine can use it (and its CPU/GPU time). Only the models in the list can be chosen.')
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--host', default='127.0.0.1', help='address to listen on (a loopback address unless '
                                                             '--listen-all)')
-    parser.add_argument('--port', type=int, default=DEFAULT_PORT, help=f'port (default {DEFAULT_PORT})')
+    parser.add_argument('--port', type=int, default=DEFAULT_PORT,
+                        help=f'port (default {DEFAULT_PORT}; if it is in use, the next free one)')
     parser.add_argument('--listen-all', action='store_true',
                         help='listen on all network interfaces (0.0.0.0, or --host); prints a warning')
     parser.add_argument('--models', default=None,
@@ -63,6 +66,20 @@ def check_host(host: str, listen_all: bool) -> str:
         raise SystemExit(f'error: --host {host} is not a loopback address; to listen on other interfaces pass '
                          '--listen-all as well (the page has no login)')
     return host
+
+
+def free_port(host: str, port: int, tries: int = PORT_TRIES) -> int:
+    """``port``, or the first of the next ``tries - 1`` that nothing listens on at ``host``."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f'--port must be between 1 and 65535, got {port}')
+    for candidate in range(port, min(65536, port + tries)):
+        with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    raise ValueError(f'--port: {port} to {min(65535, port + tries - 1)} are all in use on {host}; pass another --port')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -108,11 +125,20 @@ def serve(argv: Sequence[str]) -> None:
     print(f'models in {models_dir}: {len(models)}; default memory budget {runner.max_memory}; outputs in {output}')
     page = build_page(runner, str(models_dir))
     page.queue(default_concurrency_limit=1)
-    launch_kwargs = dict(server_name=host, server_port=args.port, share=False, max_file_size=max_upload,
-                         allowed_paths=[str(runner.jobs_dir)], ssr_mode=False, show_error=False, run_history=False)
+    port = free_port(host, args.port)
+    if port != args.port:
+        print(f'port {args.port} is in use; using {port}')
+    # quiet: Gradio's own banner suggests share=True, which this local page never uses; the address is printed below
+    launch_kwargs = dict(server_name=host, server_port=port, share=False, max_file_size=max_upload,
+                         allowed_paths=[str(runner.jobs_dir)], ssr_mode=False, show_error=False, run_history=False,
+                         quiet=True, prevent_thread_lock=True)
     for attempt in range(1, LAUNCH_ATTEMPTS + 1):
         try:
             page.launch(**launch_kwargs)
+            shown = f'[{host}]' if ':' in host else host
+            print(f'the page is at http://{shown}:{port}/ ' + ('(every network interface; no login)' if
+                  args.listen_all else '(this machine only)') + '; Ctrl-C stops it', flush=True)
+            page.block_thread()
             return
         except ValueError as err:
             # Gradio checks that the started server answers within 3 s, else refuses to go on without share=True
