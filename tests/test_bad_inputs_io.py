@@ -731,6 +731,15 @@ def test_checkpoint_reading_refuses_code_names_objects_and_reads_protocol_4_quie
         warnings.simplefilter('error')  # torch's "Detected pickle protocol 4" would fail here
         loaded = load_checkpoint(tmp_path / 'p4.pth')
     assert torch.equal(loaded['params']['conv.weight'], weights['conv.weight'])
+    # a BasicSR training state (Adam, MultiStepLR: its milestones are a collections.Counter) in protocols 4 and 5
+    net = nn.Conv2d(3, 2, 3)
+    adam = torch.optim.Adam(net.parameters())
+    sched = torch.optim.lr_scheduler.MultiStepLR(adam, [10, 20])
+    state = {'epoch': 1, 'iter': 5, 'optimizers': [adam.state_dict()], 'schedulers': [sched.state_dict()]}
+    for protocol in (4, 5):
+        torch.save(state, tmp_path / f'state{protocol}.state', pickle_protocol=protocol)
+        loaded = load_checkpoint(tmp_path / f'state{protocol}.state')
+        assert loaded['schedulers'][0]['milestones'] == sched.state_dict()['milestones']
     marker = tmp_path / 'pwned'
     (tmp_path / 'raw.pth').write_bytes(b"(S'touch " + str(marker).encode() + b"'\nios\nsystem\n.")  # INST os.system
     with pytest.raises(HostileCheckpointError, match=r'raw.pth: refused: the pickle calls os.system \(a checkpoint '

@@ -127,6 +127,13 @@ def test_the_processes_of_one_torchrun_launch_share_the_lock(tmp_path, sleeper, 
     other_lock(tmp_path, sleeper, launch='xyz@127.0.0.1:29533 on ' + socket.gethostname())  # another launch
     with pytest.raises(FolderLockedError):
         lock(tmp_path)[0].acquire()
+    # a killed launch with the same key (plain torchrun: the same id and master every time): taken over, not joined
+    other_lock(tmp_path, DEAD_PID, launch=launch)
+    held, notes = lock(tmp_path)
+    held.acquire()
+    assert held.owned and held.joined is None and 'took over' in notes[0]
+    held.release()
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_archive_moves_the_lock_to_the_new_folder(tmp_path):
@@ -219,3 +226,11 @@ def test_png_problem_finds_cut_and_damaged_files(tmp_path):
     assert 'corrupt' in png_problem(tmp_path / 'bad.png')
     (tmp_path / 'text.png').write_text('not a picture')
     assert png_problem(tmp_path / 'text.png') == 'not a PNG file'
+    # a header chunk of the wrong length (its checksum right): corrupt, not a crash
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    (tmp_path / 'short.png').write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', b'\0' * 5) + chunk(b'IEND', b''))
+    assert 'corrupt' in png_problem(tmp_path / 'short.png') and 'IHDR' in png_problem(tmp_path / 'short.png')

@@ -170,17 +170,18 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        """Resume state, data and model first (anything wrong fails here, before any folder exists), then the
-        experiment folders, the options copy, the log file and TensorBoard."""
+        """The lock on ``experiments/<name>`` (rank 0; before anything looks at what the folder holds), then resume
+        state, data and model (anything wrong fails here, before any experiment folder is made; a folder made only to
+        hold the lock goes with it), then the experiment folders, the options copy, the log file and TensorBoard."""
         opt = self.opt
         torch.backends.cudnn.benchmark = bool(opt.get('cudnn_benchmark', False))
+        if dist_util.is_main_process():  # one run at a time in experiments/<name> (released by release())
+            self.folder_lock = FolderLock(opt['path']['experiments_root'], self.command, self.wait).acquire()
         self.resume_path = find_resume_state(opt)
         self.resume_state = load_checkpoint(self.resume_path, self.device) if self.resume_path else None
         self.last_good = self.resume_path
         self.train_loader, self.train_sampler, self.val_loaders, data_info = create_dataloaders(opt)
         self.model = build_model(opt)
-        if dist_util.is_main_process():  # one run at a time in experiments/<name> (released by release())
-            self.folder_lock = FolderLock(opt['path']['experiments_root'], self.command, self.wait).acquire()
         prepare_experiment_dirs(opt, resuming=self.resume_state is not None, lock=self.folder_lock)
         copy_option_file(self.opt_file, opt)
         log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")

@@ -206,8 +206,8 @@ class FolderLock:
             other = _read_lock(self.path)
             if other is None:  # released meanwhile
                 continue
-            if self.info.launch is not None and other.launch == self.info.launch:
-                self.joined = other
+            if self.info.launch is not None and other.launch == self.info.launch and not other.gone():
+                self.joined = other  # a process of this launch took it (a dead launch's lock is taken over below)
                 return
             if other.gone():
                 self._take_over(other)

@@ -26,7 +26,7 @@ import _compat_pickle
 import contextvars
 import os
 import pickle
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -125,6 +125,7 @@ def _attribute(obj, name, *default):
 
 _ALLOWED: Dict[Tuple[str, str], Any] = {
     ('collections', 'OrderedDict'): OrderedDict,
+    ('collections', 'Counter'): Counter,  # MultiStepLR's milestones in a training state
     ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
     ('torch._utils', '_rebuild_tensor_v3'): _rebuild_tensor_v3,

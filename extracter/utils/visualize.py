@@ -46,7 +46,9 @@ class _PngCheck:
         self.expected: Optional[int] = None
 
     def header(self, data: bytes) -> None:
-        width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', data[:13])
+        if len(data) != 13:
+            raise zlib.error(f'its header chunk (IHDR) has {len(data)} bytes, not 13')
+        width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', data)
         if not interlace and colour in _PNG_CHANNELS:
             self.expected = height * (1 + (width * _PNG_CHANNELS[colour] * depth + 7) // 8)
 
