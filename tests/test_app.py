@@ -224,8 +224,9 @@ def test_files_are_read_and_written_only_in_its_own_folders(models, pair, tmp_pa
     result = runner.run(JobRequest(lr=lr, refs=[ref], lr_name='../../evil.png'))
     new = files_under(tmp_path) - before
     assert new == set(result.files.values())
-    assert all(p.parent == runner.jobs_dir / result.job_id and p.name.startswith(result.job_id) for p in new)
-    assert sorted(p.name[len(result.job_id):] for p in new) == ['_bicubic.png', '_sr.png', '_texture.png']
+    assert all(p.parent == runner.jobs_dir / result.job_id for p in new)  # nothing outside the job's folder
+    assert sorted(p.name for p in new) == sorted([f'{result.job_id}_bicubic.png', 'evil_x4.png',
+                                                  f'{result.job_id}_texture.png'])  # the name: sanitised
     again = runner.run(JobRequest(lr=lr, refs=[ref]))  # a second job never replaces the first one's files
     assert again.job_id != result.job_id and all(p.is_file() for p in result.files.values())
 
@@ -331,3 +332,36 @@ def test_the_page_listens_on_this_machine_only_unless_asked(capsys):
     err = capsys.readouterr().err
     assert 'WARNING: --listen-all: the page listens on every network interface' in err
     assert err.strip().splitlines()[-1].startswith('error: --max-upload must look like 200M')
+
+
+def test_the_same_reference_twice_is_used_once(models, pair, tmp_path, one_thread):
+    """The same photo uploaded twice (two files, the same pixels): exactly the SR of one, and a note says so."""
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'walk10_lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    again = upload(runner, 'ref copy.png', pair['ref'])
+    once = runner.run(JobRequest(lr=lr, refs=[ref]))
+    twice = runner.run(JobRequest(lr=lr, refs=[ref, again]))
+    np.testing.assert_array_equal(twice.sr, once.sr)
+    np.testing.assert_array_equal(read_png(twice.files['sr']), read_png(once.files['sr']))
+    assert twice.notes == ['Reference 2 (ref copy.png) is the same photo as reference 1 (ref.png): used once.']
+    assert once.notes == []
+
+
+def test_the_result_is_named_after_the_photo(models, pair, tmp_path, one_thread):
+    from extracter.app.jobs import download_stem
+
+    runner = make_runner(tmp_path, models)
+    ref = upload(runner, 'ref.png', pair['ref'])
+    lr = upload(runner, 'walk10_lr.png', pair['lr'])
+    first = runner.run(JobRequest(lr=lr, refs=[ref]))
+    second = runner.run(JobRequest(lr=lr, refs=[ref]))
+    assert first.files['sr'].name == second.files['sr'].name == 'walk10_lr_x4.png'
+    assert first.files['sr'].parent != second.files['sr'].parent  # each job keeps its own folder
+    assert first.files['sr'].parent == first.folder and first.files['sr'].is_file()
+    odd = upload(runner, 'été à la plage (1).PNG', pair['lr'])
+    assert runner.run(JobRequest(lr=odd, refs=[ref], lr_name='../../été à la plage (1).PNG')).files['sr'].name \
+        == 't_la_plage_1_x4.png'
+    assert download_stem('..\\..\\.hidden.png') == 'hidden' and download_stem('') == 'photo'
+    assert download_stem('a' * 100 + '.jpg') == 'a' * 60 and download_stem('$$$.png') == 'photo'
+

@@ -12,14 +12,16 @@ Guarantees:
 
 - One job runs at a time per runner; later ones wait in order and say so (``queued: N job(s) ahead``), at most
   ``max_waiting`` of them.
-- Input files are read only from ``upload_dir`` (where the page stores uploads); their names are never used for
-  outputs. Outputs go to ``output_dir/jobs/<job id>/`` under generated names, written atomically, never replaced;
-  the job's folder is created exclusively (another page process sharing ``output_dir`` can never get the same one).
+- Input files are read only from ``upload_dir`` (where the page stores uploads). Outputs go to
+  ``output_dir/jobs/<job id>/``, written atomically, never replaced; only the SR's file takes its name from the
+  photo's (sanitised: ``walk10_lr.png`` -> ``walk10_lr_x4.png``), the rest have generated names; the job's folder
+  is created exclusively (another page process sharing ``output_dir`` can never get the same one).
 - Every failure becomes a :class:`JobError` whose message says what is wrong in plain words; nothing escapes.
 - A memory budget always applies to reference-based runs: the request's, else the runner's default (half of the
   memory that is free when the runner starts, see :func:`default_memory_budget`).
 """
 
+import hashlib
 import logging
 import math
 import os
@@ -166,7 +168,7 @@ class JobRequest:
     model: Optional[str] = None
     max_memory: Optional[str] = None
     search_mode: Optional[str] = None
-    lr_name: Optional[str] = None  # names to show in messages (never used for files)
+    lr_name: Optional[str] = None  # names to show in messages (and the SR's file name, sanitised)
     ref_names: Optional[Sequence[str]] = None
 
 
@@ -411,8 +413,8 @@ class JobRunner:
                            f'{MIN_LR_SIDE}.')
         refs = []
         if entry.uses_reference:
-            for path, label in zip(ref_paths, ref_labels):
-                ref = self._read(path, label, notes)
+            read = [self._read(path, label, notes) for path, label in zip(ref_paths, ref_labels)]
+            for ref, label in _without_duplicates(read, ref_labels, notes):
                 rh, rw = ref.shape[:2]
                 if min(rh, rw) < MIN_REF_SIDE or rh * rw < MIN_REF_AREA_RATIO * h * w:
                     raise JobError(f'{_cap(label)} is {rw} x {rh} pixels, far smaller than the {w} x {h} photo to '
@@ -432,7 +434,9 @@ class JobRunner:
             out = self._run_single(net, lq, report, eta)
         report(Progress('writing the result', 0.97))
         job_id, folder = self._new_job_folder()
-        files = {'sr': folder / f'{job_id}_sr.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
+        scale = out['sr'].shape[0] // h
+        stem = download_stem(request.lr_name or request.lr)
+        files = {'sr': folder / f'{stem}_x{scale}.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
         save_png(out['sr'], files['sr'])
         save_png(out['bicubic'], files['bicubic'])
         texture = None
@@ -526,6 +530,32 @@ class _EtaClock:
     def compute_seconds(self) -> float:
         """Seconds of the computation (after the model is loaded), for the next job's estimate."""
         return time.time() - self.t0
+
+
+def _without_duplicates(refs: List[np.ndarray], labels: Sequence[str],
+                        notes: List[str]) -> List[Tuple[np.ndarray, str]]:
+    """``(reference, label)`` for each decoded picture once, in order (the same photo uploaded twice would change
+    the search's result); a note names each one left out."""
+    seen: Dict[Tuple, int] = {}
+    kept = []
+    for i, ref in enumerate(refs):
+        key = (ref.shape, ref.dtype.str, hashlib.sha256(np.ascontiguousarray(ref).tobytes()).hexdigest())
+        if key in seen:
+            notes.append(f'{_cap(labels[i])} is the same photo as {labels[seen[key]]}: used once.')
+            continue
+        seen[key] = i
+        kept.append((ref, labels[i]))
+    return kept
+
+
+def download_stem(name: Optional[str]) -> str:
+    """The stem of the uploaded photo's name for the result's file name (``walk10_lr.png`` -> ``walk10_lr``):
+    letters, digits, ``.``, ``-`` and ``_`` only, at most 60 characters, never hidden; ``photo`` if nothing is
+    left."""
+    base = re.split(r'[\\/]', str(name or ''))[-1]
+    stem = base.rsplit('.', 1)[0] if '.' in base.lstrip('.') else base
+    stem = re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._-')[:60].strip('._-')
+    return stem or 'photo'
 
 
 def _cap(text: str) -> str:
