@@ -123,6 +123,9 @@ def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int
     lr = save(pair['lr'], tmp_path / 'in' / 'motorcycle_lr.png')
     ref = save(pair['ref'], tmp_path / 'in' / 'motorcycle_ref.png')
     page = open_page(browser, url)
+    from playwright.sync_api import expect
+
+    expect(page.locator('#texture')).to_be_hidden()  # no empty texture box before there is a texture picture
     upload(page, 'lr', [lr])
     upload(page, 'refs', [ref])
     text = run_and_wait(page, timeout_ms)
@@ -135,6 +138,7 @@ def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int
     page.screenshot(path=str(SCREENSHOTS / shot), full_page=True)
     with page.expect_download() as download:
         page.locator('#download a').first.click()
+    assert download.value.suggested_filename == 'motorcycle_lr_x4.png'  # named after the upload
     got = tmp_path / 'downloaded.png'
     download.value.save_as(str(got))
     page.close()

@@ -81,11 +81,13 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
         try:
             result = runner.run(request, report)
         except JobError as err:
-            return _status('Could not enlarge the photo:', str(err)), None, None, '', None
+            return _status('Could not enlarge the photo:', str(err)), None, gr.update(value=None, visible=False), \
+                '', None
         done = _status('Done.', f'The enlarged photo is ready ({result.job_id}).')
+        texture_file = result.files.get('texture')  # none for a single-image run: the box is hidden
         return (done, (str(result.files['bicubic']), str(result.files['sr'])),
-                str(result.files['texture']) if 'texture' in result.files else None, _relevance_text(result),
-                str(result.files['sr']))
+                gr.update(value=str(texture_file) if texture_file else None, visible=texture_file is not None),
+                _relevance_text(result), str(result.files['sr']))
 
     with gr.Blocks(title='EXTRACTER', analytics_enabled=False) as page:
         gr.Markdown(f'## {TITLE}\n{INTRO}')
@@ -116,7 +118,7 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 slider = gr.ImageSlider(label='Before / after: bicubic (left) vs super-resolved (right)',
                                         type='filepath', format='png', elem_id='slider', interactive=False)
                 texture = gr.Image(label='Where the textures came from', type='filepath', format='png',
-                                   elem_id='texture', interactive=False)
+                                   elem_id='texture', interactive=False, visible=False)
                 stats = gr.Markdown('', elem_id='stats')
                 download = gr.File(label='Download the enlarged photo (PNG)', elem_id='download', interactive=False,
                                    height=90)
