@@ -149,10 +149,13 @@ def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int
 
 
 def test_page_enlarges_the_motorcycle_pair_as_the_command_line_does(server, browser, tmp_path):
-    url, _ = server
+    url, out = server
     pair = motorcycle_pair(160, ref_scale=0.5)  # LR 40 x 40, reference 370 x 250: fast on 2 cores
     sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_small.png')
     assert sr.shape == (160, 160, 3) == pair['hr'].shape
+    # each result is stored once: served from its job folder, not copied into Gradio's cache (the upload folder)
+    uploads = {p.name for p in (out / 'page' / 'uploads').rglob('*.png')}
+    assert uploads == {'motorcycle_lr.png', 'motorcycle_ref.png'}, uploads
     assert psnr_y(sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])
 
 

@@ -7,7 +7,8 @@ i/n) and the time left. The result: a before/after slider (bicubic vs SR), the t
 statistics and the SR PNG to download. Errors are written on the page (``#status``) in plain words.
 
 Import this module only after the upload folder is chosen: :func:`build_page` sets ``GRADIO_TEMP_DIR`` (where
-Gradio stores uploads and the files it serves) to the runner's ``upload_dir`` if it is not set yet.
+Gradio stores uploads) to the runner's ``upload_dir`` if it is not set yet; the results are served from the job
+folders directly (static paths), never copied.
 """
 
 import os
@@ -60,6 +61,10 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
     import gradio as gr
 
     runner.upload_dir.mkdir(parents=True, exist_ok=True)
+    runner.jobs_dir.mkdir(parents=True, exist_ok=True)
+    # the results are served from the job folders as they are: Gradio copies any other file it serves into its
+    # cache (the upload folder), which stored every result twice
+    gr.set_static_paths([str(runner.jobs_dir)])
     choices = model_choices(runner)
     default_model = next((v for (label, v), m in zip(choices, runner.models) if m.uses_reference),
                          choices[0][1] if choices else None)
