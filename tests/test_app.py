@@ -224,8 +224,9 @@ def test_files_are_read_and_written_only_in_its_own_folders(models, pair, tmp_pa
     result = runner.run(JobRequest(lr=lr, refs=[ref], lr_name='../../evil.png'))
     new = files_under(tmp_path) - before
     assert new == set(result.files.values())
-    assert all(p.parent == runner.jobs_dir / result.job_id and p.name.startswith(result.job_id) for p in new)
-    assert sorted(p.name[len(result.job_id):] for p in new) == ['_bicubic.png', '_sr.png', '_texture.png']
+    assert all(p.parent == runner.jobs_dir / result.job_id for p in new)  # nothing outside the job's folder
+    assert sorted(p.name for p in new) == sorted([f'{result.job_id}_bicubic.png', 'evil_x4.png',
+                                                  f'{result.job_id}_texture.png'])  # the name: sanitised
     again = runner.run(JobRequest(lr=lr, refs=[ref]))  # a second job never replaces the first one's files
     assert again.job_id != result.job_id and all(p.is_file() for p in result.files.values())
 
@@ -331,3 +332,96 @@ def test_the_page_listens_on_this_machine_only_unless_asked(capsys):
     err = capsys.readouterr().err
     assert 'WARNING: --listen-all: the page listens on every network interface' in err
     assert err.strip().splitlines()[-1].startswith('error: --max-upload must look like 200M')
+
+
+def test_the_same_reference_twice_is_used_once(models, pair, tmp_path, one_thread):
+    """The same photo uploaded twice (two files, the same pixels): exactly the SR of one, and a note says so."""
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'walk10_lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    again = upload(runner, 'ref copy.png', pair['ref'])
+    once = runner.run(JobRequest(lr=lr, refs=[ref]))
+    twice = runner.run(JobRequest(lr=lr, refs=[ref, again]))
+    np.testing.assert_array_equal(twice.sr, once.sr)
+    np.testing.assert_array_equal(read_png(twice.files['sr']), read_png(once.files['sr']))
+    assert twice.notes == ['Reference 2 (ref copy.png) is the same photo as reference 1 (ref.png): used once.']
+    assert once.notes == []
+
+
+def test_the_result_is_named_after_the_photo(models, pair, tmp_path, one_thread):
+    from extracter.app.jobs import download_stem
+
+    runner = make_runner(tmp_path, models)
+    ref = upload(runner, 'ref.png', pair['ref'])
+    lr = upload(runner, 'walk10_lr.png', pair['lr'])
+    first = runner.run(JobRequest(lr=lr, refs=[ref]))
+    second = runner.run(JobRequest(lr=lr, refs=[ref]))
+    assert first.files['sr'].name == second.files['sr'].name == 'walk10_lr_x4.png'
+    assert first.files['sr'].parent != second.files['sr'].parent  # each job keeps its own folder
+    assert first.files['sr'].parent == first.folder and first.files['sr'].is_file()
+    odd = upload(runner, 'été à la plage (1).PNG', pair['lr'])
+    assert runner.run(JobRequest(lr=odd, refs=[ref], lr_name='../../été à la plage (1).PNG')).files['sr'].name \
+        == 't_la_plage_1_x4.png'
+    assert download_stem('..\\..\\.hidden.png') == 'hidden' and download_stem('') == 'photo'
+    assert download_stem('a' * 100 + '.jpg') == 'a' * 60 and download_stem('$$$.png') == 'photo'
+
+
+def job_folders(runner: JobRunner) -> list:
+    return sorted(p.name for p in runner.jobs_dir.iterdir())
+
+
+def test_old_jobs_are_removed_keeping_the_last_n_under_the_cap(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path / 'count', models, keep_jobs=3)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    ids = [runner.run(JobRequest(lr=lr, refs=[ref])).job_id for _ in range(5)]
+    assert job_folders(runner) == sorted(ids[-3:])  # the newest three
+    folder_bytes = sum(p.stat().st_size for p in (runner.jobs_dir / ids[-1]).iterdir())
+    # at most 2.5 folders' worth of megabytes: two remain, however many are allowed by count
+    capped = make_runner(tmp_path / 'cap', models, keep_jobs=10, keep_mb=2.5 * folder_bytes / 2 ** 20)
+    lr, ref = upload(capped, 'lr.png', pair['lr']), upload(capped, 'ref.png', pair['ref'])
+    ids = [capped.run(JobRequest(lr=lr, refs=[ref])).job_id for _ in range(4)]
+    assert job_folders(capped) == sorted(ids[-2:])
+    assert sum(p.stat().st_size for p in files_under(capped.jobs_dir)) <= capped.keep_bytes
+    # a cap below one job's size: the job that just ran is kept anyway, whole
+    tiny = make_runner(tmp_path / 'tiny', models, keep_mb=1e-6)
+    lr, ref = upload(tiny, 'lr.png', pair['lr']), upload(tiny, 'ref.png', pair['ref'])
+    for _ in range(2):
+        result = tiny.run(JobRequest(lr=lr, refs=[ref]))
+        assert job_folders(tiny) == [result.job_id] and all(p.is_file() for p in result.files.values())
+    with pytest.raises(ValueError, match='keep_jobs must be at least 1'):
+        make_runner(tmp_path / 'bad', models, keep_jobs=0)
+
+
+def test_uploads_older_than_the_jobs_kept_are_removed(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path, models, keep_jobs=1)
+    old = Path(upload(runner, 'old.png', pair['lr']))
+    outside = tmp_path / 'outside.png'
+    outside.write_bytes(b'not the page\'s')
+    os.symlink(outside, runner.upload_dir / 'link')
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    past = time.time() - 2 * 3600
+    for p in (old, old.parent, Path(lr), Path(lr).parent, Path(ref), Path(ref).parent):
+        os.utime(p, (past, past))
+    os.utime(runner.upload_dir / 'link', (past, past), follow_symlinks=False)
+    result = runner.run(JobRequest(lr=lr, refs=[ref]))
+    assert not old.parent.exists()  # older than every job kept (and an hour), and not this job's
+    fresh = Path(upload(runner, 'fresh.png', pair['lr']))  # older than the job kept, but a minute old: kept
+    os.utime(fresh.parent, (time.time() - 60,) * 2)
+    runner.run(JobRequest(lr=lr, refs=[ref]))
+    assert fresh.is_file()
+    assert Path(lr).is_file() and Path(ref).is_file()  # the job's own inputs stay (a rerun may use them)
+    assert not (runner.upload_dir / 'link').is_symlink() and outside.read_bytes() == b'not the page\'s'
+    assert len(job_folders(runner)) == 1 and result.job_id not in job_folders(runner)
+
+
+def test_the_retention_flags_are_checked(capsys):
+    from extracter.app import cli, jobs
+
+    assert (cli.DEFAULT_KEEP_JOBS, cli.DEFAULT_KEEP_MB) == (jobs.DEFAULT_KEEP_JOBS, jobs.DEFAULT_KEEP_MB)
+    args = cli.build_parser().parse_args(['--keep-jobs', '5', '--keep-mb', '50'])
+    assert (args.keep_jobs, args.keep_mb) == (5, 50.0)
+    for argv in (['--keep-jobs', '0'], ['--keep-mb', '0']):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err.strip().startswith('error: --keep-jobs must be at least 1 and --keep-mb')

@@ -123,6 +123,9 @@ def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int
     lr = save(pair['lr'], tmp_path / 'in' / 'motorcycle_lr.png')
     ref = save(pair['ref'], tmp_path / 'in' / 'motorcycle_ref.png')
     page = open_page(browser, url)
+    from playwright.sync_api import expect
+
+    expect(page.locator('#texture')).to_be_hidden()  # no empty texture box before there is a texture picture
     upload(page, 'lr', [lr])
     upload(page, 'refs', [ref])
     text = run_and_wait(page, timeout_ms)
@@ -135,6 +138,7 @@ def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int
     page.screenshot(path=str(SCREENSHOTS / shot), full_page=True)
     with page.expect_download() as download:
         page.locator('#download a').first.click()
+    assert download.value.suggested_filename == 'motorcycle_lr_x4.png'  # named after the upload
     got = tmp_path / 'downloaded.png'
     download.value.save_as(str(got))
     page.close()
@@ -145,10 +149,13 @@ def enlarge_on_the_page(browser, url, tmp_path, pair, shot: str, timeout_ms: int
 
 
 def test_page_enlarges_the_motorcycle_pair_as_the_command_line_does(server, browser, tmp_path):
-    url, _ = server
+    url, out = server
     pair = motorcycle_pair(160, ref_scale=0.5)  # LR 40 x 40, reference 370 x 250: fast on 2 cores
     sr, cli_sr = enlarge_on_the_page(browser, url, tmp_path, pair, 'result_small.png')
     assert sr.shape == (160, 160, 3) == pair['hr'].shape
+    # each result is stored once: served from its job folder, not copied into Gradio's cache (the upload folder)
+    uploads = {p.name for p in (out / 'page' / 'uploads').rglob('*.png')}
+    assert uploads == {'motorcycle_lr.png', 'motorcycle_ref.png'}, uploads
     assert psnr_y(sr, pair['hr']) == psnr_y(cli_sr, pair['hr'])
 
 

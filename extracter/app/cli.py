@@ -20,6 +20,9 @@ from typing import Optional, Sequence
 from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
 from extracter.utils.cli import run_main
 
+DEFAULT_KEEP_JOBS = 20  # as extracter.app.jobs (not imported here: it imports torch)
+DEFAULT_KEEP_MB = 500.0
+
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 4
 PORT_TRIES = 20  # a port in use: the next ones are tried
@@ -50,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help='default memory budget of a job, e.g. 6G (default: half of the memory free at start)')
     parser.add_argument('--max-upload', default='200M', help='largest uploaded file (default 200M)')
     parser.add_argument('--max-waiting', type=int, default=4, help='jobs that may wait behind the running one')
+    parser.add_argument('--keep-jobs', type=int, default=DEFAULT_KEEP_JOBS,
+                        help=f'keep the results of the last N jobs (default {DEFAULT_KEEP_JOBS}); older ones, and '
+                        'older uploads, are removed')
+    parser.add_argument('--keep-mb', type=float, default=DEFAULT_KEEP_MB,
+                        help=f'and at most this many megabytes of results (default {DEFAULT_KEEP_MB:g}); the '
+                        'latest job is always kept')
     add_image_arguments(parser)  # --max-image-pixels, --16bit-scaling: as the other command lines
     return parser
 
@@ -103,6 +112,9 @@ def serve(argv: Sequence[str]) -> None:
 
         if not torch.cuda.is_available():
             raise SystemExit(f'error: --device {args.device}: CUDA is not available here')
+    if args.keep_jobs < 1 or not args.keep_mb > 0:
+        raise SystemExit(f'error: --keep-jobs must be at least 1 and --keep-mb above 0, got {args.keep_jobs} and '
+                         f'{args.keep_mb:g}')
     output = Path(args.output).resolve()
     os.environ['GRADIO_TEMP_DIR'] = str(output / 'uploads')  # before Gradio is imported: uploads stay in our folder
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
@@ -119,10 +131,12 @@ def serve(argv: Sequence[str]) -> None:
     models = find_models(models_dir)
     try:
         runner = JobRunner(output, device=args.device, max_memory=args.max_memory, models=models,
-                           allow_model_paths=not args.listen_all, max_waiting=args.max_waiting)
+                           allow_model_paths=not args.listen_all, max_waiting=args.max_waiting,
+                           keep_jobs=args.keep_jobs, keep_mb=args.keep_mb)
     except ValueError as err:
         raise SystemExit(f'error: --max-memory: {str(err).removeprefix("max_memory ")}') from None
-    print(f'models in {models_dir}: {len(models)}; default memory budget {runner.max_memory}; outputs in {output}')
+    print(f'models in {models_dir}: {len(models)}; default memory budget {runner.max_memory}; outputs in {output} '
+          f'(the last {args.keep_jobs} jobs, at most {args.keep_mb:g} MB)')
     page = build_page(runner, str(models_dir))
     page.queue(default_concurrency_limit=1)
     port = free_port(host, args.port)

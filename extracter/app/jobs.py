@@ -12,19 +12,24 @@ Guarantees:
 
 - One job runs at a time per runner; later ones wait in order and say so (``queued: N job(s) ahead``), at most
   ``max_waiting`` of them.
-- Input files are read only from ``upload_dir`` (where the page stores uploads); their names are never used for
-  outputs. Outputs go to ``output_dir/jobs/<job id>/`` under generated names, written atomically, never replaced;
-  the job's folder is created exclusively (another page process sharing ``output_dir`` can never get the same one).
+- Input files are read only from ``upload_dir`` (where the page stores uploads). Outputs go to
+  ``output_dir/jobs/<job id>/``, written atomically, never replaced; only the SR's file takes its name from the
+  photo's (sanitised: ``walk10_lr.png`` -> ``walk10_lr_x4.png``), the rest have generated names; the job's folder
+  is created exclusively (another page process sharing ``output_dir`` can never get the same one).
+- Old jobs and uploads are removed after each job: the newest ``keep_jobs`` job folders are kept, at most
+  ``keep_mb`` megabytes of them (see :class:`JobRunner`); never the job that just ran.
 - Every failure becomes a :class:`JobError` whose message says what is wrong in plain words; nothing escapes.
 - A memory budget always applies to reference-based runs: the request's, else the runner's default (half of the
   memory that is free when the runner starts, see :func:`default_memory_budget`).
 """
 
+import hashlib
 import logging
 import math
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import warnings
@@ -59,6 +64,9 @@ TEXTURE_MIN_H = 320
 DEFAULT_SEARCH = 'auto'  # as infer.py: approximate where the exact search is expensive
 SISR_TILE = {'tile_size': 256, 'tile_pad': 16}  # single-image models: tiles above this size (LR pixels)
 JOB_ID_ATTEMPTS = 8
+DEFAULT_KEEP_JOBS = 20  # the retention policy (extracter-app --keep-jobs, --keep-mb)
+DEFAULT_KEEP_MB = 500
+UPLOAD_GRACE_S = 3600  # an upload this recent is never removed (it may be for a job about to start)
 
 
 class JobError(ValueError):
@@ -166,7 +174,7 @@ class JobRequest:
     model: Optional[str] = None
     max_memory: Optional[str] = None
     search_mode: Optional[str] = None
-    lr_name: Optional[str] = None  # names to show in messages (never used for files)
+    lr_name: Optional[str] = None  # names to show in messages (and the SR's file name, sanitised)
     ref_names: Optional[Sequence[str]] = None
 
 
@@ -229,11 +237,17 @@ class JobRunner:
         models: the models offered (their checkpoints may be read); a request may also name another checkpoint
             when ``allow_model_paths`` is set (the page's path box, off when the page listens on all interfaces).
         max_waiting: jobs that may wait behind the running one; more are refused.
+        keep_jobs, keep_mb: the retention policy, applied after each job: the newest ``keep_jobs`` job folders are
+            kept, and older ones are removed (oldest first) also while all of them together take more than
+            ``keep_mb`` megabytes; the job that just ran is never removed. Uploads (top-level entries of
+            ``upload_dir``) older than the oldest job kept, and than an hour, are removed too, except those of
+            the running and waiting jobs.
     """
 
     def __init__(self, output_dir: Path, upload_dir: Optional[Path] = None, device: str = 'cpu',
                  max_memory: Optional[str] = None, models: Sequence[ModelEntry] = (), allow_model_paths: bool = True,
-                 max_waiting: int = 4) -> None:
+                 max_waiting: int = 4, keep_jobs: int = DEFAULT_KEEP_JOBS,
+                 keep_mb: float = DEFAULT_KEEP_MB) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.upload_dir = Path(upload_dir).resolve() if upload_dir else self.output_dir / 'uploads'
         self.jobs_dir = self.output_dir / 'jobs'
@@ -243,6 +257,10 @@ class JobRunner:
         self.models = list(models)
         self.allow_model_paths = allow_model_paths
         self.max_waiting = max_waiting
+        if keep_jobs < 1 or not keep_mb > 0:
+            raise ValueError(f'keep_jobs must be at least 1 and keep_mb above 0, got {keep_jobs} and {keep_mb}')
+        self.keep_jobs = keep_jobs
+        self.keep_bytes = int(keep_mb * 2 ** 20)
         self._cond = threading.Condition()
         self._waiting: deque = deque()
         self._busy = False
@@ -265,7 +283,7 @@ class JobRunner:
         """Run ``request`` when its turn comes (reporting ``queued: ...`` meanwhile), then report its stages.
         Raises :class:`JobError` with a message in plain words for any failure."""
         report = report or (lambda p: None)
-        ticket = object()
+        ticket = _Ticket(request)
         with self._cond:
             if len(self._waiting) >= self.max_waiting:
                 raise JobError(f'The page is busy: {len(self._waiting)} jobs are already waiting. Try again in a '
@@ -280,7 +298,9 @@ class JobRunner:
                 self._waiting.remove(ticket)
             self._busy = True
         try:
-            return self._run_guarded(request, report)
+            result = self._run_guarded(request, report)
+            self._apply_retention(result.folder, request)
+            return result
         finally:
             with self._cond:
                 self._busy = False
@@ -313,6 +333,19 @@ class JobRunner:
             LOG.exception('job failed')
             raise JobError(f'The job failed unexpectedly ({type(err).__name__}: {err}). The page keeps working; '
                            'the details are in the server log.') from None
+
+    # ------------------------------------------------------------------ retention
+    def _apply_retention(self, current: Path, request: JobRequest) -> None:
+        """Remove old job folders and uploads (see the class docstring); a failure is logged, never raised."""
+        try:
+            kept = prune_job_folders(self.jobs_dir, current, self.keep_jobs, self.keep_bytes)
+            with self._cond:
+                in_use = [request] + [t.request for t in self._waiting]
+            paths = [p for r in in_use for p in (r.lr, *r.refs) if p]
+            cutoff = min([_mtime(f) for f in kept] + [time.time() - UPLOAD_GRACE_S])
+            prune_uploads(self.upload_dir, cutoff, paths)
+        except OSError as err:
+            LOG.warning('could not remove old jobs or uploads: %s', err)
 
     # ------------------------------------------------------------------ one job
     def _input_path(self, path: Optional[str], label: str) -> Path:
@@ -411,8 +444,8 @@ class JobRunner:
                            f'{MIN_LR_SIDE}.')
         refs = []
         if entry.uses_reference:
-            for path, label in zip(ref_paths, ref_labels):
-                ref = self._read(path, label, notes)
+            read = [self._read(path, label, notes) for path, label in zip(ref_paths, ref_labels)]
+            for ref, label in _without_duplicates(read, ref_labels, notes):
                 rh, rw = ref.shape[:2]
                 if min(rh, rw) < MIN_REF_SIDE or rh * rw < MIN_REF_AREA_RATIO * h * w:
                     raise JobError(f'{_cap(label)} is {rw} x {rh} pixels, far smaller than the {w} x {h} photo to '
@@ -432,7 +465,9 @@ class JobRunner:
             out = self._run_single(net, lq, report, eta)
         report(Progress('writing the result', 0.97))
         job_id, folder = self._new_job_folder()
-        files = {'sr': folder / f'{job_id}_sr.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
+        scale = out['sr'].shape[0] // h
+        stem = download_stem(request.lr_name or request.lr)
+        files = {'sr': folder / f'{stem}_x{scale}.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
         save_png(out['sr'], files['sr'])
         save_png(out['bicubic'], files['bicubic'])
         texture = None
@@ -501,6 +536,65 @@ class JobRunner:
         return {'sr': tensor_to_uint8(sr), 'bicubic': deg.make_lq_up(lq, (scale * h, scale * w))}
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """A place in the queue (compared by identity), with the request that waits in it."""
+
+    request: JobRequest
+
+
+def _mtime(path: Path) -> float:
+    return path.lstat().st_mtime
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(p.lstat().st_size for p in folder.rglob('*') if not p.is_dir() or p.is_symlink())
+
+
+def prune_job_folders(jobs_dir: Path, current: Path, keep: int, keep_bytes: int) -> List[Path]:
+    """Remove the oldest job folders under ``jobs_dir`` until at most ``keep`` remain and they take at most
+    ``keep_bytes``, never ``current``; returns the folders kept (``current`` among them)."""
+    folders = sorted((p for p in jobs_dir.iterdir() if p.is_dir() and not p.is_symlink()),
+                     key=lambda p: (p == current, _mtime(p), p.name))  # oldest first, the current one last
+    sizes = {p: _bytes_under(p) for p in folders}
+    total = sum(sizes.values())
+    kept = list(folders)
+    for folder in folders[:-1] if folders and folders[-1] == current else folders:
+        if len(kept) <= keep and total <= keep_bytes:
+            break
+        shutil.rmtree(folder)
+        kept.remove(folder)
+        total -= sizes[folder]
+        LOG.info('removed the old job folder %s (keeping %d jobs, at most %d MB)', folder.name, keep,
+                 keep_bytes // 2 ** 20)
+    return kept
+
+
+def prune_uploads(upload_dir: Path, cutoff: float, in_use: Sequence[str]) -> None:
+    """Remove the top-level entries of ``upload_dir`` (one per upload, as Gradio stores them) last changed before
+    ``cutoff``, except those holding a path of ``in_use``; nothing outside ``upload_dir`` (links are not
+    followed)."""
+    if not upload_dir.is_dir():
+        return
+    protected = set()
+    for path in in_use:
+        try:
+            protected.add(Path(path).resolve().relative_to(upload_dir).parts[0])
+        except (ValueError, IndexError):
+            continue
+    for entry in upload_dir.iterdir():
+        if entry.name in protected:
+            continue
+        newest = max([_mtime(entry)] + ([_mtime(p) for p in entry.iterdir()] if entry.is_dir() and
+                                        not entry.is_symlink() else []))
+        if newest >= cutoff:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 class _EtaClock:
     """Seconds left: from the tiles' pace once tiles run (the search counted in the first tile: an over- rather
     than an under-estimate), else from the previous job's seconds per LR pixel (None for a process's first job)."""
@@ -526,6 +620,32 @@ class _EtaClock:
     def compute_seconds(self) -> float:
         """Seconds of the computation (after the model is loaded), for the next job's estimate."""
         return time.time() - self.t0
+
+
+def _without_duplicates(refs: List[np.ndarray], labels: Sequence[str],
+                        notes: List[str]) -> List[Tuple[np.ndarray, str]]:
+    """``(reference, label)`` for each decoded picture once, in order (the same photo uploaded twice would change
+    the search's result); a note names each one left out."""
+    seen: Dict[Tuple, int] = {}
+    kept = []
+    for i, ref in enumerate(refs):
+        key = (ref.shape, ref.dtype.str, hashlib.sha256(np.ascontiguousarray(ref).tobytes()).hexdigest())
+        if key in seen:
+            notes.append(f'{_cap(labels[i])} is the same photo as {labels[seen[key]]}: used once.')
+            continue
+        seen[key] = i
+        kept.append((ref, labels[i]))
+    return kept
+
+
+def download_stem(name: Optional[str]) -> str:
+    """The stem of the uploaded photo's name for the result's file name (``walk10_lr.png`` -> ``walk10_lr``):
+    letters, digits, ``.``, ``-`` and ``_`` only, at most 60 characters, never hidden; ``photo`` if nothing is
+    left."""
+    base = re.split(r'[\\/]', str(name or ''))[-1]
+    stem = base.rsplit('.', 1)[0] if '.' in base.lstrip('.') else base
+    stem = re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._-')[:60].strip('._-')
+    return stem or 'photo'
 
 
 def _cap(text: str) -> str:

@@ -7,7 +7,8 @@ i/n) and the time left. The result: a before/after slider (bicubic vs SR), the t
 statistics and the SR PNG to download. Errors are written on the page (``#status``) in plain words.
 
 Import this module only after the upload folder is chosen: :func:`build_page` sets ``GRADIO_TEMP_DIR`` (where
-Gradio stores uploads and the files it serves) to the runner's ``upload_dir`` if it is not set yet.
+Gradio stores uploads) to the runner's ``upload_dir`` if it is not set yet; the results are served from the job
+folders directly (static paths), never copied.
 """
 
 import os
@@ -60,6 +61,10 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
     import gradio as gr
 
     runner.upload_dir.mkdir(parents=True, exist_ok=True)
+    runner.jobs_dir.mkdir(parents=True, exist_ok=True)
+    # the results are served from the job folders as they are: Gradio copies any other file it serves into its
+    # cache (the upload folder), which stored every result twice
+    gr.set_static_paths([str(runner.jobs_dir)])
     choices = model_choices(runner)
     default_model = next((v for (label, v), m in zip(choices, runner.models) if m.uses_reference),
                          choices[0][1] if choices else None)
@@ -81,11 +86,13 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
         try:
             result = runner.run(request, report)
         except JobError as err:
-            return _status('Could not enlarge the photo:', str(err)), None, None, '', None
+            return _status('Could not enlarge the photo:', str(err)), None, gr.update(value=None, visible=False), \
+                '', None
         done = _status('Done.', f'The enlarged photo is ready ({result.job_id}).')
+        texture_file = result.files.get('texture')  # none for a single-image run: the box is hidden
         return (done, (str(result.files['bicubic']), str(result.files['sr'])),
-                str(result.files['texture']) if 'texture' in result.files else None, _relevance_text(result),
-                str(result.files['sr']))
+                gr.update(value=str(texture_file) if texture_file else None, visible=texture_file is not None),
+                _relevance_text(result), str(result.files['sr']))
 
     with gr.Blocks(title='EXTRACTER', analytics_enabled=False) as page:
         gr.Markdown(f'## {TITLE}\n{INTRO}')
@@ -116,7 +123,7 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 slider = gr.ImageSlider(label='Before / after: bicubic (left) vs super-resolved (right)',
                                         type='filepath', format='png', elem_id='slider', interactive=False)
                 texture = gr.Image(label='Where the textures came from', type='filepath', format='png',
-                                   elem_id='texture', interactive=False)
+                                   elem_id='texture', interactive=False, visible=False)
                 stats = gr.Markdown('', elem_id='stats')
                 download = gr.File(label='Download the enlarged photo (PNG)', elem_id='download', interactive=False,
                                    height=90)
