@@ -5,12 +5,24 @@ import sys
 from os import path as osp
 from typing import Callable, List, Optional, Sequence
 
-from basicsr.utils import get_root_logger
+from basicsr.utils import get_root_logger, get_time_str, mkdir_and_rename
 
 from extracter.utils import dist as dist_util
 from extracter.utils.cli import run_main
 
 ROOT_PATH = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def archive_folder(folder: str, lock=None) -> None:
+    """Rename ``folder`` to ``<folder>_archived_<time>`` (``--overwrite``): through its lock when this run holds one
+    (the lock moves to the new, empty folder; :meth:`extracter.utils.folder_lock.FolderLock.archive`), else as
+    BasicSR's ``mkdir_and_rename``."""
+    if lock is None:
+        mkdir_and_rename(folder)
+        return
+    archived = f'{folder}_archived_{get_time_str()}'
+    print(f'Path already exists. Rename it to {archived}', flush=True)
+    lock.archive(archived)
 
 
 def bind_console() -> None:

@@ -17,12 +17,12 @@ from typing import Any, Dict, List, Optional
 
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.utils import get_env_info, get_time_str, mkdir_and_rename
+from basicsr.utils import get_env_info, get_time_str
 from basicsr.utils.options import dict2str
 
 from extracter.evaluation.protocols import describe_metric
 from extracter.options.schema import option_errors, parse_options
-from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
+from extracter.pipeline.common import ROOT_PATH, archive_folder, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files
 from extracter.utils.folder_lock import FolderLock, command_line
@@ -44,12 +44,7 @@ def prepare_results_dir(opt: Dict[str, Any], lock: Optional[FolderLock] = None) 
             if not opt['overwrite']:
                 raise FileExistsError(f'{results_root} already exists; pass --overwrite to archive it (renamed to '
                                       '<name>_archived_<time>) and test again (it holds results)')
-            if lock is not None:
-                archived = f'{results_root}_archived_{get_time_str()}'
-                print(f'Path already exists. Rename it to {archived}', flush=True)
-                lock.archive(archived)
-            else:
-                mkdir_and_rename(results_root)
+            archive_folder(results_root, lock)
         os.makedirs(opt['path']['visualization'], exist_ok=True)
     dist_util.barrier()
 

@@ -32,7 +32,7 @@ from basicsr.utils.options import dict2str
 from extracter.models.base_model import list_training_states, load_checkpoint
 from extracter.models.nonfinite import NONFINITE_PATIENCE, NonFiniteError
 from extracter.options.schema import OptionError, option_errors, parse_options
-from extracter.pipeline.common import ROOT_PATH, bind_console, setup_run_logger
+from extracter.pipeline.common import ROOT_PATH, archive_folder, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
 from extracter.utils.file_io import atomic_write_text, clean_stale_temp_files, parse_temp_name
 from extracter.utils.folder_lock import FolderLock, command_line
@@ -73,12 +73,7 @@ def prepare_experiment_dirs(opt: Dict[str, Any], resuming: bool, lock: Optional[
         if not opt['overwrite']:
             raise FileExistsError(f'{root} already exists; use --auto_resume to continue that run or --overwrite to '
                                   'archive it and start afresh (it holds checkpoints or results)')
-        if lock is not None:
-            archived = f'{root}_archived_{get_time_str()}'
-            print(f'Path already exists. Rename it to {archived}', flush=True)
-            lock.archive(archived)
-        else:
-            mkdir_and_rename(root)
+        archive_folder(root, lock)
         tb_dir = osp.join(opt['root_path'], 'tb_logger', opt['name'])
         if osp.exists(tb_dir):
             mkdir_and_rename(tb_dir)
