@@ -29,6 +29,7 @@ from extracter.search import SearchSpec, get_method, method_names, search_refere
 from extracter.search import transfer as transfer_ops
 from extracter.search.methods.approximate import ApproximateSettings
 from extracter.search.methods.exact import KeyBlocks, prepare_key_blocks
+from extracter.search.spec import FEATURE_CHANNELS
 from extracter.search.transfer import OVERLAP_NORMS, ComputedMap, split_index, transfer, transfer_layout
 
 __all__ = ['EXACT_MODES', 'FEATURE_CHANNELS', 'OVERLAP_NORMS', 'SEARCH_MODES', 'SearchMode', 'SearchTransfer',
@@ -37,7 +38,6 @@ __all__ = ['EXACT_MODES', 'FEATURE_CHANNELS', 'OVERLAP_NORMS', 'SEARCH_MODES', '
 SEARCH_MODES = method_names()  # every registered search method
 EXACT_MODES = tuple(m for m in SEARCH_MODES if get_method(m).exact)
 SearchMode = Literal[SEARCH_MODES]  # constructor annotations (the option schema checks the choice)
-FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1
 Maps = Union[torch.Tensor, Sequence[torch.Tensor]]
 TextureMap = Union[torch.Tensor, ComputedMap]
 

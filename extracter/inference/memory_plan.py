@@ -26,11 +26,10 @@ from torch import nn
 
 from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import LV1_STORAGE
-from extracter.archs.search_transfer import FEATURE_CHANNELS
 from extracter.archs.vgg import ENCODE_MARGIN
 from extracter.search import SearchSpec, get_method
 from extracter.search.methods.approximate import ApproximateSettings
-from extracter.search.spec import DEFAULT_CHUNK, DEFAULT_KEY_CHUNK
+from extracter.search.spec import DEFAULT_CHUNK, DEFAULT_KEY_CHUNK, FEATURE_CHANNELS
 
 FLOAT = 4
 # The encoded reference, bytes per reference pixel, float32 (extracter/archs/refsr_base.py encode_search_keys /

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from extracter.search.methods import approximate as approx
-from extracter.search.spec import SearchSpec
+from extracter.search.spec import FEATURE_CHANNELS, KEYS_DOWNSCALE, SearchSpec
 
 AUTO = 'auto'
-SCALE = 4  # relu3_1 of a reference is at 1/4 of its size (the network's x4; the queries are at the LR size)
-CHANNELS = 256  # relu3_1
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,12 @@ class SearchChoice:
 def search_grids(spec: SearchSpec, lr_hw: Tuple[int, int], ref_hws: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
     """(LR patches, reference patches summed over the references) of padded images: the queries are relu3_1 of the
     x4 upsampled LR (the LR's size), the keys relu3_1 of each reference (1/4 of its size)."""
-    return spec.patch_count(*lr_hw), sum(spec.patch_count(h // SCALE, w // SCALE) for h, w in ref_hws)
+    return spec.patch_count(*lr_hw), sum(_key_counts(spec, ref_hws))
+
+
+def _key_counts(spec: SearchSpec, ref_hws: Sequence[Tuple[int, int]]):
+    """Each reference's patch count (its keys: relu3_1 of the reference, at 1/4 of its size)."""
+    return [spec.patch_count(h // KEYS_DOWNSCALE, w // KEYS_DOWNSCALE) for h, w in ref_hws]
 
 
 def choose_search(spec: SearchSpec, requested: Optional[str], lr_hw: Tuple[int, int],
@@ -52,7 +55,7 @@ def choose_search(spec: SearchSpec, requested: Optional[str], lr_hw: Tuple[int, 
     network's default with this call's geometry and settings); ``requested``: a method name, ``'auto'`` or None;
     ``budgeted``: a memory budget is given (nothing asked then means chunked)."""
     n_query, n_keys = search_grids(spec, lr_hw, ref_hws)
-    work = approx.exact_multiply_adds(n_query, n_keys, CHANNELS, spec.window)
+    work = approx.exact_multiply_adds(n_query, n_keys, FEATURE_CHANNELS[3], spec.window)
     if requested == AUTO:  # read at call time (a setting of the approximate module)
         method = 'approximate' if work > approx.AUTO_APPROXIMATE_ABOVE else None
     else:
@@ -65,5 +68,5 @@ def choose_search(spec: SearchSpec, requested: Optional[str], lr_hw: Tuple[int, 
     if missing is not None:
         raise ValueError(f'search mode {method}: {missing}')
     # several references are searched one by one: exact when every one of them is
-    exact = all(runner.is_exact_for(n_query, spec.patch_count(h // SCALE, w // SCALE), chosen) for h, w in ref_hws)
+    exact = all(runner.is_exact_for(n_query, keys, chosen) for keys in _key_counts(spec, ref_hws))
     return SearchChoice(chosen, requested, work, exact)

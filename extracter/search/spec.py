@@ -16,6 +16,8 @@ from extracter.search.patches import grid_size
 
 DEFAULT_CHUNK, DEFAULT_KEY_CHUNK = 4096, 8192
 LEVEL_FACTORS = {3: 1, 2: 2, 1: 4}  # relu3_1, relu2_1 (x2), relu1_1 (x4)
+FEATURE_CHANNELS = {3: 256, 2: 128, 1: 64}  # VGG-19 relu3_1, relu2_1, relu1_1: the maps searched and transferred
+KEYS_DOWNSCALE = 4  # relu3_1 is at 1/4 of the image it is computed from (VGG-19's two poolings)
 
 
 def _int(value, name: str, least: int) -> int:
