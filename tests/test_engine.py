@@ -219,7 +219,7 @@ def test_torchrun_shards_a_folder_and_writes_every_output_once(weights, lr_folde
     assert names == sorted(f'im{i}_{k}.png' for i in range(5) for k in ('sr', 'bicubic', 'compare'))
     # each process wrote its own share: "wrote N files" lines add up to all 15
     counts = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith('wrote ')]
-    assert sorted(counts) == [6, 9]
+    assert sorted(counts) == [6, 9], f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}'  # (diagnosis)
     # the same outputs as one process
     single = tmp_path / 'single'
     run(['--weights', str(weights), '--lr', str(lr_folder / 'lr'), '--ref', str(lr_folder / 'ref.png'),
