@@ -5,6 +5,7 @@
     python extracter/infer.py --weights W.pth --lr LR_DIR --ref REF.png -o OUT_DIR       # one reference for all
     torchrun --nproc_per_node=2 extracter/infer.py ... -o OUT_DIR   # a folder shared between processes
     python extracter/infer.py --weights W.pth --lr LR.png --self-ref -o OUT_DIR     # no reference: the LR's own
+    python extracter/infer.py --weights W.pth --lr LR_DIR --gallery PHOTOS -o OUT_DIR  # references found for you
     python extracter/infer.py --weights DRCT.pth --lr LR.png -o OUT_DIR             # single-image SR (DRCT)
 
 The network options come from the YAML beside the weights (``W.yml``, as ``scripts/convert_official.py`` and the
@@ -15,8 +16,11 @@ replaced unless ``--overwrite``; ``--skip-existing`` finishes an interrupted fol
 all there and whole is made again). One run at a time writes into a folder: a second is refused, or waits with
 ``--wait`` (:mod:`extracter.utils.folder_lock`). Several ``--ref`` (or a
 sub-folder ``REF_DIR/x/``) search the union of all the references' patches (our extension), with tiles and memory
-budgets like one reference. A single-image network (DRCT) takes no reference; its options may also be read off its
-weights (an original DRCT checkpoint needs no YAML). This file is a thin command line over :mod:`extracter.inference`.
+budgets like one reference. ``--gallery DIR`` chooses each input's references (``--refs-per-image``, default 2)
+among a folder of photos, through an index kept in the cache folder (:mod:`extracter.gallery`), and writes the
+choice to ``OUT_DIR/references.csv``. A single-image network (DRCT) takes no reference; its options may also be read
+off its weights (an original DRCT checkpoint needs no YAML). This file is a thin command line over
+:mod:`extracter.inference` and :mod:`extracter.gallery`.
 """
 
 import argparse
@@ -36,8 +40,10 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
 
     from extracter.archs.descriptor import descriptor_of
     from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
-    from extracter.data.image_io import is_image_file
+    from extracter.data.image_io import is_image_file, list_images
     from extracter.data.inference_dataset import RefSRInferenceDataset
+    from extracter.gallery.folder import CSV_NAME, choose_references, write_references_csv
+    from extracter.gallery.select import DEFAULT_REFS_PER_IMAGE, DEFAULT_SHORTLIST
     from extracter.inference.folder import infer_folder
     from extracter.inference.network import load_network
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
@@ -60,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--ref-dir', default=None, help='references matched by file name (or sub-folder per image)')
     parser.add_argument('--self-ref', action='store_true',
                         help='no reference: the upsampled LR is its own reference (the self-reference protocol)')
+    parser.add_argument('--gallery', default=None,
+                        help='a folder of photos (sub-folders too): each input\'s references are chosen among them '
+                             '(written to OUT_DIR/references.csv)')
+    parser.add_argument('--refs-per-image', type=int, default=None,
+                        help=f'--gallery: references chosen per input (default {DEFAULT_REFS_PER_IMAGE}; fewer when '
+                             'the others offer the same patches)')
+    parser.add_argument('--gallery-index', default=None,
+                        help='--gallery: the index file (default: under $XDG_CACHE_HOME or ~/.cache, '
+                             'extracter/gallery/; never inside the gallery)')
+    parser.add_argument('--shortlist', type=int, default=None,
+                        help=f'--gallery: candidates re-ranked per input (default {DEFAULT_SHORTLIST})')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N' (under torchrun: cuda:LOCAL_RANK)")
     parser.add_argument('--tile', type=int, default=None, help='tile size in LR pixels (bounded memory)')
@@ -127,8 +144,33 @@ def select_device(name: str, world: int = 1, local_rank: int = 0) -> str:
     return f'cuda:{local_rank}' if world > 1 and dev.index is None else name
 
 
+def check_gallery(args: argparse.Namespace) -> None:
+    """``--gallery`` and its flags: not with another source of references; the output not inside the gallery."""
+    if not args.gallery:
+        given = [f for f, v in (('--refs-per-image', args.refs_per_image), ('--gallery-index', args.gallery_index),
+                                ('--shortlist', args.shortlist)) if v is not None]
+        if given:
+            raise InferenceError(f'{", ".join(given)} work with --gallery DIR; give the gallery or leave them out')
+        return
+    other = [f for f, v in (('--ref', args.ref), ('--ref-dir', args.ref_dir), ('--self-ref', args.self_ref)) if v]
+    if other:
+        raise InferenceError(f'--gallery chooses the references: leave out {", ".join(other)}')
+    for flag, value in (('--refs-per-image', args.refs_per_image), ('--shortlist', args.shortlist)):
+        if value is not None and value < 1:
+            raise InferenceError(f'{flag} must be >= 1, got {value}')
+    if not os.path.isdir(args.gallery):
+        raise (NotADirectoryError if os.path.exists(args.gallery) else FileNotFoundError)(
+            f'--gallery {args.gallery}: ' + ('is a file; give a folder of photos' if os.path.exists(args.gallery)
+                                             else 'no such folder'))
+    gallery, out = Path(args.gallery).resolve(), Path(args.output).resolve()
+    if out == gallery or gallery in out.parents:
+        raise InferenceError(f'-o {args.output} is inside --gallery {args.gallery}: the outputs would be taken as '
+                             'gallery photos by the next run; give another folder')
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """The input and output paths, with messages that say which flag is wrong and how (before anything is loaded)."""
+    check_gallery(args)
     if args.ref and args.ref_dir:
         raise InferenceError('give references with --ref (one or several) or --ref-dir, not both')
     if not os.path.exists(args.lr):
@@ -153,6 +195,7 @@ def check_paths(args: argparse.Namespace) -> None:
 def single_image_options(args: argparse.Namespace, arch: str) -> Dict[str, Any]:
     """The inference dataset's options for a single-image network; reference and search flags are errors."""
     given = [flag for flag, on in (('--ref', args.ref), ('--ref-dir', args.ref_dir), ('--self-ref', args.self_ref),
+                                   ('--gallery', args.gallery),
                                    ('--texture-map', args.texture_map), ('--max-memory', args.max_memory),
                                    ('--search', args.search != 'auto'),  # auto: the default
                                    ('--search-geometry', args.search_geometry)) if on]
@@ -162,7 +205,12 @@ def single_image_options(args: argparse.Namespace, arch: str) -> Dict[str, Any]:
     return {'dataroot_lq': args.lr, 'lq_multiple': 1, 'ref_mode': 'none'}  # the engine pads to the window
 
 
-def dataset_options(args: argparse.Namespace, stride: int) -> Dict[str, Any]:
+def dataset_options(args: argparse.Namespace, stride: int,
+                    gallery_refs: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
+    """The inference dataset's options of a reference-based network; ``gallery_refs``: the references chosen from
+    ``--gallery`` (:func:`gallery_references`)."""
+    if gallery_refs is not None:
+        return {'dataroot_lq': args.lr, 'stride': stride, 'refs': gallery_refs}
     if args.self_ref:
         if args.ref or args.ref_dir:
             raise InferenceError('--self-ref uses no reference image: leave out --ref / --ref-dir')
@@ -184,6 +232,57 @@ def dataset_options(args: argparse.Namespace, stride: int) -> Dict[str, Any]:
                                  'sub-folder of references per image')
         data_opt['refs'] = {os.path.basename(args.lr): list(args.ref)}
     return data_opt
+
+
+def lr_files(lr: str) -> List[str]:
+    """The LR images of ``--lr``: the file, or the folder's images (as the inference dataset lists them)."""
+    return [lr] if os.path.isfile(lr) else [os.path.join(lr, n) for n in list_images(lr)]
+
+
+def gallery_references(args: argparse.Namespace, net, device: str, rank: int, world: int):
+    """Choose every input's references from ``--gallery`` (the index brought up to date first); an input for which
+    none could be chosen stops the run before anything is written."""
+    k = args.refs_per_image or DEFAULT_REFS_PER_IMAGE
+    lr_paths = lr_files(args.lr)
+    choice = choose_references(net, lr_paths, args.gallery, k, args.gallery_index, args.shortlist or DEFAULT_SHORTLIST,
+                               device, rank, world, progress=rank == 0)
+    missing = [os.path.basename(p) for p in lr_paths if os.path.basename(p) not in choice.refs]
+    if missing:
+        lines = '\n  '.join(n for n in choice.notes if n.split(':')[0] in missing)
+        raise InferenceError(f'no references for {len(missing)} input(s) ({", ".join(missing)}); nothing was '
+                             f'written:\n  {lines}')
+    return choice
+
+
+def report_gallery(choice) -> None:
+    """The index's update, the gallery files skipped and the choice's notes (after the run)."""
+    stats = choice.stats
+    print(f'gallery index {stats.path}: {stats.described} image(s) described, {stats.reused} reused, '
+          f'{stats.removed} dropped')
+    for line in stats.notes:
+        print(f'note: {line}', file=sys.stderr)
+    for line in choice.notes:
+        print(f'note: {line}', file=sys.stderr)
+    if stats.skipped:
+        print(f'gallery: skipped {len(stats.skipped)} file(s):\n  ' + '\n  '.join(stats.skipped), file=sys.stderr)
+
+
+def references_csv_step(args: argparse.Namespace, choice, rank: int, barrier):
+    """``OUT/references.csv``: refused now if it exists (without ``--overwrite`` / ``--skip-existing``); the step
+    that writes it (rank 0, atomically) once every output has been checked, then the barrier."""
+    csv_path = Path(args.output) / CSV_NAME
+    if csv_path.exists() and not (args.overwrite or args.skip_existing):
+        raise FileExistsError(f'{csv_path} exists; pass --overwrite to replace it or --skip-existing to finish the '
+                              'rest')
+
+    def step() -> None:
+        if rank == 0:
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            write_references_csv(csv_path, choice.rows)
+        if barrier is not None:
+            barrier()
+
+    return step
 
 
 def distributed_env() -> tuple:
@@ -209,26 +308,32 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     if own_process and torch.device(device).type == 'cpu' and args.max_memory is None and not args.release_memory:
         retain_freed_memory()
     net = load_network(args.weights, args.opt, device, args.param_key)
-    if not descriptor_of(net).uses_reference:
-        dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
-    else:
-        # the geometry is checked now (TTSR refuses another); it applies per call
-        stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
-        dataset = RefSRInferenceDataset(dataset_options(args, stride))
     barrier = None
     if world > 1:  # every process checks all outputs before any writes one
         import torch.distributed as dist
 
         dist.init_process_group('gloo')
         barrier = dist.barrier
+    choice = None
+    if not descriptor_of(net).uses_reference:
+        dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
+    else:
+        # the geometry is checked now (TTSR refuses another); it applies per call
+        stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
+        if args.gallery:
+            choice = gallery_references(args, net, device, rank, world)
+        dataset = RefSRInferenceDataset(dataset_options(args, stride, choice.refs if choice else None))
     bar = tqdm(total=len(range(rank, len(dataset), world)), desc='images', unit='img', disable=rank != 0)
     command = command_line('infer.py', sys.argv[1:] if argv is None else argv)
     try:
         # the lock before the outputs are looked at: the processes of one torchrun launch share it
         with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
+            after_plan = barrier
+            if choice is not None:
+                after_plan = references_csv_step(args, choice, rank, barrier)
             report = infer_folder(net, dataset, Path(args.output), options.run_kwargs(), device, args.texture_map,
                                   args.overwrite, args.skip_existing, rank, world, keep_going=True,
-                                  after_plan=barrier,
+                                  after_plan=after_plan,
                                   on_image=lambda done, total, name: (bar.update(1), bar.set_postfix_str(name)))
             if barrier is not None:  # the lock's maker keeps it until every process is done
                 barrier()
@@ -238,6 +343,8 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
             dist.destroy_process_group()
     for name, used in report.searches:
         print(f'{name}: {used}')
+    if choice is not None and rank == 0:
+        report_gallery(choice)
     for line in report.cleaned:
         print(line, file=sys.stderr)
     for line in report.redone:

@@ -1,0 +1,119 @@
+"""References for a folder of LR images from a gallery: what ``infer.py --gallery``, ``test.py``/validation
+(``gallery:`` in a dataset block) and the web page share.
+
+:func:`choose_references` brings the gallery's index up to date (:func:`~extracter.gallery.index.update_index`),
+chooses every LR image's references (:func:`~extracter.gallery.select.select_references`; under torchrun each
+process chooses for its share of the LR images, as it super-resolves its share, and the choices are gathered) and
+returns the ``refs`` mapping {LR file name: [reference paths]} that
+:class:`~extracter.data.inference_dataset.RefSRInferenceDataset` takes, with the rows of ``references.csv``.
+"""
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from extracter.archs.refsr_base import RefSRNet
+from extracter.data.image_io import ImageReadError, read_image
+from extracter.gallery.index import GalleryIndex, IndexStats, index_files, update_index
+from extracter.gallery.select import (
+    DEFAULT_REFS_PER_IMAGE,
+    DEFAULT_SHORTLIST,
+    ChosenReference,
+    Selection,
+    select_references,
+    selection_rows,
+)
+from extracter.utils.file_io import atomic_write_text
+
+CSV_COLUMNS = ('lr', 'rank', 'reference', 'score', 'shortlist_score', 'rerank_score')
+CSV_NAME = 'references.csv'
+
+
+@dataclass
+class GalleryChoice:
+    """The references chosen for a folder: ``refs`` {LR file name: [paths]}, ``rows`` (references.csv), the index's
+    update (``stats``), and ``notes`` (one line each: LR images without a usable reference, candidates left out)."""
+
+    refs: Dict[str, List[str]] = field(default_factory=dict)
+    rows: List[Dict[str, object]] = field(default_factory=list)
+    stats: IndexStats = field(default_factory=IndexStats)
+    notes: List[str] = field(default_factory=list)
+
+
+def _gathered(part: list, world: int) -> List[list]:
+    if world <= 1:
+        return [part]
+    import torch.distributed as dist
+
+    parts: List[list] = [[] for _ in range(world)]
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def choose_references(net: RefSRNet, lr_paths: Sequence[str], gallery: os.PathLike, k: int = DEFAULT_REFS_PER_IMAGE,
+                      index_path: Optional[os.PathLike] = None, shortlist: int = DEFAULT_SHORTLIST,
+                      device: str = 'cpu', rank: int = 0, world: int = 1, progress: bool = True) -> GalleryChoice:
+    """References for each LR image of ``lr_paths`` from ``gallery`` (see the module docstring). An LR image that
+    cannot be read gets no entry (the folder run reports it when it reads it); one for which no reference could be
+    chosen is a note and no entry."""
+    index, stats = update_index(net, gallery, index_path, device, rank, world, progress)
+    out = GalleryChoice(stats=stats)
+    mine = []
+    for path in list(lr_paths)[rank::world]:
+        try:
+            selection = select_references(net, read_image(path), index, k, shortlist, device)
+        except (ImageReadError, OSError) as err:
+            mine.append((path, None, [str(err)]))
+            continue
+        mine.append((path, [(c.path, c.rank, c.score, c.shortlist_score, c.rerank_score) for c in selection.chosen],
+                     selection.notes))
+    results = {}
+    for part in _gathered(mine, world):
+        for path, chosen, notes in part:
+            results[path] = (chosen, notes)
+    for path in lr_paths:
+        chosen, notes = results[path]
+        name = os.path.basename(path)
+        out.notes += [f'{name}: {n}' for n in dict.fromkeys(notes)]
+        if chosen is None:
+            continue
+        if not chosen:
+            out.notes.append(f'{name}: no reference could be chosen from the gallery')
+            continue
+        selection = Selection([ChosenReference(*c) for c in chosen])
+        out.refs[name] = selection.paths
+        out.rows += selection_rows(name, selection)
+    return out
+
+
+def references_csv_text(rows: Sequence[Dict[str, object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_references_csv(path: os.PathLike, rows: Sequence[Dict[str, object]]) -> None:
+    """``references.csv``: one row per chosen reference (:data:`CSV_COLUMNS`), written atomically."""
+    atomic_write_text(path, references_csv_text(rows))
+
+
+def references_for_files(net: RefSRNet, lr_rgb, gallery_files: Sequence[str], k: int = DEFAULT_REFS_PER_IMAGE,
+                         shortlist: int = DEFAULT_SHORTLIST, device: str = 'cpu') -> Selection:
+    """The web page's call: references for one decoded LR image among loose files (uploads), indexed in memory only
+    (nothing written); files that cannot be used are notes."""
+    index, skipped = index_files(net, gallery_files, device)
+    if not len(index):
+        raise ValueError('none of the gallery files can be used:\n  ' + '\n  '.join(skipped))
+    selection = select_references(net, lr_rgb, index, k, shortlist, device)
+    selection.notes = [f'{s} (skipped)' for s in skipped] + selection.notes
+    return selection
+
+
+def index_for_gallery(net: RefSRNet, gallery: os.PathLike, index_path: Optional[os.PathLike] = None,
+                      device: str = 'cpu') -> GalleryIndex:
+    """The up-to-date index of a gallery folder (the web page's folder choice; the video loop's keyframes)."""
+    return update_index(net, gallery, index_path, device)[0]
