@@ -307,3 +307,60 @@ def test_choice_for_a_folder_gives_the_dataset_refs(net, tiny_case, tmp_path):
     dataset = RefSRInferenceDataset(dataroot_lq=str(tiny_case / 'lr'), refs=choice.refs)
     assert [len(r) for r in dataset.ref_paths] == [len(choice.refs[os.path.basename(p)]) for p in lr_paths]
     shutil.rmtree(tmp_path / 'cache', ignore_errors=True)
+
+
+def _gallery_test_options(tiny_case, tmp_path, **dataset):
+    import yaml
+
+    net_opt = yaml.safe_load(DEMO.with_suffix('.yml').read_text())['network_g']
+    net_opt['dfe_init'] = 'random'  # the checkpoint holds the DFE weights
+    net_opt.pop('vgg19_path', None)
+    opt = {'name': 'gallery_test', 'model_type': 'RefSRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+           'datasets': {'test_1': {'name': 'tiny', 'type': 'RefSRInferenceDataset',
+                                   'dataroot_lq': str(tiny_case / 'lr'), **dataset}},
+           'network_g': net_opt, 'path': {'pretrain_network_g': str(DEMO), 'param_key_g': 'params',
+                                          'strict_load_g': True},
+           'val': {'save_img': True, 'pbar': False}}
+    yml = tmp_path / 'gallery_test.yml'
+    yml.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return yml
+
+
+def test_test_py_dataset_with_a_gallery(tiny_case, tmp_path):
+    from extracter import test as test_entry
+
+    if not DEMO.is_file():
+        pytest.skip(f'the CPU demo model {DEMO} is missing')
+    yml = _gallery_test_options(tiny_case, tmp_path, gallery=str(tiny_case / 'gallery'), refs_per_image=1,
+                                gallery_index=str(tmp_path / 'i.npz'))
+    test_entry.test_pipeline(str(REPO), ['-opt', str(yml), '--root_path', str(tmp_path)])
+    results = tmp_path / 'results' / 'gallery_test'
+    with open(results / 'references_tiny.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['lr'], r['rank']) for r in rows] == [('calendar.png', '1'), ('city.png', '1')]
+    assert all(os.path.basename(r['reference']).startswith(r['lr'][:-4]) for r in rows)
+    assert len(list((results / 'visualization' / 'tiny').glob('*.png'))) == 2
+
+
+@pytest.mark.parametrize('dataset, said', [
+    ({'gallery': 'nowhere'}, 'datasets.test_1.gallery'),
+    ({'gallery': '{gallery}', 'ref_path': '{gallery}/bsd.png'}, 'gallery chooses the references: leave out '
+                                                                'datasets.test_1.ref_path'),
+    ({'gallery': '{gallery}', 'refs_per_image': 0}, 'datasets.test_1.refs_per_image must be an integer >= 1'),
+    ({'ref_path': '{gallery}/bsd.png', 'refs_per_image': 2}, 'datasets.test_1.refs_per_image works with'),
+])
+def test_test_py_gallery_option_errors(tiny_case, tmp_path, dataset, said):
+    from extracter.options.schema import OptionError, parse_options
+
+    dataset = {k: v.format(gallery=tiny_case / 'gallery') if isinstance(v, str) else v for k, v in dataset.items()}
+    yml = _gallery_test_options(tiny_case, tmp_path, **dataset)
+    with pytest.raises(OptionError, match=said.replace('.', r'\.')):
+        parse_options(str(REPO), is_train=False, argv=['-opt', str(yml), '--root_path', str(tmp_path)])
+    assert not (tmp_path / 'results').exists()
+
+
+def test_dataset_built_directly_with_a_gallery_says_how(tiny_case):
+    from extracter.data.inference_dataset import RefSRInferenceDataset
+
+    with pytest.raises(ValueError, match='gallery: the references are chosen with the network'):
+        RefSRInferenceDataset(dataroot_lq=str(tiny_case / 'lr'), gallery=str(tiny_case / 'gallery'))

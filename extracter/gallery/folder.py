@@ -12,10 +12,10 @@ import csv
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from extracter.archs.refsr_base import RefSRNet
-from extracter.data.image_io import ImageReadError, read_image
+from extracter.data.image_io import ImageReadError, list_images, read_image
 from extracter.gallery.index import GalleryIndex, IndexStats, index_files, update_index
 from extracter.gallery.select import (
     DEFAULT_REFS_PER_IMAGE,
@@ -117,3 +117,21 @@ def index_for_gallery(net: RefSRNet, gallery: os.PathLike, index_path: Optional[
                       device: str = 'cpu') -> GalleryIndex:
     """The up-to-date index of a gallery folder (the web page's folder choice; the video loop's keyframes)."""
     return update_index(net, gallery, index_path, device)[0]
+
+
+def gallery_dataset_options(ds_opt: Mapping[str, Any], net: RefSRNet, device: str = 'cpu', rank: int = 0,
+                            world: int = 1, progress: bool = True) -> Tuple[Dict[str, Any], Optional[GalleryChoice]]:
+    """An inference dataset block with ``gallery: DIR`` (test.py) as the dataset takes it: its ``refs`` chosen from
+    the gallery (``refs_per_image``, ``gallery_index``, ``shortlist``), with the choice (for references.csv). A block
+    without a gallery comes back as it is, with None."""
+    if not ds_opt.get('gallery'):
+        return dict(ds_opt), None
+    lr = os.fspath(ds_opt['dataroot_lq'])
+    lr_paths = [lr] if os.path.isfile(lr) else [os.path.join(lr, n) for n in list_images(lr)]
+    choice = choose_references(net, lr_paths, ds_opt['gallery'], ds_opt.get('refs_per_image') or DEFAULT_REFS_PER_IMAGE,
+                               ds_opt.get('gallery_index'), ds_opt.get('shortlist') or DEFAULT_SHORTLIST, device, rank,
+                               world, progress)
+    missing = [os.path.basename(p) for p in lr_paths if os.path.basename(p) not in choice.refs]
+    if missing:
+        raise ValueError(f'gallery: no references for {", ".join(missing)}: ' + '; '.join(choice.notes))
+    return {**ds_opt, 'refs': choice.refs}, choice
