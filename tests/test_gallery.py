@@ -364,3 +364,30 @@ def test_dataset_built_directly_with_a_gallery_says_how(tiny_case):
 
     with pytest.raises(ValueError, match='gallery: the references are chosen with the network'):
         RefSRInferenceDataset(dataroot_lq=str(tiny_case / 'lr'), gallery=str(tiny_case / 'gallery'))
+
+
+@pytest.mark.slow
+def test_torchrun_processes_share_the_indexing_and_the_choice(tiny_case, tmp_path):
+    import subprocess
+    import sys
+
+    if not DEMO.is_file():
+        pytest.skip(f'the CPU demo model {DEMO} is missing')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+           str(REPO / 'extracter' / 'infer.py'), '--weights', str(DEMO), '--lr', str(tiny_case / 'lr'),
+           '--gallery', str(tiny_case / 'gallery'), '--gallery-index', str(tmp_path / 'i.npz'), '-o',
+           str(tmp_path / 'two')]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('4 image(s) described') == 1  # rank 0 reports the shared update
+    assert len(GalleryIndex.load(tmp_path / 'i.npz')) == 4
+    run(['--weights', str(DEMO), '--lr', str(tiny_case / 'lr'), '--gallery', str(tiny_case / 'gallery'),
+         '--gallery-index', str(tmp_path / 'j.npz'), '-o', str(tmp_path / 'one')])
+
+    def choice(folder):
+        with open(folder / 'references.csv', newline='') as f:
+            return [(r['lr'], r['rank'], r['reference']) for r in csv.DictReader(f)]
+
+    assert choice(tmp_path / 'two') == choice(tmp_path / 'one')
+    assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == sorted(p.name for p in (tmp_path / 'one').iterdir())
