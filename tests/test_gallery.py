@@ -391,3 +391,15 @@ def test_torchrun_processes_share_the_indexing_and_the_choice(tiny_case, tmp_pat
 
     assert choice(tmp_path / 'two') == choice(tmp_path / 'one')
     assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == sorted(p.name for p in (tmp_path / 'one').iterdir())
+
+
+def test_an_unreadable_lr_stops_before_anything_is_written(tiny_case, tmp_path):
+    lr = tmp_path / 'lr'
+    shutil.copytree(tiny_case / 'lr', lr)
+    (lr / 'broken.png').write_bytes(b'not a png')
+    if not DEMO.is_file():
+        pytest.skip(f'the CPU demo model {DEMO} is missing')
+    with pytest.raises(InferenceError, match=r'no references for 1 input\(s\) \(broken.png\); nothing was written'):
+        run(['--weights', str(DEMO), '--lr', str(lr), '--gallery', str(tiny_case / 'gallery'), '--gallery-index',
+             str(tmp_path / 'i.npz'), '-o', str(tmp_path / 'out')])
+    assert not (tmp_path / 'out').exists()

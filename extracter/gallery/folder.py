@@ -16,12 +16,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from extracter.archs.refsr_base import RefSRNet
 from extracter.data.image_io import ImageReadError, list_images, read_image
-from extracter.gallery.index import GalleryIndex, IndexStats, index_files, update_index
+from extracter.gallery.index import GalleryIndex, IndexStats, gathered, index_files, update_index
 from extracter.gallery.select import (
     DEFAULT_REFS_PER_IMAGE,
     DEFAULT_SHORTLIST,
+    FAISS_ABOVE,
     ChosenReference,
+    FaissShortlist,
     Selection,
+    faiss_available,
     select_references,
     selection_rows,
 )
@@ -42,16 +45,6 @@ class GalleryChoice:
     notes: List[str] = field(default_factory=list)
 
 
-def _gathered(part: list, world: int) -> List[list]:
-    if world <= 1:
-        return [part]
-    import torch.distributed as dist
-
-    parts: List[list] = [[] for _ in range(world)]
-    dist.all_gather_object(parts, part)
-    return parts
-
-
 def choose_references(net: RefSRNet, lr_paths: Sequence[str], gallery: os.PathLike, k: int = DEFAULT_REFS_PER_IMAGE,
                       index_path: Optional[os.PathLike] = None, shortlist: int = DEFAULT_SHORTLIST,
                       device: str = 'cpu', rank: int = 0, world: int = 1, progress: bool = True) -> GalleryChoice:
@@ -60,17 +53,20 @@ def choose_references(net: RefSRNet, lr_paths: Sequence[str], gallery: os.PathLi
     chosen is a note and no entry."""
     index, stats = update_index(net, gallery, index_path, device, rank, world, progress)
     out = GalleryChoice(stats=stats)
+    # a large gallery: the faiss shortlist, built once for all the LR images
+    faiss_index = FaissShortlist(index.descriptors) if len(index) > FAISS_ABOVE and faiss_available() else None
     mine = []
     for path in list(lr_paths)[rank::world]:
         try:
-            selection = select_references(net, read_image(path), index, k, shortlist, device)
+            selection = select_references(net, read_image(path), index, k, shortlist, device,
+                                          faiss_index=faiss_index)
         except (ImageReadError, OSError) as err:
             mine.append((path, None, [str(err)]))
             continue
         mine.append((path, [(c.path, c.rank, c.score, c.shortlist_score, c.rerank_score) for c in selection.chosen],
                      selection.notes))
     results = {}
-    for part in _gathered(mine, world):
+    for part in gathered(mine, world):
         for path, chosen, notes in part:
             results[path] = (chosen, notes)
     for path in lr_paths:

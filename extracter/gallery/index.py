@@ -232,7 +232,8 @@ def _shared(obj, rank: int, world: int):
     return box[0]
 
 
-def _gathered(part: list, rank: int, world: int) -> List[list]:
+def gathered(part: list, world: int) -> List[list]:
+    """Every process' ``part``, in rank order (torch.distributed when ``world`` > 1)."""
     if world <= 1:
         return [part]
     import torch.distributed as dist
@@ -270,8 +271,8 @@ def update_index(net: RefSRNet, gallery: os.PathLike, index_path: Optional[os.Pa
         describe = describe or image_describer(net, device)
         start = time.perf_counter()
         mine = todo[rank::world]
-        parts = _gathered(_describe_files(describe, [os.path.join(root, n) for n in mine], min_side,
-                                          progress and rank == 0), rank, world)
+        parts = gathered(_describe_files(describe, [os.path.join(root, n) for n in mine], min_side,
+                                        progress and rank == 0), world)
         results = [None] * len(todo)
         for r, part in enumerate(parts):
             for j, res in enumerate(part):

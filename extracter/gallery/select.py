@@ -201,8 +201,8 @@ def select_references(net: RefSRNet, lr_rgb: np.ndarray, index: GalleryIndex, k:
     """Up to ``k`` references for the uint8 RGB image ``lr_rgb`` from ``index`` (see the module docstring): the
     library entry point that the folder code, the video loop (per frame) and the web page call. ``shortlist`` (M):
     candidates re-ranked (at least ``k``); ``read``: how a gallery file is read; ``faiss_index``: a
-    :class:`FaissShortlist` over ``index`` (else the exact product, or faiss made here above
-    :data:`FAISS_ABOVE`)."""
+    :class:`FaissShortlist` over ``index``, made once by the caller for many LR images (else the exact product, or
+    faiss made for this call above :data:`FAISS_ABOVE`)."""
     if k < 1:
         raise ValueError(f'refs_per_image must be >= 1, got {k}')
     if shortlist < 1:
