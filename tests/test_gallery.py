@@ -403,3 +403,19 @@ def test_an_unreadable_lr_stops_before_anything_is_written(tiny_case, tmp_path):
         run(['--weights', str(DEMO), '--lr', str(lr), '--gallery', str(tiny_case / 'gallery'), '--gallery-index',
              str(tmp_path / 'i.npz'), '-o', str(tmp_path / 'out')])
     assert not (tmp_path / 'out').exists()
+
+
+def test_faiss_shortlist_finds_the_neighbours():
+    pytest.importorskip('faiss', reason='faiss-cpu (optional extra) is not installed')
+    from extracter.gallery.select import FaissShortlist
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 32)).astype(np.float32)
+    d = np.repeat(centres, 100, axis=0) + 0.1 * rng.standard_normal((2000, 32)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    index = FaissShortlist(d, nlist=20, nprobe=20)  # every list probed: the exact top-M
+    for row in (3, 777, 1999):
+        scores, rows = index.search(d[row], 5)
+        exact_scores, exact_rows = shortlist_exact(d.astype(np.float16), d[row], 5)
+        assert rows[0] == row and set(rows) == set(exact_rows)
+        assert np.allclose(scores, exact_scores, atol=2e-3)
