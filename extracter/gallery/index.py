@@ -221,7 +221,7 @@ def image_describer(net: RefSRNet, device: str = 'cpu') -> Describe:
     return describe
 
 
-def _shared(obj, rank: int, world: int):
+def _shared(obj, world: int):
     """Rank 0's ``obj`` on every process (torch.distributed, when several share the work)."""
     if world <= 1:
         return obj
@@ -265,8 +265,8 @@ def update_index(net: RefSRNet, gallery: os.PathLike, index_path: Optional[os.Pa
     with lock:
         plan = None
         if rank == 0:
-            plan = _plan(index_path, root, model, names, stats)
-        old, keep, todo, kept_skips, notes = _shared(plan, rank, world)
+            plan = _plan(index_path, root, model, names)
+        old, keep, todo, kept_skips, notes = _shared(plan, world)
         stats.notes = notes
         describe = describe or image_describer(net, device)
         start = time.perf_counter()
@@ -279,8 +279,8 @@ def update_index(net: RefSRNet, gallery: os.PathLike, index_path: Optional[os.Pa
                 results[r + j * world] = res
         stats.seconds = time.perf_counter() - start
         index = _merged(old, keep, todo, results, kept_skips, root, model, stats)
-        if rank == 0 and (stats.described or stats.removed or len(index.skipped) != len(kept_skips)
-                          or old is None or todo):
+        changed = old is None or stats.removed or todo or len(kept_skips) != len(old.skipped)
+        if rank == 0 and changed:
             index.save(index_path)
     if world > 1:
         import torch.distributed as dist
@@ -293,7 +293,7 @@ def update_index(net: RefSRNet, gallery: os.PathLike, index_path: Optional[os.Pa
     return index, stats
 
 
-def _plan(index_path: Path, root: str, model: str, names: List[str], stats: IndexStats):
+def _plan(index_path: Path, root: str, model: str, names: List[str]):
     """What to reuse and what to describe: (old index, its rows kept, names to describe, skips kept, notes)."""
     notes: List[str] = []
     old = _load_matching(index_path, root, model, notes)
