@@ -238,6 +238,8 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
             dist.destroy_process_group()
     for name, used in report.searches:
         print(f'{name}: {used}')
+    if report.reference_cache is not None and report.reference_cache.total_hits:
+        print(report.reference_cache.describe())
     for line in report.cleaned:
         print(line, file=sys.stderr)
     for line in report.redone:
