@@ -6,6 +6,7 @@
     torchrun --nproc_per_node=2 extracter/infer.py ... -o OUT_DIR   # a folder shared between processes
     python extracter/infer.py --weights W.pth --lr LR.png --self-ref -o OUT_DIR     # no reference: the LR's own
     python extracter/infer.py --weights DRCT.pth --lr LR.png -o OUT_DIR             # single-image SR (DRCT)
+    python extracter/infer.py --weights W.pth --lr clip.mp4 --ref STILL.png -o OUT_DIR   # a video (PyAV: [video])
 
 The network options come from the YAML beside the weights (``W.yml``, as ``scripts/convert_official.py`` and the
 demo model have them; key ``network_g``) or from ``--opt`` (any YAML with a ``network_g`` block, e.g. a training
@@ -16,7 +17,10 @@ all there and whole is made again). One run at a time writes into a folder: a se
 ``--wait`` (:mod:`extracter.utils.folder_lock`). Several ``--ref`` (or a
 sub-folder ``REF_DIR/x/``) search the union of all the references' patches (our extension), with tiles and memory
 budgets like one reference. A single-image network (DRCT) takes no reference; its options may also be read off its
-weights (an original DRCT checkpoint needs no YAML). This file is a thin command line over :mod:`extracter.inference`.
+weights (an original DRCT checkpoint needs no YAML). A video (``--lr clip.mp4``, any container PyAV reads) is
+super-resolved frame by frame into ``OUT_DIR/clip_sr.mkv`` (``--video-codec``; ``--frames`` keeps the PNG frames;
+``--skip-existing`` resumes at frame level; :mod:`extracter.inference.video`). This file is a thin command line over
+:mod:`extracter.inference`.
 """
 
 import argparse
@@ -41,6 +45,17 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
     from extracter.inference.folder import infer_folder
     from extracter.inference.network import load_network
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
+    from extracter.inference.video import (
+        DEFAULT_CODEC,
+        INSTALL_HINT,
+        VIDEO_CODECS,
+        VIDEO_EXTENSIONS,
+        VideoInfo,
+        fixed_references,
+        infer_video,
+        is_video_file,
+        probe_video,
+    )
     from extracter.utils.cli import ArgumentParser, run_main
     from extracter.utils.file_io import check_writable
     from extracter.utils.folder_lock import add_wait_argument, command_line, folder_lock
@@ -55,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', required=True, help='BasicSR checkpoint ({"params": ...}) or a state dict')
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: the weights path with .yml)')
-    parser.add_argument('--lr', required=True, help='an LR image or a folder of LR images')
+    parser.add_argument('--lr', required=True, help='an LR image, a folder of LR images, or a video clip '
+                        f'({", ".join(VIDEO_EXTENSIONS[:6])}, ...; needs PyAV: {INSTALL_HINT})')
     parser.add_argument('--ref', action='append', default=None, help='reference image (repeat for several)')
     parser.add_argument('--ref-dir', default=None, help='references matched by file name (or sub-folder per image)')
     parser.add_argument('--self-ref', action='store_true',
@@ -81,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--skip-existing', action='store_true',
                         help='skip inputs whose outputs all exist and are whole PNGs; make the others again '
                              '(finish an interrupted folder)')
+    parser.add_argument('--frames', action='store_true',
+                        help='video: also keep the SR frames as PNGs (OUT/<clip>_sr_frames/)')
+    parser.add_argument('--video-codec', default=DEFAULT_CODEC, choices=list(VIDEO_CODECS),
+                        help='video: ' + '; '.join(f'{k}: {c.description}' for k, c in VIDEO_CODECS.items())
+                             + f' (default {DEFAULT_CODEC})')
     add_wait_argument(parser, 'the output folder')
     add_image_arguments(parser)
     return parser
@@ -132,7 +153,8 @@ def check_paths(args: argparse.Namespace) -> None:
     if args.ref and args.ref_dir:
         raise InferenceError('give references with --ref (one or several) or --ref-dir, not both')
     if not os.path.exists(args.lr):
-        what = 'image file' if is_image_file(args.lr) else 'image file or folder'
+        what = 'image file' if is_image_file(args.lr) else 'video file' if is_video_file(args.lr) else \
+            'image file or folder'
         raise FileNotFoundError(f'--lr {args.lr}: no such {what}')
     for ref in args.ref or ():
         if os.path.isdir(ref):
@@ -206,9 +228,15 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     device = select_device(args.device, world, local_rank)
     options = inference_options(args)
     check_paths(args)
+    video = check_video_flags(args, world) if os.path.isfile(args.lr) and is_video_file(args.lr) else None
+    if video is None and (args.frames or args.video_codec != DEFAULT_CODEC):
+        raise InferenceError(f'--frames and --video-codec are for a video --lr; {args.lr} is not one '
+                             f'({", ".join(VIDEO_EXTENSIONS)})')
     if own_process and torch.device(device).type == 'cpu' and args.max_memory is None and not args.release_memory:
         retain_freed_memory()
     net = load_network(args.weights, args.opt, device, args.param_key)
+    if video is not None:
+        return run_video(args, net, device, options, video, sys.argv[1:] if argv is None else argv)
     if not descriptor_of(net).uses_reference:
         dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
     else:
@@ -254,13 +282,68 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     return report.written
 
 
+def check_video_flags(args: argparse.Namespace, world: int) -> VideoInfo:
+    """What a video ``--lr`` refuses, before the weights are loaded: flags of folders and pictures, several
+    processes, and a clip PyAV cannot read (PyAV missing, not a video, no video stream, a codec it cannot decode, no
+    frames)."""
+    given = [flag for flag, on in (('--ref-dir', args.ref_dir), ('--texture-map', args.texture_map)) if on]
+    if given:
+        raise InferenceError(f'--lr {args.lr} is a video: {" and ".join(given)} do not apply (give its references '
+                             'with --ref, or --self-ref)')
+    if world > 1:
+        raise InferenceError(f'--lr {args.lr} is a video: its frames run in order in one process (not under '
+                             'torchrun); for several processes, extract the frames and give the folder')
+    return probe_video(args.lr)
+
+
+def run_video(args: argparse.Namespace, net, device: str, options: InferenceOptions, info: VideoInfo,
+              argv: Sequence[str]) -> List[Dict[str, Path]]:
+    """``--lr clip.mp4``: the frames through :func:`~extracter.inference.video.infer_video` with ``--ref`` (the same
+    references every frame), ``--self-ref``, or none for a single-image network; progress with ETA over frames."""
+    if not descriptor_of(net).uses_reference:
+        single_image_options(args, type(net).__name__)  # refuses reference and search flags
+        sample = {'lq_multiple': 1, 'ref_multiple': 4, 'ref_mode': 'none'}
+        references = None
+    else:
+        stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
+        data_opt = dataset_options(args, stride)  # refuses a RefSR clip without references
+        sample = {'lq_multiple': stride, 'ref_multiple': 4 * stride,
+                  'ref_mode': 'self' if data_opt.get('ref_mode') == 'self' else 'given'}
+        references = None if args.self_ref else fixed_references(args.ref)
+    bar = tqdm(total=info.frames, desc='frames', unit='frame')
+
+    command = command_line('infer.py', argv)
+    try:
+        with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
+            report = infer_video(net, args.lr, Path(args.output), references, options.run_kwargs(), sample, device,
+                                 keep_frames=args.frames, overwrite=args.overwrite, skip_existing=args.skip_existing,
+                                 codec=args.video_codec, on_frame=lambda number, total, computed: bar.update(1))
+    finally:
+        bar.close()
+    for line in report.cleaned:
+        print(line, file=sys.stderr)
+    if report.skipped:
+        print(f'skipped {args.lr}: its video exists and opens (--skip-existing)')
+        return [{'video': None}]
+    if report.search_used:
+        print(f'{os.path.basename(args.lr)}: {report.search_used}')
+    if report.reference_cache is not None:
+        print(report.reference_cache.describe())
+    resumed = f' ({report.resumed} resumed from {report.frames_dir or "the work folder"})' if report.resumed else ''
+    rate = report.info.rate
+    print(f'wrote {report.video}: {report.frames} frames at {float(rate):g} fps{resumed}'
+          + (f'; frames in {report.frames_dir}' if report.frames_dir else ''))
+    return [{'video': report.video}]
+
+
 def main(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> int:
     """The command line: errors become one ``error:`` line and an exit status (see :mod:`extracter.utils.cli`).
     ``own_process``: see :func:`run` (only the script and the ``extracter-infer`` entry point, never a caller's
     process, set it)."""
     def cli(args: List[str]) -> int:
         written = run(args, own_process=own_process)
-        print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
+        if not any('video' in p for p in written):  # a video's run said what it wrote
+            print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
         return 0
 
     return run_main(cli, argv)
