@@ -154,6 +154,13 @@ def test_a_folder_with_one_reference_encodes_it_once(net, tmp_path, one_thread):
     assert nocache.reference_cache.total_hits == 0
     for a, b in zip(report.written, nocache.written):
         assert np.array_equal(np.asarray(Image.open(a['sr'])), np.asarray(Image.open(b['sr'])))
+    # references that no two inputs share: nothing to reuse, no cache (and no memory held for one)
+    (tmp_path / 'refs').mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / 'refs' / f'f{i}.png')
+    own = RefSRInferenceDataset({'dataroot_lq': str(tmp_path / 'lr'), 'dataroot_ref': str(tmp_path / 'refs'),
+                                 'stride': 2})
+    assert infer_folder(net, own, tmp_path / 'out3', {}).reference_cache is None
 
 
 @pytest.mark.slow

@@ -241,7 +241,9 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
     ``after_plan()``: called once every output has been checked (a barrier, when several processes share the folder).
     ``reference_cache``: the run's encoded references (a reference shared by several inputs, e.g. the frames of a
     clip, is encoded once); None: a new :class:`ReferenceCache` for this folder (its default cap; under
-    ``max_memory`` what each call's plan leaves). Its statistics end in ``report.reference_cache``."""
+    ``max_memory`` what each call's plan leaves) where two of this process' inputs name the same reference file,
+    else none (nothing could be reused: no memory is held for it). Its statistics end in
+    ``report.reference_cache``."""
     out_dir = Path(out_dir)
     roots = (dataset.opt.get('dataroot_lq'), dataset.opt.get('dataroot_ref'))
     read_whole = [f for f in roots if f and os.path.isdir(f)]  # folders whose every image is an input
@@ -255,8 +257,9 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
     ensure_folder(out_dir)
     if rank == 0:  # temporary files of a run killed outright (SIGKILL, out of memory)
         report.cleaned = clean_stale_temp_files(out_dir).lines()
-    uses_reference = descriptor_of(net).uses_reference
-    cache = (ReferenceCache() if reference_cache is None else reference_cache) if uses_reference else None
+    cache = reference_cache
+    if cache is None and descriptor_of(net).uses_reference and _shares_references(dataset, mine):
+        cache = ReferenceCache()
     current = None
     try:
         for done, i in enumerate(mine, start=1):
@@ -276,6 +279,12 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
         raise
     report.reference_cache = None if cache is None else cache.stats()
     return report
+
+
+def _shares_references(dataset, mine: Sequence[int]) -> bool:
+    """Whether two of the inputs ``mine`` name the same reference file (then a cache of encoded references pays)."""
+    counts = Counter(os.path.realpath(p) for i in mine for p in set(dataset.ref_paths[i]))
+    return any(n > 1 for n in counts.values())
 
 
 def _run_input(net: RefSRNet, dataset, i: int, paths: Dict[str, Path], device: str, run_kwargs: Dict[str, Any],

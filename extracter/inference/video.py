@@ -292,7 +292,8 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
         sample_options: :func:`~extracter.data.inference_dataset.inference_sample`'s ``lq_multiple``,
             ``ref_multiple`` and ``ref_mode`` (as the inference dataset would use them).
         run_kwargs: the engine's options (:meth:`InferenceOptions.run_kwargs`).
-        reference_cache: the clip's cache (default: a new one; its statistics end in the report).
+        reference_cache: the clip's cache (default: a new one where ``references_for`` is given; its statistics
+            end in the report).
         on_frame: ``on_frame(number, total or None, computed)`` after each frame (False: resumed).
     """
     info = probe_video(clip)
@@ -309,7 +310,8 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
     ensure_folder(outputs.frames)
     report.cleaned = clean_stale_temp_files(outputs.video.parent).lines() + \
         clean_stale_temp_files(outputs.frames).lines()
-    cache = ReferenceCache() if reference_cache is None else reference_cache
+    # a cache where references can repeat (not for the self-reference or a single-image network)
+    cache = reference_cache if reference_cache is not None or references_for is None else ReferenceCache()
     refs = _ReferenceImages()
     paths: List[Path] = []
     try:
@@ -334,7 +336,7 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
     report.frames = len(paths)
     if not paths:
         raise VideoError(f'--lr {info.path}: the video has no frames')
-    report.reference_cache = cache.stats() if report.search_used else None
+    report.reference_cache = None if cache is None else cache.stats()
     write_video(paths, outputs.video, info.rate, codec)
     report.video = outputs.video
     if keep_frames:
