@@ -352,8 +352,11 @@ class JobRunner:
         return text + f'; it starts in about {format_seconds(sum(waits))}'
 
     def estimate_seconds(self, request: JobRequest) -> Optional[float]:
-        """The computation's seconds for ``request`` on this machine (None: not known yet: its model has not been
-        loaded, or nothing of its kind was measured, or the request is not valid). Reads only the photos' headers."""
+        """The computation's seconds for ``request`` on this machine (None: not known yet: its model is not the one
+        loaded, or not in the list, or nothing of its kind was measured, or the request is not valid). Reads only the
+        photos' headers."""
+        if request.model and all(str(m.weights) != str(request.model) for m in self.models):
+            return None  # a checkpoint outside the list: never read for an estimate
         try:
             with_refs = bool(request.refs)
             entry = self._choose_model(request, with_refs, [])
