@@ -113,14 +113,14 @@ def model_choices(runner: JobRunner) -> List[tuple]:
 
 
 def model_details(runner: JobRunner, weights: Optional[str]) -> str:
-    """The chosen model's details (shown under the list): its kind, network and file."""
+    """The chosen model's details (shown under the list): its network, kind and file (its path under the models
+    folder: no server paths on the page)."""
     entry = next((m for m in runner.models if str(m.weights) == str(weights)), None)
     if entry is None:
         return 'Checkpoints found in pretrained/ (with their .yml options; or alone: their network is read off the ' \
                'weights).'
     kind = 'uses the reference photos' if entry.uses_reference else 'single image (no reference needed)'
-    where = entry.label if not runner.allow_model_paths else str(entry.weights)
-    return f'{entry.arch}, {kind}; {where}'
+    return f'{entry.arch}, {kind}; {entry.label} in the models folder'
 
 
 def photo_input(**kwargs):
