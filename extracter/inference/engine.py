@@ -158,7 +158,7 @@ def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Opti
     lr_up = make_lr_up(inp.lr) if inp.lr_up is None else inp.lr_up
     inp.lr_up = None
     if stage is not None:
-        stage('search and main network' if tile_size is None else 'search')
+        stage('search')
     lr_feat = net.search_features(lr_up) if tile_size is None else search_features_tiled(net, lr_up, tile_size,
                                                                                           spec=spec)
     del lr_up
@@ -169,14 +169,19 @@ def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Opti
 
 def _main_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, search, tile_t: Optional[Tuple[int, int]],
                 lv1_storage: str, progress: Optional[Callable[[int, int], None]],
-                cached: Optional[_Cached] = None) -> torch.Tensor:
+                stage: Optional[Callable[[str], None]] = None, cached: Optional[_Cached] = None) -> torch.Tensor:
     """Phases 3-4: the textures of every reference, only now (they never share memory with the keys and the
     search, unless the cache keeps them; channels-last on CPU, the layout the transfer reads fastest), then the
-    main network, untiled or tile by tile, on the search result."""
+    main network, untiled or tile by tile, on the search result; ``stage`` is called as the textures and the main
+    network start."""
+    if stage is not None:
+        stage('textures')
     encoded = []
     for i, r in enumerate(inp.refs):
         encode = partial(net.encode_texture_features, r, ENCODE_TILE, lv1_storage, spec)
         encoded.append(encode() if cached is None else cached.textures(i, lv1_storage, spec, encode))
+    if stage is not None:
+        stage('main network')
     if tile_t is None:
         return net.forward_features(inp.lr, None, encoded, search=search, spec=spec)
     return tiled_forward(net, inp.lr, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search,
@@ -228,9 +233,10 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
         return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan, the spec) instead.
         progress: ``progress(done, total)`` after each tile.
-        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), then
-            ``'search'`` (the textures are encoded after the search; tiles follow, reported by ``progress``) or,
-            untiled, ``'search and main network'``.
+        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), ``'search'``,
+            ``'textures'`` (the references' textures, encoded after the search) and ``'main network'`` (untiled,
+            or tile by tile: each tile then reported by ``progress``). Each stage's time can so be measured (the
+            web page's time-left estimate); a callback may raise to stop the run (the page's Cancel).
         reference_cache: a :class:`~extracter.inference.reference_cache.ReferenceCache` of this run (one folder, one
             video): the references' encodings are looked up there and kept for the next LR image (bit-identical to
             encoding again); with ``max_memory`` it holds at most what the memory plan leaves. None: encode every
@@ -273,7 +279,7 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         search, ref_grids, patch_counts = _search_phase(net, spec, inp, None if tile_t is None else tile_t[0], stage,
                                                         cached)
         sr = _main_phase(net, spec, inp, search, tile_t, 'stored' if plan is None else plan.lv1_storage, progress,
-                         cached)
+                         stage, cached)
         sr = sr[:, :, :SCALE * h, :SCALE * w]
     if return_aux:
         return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=spec.grid_size(*inp.lr_hw),
