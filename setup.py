@@ -27,7 +27,8 @@ setup(
     # the local web page (extracter-app) and its browser test
     extras_require={'faiss': ['faiss-cpu>=1.7'],
                     'app': read_requirements('requirements-app.txt'),
-                    'app-test': read_requirements('requirements-app-test.txt')},
+                    'app-test': read_requirements('requirements-app-test.txt'),
+                    'video': read_requirements('requirements-video.txt')},
     license='MIT',
     entry_points={'console_scripts': [
         'extracter-train = extracter.train:main',

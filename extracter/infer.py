@@ -7,6 +7,7 @@
     python extracter/infer.py --weights W.pth --lr LR.png --self-ref -o OUT_DIR     # no reference: the LR's own
     python extracter/infer.py --weights W.pth --lr LR_DIR --gallery PHOTOS -o OUT_DIR  # references found for you
     python extracter/infer.py --weights DRCT.pth --lr LR.png -o OUT_DIR             # single-image SR (DRCT)
+    python extracter/infer.py --weights W.pth --lr clip.mp4 --ref STILL.png -o OUT_DIR   # a video (PyAV: [video])
 
 The network options come from the YAML beside the weights (``W.yml``, as ``scripts/convert_official.py`` and the
 demo model have them; key ``network_g``) or from ``--opt`` (any YAML with a ``network_g`` block, e.g. a training
@@ -19,8 +20,11 @@ sub-folder ``REF_DIR/x/``) search the union of all the references' patches (our 
 budgets like one reference. ``--gallery DIR`` chooses each input's references (``--refs-per-image``, default 2)
 among a folder of photos, through an index kept in the cache folder (:mod:`extracter.gallery`), and writes the
 choice to ``OUT_DIR/references.csv``. A single-image network (DRCT) takes no reference; its options may also be read
-off its weights (an original DRCT checkpoint needs no YAML). This file is a thin command line over
-:mod:`extracter.inference` and :mod:`extracter.gallery`.
+off its weights (an original DRCT checkpoint needs no YAML). A video (``--lr clip.mp4``, any container PyAV reads) is
+super-resolved frame by frame into ``OUT_DIR/clip_sr.mkv`` (``--video-codec``; ``--frames`` keeps the PNG frames;
+``--skip-existing`` resumes at frame level; :mod:`extracter.inference.video`), with ``--ref`` or ``--gallery`` (each
+frame's references chosen among the stills). This file is a thin command line over :mod:`extracter.inference` and
+:mod:`extracter.gallery`.
 """
 
 import argparse
@@ -42,11 +46,23 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
     from extracter.data.image_arguments import add_image_arguments, apply_image_arguments
     from extracter.data.image_io import is_image_file, list_images
     from extracter.data.inference_dataset import RefSRInferenceDataset
-    from extracter.gallery.folder import CSV_NAME, choose_references, write_references_csv
+    from extracter.gallery.folder import CSV_NAME, GalleryFrames, choose_references, write_references_csv
+    from extracter.gallery.index import update_index
     from extracter.gallery.select import DEFAULT_REFS_PER_IMAGE, DEFAULT_SHORTLIST
     from extracter.inference.folder import infer_folder
     from extracter.inference.network import load_network
     from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
+    from extracter.inference.video import (
+        DEFAULT_CODEC,
+        INSTALL_HINT,
+        VIDEO_CODECS,
+        VIDEO_EXTENSIONS,
+        VideoInfo,
+        fixed_references,
+        infer_video,
+        is_video_file,
+        probe_video,
+    )
     from extracter.utils.cli import ArgumentParser, run_main
     from extracter.utils.file_io import check_writable
     from extracter.utils.folder_lock import add_wait_argument, command_line, folder_lock
@@ -61,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--weights', required=True, help='BasicSR checkpoint ({"params": ...}) or a state dict')
     parser.add_argument('--opt', default=None, help='YAML with network_g (default: the weights path with .yml)')
-    parser.add_argument('--lr', required=True, help='an LR image or a folder of LR images')
+    parser.add_argument('--lr', required=True, help='an LR image, a folder of LR images, or a video clip '
+                        f'({", ".join(VIDEO_EXTENSIONS[:6])}, ...; needs PyAV: {INSTALL_HINT})')
     parser.add_argument('--ref', action='append', default=None, help='reference image (repeat for several)')
     parser.add_argument('--ref-dir', default=None, help='references matched by file name (or sub-folder per image)')
     parser.add_argument('--self-ref', action='store_true',
@@ -98,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--skip-existing', action='store_true',
                         help='skip inputs whose outputs all exist and are whole PNGs; make the others again '
                              '(finish an interrupted folder)')
+    parser.add_argument('--frames', action='store_true',
+                        help='video: also keep the SR frames as PNGs (OUT/<clip>_sr_frames/)')
+    parser.add_argument('--video-codec', default=DEFAULT_CODEC, choices=list(VIDEO_CODECS),
+                        help='video: ' + '; '.join(f'{k}: {c.description}' for k, c in VIDEO_CODECS.items())
+                             + f' (default {DEFAULT_CODEC})')
     add_wait_argument(parser, 'the output folder')
     add_image_arguments(parser)
     return parser
@@ -174,7 +196,8 @@ def check_paths(args: argparse.Namespace) -> None:
     if args.ref and args.ref_dir:
         raise InferenceError('give references with --ref (one or several) or --ref-dir, not both')
     if not os.path.exists(args.lr):
-        what = 'image file' if is_image_file(args.lr) else 'image file or folder'
+        what = 'image file' if is_image_file(args.lr) else 'video file' if is_video_file(args.lr) else \
+            'image file or folder'
         raise FileNotFoundError(f'--lr {args.lr}: no such {what}')
     for ref in args.ref or ():
         if os.path.isdir(ref):
@@ -267,7 +290,7 @@ def report_gallery(choice) -> None:
         print(f'gallery: skipped {len(stats.skipped)} file(s):\n  ' + '\n  '.join(stats.skipped), file=sys.stderr)
 
 
-def references_csv_step(args: argparse.Namespace, choice, rank: int, barrier):
+def references_csv_step(args: argparse.Namespace, rows, rank: int, barrier):
     """``OUT/references.csv``: refused now if it exists (without ``--overwrite`` / ``--skip-existing``); the step
     that writes it (rank 0, atomically) once every output has been checked, then the barrier."""
     csv_path = Path(args.output) / CSV_NAME
@@ -278,7 +301,7 @@ def references_csv_step(args: argparse.Namespace, choice, rank: int, barrier):
     def step() -> None:
         if rank == 0:
             csv_path.parent.mkdir(parents=True, exist_ok=True)
-            write_references_csv(csv_path, choice.rows)
+            write_references_csv(csv_path, rows)
         if barrier is not None:
             barrier()
 
@@ -289,6 +312,37 @@ def distributed_env() -> tuple:
     """(rank, world size, local rank) under torchrun (its environment variables), else (0, 1, 0)."""
     return (int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)),
             int(os.environ.get('LOCAL_RANK', 0)))
+
+
+def folder_dataset(args: argparse.Namespace, net, options: InferenceOptions, device: str, rank: int, world: int):
+    """The inference dataset of ``--lr`` (a file or folder) and, with ``--gallery``, the references' choice."""
+    if not descriptor_of(net).uses_reference:
+        return RefSRInferenceDataset(single_image_options(args, type(net).__name__)), None
+    # the geometry is checked now (TTSR refuses another); it applies per call
+    stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
+    choice = gallery_references(args, net, device, rank, world) if args.gallery else None
+    return RefSRInferenceDataset(dataset_options(args, stride, choice.refs if choice else None)), choice
+
+
+def print_report(args: argparse.Namespace, report, choice, rank: int) -> None:
+    """What a folder run did (searches, the gallery, the cache, cleaned, redone, skipped); its failures raise."""
+    for name, used in report.searches:
+        print(f'{name}: {used}')
+    if choice is not None and rank == 0:
+        report_gallery(choice)
+    if report.reference_cache is not None and report.reference_cache.total_hits:
+        print(report.reference_cache.describe())
+    for line in report.cleaned:
+        print(line, file=sys.stderr)
+    for line in report.redone:
+        print(f'made again (--skip-existing): {line}', file=sys.stderr)
+    if report.skipped:
+        print(f'skipped {len(report.skipped)} input(s) whose outputs exist and are whole')
+    if report.failed:
+        done = len(report.written) + len(report.skipped)
+        lines = '\n  '.join(msg if name in msg else f'{name}: {msg}' for name, msg in report.failed)
+        raise InferenceError(f'{len(report.failed)} input(s) failed ({done} done, outputs in {args.output}); fix or '
+                             f'remove them and rerun with --skip-existing to finish:\n  {lines}')
 
 
 def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List[Dict[str, Path]]:
@@ -305,24 +359,22 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
     device = select_device(args.device, world, local_rank)
     options = inference_options(args)
     check_paths(args)
+    video = check_video_flags(args, world) if os.path.isfile(args.lr) and is_video_file(args.lr) else None
+    if video is None and (args.frames or args.video_codec != DEFAULT_CODEC):
+        raise InferenceError(f'--frames and --video-codec are for a video --lr; {args.lr} is not one '
+                             f'({", ".join(VIDEO_EXTENSIONS)})')
     if own_process and torch.device(device).type == 'cpu' and args.max_memory is None and not args.release_memory:
         retain_freed_memory()
     net = load_network(args.weights, args.opt, device, args.param_key)
+    if video is not None:
+        return run_video(args, net, device, options, video, sys.argv[1:] if argv is None else argv)
     barrier = None
     if world > 1:  # every process checks all outputs before any writes one
         import torch.distributed as dist
 
         dist.init_process_group('gloo')
         barrier = dist.barrier
-    choice = None
-    if not descriptor_of(net).uses_reference:
-        dataset = RefSRInferenceDataset(single_image_options(args, type(net).__name__))
-    else:
-        # the geometry is checked now (TTSR refuses another); it applies per call
-        stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
-        if args.gallery:
-            choice = gallery_references(args, net, device, rank, world)
-        dataset = RefSRInferenceDataset(dataset_options(args, stride, choice.refs if choice else None))
+    dataset, choice = folder_dataset(args, net, options, device, rank, world)
     bar = tqdm(total=len(range(rank, len(dataset), world)), desc='images', unit='img', disable=rank != 0)
     command = command_line('infer.py', sys.argv[1:] if argv is None else argv)
     try:
@@ -330,7 +382,7 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
         with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
             after_plan = barrier
             if choice is not None:
-                after_plan = references_csv_step(args, choice, rank, barrier)
+                after_plan = references_csv_step(args, choice.rows, rank, barrier)
             report = infer_folder(net, dataset, Path(args.output), options.run_kwargs(), device, args.texture_map,
                                   args.overwrite, args.skip_existing, rank, world, keep_going=True,
                                   after_plan=after_plan,
@@ -341,22 +393,77 @@ def run(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> List
         bar.close()
         if world > 1:
             dist.destroy_process_group()
-    for name, used in report.searches:
-        print(f'{name}: {used}')
-    if choice is not None and rank == 0:
-        report_gallery(choice)
+    print_report(args, report, choice, rank)
+    return report.written
+
+
+def check_video_flags(args: argparse.Namespace, world: int) -> VideoInfo:
+    """What a video ``--lr`` refuses, before the weights are loaded: flags of folders and pictures, several
+    processes, and a clip PyAV cannot read (PyAV missing, not a video, no video stream, a codec it cannot decode, no
+    frames)."""
+    given = [flag for flag, on in (('--ref-dir', args.ref_dir), ('--texture-map', args.texture_map)) if on]
+    if given:
+        raise InferenceError(f'--lr {args.lr} is a video: {" and ".join(given)} do not apply (give its references '
+                             'with --ref, or --self-ref)')
+    if world > 1:
+        raise InferenceError(f'--lr {args.lr} is a video: its frames run in order in one process (not under '
+                             'torchrun); for several processes, extract the frames and give the folder')
+    return probe_video(args.lr)
+
+
+def run_video(args: argparse.Namespace, net, device: str, options: InferenceOptions, info: VideoInfo,
+              argv: Sequence[str]) -> List[Dict[str, Path]]:
+    """``--lr clip.mp4``: the frames through :func:`~extracter.inference.video.infer_video` with ``--ref`` (the same
+    references every frame), ``--self-ref``, or none for a single-image network; progress with ETA over frames."""
+    gallery = None
+    if not descriptor_of(net).uses_reference:
+        single_image_options(args, type(net).__name__)  # refuses reference and search flags
+        sample = {'lq_multiple': 1, 'ref_multiple': 4, 'ref_mode': 'none'}
+        references = None
+    else:
+        stride = net.size_multiples(net.search_spec(geometry=options.search.geometry))[0]
+        if args.gallery:  # each frame's references chosen among the stills
+            index, stats = update_index(net, args.gallery, args.gallery_index, device)
+            gallery = GalleryFrames(net, index, args.refs_per_image or DEFAULT_REFS_PER_IMAGE,
+                                    args.shortlist or DEFAULT_SHORTLIST, device)
+            data_opt = {}
+        else:
+            data_opt = dataset_options(args, stride)  # refuses a RefSR clip without references
+        sample = {'lq_multiple': stride, 'ref_multiple': 4 * stride,
+                  'ref_mode': 'self' if data_opt.get('ref_mode') == 'self' else 'given'}
+        references = gallery or (None if args.self_ref else fixed_references(args.ref))
+    bar = tqdm(total=info.frames, desc='frames', unit='frame')
+    # references.csv: an existing one is refused now; written with the rows of the frames computed in this run
+    csv_step = references_csv_step(args, gallery.rows, 0, None) if gallery is not None else None
+
+    command = command_line('infer.py', argv)
+    try:
+        with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
+            report = infer_video(net, args.lr, Path(args.output), references, options.run_kwargs(), sample, device,
+                                 keep_frames=args.frames, overwrite=args.overwrite, skip_existing=args.skip_existing,
+                                 codec=args.video_codec, on_frame=lambda number, total, computed: bar.update(1))
+            if csv_step is not None and gallery.rows:
+                csv_step()
+    finally:
+        bar.close()
+    if gallery is not None:
+        print(f'gallery index {stats.path}: {stats.described} image(s) described, {stats.reused} reused')
+        for line in stats.notes + gallery.notes + [f'gallery: skipped {s}' for s in stats.skipped]:
+            print(f'note: {line}', file=sys.stderr)
     for line in report.cleaned:
         print(line, file=sys.stderr)
-    for line in report.redone:
-        print(f'made again (--skip-existing): {line}', file=sys.stderr)
     if report.skipped:
-        print(f'skipped {len(report.skipped)} input(s) whose outputs exist and are whole')
-    if report.failed:
-        done = len(report.written) + len(report.skipped)
-        lines = '\n  '.join(msg if name in msg else f'{name}: {msg}' for name, msg in report.failed)
-        raise InferenceError(f'{len(report.failed)} input(s) failed ({done} done, outputs in {args.output}); fix or '
-                             f'remove them and rerun with --skip-existing to finish:\n  {lines}')
-    return report.written
+        print(f'skipped {args.lr}: its video exists and opens (--skip-existing)')
+        return [{'video': None}]
+    if report.search_used:
+        print(f'{os.path.basename(args.lr)}: {report.search_used}')
+    if report.reference_cache is not None:
+        print(report.reference_cache.describe())
+    resumed = f' ({report.resumed} resumed from {report.frames_dir or "the work folder"})' if report.resumed else ''
+    rate = report.info.rate
+    print(f'wrote {report.video}: {report.frames} frames at {float(rate):g} fps{resumed}'
+          + (f'; frames in {report.frames_dir}' if report.frames_dir else ''))
+    return [{'video': report.video}]
 
 
 def main(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> int:
@@ -365,7 +472,8 @@ def main(argv: Optional[Sequence[str]] = None, own_process: bool = False) -> int
     process, set it)."""
     def cli(args: List[str]) -> int:
         written = run(args, own_process=own_process)
-        print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
+        if not any('video' in p for p in written):  # a video's run said what it wrote
+            print(f'wrote {sum(len(p) for p in written)} files for {len(written)} image(s)')
         return 0
 
     return run_main(cli, argv)

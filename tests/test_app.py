@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extracter.app.jobs import JobError, JobRequest, JobRunner, default_memory_budget, find_models, model_entry
+from extracter.app.jobs import (
+    JobCancelled,
+    JobError,
+    JobRequest,
+    JobRunner,
+    default_memory_budget,
+    find_models,
+    model_entry,
+)
 from extracter.infer import run as infer_run
 from extracter.inference.memory_plan import parse_memory
 from tests.app_helpers import motorcycle_pair, psnr_y, read_png, save, tiny_checkpoint
@@ -88,7 +96,9 @@ def test_job_gives_the_command_lines_sr(models, pair, tmp_path, one_thread):
     assert texts[0] == 'reading the photos' and 'encoding the reference 1/1' in texts and texts[-1] == 'done'
     assert [p.fraction for p in stages] == sorted(p.fraction for p in stages)
     assert 0 <= result.relevance['min'] <= result.relevance['mean'] <= result.relevance['max'] <= 1 + 1e-6
-    assert result.texture is not None and result.texture.shape[1] > 2 * result.texture.shape[0]
+    # the texture-source panels, one picture each (readable however many references), in the job's folder
+    assert [label for label, _ in result.textures][0].startswith('relevance') and len(result.textures) == 3
+    assert all(path.parent == result.folder and read_png(path).shape[0] >= 320 for _, path in result.textures)
     assert result.plan and result.search and 'search' in result.search and result.notes == []
 
 
@@ -118,7 +128,8 @@ def test_tiles_report_progress_and_eta(models, pair, tmp_path, one_thread):
     stages = []
     runner.run(JobRequest(lr=lr, refs=[ref], max_memory=str(budget)), stages.append)
     tiles = [p for p in stages if 'tiles' in p.stage]
-    assert tiles and tiles[-1].stage.endswith(f'{len(tiles)}/{len(tiles)}')
+    texts = list(dict.fromkeys(p.stage for p in tiles))  # the timer may repeat a report
+    assert texts and texts == [f'main network, tiles {i}/{len(texts)}' for i in range(1, len(texts) + 1)]
     assert all(p.eta_s is not None for p in tiles) and tiles[-1].eta_s == 0
     assert 'left)' in tiles[0].text
 
@@ -225,8 +236,8 @@ def test_files_are_read_and_written_only_in_its_own_folders(models, pair, tmp_pa
     new = files_under(tmp_path) - before
     assert new == set(result.files.values())
     assert all(p.parent == runner.jobs_dir / result.job_id for p in new)  # nothing outside the job's folder
-    assert sorted(p.name for p in new) == sorted([f'{result.job_id}_bicubic.png', 'evil_x4.png',
-                                                  f'{result.job_id}_texture.png'])  # the name: sanitised
+    assert sorted(p.name for p in new) == sorted([f'{result.job_id}_bicubic.png', 'evil_x4.png'] +
+                                                 [f'{result.job_id}_texture_{i}.png' for i in (1, 2, 3)])
     again = runner.run(JobRequest(lr=lr, refs=[ref]))  # a second job never replaces the first one's files
     assert again.job_id != result.job_id and all(p.is_file() for p in result.files.values())
 
@@ -425,3 +436,167 @@ def test_the_retention_flags_are_checked(capsys):
     for argv in (['--keep-jobs', '0'], ['--keep-mb', '0']):
         assert cli.main(argv) == 2
         assert capsys.readouterr().err.strip().startswith('error: --keep-jobs must be at least 1 and --keep-mb')
+
+
+def test_time_left_comes_from_the_work_and_the_measured_speed(models, pair, tmp_path, one_thread):
+    """The first job is calibrated by its own first stage; afterwards each stage's rate is this model's, per kind of
+    work, so a job with more work (a larger photo, three references) is estimated longer, never at the last job's
+    speed per pixel."""
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    big_lr = upload(runner, 'big.png', motorcycle_pair(320)['lr'])  # 80 x 80: 11 times the pixels of 24 x 24
+    refs = [upload(runner, f'ref{i}.png', pair['ref'][:, i:]) for i in range(3)]  # three different pictures
+    assert runner.estimate_seconds(JobRequest(lr=lr, refs=refs[:1])) is None  # no model loaded, nothing measured
+    first = []
+    runner.run(JobRequest(lr=lr, refs=refs[:1]), first.append)
+    # the first job: no estimate before its first stage (the calibration) is measured, one from then on
+    assert first[2].stage == 'encoding the reference 1/1' and first[2].eta_s is None
+    assert any(p.stage == 'search' and p.eta_s is not None for p in first)
+    weights = str(models / 'refsr' / 'tiny.pth')
+    assert {kind for (model, kind) in runner.speed.known()} == {'keys', 'search:chunked', 'textures', 'main'}
+    assert {model for (model, kind) in runner.speed.known()} == {weights}
+    small = runner.estimate_seconds(JobRequest(lr=lr, refs=refs[:1]))
+    large = runner.estimate_seconds(JobRequest(lr=big_lr, refs=refs[:1]))
+    three = runner.estimate_seconds(JobRequest(lr=lr, refs=refs))
+    assert 0 < small < large and small < three
+    stages = []
+    runner.run(JobRequest(lr=big_lr, refs=refs), stages.append)
+    computing = [p for p in stages if p.eta_s is not None]
+    assert computing and computing[0].eta_s > 0 and computing[-1].eta_s <= computing[0].eta_s
+
+
+def test_the_clock_moves_through_an_untiled_stage_and_stops_below_the_end():
+    """A stage without tiles advances with the time against its estimate, capped below its end until the next
+    stage starts; the seconds left count down; the rates are kept per model and kind."""
+    from extracter.app.timing import STAGE_CAP, JobClock, SpeedBook, Stage
+
+    book = SpeedBook()
+    book.record('m', 'keys', 100, 1.0)  # 0.01 s per unit
+    book.record('m', 'main', 100, 4.0)  # 0.04 s per unit
+    book.record('other', 'main', 100, 1.0)
+    assert book.rate('m', 'main') == 0.04 and book.rate('other', 'main') == 0.01
+    assert book.rate('new', 'main') == 0.025  # a model not measured yet: the mean of the others
+    book.record('m', 'main', 100, 2.0)  # refined by each job: half the old rate, half the new measurement
+    assert book.rate('m', 'main') == pytest.approx(0.03)
+    now = [0.0]
+    clock = JobClock(book, 'm', [Stage('encoding the reference 1/1', 'keys', 100), Stage('main network', 'main', 100)],
+                     now=lambda: now[0])
+    clock.enter_text('encoding reference 1/1')  # the engine's words
+    assert clock.seconds_left() == pytest.approx(1 + 3)
+    now[0] = 0.5
+    assert clock.fraction() == pytest.approx(0.5 / 4) and clock.seconds_left() == pytest.approx(3.5)
+    now[0] = 2.0  # slower than estimated: the stage stays below its end; the rest is corrected by the slowdown
+    assert clock.fraction() == pytest.approx(STAGE_CAP * 1 / 4)
+    clock.enter_text('main network')
+    assert clock.seconds_left() == pytest.approx(2 * 3)  # this job runs twice as slow as estimated
+    readings = []
+    for t in (2.5, 4.0, 6.0, 9.0, 30.0):
+        now[0] = t
+        readings.append((clock.fraction(), clock.seconds_left()))
+    fractions = [f for f, _ in readings]
+    assert fractions == sorted(fractions) and fractions[0] < fractions[-1] <= STAGE_CAP
+    assert [left for _, left in readings] == sorted((left for _, left in readings), reverse=True)
+    clock.finish()
+    assert clock.fraction() == 1.0 and clock.seconds_left() == 0.0
+
+
+def held_job(runner, request, stage: str):
+    """Run ``request`` in a thread, held at the report of ``stage`` until the returned event is set; returns
+    (thread, reached, release, results)."""
+    reached, release, results = threading.Event(), threading.Event(), {}
+
+    def report(p):
+        if p.stage == stage and not reached.is_set():
+            reached.set()
+            assert release.wait(60)
+
+    def job():
+        try:
+            results['result'] = runner.run(request, report)
+        except JobError as err:
+            results['result'] = err
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert reached.wait(60)
+    return thread, release, results
+
+
+def test_the_queue_says_how_long_the_wait_is(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    runner.run(JobRequest(lr=lr, refs=[ref]))  # this machine's speed, measured
+    thread, release, _ = held_job(runner, JobRequest(lr=lr, refs=[ref]), 'search')
+    messages, cancel = [], threading.Event()
+
+    def report(p):
+        messages.append(p.stage)
+        cancel.set()  # seen: leave the queue
+
+    with pytest.raises(JobCancelled):
+        runner.run(JobRequest(lr=lr, refs=[ref]), report, cancel)
+    release.set()
+    thread.join(60)
+    assert re.fullmatch(r'queued: 1 job\(s\) ahead of yours; it starts in about \d+ s', messages[0]), messages
+
+
+def test_cancel_stops_the_job_and_leaves_nothing_behind(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    for stage in ('reading the photos', 'search', 'main network'):
+        cancel, seen = threading.Event(), []
+
+        def report(p, stage=stage, cancel=cancel, seen=seen):
+            seen.append(p.stage)
+            if p.stage == stage:
+                cancel.set()  # the Cancel button, pressed while this stage runs
+
+        with pytest.raises(JobCancelled, match='The job was cancelled'):
+            runner.run(JobRequest(lr=lr, refs=[ref]), report, cancel)
+        assert seen[-1] == stage and 'done' not in seen  # stopped at its next check
+        assert not runner.jobs_dir.exists() or not any(runner.jobs_dir.iterdir())  # nothing half-written
+        assert not runner.busy and runner.waiting == 0
+    # a job waiting in the queue is cancelled too, and the one running goes on
+    thread, release, results = held_job(runner, JobRequest(lr=lr, refs=[ref]), 'search')
+    cancel = threading.Event()
+    with pytest.raises(JobCancelled):
+        runner.run(JobRequest(lr=lr, refs=[ref]), lambda p: cancel.set(), cancel)
+    assert runner.waiting == 0
+    release.set()
+    thread.join(60)
+    assert results['result'].sr.shape == (96, 96, 3)
+
+
+def test_the_examples_are_made_once_and_run(models, tmp_path, one_thread):
+    from extracter.app.examples import make_examples
+
+    runner = make_runner(tmp_path, models)
+    rows = make_examples(runner.examples_dir)
+    assert [Path(r[0]).name for r in rows] == ['motorcycle_crop_lr.png', 'motorcycle_left_lr.png']
+    assert read_png(rows[0][0]).shape == (40, 40, 3) and read_png(rows[1][0]).shape == (125, 185, 3)
+    assert read_png(rows[1][1][0]).shape == (500, 741, 3)  # the right view, as it ships
+    stamp = Path(rows[0][0]).stat().st_mtime_ns
+    assert make_examples(runner.examples_dir) == rows and Path(rows[0][0]).stat().st_mtime_ns == stamp
+    result = runner.run(JobRequest(lr=rows[0][0], refs=rows[0][1]))  # read from the examples folder
+    assert result.sr.shape == (160, 160, 3) and result.files['sr'].name == 'motorcycle_crop_lr_x4.png'
+
+
+def test_a_huge_picture_is_refused_in_plain_words(models, pair, tmp_path):
+    from extracter.data import image_io
+
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'huge.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    limit = image_io.get_max_image_pixels()
+    image_io.set_max_image_pixels(500)  # as a 20000 x 20000 photo against the default limit
+    try:
+        with pytest.raises(JobError) as err:
+            runner.run(JobRequest(lr=lr, refs=[ref], lr_name='huge.png'))
+    finally:
+        image_io.set_max_image_pixels(limit)
+    message = str(err.value)
+    assert message.startswith('The photo to enlarge (huge.png) is 24 x 24 = 576 pixels, more than this page '
+                              'accepts (500 pixels'), message
+    assert '--max-image-pixels 576' in message and 'extracter.' not in message and str(tmp_path) not in message

@@ -79,12 +79,12 @@ def test_stage_and_progress_callbacks_report_each_stage_in_order():
     lr, refs = three_refs()
     events = []
     run_refsr(net, lr, refs[:2], stage=lambda text: events.append(text))
-    assert events == ['encoding reference 1/2', 'encoding reference 2/2', 'search and main network']
+    assert events == ['encoding reference 1/2', 'encoding reference 2/2', 'search', 'textures', 'main network']
     events.clear()
     run_refsr(net, lr, refs[:1], tile={'tile_size': 8, 'tile_pad': 2}, stage=events.append,
               progress=lambda done, total: events.append(f'tiles {done}/{total}'))
-    assert events[:2] == ['encoding reference 1/1', 'search']
-    tiles = events[2:]
+    assert events[:4] == ['encoding reference 1/1', 'search', 'textures', 'main network']
+    tiles = events[4:]
     assert tiles and tiles[-1] == f'tiles {len(tiles)}/{len(tiles)}' and len(tiles) > 1  # 20x28 LR in 8-px tiles
 
 

@@ -419,3 +419,28 @@ def test_faiss_shortlist_finds_the_neighbours():
         exact_scores, exact_rows = shortlist_exact(d.astype(np.float16), d[row], 5)
         assert rows[0] == row and set(rows) == set(exact_rows)
         assert np.allclose(scores, exact_scores, atol=2e-3)
+
+
+def test_a_video_with_a_gallery_of_stills(tiny_case, tmp_path, capsys):
+    pytest.importorskip('av', reason='PyAV is not installed (the optional extra: pip install "extracter[video]")')
+    from extracter.inference.video import probe_video
+    from tests.test_video import LR_HW, _frames, write_clip
+
+    if not DEMO.is_file():
+        pytest.skip(f'the CPU demo model {DEMO} is missing')
+    frames = _frames(4)
+    clip = write_clip(tmp_path / 'clip.mp4', frames)
+    stills = tmp_path / 'stills'
+    stills.mkdir()
+    for i in (0, 3):  # high-resolution stills of the scene, and a distractor
+        Image.fromarray(frames[i]).resize((4 * LR_HW[1], 4 * LR_HW[0]), Image.BICUBIC).save(stills / f'still{i}.png')
+    shutil.copy(tiny_case / 'gallery' / 'bsd.png', stills / 'other.png')
+    out = tmp_path / 'out'
+    assert main(['--weights', str(DEMO), '--lr', str(clip), '--gallery', str(stills), '--refs-per-image', '1',
+                 '--gallery-index', str(tmp_path / 'i.npz'), '-o', str(out)]) == 0
+    assert '3 image(s) described' in capsys.readouterr().out
+    assert probe_video(out / 'clip_sr.mkv').frames == 4
+    with open(out / 'references.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['lr'], r['rank']) for r in rows] == [(f'frame_{i:06d}', '1') for i in range(1, 5)]
+    assert all(os.path.basename(r['reference']).startswith('still') for r in rows)

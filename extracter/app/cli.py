@@ -25,6 +25,7 @@ DEFAULT_KEEP_MB = 500.0
 
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 4
+HEARTBEAT_S = 2  # Gradio's default is 15 s: a closed tab's job would run on that long
 PORT_TRIES = 20  # a port in use: the next ones are tried
 REPO_PRETRAINED = Path(__file__).resolve().parents[2] / 'pretrained'
 LISTEN_ALL_WARNING = ('WARNING: --listen-all: the page listens on every network interface; anyone who can reach this '
@@ -118,6 +119,8 @@ def serve(argv: Sequence[str]) -> None:
     output = Path(args.output).resolve()
     os.environ['GRADIO_TEMP_DIR'] = str(output / 'uploads')  # before Gradio is imported: uploads stay in our folder
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
+    # a closed tab is noticed by its missing heartbeat: within this many seconds its job is cancelled
+    os.environ.setdefault('GRADIO_HEARTBEAT_INTERVAL', str(HEARTBEAT_S))
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -144,8 +147,8 @@ def serve(argv: Sequence[str]) -> None:
         print(f'port {args.port} is in use; using {port}')
     # quiet: Gradio's own banner suggests share=True, which this local page never uses; the address is printed below
     launch_kwargs = dict(server_name=host, server_port=port, share=False, max_file_size=max_upload,
-                         allowed_paths=[str(runner.jobs_dir)], ssr_mode=False, show_error=False, run_history=False,
-                         quiet=True, prevent_thread_lock=True)
+                         allowed_paths=[str(runner.jobs_dir), str(runner.examples_dir)], ssr_mode=False,
+                         show_error=False, run_history=False, quiet=True, prevent_thread_lock=True)
     for attempt in range(1, LAUNCH_ATTEMPTS + 1):
         try:
             page.launch(**launch_kwargs)

@@ -12,17 +12,24 @@ Guarantees:
 
 - One job runs at a time per runner; later ones wait in order and say so (``queued: N job(s) ahead``), at most
   ``max_waiting`` of them.
-- Input files are read only from ``upload_dir`` (where the page stores uploads). Outputs go to
+- Input files are read only from ``upload_dir`` (where the page stores uploads) and ``examples_dir`` (the page's
+  examples, :mod:`extracter.app.examples`). Outputs go to
   ``output_dir/jobs/<job id>/``, written atomically, never replaced; only the SR's file takes its name from the
   photo's (sanitised: ``walk10_lr.png`` -> ``walk10_lr_x4.png``), the rest have generated names; the job's folder
   is created exclusively (another page process sharing ``output_dir`` can never get the same one).
 - Old jobs and uploads are removed after each job: the newest ``keep_jobs`` job folders are kept, at most
   ``keep_mb`` megabytes of them (see :class:`JobRunner`); never the job that just ran.
 - Every failure becomes a :class:`JobError` whose message says what is wrong in plain words; nothing escapes.
+- A job can be cancelled (``run(..., cancel=event)``): the event is checked as each stage starts, after each tile
+  and while waiting, and the job ends with :class:`JobCancelled`; its folder is made only after the computation,
+  so a cancelled job leaves nothing behind.
+- The time left is estimated from the job's work and this machine's measured speed (:mod:`extracter.app.timing`);
+  while a stage runs without tiles, the progress is re-reported every :data:`TICK_S` so that it keeps moving.
 - A memory budget always applies to reference-based runs: the request's, else the runner's default (half of the
   memory that is free when the runner starts, see :func:`default_memory_budget`).
 """
 
+import contextvars
 import hashlib
 import logging
 import math
@@ -34,6 +41,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,15 +49,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
+from extracter.app.timing import JobClock, SpeedBook, Stage, refsr_stages, single_image_stages
 from extracter.data import degradations as deg
-from extracter.data.image_io import ImageInputWarning, ImageReadError, read_image
+from extracter.data.image_io import ImageInputWarning, ImageReadError, ImageTooLargeError, read_image
 from extracter.data.inference_dataset import inference_sample
 from extracter.inference.engine import run_sisr
 from extracter.inference.folder import batch_of_one, super_resolve
 from extracter.inference.memory_plan import MemoryBudgetError
 from extracter.inference.network import NetworkLoadError, load_network
 from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
+from extracter.search.choice import choose_search
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
 
 LOG = logging.getLogger('extracter.app')
@@ -67,10 +78,17 @@ JOB_ID_ATTEMPTS = 8
 DEFAULT_KEEP_JOBS = 20  # the retention policy (extracter-app --keep-jobs, --keep-mb)
 DEFAULT_KEEP_MB = 500
 UPLOAD_GRACE_S = 3600  # an upload this recent is never removed (it may be for a job about to start)
+TICK_S = 0.5  # while a job computes, its progress is re-reported this often (the bar moves in untiled stages)
+COMPUTE_SPAN = (0.05, 0.95)  # the share of the progress bar the computation takes (reading before, writing after)
+CANCELLED = 'The job was cancelled.'
 
 
 class JobError(ValueError):
     """A job that cannot run or failed; the message is for the person who asked for it."""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled (its cancel event was set: the page's Cancel button, or its tab was closed)."""
 
 
 @dataclass
@@ -207,7 +225,7 @@ class JobResult:
     files: Dict[str, Path]
     sr: np.ndarray
     bicubic: np.ndarray
-    texture: Optional[np.ndarray]
+    textures: List[Tuple[str, Path]]  # the texture-source panels (label, PNG), none for a single-image model
     relevance: Optional[Dict[str, float]]
     model: str
     single_image: bool
@@ -231,7 +249,9 @@ class JobRunner:
 
     Args:
         output_dir: the runner's own folder; jobs write ``output_dir/jobs/<job id>/``.
-        upload_dir: the only folder input files are read from (default ``output_dir/uploads``).
+        upload_dir: the folder of uploads, input files are read from (default ``output_dir/uploads``).
+        examples_dir: the other folder input files are read from: the page's examples (default
+            ``output_dir/examples``).
         device: ``'cpu'`` or ``'cuda[:N]'``.
         max_memory: the default budget of a job (default :func:`default_memory_budget`).
         models: the models offered (their checkpoints may be read); a request may also name another checkpoint
@@ -247,9 +267,10 @@ class JobRunner:
     def __init__(self, output_dir: Path, upload_dir: Optional[Path] = None, device: str = 'cpu',
                  max_memory: Optional[str] = None, models: Sequence[ModelEntry] = (), allow_model_paths: bool = True,
                  max_waiting: int = 4, keep_jobs: int = DEFAULT_KEEP_JOBS,
-                 keep_mb: float = DEFAULT_KEEP_MB) -> None:
+                 keep_mb: float = DEFAULT_KEEP_MB, examples_dir: Optional[Path] = None) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.upload_dir = Path(upload_dir).resolve() if upload_dir else self.output_dir / 'uploads'
+        self.examples_dir = Path(examples_dir).resolve() if examples_dir else self.output_dir / 'examples'
         self.jobs_dir = self.output_dir / 'jobs'
         self.device = device
         self.max_memory = max_memory or default_memory_budget(device)
@@ -266,7 +287,9 @@ class JobRunner:
         self._busy = False
         self._count = 0
         self._net_cache: Optional[Tuple[Tuple[str, float, str], torch.nn.Module]] = None
-        self._seconds_per_lr_px: Optional[float] = None  # the last job's speed, for the next one's ETA
+        self._parameters: Dict[str, int] = {}  # per checkpoint: the network's parameter count (its work per pixel)
+        self.speed = SpeedBook()  # this machine's measured speed, per model and kind of work
+        self._clock: Optional[JobClock] = None  # the running job's
 
     # ------------------------------------------------------------------ queue
     @property
@@ -279,11 +302,14 @@ class JobRunner:
         with self._cond:
             return len(self._waiting)
 
-    def run(self, request: JobRequest, report: Optional[Callable[[Progress], None]] = None) -> JobResult:
-        """Run ``request`` when its turn comes (reporting ``queued: ...`` meanwhile), then report its stages.
-        Raises :class:`JobError` with a message in plain words for any failure."""
+    def run(self, request: JobRequest, report: Optional[Callable[[Progress], None]] = None,
+            cancel: Optional[threading.Event] = None) -> JobResult:
+        """Run ``request`` when its turn comes (reporting ``queued: ...`` and the wait meanwhile), then report its
+        stages. Raises :class:`JobError` with a message in plain words for any failure, :class:`JobCancelled` once
+        ``cancel`` is set (checked while waiting, as each stage starts and after each tile)."""
         report = report or (lambda p: None)
-        ticket = _Ticket(request)
+        cancel = cancel or threading.Event()
+        ticket = _Ticket(request, self.estimate_seconds(request))
         with self._cond:
             if len(self._waiting) >= self.max_waiting:
                 raise JobError(f'The page is busy: {len(self._waiting)} jobs are already waiting. Try again in a '
@@ -291,22 +317,74 @@ class JobRunner:
             self._waiting.append(ticket)
             try:
                 while self._busy or self._waiting[0] is not ticket:
-                    ahead = list(self._waiting).index(ticket) + (1 if self._busy else 0)
-                    report(Progress(f'queued: {ahead} job(s) ahead of yours; it starts when they finish', 0.0))
+                    if cancel.is_set():
+                        raise JobCancelled(CANCELLED)
+                    report(Progress(self._queue_text(ticket), 0.0))
                     self._cond.wait(timeout=1.0)
             finally:
                 self._waiting.remove(ticket)
+                self._cond.notify_all()
             self._busy = True
         try:
-            result = self._run_guarded(request, report)
+            result = self._run_guarded(request, _Reporter(report, cancel))
             self._apply_retention(result.folder, request)
             return result
+        except JobCancelled:
+            LOG.info('a job was cancelled')
+            raise
         finally:
             with self._cond:
                 self._busy = False
+                self._clock = None
                 self._cond.notify_all()
 
-    def _run_guarded(self, request: JobRequest, report: Callable[[Progress], None]) -> JobResult:
+    def _queue_text(self, ticket: '_Ticket') -> str:
+        """``queued: N job(s) ahead of yours`` and how long until it starts: the running job's time left and the
+        estimates of the jobs waiting ahead (called with the lock held)."""
+        ahead_tickets = list(self._waiting)[:list(self._waiting).index(ticket)]
+        ahead = len(ahead_tickets) + (1 if self._busy else 0)
+        waits = [t.estimate for t in ahead_tickets]
+        if self._busy:
+            waits.append(None if self._clock is None else self._clock.seconds_left())
+        text = f'queued: {ahead} job(s) ahead of yours'
+        if any(w is None for w in waits):
+            return text + '; it starts when they finish'
+        return text + f'; it starts in about {format_seconds(sum(waits))}'
+
+    def estimate_seconds(self, request: JobRequest) -> Optional[float]:
+        """The computation's seconds for ``request`` on this machine (None: not known yet: its model is not the one
+        loaded, or not in the list, or nothing of its kind was measured, or the request is not valid). Reads only the
+        photos' headers."""
+        if request.model and all(str(m.weights) != str(request.model) for m in self.models):
+            return None  # a checkpoint outside the list: never read for an estimate
+        try:
+            with_refs = bool(request.refs)
+            entry = self._choose_model(request, with_refs, [])
+            net = self._cached_network(entry)
+            if net is None:
+                return None
+            sizes = [_header_size(self._input_path(p, 'photo')) for p in (request.lr, *request.refs)]
+            stages = self._stages(net, entry, sizes[0], sizes[1:] if entry.uses_reference else [],
+                                  self._inference_options(request))
+        except (JobError, OSError, ValueError, Image.DecompressionBombError):
+            return None
+        return self.speed.estimate(str(entry.weights), stages)
+
+    def _stages(self, net, entry: ModelEntry, lr_hw: Tuple[int, int], ref_hws: Sequence[Tuple[int, int]],
+                options: InferenceOptions) -> List[Stage]:
+        """The job's stages and their work (:mod:`extracter.app.timing`), from the sizes the engine computes on."""
+        params = self._parameters[str(entry.weights)]
+        if not entry.uses_reference:
+            return single_image_stages(lr_hw[0] * lr_hw[1], params, max(lr_hw) > SISR_TILE['tile_size'])
+        spec = net.search_spec(geometry=options.search.geometry)
+        lr_mult, ref_mult = net.size_multiples(spec)
+        lr_p = _padded(lr_hw, lr_mult)
+        refs_p = [_padded(hw, ref_mult) for hw in ref_hws]
+        choice = choose_search(spec, options.search.mode, lr_p, refs_p, budgeted=True)
+        return refsr_stages([h * w for h, w in refs_p], choice.spec.method, choice.multiply_adds,
+                            lr_p[0] * lr_p[1], params)
+
+    def _run_guarded(self, request: JobRequest, report: '_Reporter') -> JobResult:
         try:
             return self._run(request, report)
         except JobError:
@@ -352,11 +430,8 @@ class JobRunner:
         if not path:
             raise JobError(f'Please add {label}.')
         resolved = Path(path).resolve()
-        try:
-            resolved.relative_to(self.upload_dir)
-        except ValueError:
-            raise JobError(f'{label[0].upper()}{label[1:]} was not uploaded through this page; upload it again.') \
-                from None
+        if not any(resolved.is_relative_to(root) for root in (self.upload_dir, self.examples_dir)):
+            raise JobError(f'{label[0].upper()}{label[1:]} was not uploaded through this page; upload it again.')
         if not resolved.is_file():
             raise JobError(f'{label[0].upper()}{label[1:]} is no longer on the server; upload it again.')
         return resolved
@@ -367,6 +442,8 @@ class JobRunner:
             warnings.simplefilter('always', ImageInputWarning)
             try:
                 img = read_image(path)
+            except ImageTooLargeError as err:
+                raise JobError(_too_large_text(str(err), path, label)) from None
             except ImageReadError as err:
                 raise JobError(_reword(str(err), path, label)) from None
             except MemoryError:
@@ -406,8 +483,17 @@ class JobRunner:
         key = (str(entry.weights), entry.weights.stat().st_mtime, self.device)
         if self._net_cache is None or self._net_cache[0] != key:
             self._net_cache = None  # free the previous model first
-            self._net_cache = (key, load_network(str(entry.weights), device=self.device))
+            net = load_network(str(entry.weights), device=self.device)
+            self._parameters[str(entry.weights)] = sum(p.numel() for p in net.parameters())
+            self._net_cache = (key, net)
         return self._net_cache[1]
+
+    def _cached_network(self, entry: ModelEntry) -> Optional[torch.nn.Module]:
+        """The network of ``entry`` if it is the one loaded (an estimate never loads a model)."""
+        cache = self._net_cache
+        if cache is None or cache[0][0] != str(entry.weights) or str(entry.weights) not in self._parameters:
+            return None
+        return cache[1]
 
     def _new_job_folder(self) -> Tuple[str, Path]:
         """A new folder of its own for a job. Creating it (``mkdir``, which fails if the name exists) is the claim, so
@@ -424,7 +510,7 @@ class JobRunner:
             return job_id, folder
         raise JobError(f'Could not make a new job folder in {self.jobs_dir} (every name tried exists).')
 
-    def _run(self, request: JobRequest, report: Callable[[Progress], None]) -> JobResult:
+    def _run(self, request: JobRequest, report: '_Reporter') -> JobResult:
         t0 = time.time()
         notes: List[str] = []
         lr_label = f'the photo to enlarge ({_safe_name(request.lr_name or request.lr, "LR")})'
@@ -458,28 +544,27 @@ class JobRunner:
 
         report(Progress(f'loading the model {entry.label}', 0.04))
         net = self._network(entry)
-        eta = _EtaClock(self._seconds_per_lr_px, h * w)
-        if entry.uses_reference:
-            out = self._run_refsr(net, lq, refs, options, report, eta)
-        else:
-            out = self._run_single(net, lq, report, eta)
-        report(Progress('writing the result', 0.97))
+        clock = JobClock(self.speed, str(entry.weights),
+                         self._stages(net, entry, (h, w), [r.shape[:2] for r in refs], options))
+        with self._cond:
+            self._clock = clock
+        with report.ticking(clock):
+            if entry.uses_reference:
+                out = self._run_refsr(net, lq, refs, options, report)
+            else:
+                out = self._run_single(net, lq, report)
+            clock.finish()
+        report(Progress('writing the result', 0.97))  # the last point where a Cancel applies: nothing written yet
         job_id, folder = self._new_job_folder()
-        scale = out['sr'].shape[0] // h
-        stem = download_stem(request.lr_name or request.lr)
-        files = {'sr': folder / f'{stem}_x{scale}.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
-        save_png(out['sr'], files['sr'])
-        save_png(out['bicubic'], files['bicubic'])
-        texture = None
-        if out.get('texture_panels'):
-            # at least TEXTURE_MIN_H pixels high, so that the panels' labels fit
-            texture = side_by_side(out['texture_panels'], height=min(max(out['sr'].shape[0], TEXTURE_MIN_H), 512))
-            files['texture'] = folder / f'{job_id}_texture.png'
-            save_png(texture, files['texture'])
+        try:
+            files, textures = _write_outputs(out, job_id, folder, download_stem(request.lr_name or request.lr),
+                                             out['sr'].shape[0] // h)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # all of a job's files or none
+            raise
         seconds = time.time() - t0
-        self._seconds_per_lr_px = eta.compute_seconds() / max(1, h * w)
-        report(Progress('done', 1.0))
-        return JobResult(job_id, folder, files, out['sr'], out['bicubic'], texture, out.get('relevance'),
+        report.final(Progress('done', 1.0))
+        return JobResult(job_id, folder, files, out['sr'], out['bicubic'], textures, out.get('relevance'),
                          entry.label, not entry.uses_reference, seconds, out.get('plan'), notes,
                          out.get('search_used'))
 
@@ -497,43 +582,40 @@ class JobRunner:
             raise JobError(f'{str(err)[:1].upper()}{str(err)[1:]}.') from None
 
     def _run_refsr(self, net, lq: np.ndarray, refs: List[np.ndarray], options: InferenceOptions,
-                   report: Callable[[Progress], None], eta: '_EtaClock') -> Dict:
+                   report: '_Reporter') -> Dict:
         run_kwargs = options.run_kwargs()
         lr_mult, ref_mult = net.size_multiples(net.search_spec(geometry=options.search.geometry))
         sample = batch_of_one(inference_sample(lq, refs, lr_mult, ref_mult))
-
-        def stage(text: str) -> None:
-            if text.startswith('encoding'):
-                i, n = (int(v) for v in text.rsplit(' ', 1)[1].split('/'))
-                report(Progress(text.replace('encoding', 'encoding the'), 0.05 + 0.1 * (i - 1) / n,
-                                eta.untiled_left()))
-            else:
-                eta.search_started()
-                report(Progress(text, 0.2, eta.untiled_left()))
-
-        def progress(done: int, total: int) -> None:
-            report(Progress(f'main network, tiles {done}/{total}', 0.25 + 0.7 * done / total,
-                            eta.tiles_left(done, total)))
-
-        result = super_resolve(net, sample, self.device, run_kwargs, texture_map=True, progress=progress,
-                               stage=stage)
+        result = super_resolve(net, sample, self.device, run_kwargs, texture_map=True, progress=report.tile,
+                               stage=report.stage)
         result['plan'] = result['plan'].describe() if result.get('plan') is not None else None
         return result
 
-    def _run_single(self, net, lq: np.ndarray, report: Callable[[Progress], None], eta: '_EtaClock') -> Dict:
+    def _run_single(self, net, lq: np.ndarray, report: '_Reporter') -> Dict:
         lr = deg.to_tensor(lq)[None].to(self.device)
         h, w = lq.shape[:2]
         tile = SISR_TILE if max(h, w) > SISR_TILE['tile_size'] else None
-        eta.search_started()
-        report(Progress('single-image model' + (', tile by tile' if tile else ''), 0.2, eta.untiled_left()))
-
-        def progress(done: int, total: int) -> None:
-            report(Progress(f'single-image model, tiles {done}/{total}', 0.2 + 0.75 * done / total,
-                            eta.tiles_left(done, total)))
-
-        sr = run_sisr(net, lr, tile=tile, progress=progress)
+        report.enter_first()
+        sr = run_sisr(net, lr, tile=tile, progress=report.tile)
         scale = sr.shape[-1] // w
         return {'sr': tensor_to_uint8(sr), 'bicubic': deg.make_lq_up(lq, (scale * h, scale * w))}
+
+
+def _write_outputs(out: Dict, job_id: str, folder: Path, stem: str,
+                   scale: int) -> Tuple[Dict[str, Path], List[Tuple[str, Path]]]:
+    """The job's PNGs (each written atomically): the SR named after the photo, the bicubic, and each texture panel
+    as a picture of its own (readable with several references), its label above it, at least TEXTURE_MIN_H pixels
+    high so that the label fits. Returns the files by kind and the panels as (label, file)."""
+    files = {'sr': folder / f'{stem}_x{scale}.png', 'bicubic': folder / f'{job_id}_bicubic.png'}
+    save_png(out['sr'], files['sr'])
+    save_png(out['bicubic'], files['bicubic'])
+    textures = []
+    height = min(max(out['sr'].shape[0], TEXTURE_MIN_H), 512)
+    for i, (label, panel) in enumerate(out.get('texture_panels') or [], start=1):
+        files[f'texture_{i}'] = folder / f'{job_id}_texture_{i}.png'
+        save_png(side_by_side([(label, panel)], height=height), files[f'texture_{i}'])
+        textures.append((label, files[f'texture_{i}']))
+    return files, textures
 
 
 @dataclass(eq=False)
@@ -541,6 +623,91 @@ class _Ticket:
     """A place in the queue (compared by identity), with the request that waits in it."""
 
     request: JobRequest
+    estimate: Optional[float] = None  # its computation's seconds, when known (the queue's wait)
+
+
+class _Reporter:
+    """A job's progress reports: fixed steps (reading, loading, writing), and during the computation the
+    :class:`JobClock`'s stage, fraction and time left, re-reported every :data:`TICK_S` by a timer thread. Every
+    report from the job's own thread first checks ``cancel`` (raising :class:`JobCancelled`)."""
+
+    def __init__(self, report: Callable[[Progress], None], cancel: threading.Event) -> None:
+        self._report, self.cancel = report, cancel
+        self._lock = threading.Lock()
+        self.clock: Optional[JobClock] = None
+
+    def __call__(self, p: Progress) -> None:
+        self._check()
+        self._send(p)
+
+    def final(self, p: Progress) -> None:
+        """A report that no longer checks the cancel event (the result is written)."""
+        self._send(p)
+
+    def _check(self) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled(CANCELLED)
+
+    def _send(self, p: Progress) -> None:
+        with self._lock:
+            self._report(p)
+
+    def _clock_progress(self) -> None:
+        clock = self.clock
+        if clock is None:
+            return
+        lo, hi = COMPUTE_SPAN
+        self._send(Progress(clock.text(), lo + (hi - lo) * clock.fraction(), clock.seconds_left()))
+
+    # the engine's callbacks (run in the job's thread)
+    def stage(self, text: str) -> None:
+        self._check()
+        if self.clock is not None:
+            self.clock.enter_text(text)
+        self._clock_progress()
+
+    def enter_first(self) -> None:
+        self._check()
+        if self.clock is not None:
+            self.clock.enter(0)
+        self._clock_progress()
+
+    def tile(self, done: int, total: int) -> None:
+        self._check()
+        if self.clock is not None:
+            self.clock.tile(done, total)
+        self._clock_progress()
+
+    @contextmanager
+    def ticking(self, clock: JobClock):
+        """Follow ``clock`` and re-report it every :data:`TICK_S` until the block ends. The timer thread runs in a
+        copy of the job thread's context (context variables: Gradio finds the job's progress display by them)."""
+        self.clock = clock
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(TICK_S):
+                self._clock_progress()
+
+        timer = threading.Thread(target=contextvars.copy_context().run, args=(tick,), name='extracter-app-progress',
+                                 daemon=True)
+        timer.start()
+        try:
+            yield clock
+        finally:
+            stop.set()
+            timer.join()
+            self.clock = None
+
+
+def _padded(hw: Tuple[int, int], multiple: int) -> Tuple[int, int]:
+    return (-(-int(hw[0]) // multiple) * multiple, -(-int(hw[1]) // multiple) * multiple)
+
+
+def _header_size(path: Path) -> Tuple[int, int]:
+    """(height, width) from the picture's header (nothing decoded)."""
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
 
 
 def _mtime(path: Path) -> float:
@@ -595,33 +762,6 @@ def prune_uploads(upload_dir: Path, cutoff: float, in_use: Sequence[str]) -> Non
             entry.unlink()
 
 
-class _EtaClock:
-    """Seconds left: from the tiles' pace once tiles run (the search counted in the first tile: an over- rather
-    than an under-estimate), else from the previous job's seconds per LR pixel (None for a process's first job)."""
-
-    def __init__(self, seconds_per_lr_px: Optional[float], lr_px: int) -> None:
-        self.t0 = time.time()
-        self.expected = None if seconds_per_lr_px is None else seconds_per_lr_px * lr_px
-        self.t_search: Optional[float] = None
-
-    def search_started(self) -> None:
-        if self.t_search is None:
-            self.t_search = time.time()
-
-    def untiled_left(self) -> Optional[float]:
-        if self.expected is None:
-            return None
-        return max(0.0, self.expected - (time.time() - self.t0))
-
-    def tiles_left(self, done: int, total: int) -> Optional[float]:
-        start = self.t_search or self.t0
-        return (time.time() - start) / done * (total - done) if done else self.untiled_left()
-
-    def compute_seconds(self) -> float:
-        """Seconds of the computation (after the model is loaded), for the next job's estimate."""
-        return time.time() - self.t0
-
-
 def _without_duplicates(refs: List[np.ndarray], labels: Sequence[str],
                         notes: List[str]) -> List[Tuple[np.ndarray, str]]:
     """``(reference, label)`` for each decoded picture once, in order (the same photo uploaded twice would change
@@ -652,6 +792,18 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _too_large_text(message: str, path: Path, label: str) -> str:
+    """The size guard's refusal in plain words: how large the picture is, the page's limit and the option that
+    raises it (no module names)."""
+    size = re.search(r'the image is (.*?), more than the limit of (.*?) pixels', message)
+    need = re.search(r'--max-image-pixels (\d+)', message)
+    if not size or not need:
+        return re.sub(r'\s*\((?:[a-z_]+\.)+[a-z_]+\)', '', _reword(message, path, label))
+    return (f'{_cap(label)} is {size.group(1)}, more than this page accepts ({size.group(2)} pixels; a guard '
+            'against files that only claim to be huge pictures). If it is a real photo, start the page with '
+            f'--max-image-pixels {need.group(1)}, or use a smaller copy.')
+
+
 def _reword(message: str, path: Path, label: str) -> str:
     """A reader message about ``path`` reworded for the page: the server path replaced by ``label``."""
     for p in sorted({str(path), os.fspath(path.resolve())}, key=len, reverse=True):
@@ -660,5 +812,5 @@ def _reword(message: str, path: Path, label: str) -> str:
     return _cap(message).rstrip('.') + '.'
 
 
-__all__ = ['JobError', 'JobRequest', 'JobResult', 'JobRunner', 'ModelEntry', 'Progress', 'default_memory_budget',
-           'find_models', 'model_entry']
+__all__ = ['JobCancelled', 'JobError', 'JobRequest', 'JobResult', 'JobRunner', 'ModelEntry', 'Progress',
+           'default_memory_budget', 'find_models', 'model_entry']

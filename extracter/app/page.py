@@ -1,20 +1,36 @@
 """The local web page (Gradio Blocks) over :class:`extracter.app.jobs.JobRunner`.
 
-Inputs: the photo to enlarge, any number of reference photos (none: the single-image model), the model (the
-checkpoints found in ``pretrained/``, or the path of a converted checkpoint on this machine), the memory budget and
-the search mode. While a job runs the progress bar shows its stage (queued, encoding the reference, search, tiles
-i/n) and the time left. The result: a before/after slider (bicubic vs SR), the texture-source picture, the relevance
-statistics and the SR PNG to download. Errors are written on the page (``#status``) in plain words.
+Inputs: the photo to enlarge and any number of reference photos (none: the single-image model), each shown as a
+thumbnail, uploaded or pasted from the clipboard; clickable examples (:mod:`extracter.app.examples`); the model
+(short names, its details below the list); in the settings: the path of a converted checkpoint on this machine, the
+memory budget and the search mode. While a job runs one progress display (on the status box) shows its stage and
+the time left (estimated from the job's work and this machine's measured speed, :mod:`extracter.app.timing`), and
+Cancel stops it; closing the tab stops it too (the page's unload event). The result: the SR at 1:1 with a zoom
+control (a small result is never stretched), a before/after slider (bicubic vs SR), the texture-source panels (one
+picture each), a summary, the technical details (search, memory plan) in a collapsed section, and the SR PNG to
+download. Errors are shown in a red box in plain words.
 
 Import this module only after the upload folder is chosen: :func:`build_page` sets ``GRADIO_TEMP_DIR`` (where
 Gradio stores uploads) to the runner's ``upload_dir`` if it is not set yet; the results are served from the job
 folders directly (static paths), never copied.
 """
 
+import html
 import os
-from typing import List, Optional, Sequence
+import threading
+from typing import Dict, List, Optional, Sequence, Set
 
-from extracter.app.jobs import DEFAULT_SEARCH, JobError, JobRequest, JobResult, JobRunner
+from extracter.app.examples import make_examples
+from extracter.app.jobs import (
+    DEFAULT_SEARCH,
+    JobCancelled,
+    JobError,
+    JobRequest,
+    JobResult,
+    JobRunner,
+    ModelEntry,
+    format_seconds,
+)
 from extracter.inference.options import SEARCH_MODES
 from extracter.search import get_method
 
@@ -23,20 +39,57 @@ INTRO = ('Drop the photo to enlarge and one or more **reference photos**: pictur
          'high resolution (another shot, a neighbouring frame). The network copies their fine texture where it '
          'matches. Without a reference a single-image model is used, if one is installed. Everything runs on this '
          'machine; nothing is uploaded anywhere else.')
-
+ZOOMS = ['fit', '1:1', '2x', '4x']
+DEFAULT_ZOOM = '1:1'
+STATUS_STYLES = {  # the status box: (border, background, text colour)
+    'ready': ('#d1d5db', 'transparent', 'inherit'),
+    'done': ('#16a34a', '#f0fdf4', '#14532d'),
+    'error': ('#dc2626', '#fef2f2', '#991b1b'),
+    'cancelled': ('#d97706', '#fffbeb', '#78350f'),
+}
 
 
 def available_search_modes() -> List[str]:
     """The search modes this machine can run (an optional method whose package is missing is left out)."""
     return [m for m in SEARCH_MODES if m == 'auto' or get_method(m).available() is None]
 
-def _status(kind: str, text: str) -> str:
-    return f'**{kind}** {text}'
+
+def status_html(kind: str, title: str, text: str) -> str:
+    """The status box: ``kind`` one of :data:`STATUS_STYLES` (an error in red), the words escaped."""
+    border, background, colour = STATUS_STYLES[kind]
+    return (f'<div class="status status-{kind}" role="{"alert" if kind == "error" else "status"}" '
+            f'style="border:1px solid {border};background:{background};color:{colour};padding:8px 12px;'
+            f'border-radius:6px"><strong>{html.escape(title)}</strong> {html.escape(text)}</div>')
 
 
-def _relevance_text(result: JobResult) -> str:
+def result_html(path: Optional[str], width: int = 0, height: int = 0, zoom: str = DEFAULT_ZOOM) -> str:
+    """The SR in a scroll box, at 1:1 (its own pixels: never stretched), 2x or 4x (pixels kept sharp), or fitted
+    to the box's width (never enlarged)."""
+    if not path:
+        return '<div id="result-view" class="result-empty"></div>'
+    src = html.escape(f'/gradio_api/file={path}', quote=True)
+    if zoom == 'fit':
+        size = 'max-width:100%;height:auto'
+    else:
+        factor = 1 if zoom == '1:1' else int(zoom.rstrip('x'))
+        size = f'width:{width * factor}px;height:{height * factor}px;max-width:none;image-rendering:pixelated'
+    return (f'<div id="result-view" style="overflow:auto;max-height:640px;border:1px solid #e5e7eb">'
+            f'<img id="result-img" src="{src}" alt="the enlarged photo" data-zoom="{zoom}" '
+            f'data-width="{width}" data-height="{height}" style="display:block;{size}"></div>')
+
+
+def _summary_text(result: JobResult) -> str:
     h, w = result.sr.shape[:2]
     lines = [f'- **Output:** {w} x {h} pixels, model {result.model}, {result.seconds:.1f} s']
+    if result.relevance:
+        lines.append(f'- **How well the references matched:** {result.relevance["mean"]:.2f} on average '
+                     '(1 = the same texture)')
+    lines += [f'- **Note:** {note}' for note in result.notes]
+    return '\n'.join(lines)
+
+
+def _details_text(result: JobResult) -> str:
+    lines = []
     if result.relevance:
         r = result.relevance
         lines.append(f'- **Relevance of the best reference match** (cosine of the texture features, 1 = the same '
@@ -45,13 +98,76 @@ def _relevance_text(result: JobResult) -> str:
         lines.append(f'- **Search:** {result.search}')
     if result.plan:
         lines.append(f'- **Memory plan:** {result.plan}')
-    lines += [f'- **Note:** {note}' for note in result.notes]
+    lines.append(f'- **Job:** {result.job_id}')
     return '\n'.join(lines)
 
 
+def short_names(models: Sequence[ModelEntry]) -> List[str]:
+    """Each model's short name: its file's stem, or its path under the models folder where stems repeat."""
+    stems = [m.weights.stem for m in models]
+    return [s if stems.count(s) == 1 else m.label for s, m in zip(stems, models)]
+
+
 def model_choices(runner: JobRunner) -> List[tuple]:
-    return [(f'{m.label} ({m.arch}, {"with references" if m.uses_reference else "single image"})', str(m.weights))
-            for m in runner.models]
+    return [(name, str(m.weights)) for name, m in zip(short_names(runner.models), runner.models)]
+
+
+def model_details(runner: JobRunner, weights: Optional[str]) -> str:
+    """The chosen model's details (shown under the list): its network, kind and file (its path under the models
+    folder: no server paths on the page)."""
+    entry = next((m for m in runner.models if str(m.weights) == str(weights)), None)
+    if entry is None:
+        return 'Checkpoints found in pretrained/ (with their .yml options; or alone: their network is read off the ' \
+               'weights).'
+    kind = 'uses the reference photos' if entry.uses_reference else 'single image (no reference needed)'
+    return f'{entry.arch}, {kind}; {entry.label} in the models folder'
+
+
+def photo_input(**kwargs):
+    """A ``gr.Image`` (thumbnail, upload, paste) that hands the job the uploaded file as it is: its bytes untouched
+    (the job's reader does the checks, the EXIF rotation, 16-bit and alpha as the command line does), even when it
+    is not a picture Pillow opens (the job then says what is wrong in plain words). Its ``preprocess`` is replaced
+    on the instance: a subclass would make Gradio write a type stub (.pyi) beside this module."""
+    import gradio as gr
+
+    component = gr.Image(type='filepath', image_mode=None, **kwargs)
+    default = component.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or '').startswith('data:'):
+            return str(payload.path)
+        return default(payload)
+
+    component.preprocess = preprocess
+    return component
+
+
+class _Sessions:
+    """The cancel events of each browser session's jobs (its Cancel button and the closing of its tab set them)."""
+
+    def __init__(self) -> None:
+        self._events: Dict[str, Set[threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(session, set()).add(event)
+        return event
+
+    def end(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._events.get(session, set())
+            events.discard(event)
+            if not events:
+                self._events.pop(session, None)
+
+    def cancel(self, session: str) -> int:
+        with self._lock:
+            events = list(self._events.get(session, ()))
+        for event in events:
+            event.set()
+        return len(events)
 
 
 def build_page(runner: JobRunner, models_dir: Optional[str] = None):
@@ -62,72 +178,127 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
 
     runner.upload_dir.mkdir(parents=True, exist_ok=True)
     runner.jobs_dir.mkdir(parents=True, exist_ok=True)
+    examples = make_examples(runner.examples_dir)
     # the results are served from the job folders as they are: Gradio copies any other file it serves into its
     # cache (the upload folder), which stored every result twice
-    gr.set_static_paths([str(runner.jobs_dir)])
+    gr.set_static_paths([str(runner.jobs_dir), str(runner.examples_dir)])
     choices = model_choices(runner)
     default_model = next((v for (label, v), m in zip(choices, runner.models) if m.uses_reference),
                          choices[0][1] if choices else None)
     no_model = '' if choices else (f'No model was found in {models_dir or "pretrained/"}; give the path of a '
-                                   'converted checkpoint below.')
+                                   'converted checkpoint in the settings.')
+    sessions = _Sessions()
+    hidden = gr.update(value=None, visible=False)
 
-    def on_run(lr: Optional[str], refs: Optional[Sequence[str]], model: Optional[str], model_path: str,
-               budget: str, search: str, progress=gr.Progress()):  # noqa: B008  (Gradio's convention)
-        refs = [r for r in (refs or []) if r]
-        request = JobRequest(lr=lr, refs=refs, model=(model_path or '').strip() or model,
-                             max_memory=(budget or '').strip() or None,
-                             search_mode=search or None,
-                             lr_name=os.path.basename(lr) if lr else None,
-                             ref_names=[os.path.basename(r) for r in refs])
+    def on_start():
+        """Before the job: the status box emptied (the progress display is drawn on it) and the last result
+        cleared."""
+        return '', result_html(None), None, hidden, '', '', None, {}
+
+    def on_run(lr: Optional[str], refs, model: Optional[str], model_path: str, budget: str, search: str,
+               zoom_value: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008  (Gradio's convention)
+        refs = [r[0] if isinstance(r, (list, tuple)) else r for r in (refs or [])]
+        refs = [str(r) for r in refs if r]
+        job = JobRequest(lr=lr, refs=refs, model=(model_path or '').strip() or model,
+                         max_memory=(budget or '').strip() or None, search_mode=search or None,
+                         lr_name=os.path.basename(lr) if lr else None,
+                         ref_names=[os.path.basename(r) for r in refs])
 
         def report(p) -> None:
             progress(p.fraction, desc=p.text)
 
+        session = request.session_hash if request is not None else ''
+        cancel = sessions.start(session)
         try:
-            result = runner.run(request, report)
+            result = runner.run(job, report, cancel)
+        except JobCancelled:
+            return (status_html('cancelled', 'Cancelled.', 'The job was stopped; nothing was kept.'),
+                    result_html(None), None, hidden, '', '', None, {})
         except JobError as err:
-            return _status('Could not enlarge the photo:', str(err)), None, gr.update(value=None, visible=False), \
-                '', None
-        done = _status('Done.', f'The enlarged photo is ready ({result.job_id}).')
-        texture_file = result.files.get('texture')  # none for a single-image run: the box is hidden
-        return (done, (str(result.files['bicubic']), str(result.files['sr'])),
-                gr.update(value=str(texture_file) if texture_file else None, visible=texture_file is not None),
-                _relevance_text(result), str(result.files['sr']))
+            return (status_html('error', 'Could not enlarge the photo:', str(err)), result_html(None), None, hidden,
+                    '', '', None, {})
+        finally:
+            sessions.end(session, cancel)
+        h, w = result.sr.shape[:2]
+        sr = str(result.files['sr'])
+        textures = [(str(path), label) for label, path in result.textures]
+        return (status_html('done', 'Done.', f'The enlarged photo is ready ({w} x {h} pixels, '
+                                             f'{format_seconds(result.seconds)}).'),
+                result_html(sr, w, h, zoom_value or DEFAULT_ZOOM), (str(result.files['bicubic']), sr),
+                gr.update(value=textures or None, visible=bool(textures)), _summary_text(result),
+                _details_text(result), sr, {'path': sr, 'w': w, 'h': h})
+
+    def on_cancel(request: gr.Request):
+        if request is not None and sessions.cancel(request.session_hash):
+            return status_html('cancelled', 'Cancelling...', 'the job stops at its next step.')
+        return gr.update()
+
+    def on_close(request: gr.Request):
+        if request is not None:
+            sessions.cancel(request.session_hash)
+
+    def on_zoom(zoom_value: str, shown: Dict):
+        if not shown:
+            return result_html(None)
+        return result_html(shown['path'], shown['w'], shown['h'], zoom_value)
 
     with gr.Blocks(title='EXTRACTER', analytics_enabled=False) as page:
         gr.Markdown(f'## {TITLE}\n{INTRO}')
+        shown = gr.State({})  # the result on show: its path and size (for the zoom)
         with gr.Row():
             with gr.Column(scale=1):
-                lr = gr.File(label='Photo to enlarge (low resolution)', file_count='single', type='filepath',
-                             elem_id='lr')
-                refs = gr.File(label='Reference photos (optional; high resolution, same scene)',
-                               file_count='multiple', type='filepath', elem_id='refs')
+                lr = photo_input(label='Photo to enlarge (low resolution): drop, click or paste',
+                                 sources=['upload', 'clipboard'], elem_id='lr', height=220, format='png')
+                refs = gr.Gallery(label='Reference photos (optional; high resolution, same scene)', type='filepath',
+                                  interactive=True, elem_id='refs', columns=3, height=220, file_types=['image'],
+                                  sources=['upload', 'clipboard'], object_fit='contain')
+                if examples:
+                    gr.Examples(examples=examples, inputs=[lr, refs], label='Examples (click one, then "Enlarge x4"):'
+                                ' the motorcycle pair from scikit-image, a quick crop and the whole view',
+                                example_labels=['motorcycle, quick crop (LR 40 x 40)',
+                                                'motorcycle, whole view (LR 185 x 125)'][:len(examples)],
+                                elem_id='examples')
                 model = gr.Dropdown(choices=choices, value=default_model, label='Model', elem_id='model',
-                                    info=no_model or 'Checkpoints found in pretrained/ (with their .yml options; '
-                                                     'or alone: their network is read off the weights).')
-                model_path = gr.Textbox(label='...or the path of a converted checkpoint on this machine (.pth with '
-                                              'its .yml beside it)', placeholder='path/to/model.pth',
-                                        elem_id='model_path', interactive=runner.allow_model_paths,
-                                        visible=runner.allow_model_paths)
-                with gr.Accordion('Memory and search', open=False):
+                                    info=no_model or model_details(runner, default_model))
+                with gr.Accordion('Settings', open=False, elem_id='settings'):
+                    model_path = gr.Textbox(label='...or the path of a converted checkpoint on this machine (.pth '
+                                                  'with its .yml beside it)', placeholder='path/to/model.pth',
+                                            elem_id='model_path', interactive=runner.allow_model_paths,
+                                            visible=runner.allow_model_paths)
                     budget = gr.Textbox(label='Memory budget (e.g. 4G; default: half of the memory free at start)',
                                         value=runner.max_memory, elem_id='budget')
                     search = gr.Radio(choices=available_search_modes(), value=DEFAULT_SEARCH, elem_id='search',
                                       label='Search (auto: approximate where the exact search is expensive, else '
                                             'exact; dense, chunked and faiss are exact, approximate is '
                                             'sub-quadratic)')
-                run = gr.Button('Enlarge x4', variant='primary', elem_id='run')
+                with gr.Row():
+                    run = gr.Button('Enlarge x4', variant='primary', elem_id='run')
+                    cancel = gr.Button('Cancel', variant='stop', elem_id='cancel')
             with gr.Column(scale=2):
-                status = gr.Markdown(_status('Ready.', no_model or 'Add a photo and press "Enlarge x4".'),
-                                     elem_id='status')
+                status = gr.HTML(status_html('ready', 'Ready.', no_model or 'Add a photo and press "Enlarge x4".'),
+                                 elem_id='status', min_height=60)
+                zoom = gr.Radio(choices=ZOOMS, value=DEFAULT_ZOOM, label='Zoom (1:1: the result\'s own pixels)',
+                                elem_id='zoom')
+                view = gr.HTML(result_html(None), elem_id='result')
                 slider = gr.ImageSlider(label='Before / after: bicubic (left) vs super-resolved (right)',
                                         type='filepath', format='png', elem_id='slider', interactive=False)
-                texture = gr.Image(label='Where the textures came from', type='filepath', format='png',
-                                   elem_id='texture', interactive=False, visible=False)
-                stats = gr.Markdown('', elem_id='stats')
+                texture = gr.Gallery(label='Where the textures came from (click a panel to see it whole)',
+                                     elem_id='texture', columns=2, height='auto', object_fit='contain',
+                                     interactive=False, visible=False)
+                summary = gr.Markdown('', elem_id='summary')
+                with gr.Accordion('Technical details', open=False, elem_id='details'):
+                    stats = gr.Markdown('', elem_id='stats')
                 download = gr.File(label='Download the enlarged photo (PNG)', elem_id='download', interactive=False,
                                    height=90)
-        run.click(on_run, inputs=[lr, refs, model, model_path, budget, search],
-                  outputs=[status, slider, texture, stats, download], concurrency_limit=runner.max_waiting + 1,
-                  show_progress='full')
+        outputs = [status, view, slider, texture, summary, stats, download, shown]
+        model.change(lambda m: gr.update(info=model_details(runner, m)), inputs=[model], outputs=[model],
+                     queue=False, show_progress='hidden')
+        run.click(on_start, outputs=outputs, queue=False, show_progress='hidden').then(
+            on_run, inputs=[lr, refs, model, model_path, budget, search, zoom], outputs=outputs,
+            concurrency_limit=runner.max_waiting + 1, show_progress='full', show_progress_on=[status])
+        cancel.click(on_cancel, outputs=[status], queue=False, show_progress='hidden')
+        zoom.change(on_zoom, inputs=[zoom, shown], outputs=[view], queue=False,
+                    show_progress='hidden')
+        page.unload(on_close)
     return page
+

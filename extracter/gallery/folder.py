@@ -84,6 +84,27 @@ def choose_references(net: RefSRNet, lr_paths: Sequence[str], gallery: os.PathLi
     return out
 
 
+class GalleryFrames:
+    """A video's per-frame references from a gallery (``references_for(frame_number, frame_rgb_uint8) -> paths``,
+    the callable :func:`extracter.inference.video.infer_video` takes): each frame's own choice
+    (:func:`select_references`), its rows kept for references.csv (``lr``: ``frame_000001``, ...)."""
+
+    def __init__(self, net: RefSRNet, index: GalleryIndex, k: int = DEFAULT_REFS_PER_IMAGE,
+                 shortlist: int = DEFAULT_SHORTLIST, device: str = 'cpu') -> None:
+        self.net, self.index, self.k, self.shortlist, self.device = net, index, k, shortlist, device
+        self.rows: List[Dict[str, object]] = []
+        self.notes: List[str] = []
+
+    def __call__(self, number: int, frame) -> List[str]:
+        selection = select_references(self.net, frame, self.index, self.k, self.shortlist, self.device)
+        name = f'frame_{number:06d}'
+        if not selection.chosen:
+            raise ValueError(f'{name}: no reference could be chosen from the gallery')
+        self.rows += selection_rows(name, selection)
+        self.notes += [f'{name}: {n}' for n in selection.notes if n not in self.notes]
+        return selection.paths
+
+
 def references_csv_text(rows: Sequence[Dict[str, object]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator='\n')

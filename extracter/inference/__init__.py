@@ -6,11 +6,13 @@ validation, ``test.py``, ``infer.py`` and the scripts.
 - :mod:`.tiling`, :mod:`.memory_plan`: tiles that search the whole LR once; the memory-budget planner.
 - :mod:`.network`: build a network from its options and load a checkpoint for inference.
 - :mod:`.folder`: super-resolve files and folders (outputs, collisions, ``--skip-existing``, sharding).
+- :mod:`.reference_cache`: :class:`ReferenceCache`, a run's encoded references, reused by every LR image.
 """
 
 from extracter.inference.engine import RefSRResult, pad_to_multiple, refsr_kwargs_from_options, run_refsr
 from extracter.inference.memory_plan import MemoryBudgetError
 from extracter.inference.options import InferenceOptionError, InferenceOptions, SearchOptions
+from extracter.inference.reference_cache import ReferenceCache
 
-__all__ = ['InferenceOptionError', 'InferenceOptions', 'MemoryBudgetError', 'RefSRResult', 'SearchOptions',
-           'pad_to_multiple', 'refsr_kwargs_from_options', 'run_refsr']
+__all__ = ['InferenceOptionError', 'InferenceOptions', 'MemoryBudgetError', 'RefSRResult', 'ReferenceCache',
+           'SearchOptions', 'pad_to_multiple', 'refsr_kwargs_from_options', 'run_refsr']

@@ -13,6 +13,7 @@ texture-source picture shows.
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, check_image_pair, make_lr_up
 from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory
 from extracter.inference.options import InferenceOptions
+from extracter.inference.reference_cache import ReferenceCache
 from extracter.inference.tiling import round_tile, search_features_tiled, tile_loop, tile_pad_floor, tiled_forward
 from extracter.search import SearchSpec
 from extracter.search.choice import choose_search
@@ -121,22 +123,42 @@ def _pad_inputs(lr, lr_up, refs, refs_du, multiples: Tuple[int, int], pad_mode: 
                    [None if d is None else pad_to_multiple(d, ref_mult, pad_mode)[0] for d in refs_du])
 
 
+@dataclass
+class _Cached:
+    """A call's view of a :class:`ReferenceCache`: the cache, the padded references' content ids and the bytes this
+    call lets it hold (None: its cap)."""
+
+    cache: ReferenceCache
+    ids: List[str]
+    limit: Optional[int]
+
+    def keys(self, i: int, spec: SearchSpec, encode: Callable[[], ReferenceFeatures]):
+        key = (self.ids[i], spec.search_method.prepare_key(spec))
+        return self.cache.get('keys', key, encode, self.limit)
+
+    def textures(self, i: int, lv1_storage: str, spec: SearchSpec, encode: Callable[[], ReferenceFeatures]):
+        key = (self.ids[i], lv1_storage, spec.search_method.transfer)
+        return self.cache.get('textures', key, encode, self.limit)
+
+
 def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Optional[int],
-                  stage: Optional[Callable[[str], None]]):
-    """Phases 1-2: the search keys of every reference (VGG-19 in tiles: one tile's transient memory), then the whole
-    LR searched once (its query features tile by tile when tiled); the keys are dropped on return. Returns the
-    search result, the references' patch grids and their patch counts."""
+                  stage: Optional[Callable[[str], None]], cached: Optional[_Cached] = None):
+    """Phases 1-2: the search keys of every reference (VGG-19 in tiles: one tile's transient memory; from the
+    cache when it has them), then the whole LR searched once (its query features tile by tile when tiled); the keys
+    are dropped on return (unless the cache keeps them). Returns the search result, the references' patch grids and
+    their patch counts."""
     keys: List[ReferenceFeatures] = []
     for i, (r, du) in enumerate(zip(inp.refs, inp.refs_du), start=1):
         net.check_inputs(inp.lr, r, None, du, spec)
         if stage is not None:
             stage(f'encoding reference {i}/{len(inp.refs)}')
-        keys.append(net.encode_keys(r, du, ENCODE_TILE, spec))
+        encode = partial(net.encode_keys, r, du, ENCODE_TILE, spec)
+        keys.append(encode() if cached is None else cached.keys(i - 1, spec, encode))
     inp.refs_du = [None] * len(inp.refs)
     lr_up = make_lr_up(inp.lr) if inp.lr_up is None else inp.lr_up
     inp.lr_up = None
     if stage is not None:
-        stage('search and main network' if tile_size is None else 'search')
+        stage('search')
     lr_feat = net.search_features(lr_up) if tile_size is None else search_features_tiled(net, lr_up, tile_size,
                                                                                           spec=spec)
     del lr_up
@@ -146,15 +168,35 @@ def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Opti
 
 
 def _main_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, search, tile_t: Optional[Tuple[int, int]],
-                lv1_storage: str, progress: Optional[Callable[[int, int], None]]) -> torch.Tensor:
+                lv1_storage: str, progress: Optional[Callable[[int, int], None]],
+                stage: Optional[Callable[[str], None]] = None, cached: Optional[_Cached] = None) -> torch.Tensor:
     """Phases 3-4: the textures of every reference, only now (they never share memory with the keys and the
-    search; channels-last on CPU, the layout the transfer reads fastest), then the main network, untiled or tile by
-    tile, on the search result."""
-    encoded = [net.encode_texture_features(r, ENCODE_TILE, lv1_storage, spec) for r in inp.refs]
+    search, unless the cache keeps them; channels-last on CPU, the layout the transfer reads fastest), then the
+    main network, untiled or tile by tile, on the search result; ``stage`` is called as the textures and the main
+    network start."""
+    if stage is not None:
+        stage('textures')
+    encoded = []
+    for i, r in enumerate(inp.refs):
+        encode = partial(net.encode_texture_features, r, ENCODE_TILE, lv1_storage, spec)
+        encoded.append(encode() if cached is None else cached.textures(i, lv1_storage, spec, encode))
+    if stage is not None:
+        stage('main network')
     if tile_t is None:
         return net.forward_features(inp.lr, None, encoded, search=search, spec=spec)
     return tiled_forward(net, inp.lr, None, encoded, tile_t[0], tile_t[1], progress=progress, search=search,
                          spec=spec)
+
+
+def _use_cache(cache: ReferenceCache, net: RefSRNet, inp: _Padded, plan: Optional[MemoryPlan]) -> _Cached:
+    """The call's view of ``cache``: the references' content ids (before phase 1 drops the down-up-sampled ones)
+    and, under a budget, what the plan leaves (``budget - estimate``: the cache is trimmed to it now, before the
+    work, so that what it frees serves this call)."""
+    cache.bind(net)
+    ids = [cache.reference_id(r, du) for r, du in zip(inp.refs, inp.refs_du)]
+    limit = None if plan is None else max(0, plan.budget - plan.estimate)
+    cache.trim(limit)
+    return _Cached(cache, ids, limit)
 
 
 def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torch.Tensor] = None,
@@ -164,7 +206,7 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
               approximate: Optional[ApproximateSettings] = None,
               pad_mode: str = 'reflect', return_plan: bool = False, return_aux: bool = False,
               progress: Optional[Callable[[int, int], None]] = None, stage: Optional[Callable[[str], None]] = None,
-              search_spec: Optional[SearchSpec] = None):
+              search_spec: Optional[SearchSpec] = None, reference_cache: Optional[ReferenceCache] = None):
     """Super-resolve ``lr`` [N,3,h,w] with one reference ``ref`` [N,3,H,W] or several (a list, any sizes), all in
     [0, 1]; returns SR [N,3,4h,4w] in [0, 1].
 
@@ -191,9 +233,14 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         return_plan: also return the :class:`MemoryPlan` (None without ``max_memory``): ``(sr, plan)``.
         return_aux: return a :class:`RefSRResult` (SR, the search result, grids, plan, the spec) instead.
         progress: ``progress(done, total)`` after each tile.
-        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), then
-            ``'search'`` (the textures are encoded after the search; tiles follow, reported by ``progress``) or,
-            untiled, ``'search and main network'``.
+        stage: ``stage(text)`` as each stage starts: ``'encoding reference i/n'`` (its search keys), ``'search'``,
+            ``'textures'`` (the references' textures, encoded after the search) and ``'main network'`` (untiled,
+            or tile by tile: each tile then reported by ``progress``). Each stage's time can so be measured (the
+            web page's time-left estimate); a callback may raise to stop the run (the page's Cancel).
+        reference_cache: a :class:`~extracter.inference.reference_cache.ReferenceCache` of this run (one folder, one
+            video): the references' encodings are looked up there and kept for the next LR image (bit-identical to
+            encoding again); with ``max_memory`` it holds at most what the memory plan leaves. None: encode every
+            reference for this call only.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
     every exact search method, with tiles and budgets. Runs under ``torch.no_grad()``.
     """
@@ -228,8 +275,11 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             spec = plan.search_spec(spec)
             if plan.tile_size is not None:
                 tile_t = (plan.tile_size, plan.tile_pad)
-        search, ref_grids, patch_counts = _search_phase(net, spec, inp, None if tile_t is None else tile_t[0], stage)
-        sr = _main_phase(net, spec, inp, search, tile_t, 'stored' if plan is None else plan.lv1_storage, progress)
+        cached = None if reference_cache is None else _use_cache(reference_cache, net, inp, plan)
+        search, ref_grids, patch_counts = _search_phase(net, spec, inp, None if tile_t is None else tile_t[0], stage,
+                                                        cached)
+        sr = _main_phase(net, spec, inp, search, tile_t, 'stored' if plan is None else plan.lv1_storage, progress,
+                         stage, cached)
         sr = sr[:, :, :SCALE * h, :SCALE * w]
     if return_aux:
         return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=spec.grid_size(*inp.lr_hw),

@@ -27,6 +27,7 @@ from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import SCALE, RefSRNet, bicubic_resize
 from extracter.data.image_io import ImageReadError, check_image_file
 from extracter.inference.engine import run_refsr, run_sisr
+from extracter.inference.reference_cache import CacheStats, ReferenceCache
 from extracter.search.transfer import split_index
 from extracter.utils.file_io import (
     Terminated,
@@ -78,13 +79,14 @@ def batch_of_one(sample: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs: Dict[str, Any],
-                  texture_map: bool = False, progress=None, stage=None) -> Dict[str, Any]:
+                  texture_map: bool = False, progress=None, stage=None,
+                  reference_cache: Optional[ReferenceCache] = None) -> Dict[str, Any]:
     """SR of one batch-of-one sample (the inference dataset's contract) with its one or several references, through
     :func:`run_refsr`. Returns uint8 images (``sr``, ``bicubic``, ``refs``), the relevance statistics
     (``relevance``: mean/min/max top-1 relevance) and, with ``texture_map``, the texture-source panels drawn from this
     run's own search result. ``progress``/``stage``: :func:`run_refsr`'s callbacks (tiles done; stage names). A
     single-image network (``uses_reference`` False: DRCT) runs through :func:`run_sisr` on the LR alone (``refs``
-    empty, no relevance)."""
+    empty, no relevance). ``reference_cache``: the run's encoded references (:func:`run_refsr`)."""
     lq, lq_up = sample['lq'].to(device), sample['lq_up'].to(device)
     h, w = (int(v) for v in sample['lq_size'].reshape(-1)[:2])
     if not descriptor_of(net).uses_reference:
@@ -102,7 +104,7 @@ def super_resolve(net: RefSRNet, sample: Dict[str, Any], device: str, run_kwargs
     refs = [r.to(device) for r in refs]
     refs_du = [r.to(device) for r in refs_du]
     res = run_refsr(net, lq, refs, lr_up=lq_up, ref_downup=refs_du, progress=progress, stage=stage,
-                    return_aux=True, **run_kwargs)
+                    return_aux=True, reference_cache=reference_cache, **run_kwargs)
     sr = res.sr[..., :SCALE * h, :SCALE * w]
     top1 = res.scores[0, 0]
     out = {'sr': tensor_to_uint8(sr), 'bicubic': tensor_to_uint8(lq_up[..., :SCALE * h, :SCALE * w]),
@@ -163,6 +165,7 @@ class FolderReport:
     searches: List[Tuple[str, str]] = field(default_factory=list)  # (input, the search that ran and the memory plan)
     cleaned: List[str] = field(default_factory=list)  # stale temporary files of a killed run, removed or left
     redone: List[str] = field(default_factory=list)  # skip_existing: inputs made again, and why (rank 0 only)
+    reference_cache: Optional[CacheStats] = None  # the encoded references reused (RefSR), at the end of the run
 
 
 @dataclass
@@ -230,11 +233,17 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
                  texture_map: bool = False, overwrite: bool = False, skip_existing: bool = False,
                  rank: int = 0, world_size: int = 1, keep_going: bool = False,
                  on_image: Optional[Callable[[int, int, str], None]] = None,
-                 after_plan: Optional[Callable[[], None]] = None) -> FolderReport:
+                 after_plan: Optional[Callable[[], None]] = None,
+                 reference_cache: Optional[ReferenceCache] = None) -> FolderReport:
     """Super-resolve every input of an inference dataset (:class:`RefSRInferenceDataset`) into ``out_dir``; this
     process handles :func:`shard` (rank, world_size) of them. ``keep_going``: an input that fails (an unreadable
     image) is reported and the rest continue; else the first failure is raised. ``on_image(done, total, name)``;
-    ``after_plan()``: called once every output has been checked (a barrier, when several processes share the folder)."""
+    ``after_plan()``: called once every output has been checked (a barrier, when several processes share the folder).
+    ``reference_cache``: the run's encoded references (a reference shared by several inputs, e.g. the frames of a
+    clip, is encoded once); None: a new :class:`ReferenceCache` for this folder (its default cap; under
+    ``max_memory`` what each call's plan leaves) where two of this process' inputs name the same reference file,
+    else none (nothing could be reused: no memory is held for it). Its statistics end in
+    ``report.reference_cache``."""
     out_dir = Path(out_dir)
     roots = (dataset.opt.get('dataroot_lq'), dataset.opt.get('dataroot_ref'))
     read_whole = [f for f in roots if f and os.path.isdir(f)]  # folders whose every image is an input
@@ -248,6 +257,9 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
     ensure_folder(out_dir)
     if rank == 0:  # temporary files of a run killed outright (SIGKILL, out of memory)
         report.cleaned = clean_stale_temp_files(out_dir).lines()
+    cache = reference_cache
+    if cache is None and descriptor_of(net).uses_reference and _shares_references(dataset, mine):
+        cache = ReferenceCache()
     current = None
     try:
         for done, i in enumerate(mine, start=1):
@@ -256,7 +268,8 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
             if not plan.todo[i]:
                 report.skipped.append(name)
             else:
-                _run_input(net, dataset, i, plan.planned[i], device, run_kwargs, texture_map, keep_going, report)
+                _run_input(net, dataset, i, plan.planned[i], device, run_kwargs, texture_map, keep_going, report,
+                           cache)
             current = None
             if on_image is not None:
                 on_image(done, len(mine), name)
@@ -264,16 +277,24 @@ def infer_folder(net: RefSRNet, dataset, out_dir: Path, run_kwargs: Dict[str, An
         partial = (dataset.lq_paths[current], plan.planned[current]) if current is not None else None
         set_left_behind(err, interruption_note(out_dir, report, partial, written_before_failure(err)))
         raise
+    report.reference_cache = None if cache is None else cache.stats()
     return report
 
 
+def _shares_references(dataset, mine: Sequence[int]) -> bool:
+    """Whether two of the inputs ``mine`` name the same reference file (then a cache of encoded references pays)."""
+    counts = Counter(os.path.realpath(p) for i in mine for p in set(dataset.ref_paths[i]))
+    return any(n > 1 for n in counts.values())
+
+
 def _run_input(net: RefSRNet, dataset, i: int, paths: Dict[str, Path], device: str, run_kwargs: Dict[str, Any],
-               texture_map: bool, keep_going: bool, report: FolderReport) -> None:
+               texture_map: bool, keep_going: bool, report: FolderReport,
+               cache: Optional[ReferenceCache] = None) -> None:
     """Super-resolve input ``i`` of ``dataset`` and write its outputs; a failure is raised or, with ``keep_going``,
     reported."""
     name = os.path.basename(dataset.lq_paths[i])
     try:
-        result = super_resolve(net, batch_of_one(dataset[i]), device, run_kwargs, texture_map)
+        result = super_resolve(net, batch_of_one(dataset[i]), device, run_kwargs, texture_map, reference_cache=cache)
     except (ValueError, OSError) as err:
         if not keep_going:
             raise

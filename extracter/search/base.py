@@ -12,7 +12,7 @@ network serves any number of threads with different settings. A method registers
 there), so every method is registered before any lookup.
 """
 
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Hashable, Optional, Tuple
 
 import torch
 
@@ -50,6 +50,13 @@ class SearchMethod:
     def prepare(self, keys: torch.Tensor, spec: SearchSpec) -> Any:
         """Work on one reference's keys that several searches of it may share (e.g. normalised key blocks); None
         when the method has none. What it returns is passed back to :meth:`search` as ``prepared``."""
+        return None
+
+    def prepare_key(self, spec: SearchSpec) -> Optional[Hashable]:
+        """What :meth:`prepare`'s result depends on in ``spec`` (hashable), or None when it prepares nothing: the
+        inference's cache of encoded references (:mod:`extracter.inference.reference_cache`) keys a reference's
+        prepared keys by it. A method that overrides :meth:`prepare` overrides this too (tests/test_reference_cache.py
+        checks every registered method), e.g. ``(self.name, spec.geometry, spec.key_chunk_size)``."""
         return None
 
     def search(self, query: torch.Tensor, keys: torch.Tensor, spec: SearchSpec, top_k: int,
