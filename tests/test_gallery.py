@@ -373,8 +373,13 @@ def test_torchrun_processes_share_the_indexing_and_the_choice(tiny_case, tmp_pat
 
     if not DEMO.is_file():
         pytest.skip(f'the CPU demo model {DEMO} is missing')
+    import socket
+
+    with socket.socket() as sock:  # a free port (a fixed one may be taken by another test run)
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
            str(REPO / 'extracter' / 'infer.py'), '--weights', str(DEMO), '--lr', str(tiny_case / 'lr'),
            '--gallery', str(tiny_case / 'gallery'), '--gallery-index', str(tmp_path / 'i.npz'), '-o',
            str(tmp_path / 'two')]
