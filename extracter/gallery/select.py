@@ -87,20 +87,21 @@ def shortlist_exact(descriptors: np.ndarray, query: np.ndarray, m: int) -> Tuple
 
 class FaissShortlist:
     """An inverted-file index of faiss over the descriptors (``faiss-cpu``, optional): sub-linear shortlists for
-    galleries of millions (``nlist`` lists, ``nprobe`` of them searched; vectors stored as float16 by a scalar
-    quantiser: 2 bytes a dimension). Recall against the exact shortlist: benchmarks/gallery_scaling.py."""
+    galleries of millions (``nlist`` lists, default sqrt(N), ``nprobe`` of them searched; vectors stored as float16
+    by a scalar quantiser: 2 bytes a dimension). Recall against the exact shortlist: benchmarks/gallery_scaling.py."""
 
     def __init__(self, descriptors: np.ndarray, nlist: Optional[int] = None, nprobe: int = 16) -> None:
         import faiss
 
         x = np.ascontiguousarray(descriptors, np.float32)
         n, d = x.shape
-        nlist = nlist or max(1, min(4 * int(math.sqrt(n)), n // 39))
+        nlist = nlist or max(1, min(int(math.sqrt(n)), n // 39))  # faiss wants >= 39 training points a list
         quantizer = faiss.IndexFlatIP(d)
         self.index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
                                                    faiss.METRIC_INNER_PRODUCT)
         self.quantizer = quantizer  # kept alive with the index
-        train = x if n <= 256 * nlist else x[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
+        # k-means on at most 64 points a list: the lists' quality, at a bounded training time
+        train = x if n <= 64 * nlist else x[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)]
         self.index.train(train)
         self.index.add(x)
         self.index.nprobe = min(nprobe, nlist)
