@@ -87,3 +87,13 @@ def require_app_extras() -> None:
     if os.environ.get(REQUIRED_ENV) == 'required':
         pytest.fail(f'{REQUIRED_ENV}=required but {why}')
     pytest.skip(why)
+
+
+def other_scenes(hw: Tuple[int, int]) -> Dict[str, np.ndarray]:
+    """Photos of other scenes (scikit-image's astronaut, coffee and cat), each scaled to ``hw`` (PIL bicubic): the
+    photos a gallery holds besides the scene's own."""
+    from skimage import data
+
+    h, w = hw
+    return {name: np.ascontiguousarray(deg.pil_bicubic(getattr(data, name)(), (w, h)))
+            for name in ('astronaut', 'coffee', 'chelsea')}

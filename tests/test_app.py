@@ -24,7 +24,7 @@ from extracter.app.jobs import (
 )
 from extracter.infer import run as infer_run
 from extracter.inference.memory_plan import parse_memory
-from tests.app_helpers import motorcycle_pair, psnr_y, read_png, save, tiny_checkpoint
+from tests.app_helpers import motorcycle_pair, other_scenes, psnr_y, read_png, save, tiny_checkpoint
 
 BUDGET = '1G'
 
@@ -600,3 +600,86 @@ def test_a_huge_picture_is_refused_in_plain_words(models, pair, tmp_path):
     assert message.startswith('The photo to enlarge (huge.png) is 24 x 24 = 576 pixels, more than this page '
                               'accepts (500 pixels'), message
     assert '--max-image-pixels 576' in message and 'extracter.' not in message and str(tmp_path) not in message
+
+
+def gallery_photos(pair, folder: Path) -> list:
+    """The scene's reference among three photos of other scenes, as files in ``folder`` (sorted names)."""
+    photos = {'scene.png': pair['ref'], **{f'{n}.png': img for n, img in other_scenes(pair['ref'].shape[:2]).items()}}
+    return [save(img, folder / name) for name, img in sorted(photos.items())]
+
+
+def csv_rows(path: Path) -> list:
+    import csv
+
+    with open(path, newline='') as f:
+        return [{**row, 'reference': os.path.basename(row['reference'])} for row in csv.DictReader(f)]
+
+
+DEMO = Path(__file__).resolve().parents[1] / 'pretrained' / 'demo_cpu' / 'extracter_demo_cpu.pth'
+
+
+@pytest.mark.parametrize('source', ['uploads', 'folder'])
+def test_references_chosen_for_you_equal_infer_gallery(pair, tmp_path, one_thread, monkeypatch, source):
+    """With the demo model (trained features: a random network's would not tell the scene from the others)."""
+    if not DEMO.is_file():
+        pytest.skip(f'the demo model {DEMO} is missing')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    runner = make_runner(tmp_path, DEMO.parent)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    photos = gallery_photos(pair, tmp_path / 'photos')
+    if source == 'uploads':
+        request = JobRequest(lr=lr, gallery_files=[upload(runner, p.name, p.read_bytes()) for p in photos],
+                             refs_per_image=2)
+    else:
+        request = JobRequest(lr=lr, gallery_dir=str(tmp_path / 'photos'), refs_per_image=2)
+    stages = []
+    result = runner.run(request, lambda p: stages.append(p.stage))
+    cli_out = tmp_path / 'cli'
+    infer_run(['--weights', str(DEMO), '--lr', lr, '--gallery', str(tmp_path / 'photos'),
+               '--refs-per-image', '2', '-o', str(cli_out), '--max-memory', BUDGET])
+    # the same choice (names, ranks, scores) and the same SR as infer.py --gallery
+    assert csv_rows(result.files['references']) == csv_rows(cli_out / 'references.csv')
+    np.testing.assert_array_equal(read_png(result.files['sr']), read_png(cli_out / 'lr_sr.png'))
+    assert result.chosen[0]['name'] == 'scene.png' and 1 <= len(result.chosen) <= 2
+    assert all(c['thumb'].parent == result.folder and max(read_png(c['thumb']).shape[:2]) <= 192
+               for c in result.chosen)
+    assert 'choosing the references' in stages and stages.index('choosing the references') < stages.index(
+        'encoding the reference 1/2' if len(result.chosen) == 2 else 'encoding the reference 1/1')
+    if source == 'uploads':  # the index of an uploaded set lives in the page's own folder, reused by the same set
+        assert len(list(runner.upload_dir.glob('gallery-*/index.npz'))) == 1
+        assert len(list((tmp_path / 'cache').rglob('*.npz'))) == 1  # infer.py's own, for its folder
+        again = runner.run(request)  # the same set again: its index reused, the same choice
+        assert [c['name'] for c in again.chosen] == [c['name'] for c in result.chosen]
+    else:  # a named folder's index: in the user's cache, as infer.py keeps it (shared with its run)
+        assert len(list((tmp_path / 'cache').rglob('*.npz'))) == 1
+        assert not (tmp_path / 'photos' / 'index.npz').exists()
+
+
+def test_the_choice_is_checked_and_can_be_cancelled(models, pair, tmp_path, one_thread):
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    photo = save(pair['ref'], tmp_path / 'photos' / 'scene.png')
+    for request, message in [
+        (JobRequest(lr=lr, gallery_dir=str(tmp_path / 'nowhere')), 'The folder .*nowhere does not exist'),
+        (JobRequest(lr=lr, gallery_dir=str(photo)), 'is a file, not a folder'),
+        (JobRequest(lr=lr, refs=[ref], gallery_dir=str(photo.parent)), 'either reference photos or'),
+        (JobRequest(lr=lr, gallery_dir=str(photo.parent), refs_per_image=0), 'at least 1'),
+        (JobRequest(lr=lr, gallery_files=[str(photo)]), 'was not uploaded through this page'),
+    ]:
+        with pytest.raises(JobError, match=message):
+            runner.run(request)
+    closed = make_runner(tmp_path / 'all', models, allow_model_paths=False)  # --listen-all: no server folders
+    with pytest.raises(JobError, match='does not read folders of the server'):
+        closed.run(JobRequest(lr=upload(closed, 'lr.png', pair['lr']), gallery_dir=str(photo.parent)))
+    cancel, seen = threading.Event(), []
+
+    def report(p):
+        seen.append(p.stage)
+        if p.stage == 'choosing the references':
+            cancel.set()
+
+    with pytest.raises(JobCancelled):
+        runner.run(JobRequest(lr=lr, gallery_dir=str(photo.parent)), report, cancel)
+    assert 'encoding the reference 1/1' not in seen and not runner.busy
+    assert not runner.jobs_dir.exists() or not any(runner.jobs_dir.iterdir())

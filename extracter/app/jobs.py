@@ -49,18 +49,21 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 
 from extracter.app.timing import JobClock, SpeedBook, Stage, refsr_stages, single_image_stages
 from extracter.data import degradations as deg
 from extracter.data.image_io import ImageInputWarning, ImageReadError, ImageTooLargeError, read_image
 from extracter.data.inference_dataset import inference_sample
+from extracter.gallery.folder import CSV_NAME, choose_references, references_csv_text
+from extracter.gallery.select import DEFAULT_REFS_PER_IMAGE, DEFAULT_SHORTLIST
 from extracter.inference.engine import run_sisr
 from extracter.inference.folder import batch_of_one, super_resolve
 from extracter.inference.memory_plan import MemoryBudgetError
 from extracter.inference.network import NetworkLoadError, load_network
 from extracter.inference.options import SEARCH_MODES, InferenceOptionError, InferenceOptions, SearchOptions
 from extracter.search.choice import choose_search
+from extracter.utils.file_io import atomic_write_text
 from extracter.utils.visualize import save_png, side_by_side, tensor_to_uint8
 
 LOG = logging.getLogger('extracter.app')
@@ -194,6 +197,15 @@ class JobRequest:
     search_mode: Optional[str] = None
     lr_name: Optional[str] = None  # names to show in messages (and the SR's file name, sanitised)
     ref_names: Optional[Sequence[str]] = None
+    # "choose references for me": the references are chosen among these uploads, or the photos of this folder on
+    # the server (as infer.py --gallery; refs must then be empty), refs_per_image of them
+    gallery_files: Sequence[str] = ()
+    gallery_dir: Optional[str] = None
+    refs_per_image: int = DEFAULT_REFS_PER_IMAGE
+
+    @property
+    def chooses_references(self) -> bool:
+        return bool(self.gallery_files) or bool((self.gallery_dir or '').strip())
 
 
 @dataclass
@@ -233,6 +245,7 @@ class JobResult:
     plan: Optional[str] = None
     notes: List[str] = field(default_factory=list)
     search: Optional[str] = None  # the search that ran, and why (RefSR)
+    chosen: List[Dict[str, object]] = field(default_factory=list)  # the references chosen for the photo (gallery)
 
 
 def _safe_name(name: Optional[str], fallback: str) -> str:
@@ -355,6 +368,8 @@ class JobRunner:
         """The computation's seconds for ``request`` on this machine (None: not known yet: its model is not the one
         loaded, or not in the list, or nothing of its kind was measured, or the request is not valid). Reads only the
         photos' headers."""
+        if request.chooses_references:
+            return None  # the references are not known before the choice
         if request.model and all(str(m.weights) != str(request.model) for m in self.models):
             return None  # a checkpoint outside the list: never read for an estimate
         try:
@@ -419,7 +434,7 @@ class JobRunner:
             kept = prune_job_folders(self.jobs_dir, current, self.keep_jobs, self.keep_bytes)
             with self._cond:
                 in_use = [request] + [t.request for t in self._waiting]
-            paths = [p for r in in_use for p in (r.lr, *r.refs) if p]
+            paths = [p for r in in_use for p in (r.lr, *r.refs, *r.gallery_files) if p]
             cutoff = min([_mtime(f) for f in kept] + [time.time() - UPLOAD_GRACE_S])
             prune_uploads(self.upload_dir, cutoff, paths)
         except OSError as err:
@@ -519,8 +534,9 @@ class JobRunner:
                       for i, p in enumerate(request.refs)]
         lr_path = self._input_path(request.lr, 'the photo to enlarge (the low-resolution photo)')
         ref_paths = [self._input_path(p, label) for p, label in zip(request.refs, ref_labels)]
+        gallery = self._gallery_source(request)
         options = self._inference_options(request)
-        entry = self._choose_model(request, bool(ref_paths), notes)
+        entry = self._choose_model(request, bool(ref_paths) or gallery is not None, notes)
 
         report(Progress('reading the photos', 0.02))
         lq = self._read(lr_path, lr_label, notes)
@@ -528,6 +544,10 @@ class JobRunner:
         if min(h, w) < MIN_LR_SIDE:
             raise JobError(f'{_cap(lr_label)} is only {w} x {h} pixels; it must be at least {MIN_LR_SIDE} x '
                            f'{MIN_LR_SIDE}.')
+        chosen: List[Dict[str, object]] = []
+        if gallery is not None and entry.uses_reference:
+            ref_paths, chosen = self._choose_references(entry, lr_path, gallery, request, report, notes)
+            ref_labels = [f'reference {i + 1} ({_safe_name(p.name, "reference")})' for i, p in enumerate(ref_paths)]
         refs = []
         if entry.uses_reference:
             read = [self._read(path, label, notes) for path, label in zip(ref_paths, ref_labels)]
@@ -559,6 +579,7 @@ class JobRunner:
         try:
             files, textures = _write_outputs(out, job_id, folder, download_stem(request.lr_name or request.lr),
                                              out['sr'].shape[0] // h)
+            chosen = _write_chosen(chosen, folder, files)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # all of a job's files or none
             raise
@@ -566,7 +587,88 @@ class JobRunner:
         report.final(Progress('done', 1.0))
         return JobResult(job_id, folder, files, out['sr'], out['bicubic'], textures, out.get('relevance'),
                          entry.label, not entry.uses_reference, seconds, out.get('plan'), notes,
-                         out.get('search_used'))
+                         out.get('search_used'), chosen)
+
+    # ------------------------------------------------------------------ references chosen for the photo
+    def _gallery_source(self, request: JobRequest) -> Optional[Tuple[Path, Optional[Path]]]:
+        """``(gallery folder, index path)`` of a "choose references for me" request, None otherwise. Uploads are
+        linked into a folder of the upload area named by their contents (the same set reuses its index, kept beside
+        it: the page's own folder); a named folder is read where it is, its index in the user's cache as infer.py
+        keeps it."""
+        if not request.chooses_references:
+            return None
+        if request.refs:
+            raise JobError('Give either reference photos or photos to choose the references from, not both.')
+        if not isinstance(request.refs_per_image, int) or request.refs_per_image < 1:
+            raise JobError(f'The number of references per photo must be a whole number of at least 1, got '
+                           f'{request.refs_per_image!r}.')
+        if request.gallery_files and (request.gallery_dir or '').strip():
+            raise JobError('Give either photos to choose from or a folder, not both.')
+        if request.gallery_files:
+            files = [self._input_path(p, f'photo {i + 1} to choose from')
+                     for i, p in enumerate(request.gallery_files)]
+            return self._uploaded_gallery(files)
+        if not self.allow_model_paths:
+            raise JobError('This page does not read folders of the server; upload the photos to choose from.')
+        text = str(request.gallery_dir).strip()
+        folder = Path(text).expanduser()
+        if not folder.exists():
+            raise JobError(f'The folder {text} does not exist on this machine.')
+        if not folder.is_dir():
+            raise JobError(f'{text} is a file, not a folder: give a folder of photos.')
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise JobError(f'The folder {text} cannot be read by the page (no permission).')
+        return folder.resolve(), None
+
+    def _uploaded_gallery(self, files: Sequence[Path]) -> Tuple[Path, Path]:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.name.encode() + b'\0' + hashlib.sha256(f.read_bytes()).digest())
+        home = self.upload_dir / f'gallery-{digest.hexdigest()[:16]}'
+        folder = home / 'photos'
+        folder.mkdir(parents=True, exist_ok=True)
+        used: Dict[str, int] = {}
+        for f in files:
+            name = f.name
+            if name in used:  # two uploads of one name: the second gets a number
+                used[name] += 1
+                name = f'{f.stem}_{used[f.name]}{f.suffix}'
+            used.setdefault(f.name, 1)
+            target = folder / name
+            if not target.exists():
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copyfile(f, target)
+        return folder, home / 'index.npz'
+
+    def _choose_references(self, entry: ModelEntry, lr_path: Path, gallery: Tuple[Path, Optional[Path]],
+                           request: JobRequest, report: '_Reporter',
+                           notes: List[str]) -> Tuple[List[Path], List[Dict[str, object]]]:
+        """The photo's references chosen from ``gallery`` by :func:`extracter.gallery.folder.choose_references`
+        (infer.py --gallery's own call: the same choice for the same inputs), a stage of its own on the clock."""
+        folder, index_path = gallery
+        net = self._network(entry)
+        n = sum(1 for p in folder.rglob('*') if p.is_file())
+        clock = JobClock(self.speed, str(entry.weights), [Stage('choosing the references', 'gallery', float(n))])
+        with self._cond:
+            self._clock = clock
+        report(Progress('choosing the references', 0.04))
+        with report.ticking(clock):
+            clock.enter(0)
+            try:
+                choice = choose_references(net, [str(lr_path)], folder, request.refs_per_image, index_path,
+                                           DEFAULT_SHORTLIST, self.device, progress=False)
+            except (OSError, ValueError) as err:
+                raise JobError(f'The references could not be chosen: {err}.') from None
+            clock.finish()
+        report(Progress('references chosen', 0.045))  # a Cancel during the choice applies here
+        notes += [n.split(': ', 1)[-1] for n in choice.notes]
+        paths = choice.refs.get(lr_path.name)
+        if not paths:
+            raise JobError('No reference could be chosen among the photos given: none of them can be used '
+                           '(see the notes of the log).')
+        return [Path(p) for p in paths], list(choice.rows)
 
     def _inference_options(self, request: JobRequest) -> InferenceOptions:
         """The job's inference options (the same schema and route as infer.py's flags and the YAML ``val``
@@ -616,6 +718,28 @@ def _write_outputs(out: Dict, job_id: str, folder: Path, stem: str,
         save_png(side_by_side([(label, panel)], height=height), files[f'texture_{i}'])
         textures.append((label, files[f'texture_{i}']))
     return files, textures
+
+
+CHOSEN_THUMB = 192  # the long side of a chosen reference's thumbnail on the page
+
+
+def _write_chosen(rows: List[Dict[str, object]], folder: Path, files: Dict[str, Path]) -> List[Dict[str, object]]:
+    """The chosen references in the job's folder: ``references.csv`` (infer.py's columns) and a thumbnail of each
+    (the page shows them; a folder on the server is never served). Returns the rows with ``name`` and ``thumb``."""
+    if not rows:
+        return []
+    files['references'] = folder / CSV_NAME
+    atomic_write_text(files['references'], references_csv_text(rows))
+    out = []
+    for row in rows:
+        thumb = folder / f'chosen_{row["rank"]}.png'
+        with Image.open(str(row['reference'])) as img:
+            small = ImageOps.exif_transpose(img).convert('RGB')
+            small.thumbnail((CHOSEN_THUMB, CHOSEN_THUMB))
+        save_png(np.asarray(small), thumb)
+        files[f'chosen_{row["rank"]}'] = thumb
+        out.append({**row, 'name': Path(str(row['reference'])).name, 'thumb': thumb})
+    return out
 
 
 @dataclass(eq=False)

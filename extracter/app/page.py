@@ -31,6 +31,7 @@ from extracter.app.jobs import (
     ModelEntry,
     format_seconds,
 )
+from extracter.gallery.select import DEFAULT_REFS_PER_IMAGE
 from extracter.inference.options import SEARCH_MODES
 from extracter.search import get_method
 
@@ -84,6 +85,9 @@ def _summary_text(result: JobResult) -> str:
     if result.relevance:
         lines.append(f'- **How well the references matched:** {result.relevance["mean"]:.2f} on average '
                      '(1 = the same texture)')
+    if result.chosen:
+        lines.append('- **References chosen for you:** ' + ', '.join(f'{c["name"]} ({float(c["score"]):.3f})'
+                                                                     for c in result.chosen))
     lines += [f'- **Note:** {note}' for note in result.notes]
     return '\n'.join(lines)
 
@@ -100,6 +104,11 @@ def _details_text(result: JobResult) -> str:
         lines.append(f'- **Memory plan:** {result.plan}')
     lines.append(f'- **Job:** {result.job_id}')
     return '\n'.join(lines)
+
+
+def chosen_caption(row: Dict) -> str:
+    """A chosen reference's caption: its rank, file name and score (what it adds to the photo's coverage)."""
+    return f'{row["rank"]}. {row["name"]}: score {float(row["score"]):.3f}'
 
 
 def short_names(models: Sequence[ModelEntry]) -> List[str]:
@@ -193,16 +202,19 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
     def on_start():
         """Before the job: the status box emptied (the progress display is drawn on it) and the last result
         cleared."""
-        return '', result_html(None), None, hidden, '', '', None, {}
+        return '', result_html(None), None, hidden, '', '', None, {}, hidden
 
     def on_run(lr: Optional[str], refs, model: Optional[str], model_path: str, budget: str, search: str,
-               zoom_value: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008  (Gradio's convention)
+               zoom_value: str, pool, folder: str, k, request: gr.Request,
+               progress=gr.Progress()):  # noqa: B008  (Gradio's convention)
         refs = [r[0] if isinstance(r, (list, tuple)) else r for r in (refs or [])]
         refs = [str(r) for r in refs if r]
+        pool = [str(p) for p in (pool or []) if p]
         job = JobRequest(lr=lr, refs=refs, model=(model_path or '').strip() or model,
                          max_memory=(budget or '').strip() or None, search_mode=search or None,
                          lr_name=os.path.basename(lr) if lr else None,
-                         ref_names=[os.path.basename(r) for r in refs])
+                         ref_names=[os.path.basename(r) for r in refs], gallery_files=pool,
+                         gallery_dir=(folder or '').strip() or None, refs_per_image=k)
 
         def report(p) -> None:
             progress(p.fraction, desc=p.text)
@@ -213,20 +225,22 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
             result = runner.run(job, report, cancel)
         except JobCancelled:
             return (status_html('cancelled', 'Cancelled.', 'The job was stopped; nothing was kept.'),
-                    result_html(None), None, hidden, '', '', None, {})
+                    result_html(None), None, hidden, '', '', None, {}, hidden)
         except JobError as err:
             return (status_html('error', 'Could not enlarge the photo:', str(err)), result_html(None), None, hidden,
-                    '', '', None, {})
+                    '', '', None, {}, hidden)
         finally:
             sessions.end(session, cancel)
         h, w = result.sr.shape[:2]
         sr = str(result.files['sr'])
         textures = [(str(path), label) for label, path in result.textures]
+        chosen = [(str(c['thumb']), chosen_caption(c)) for c in result.chosen]
         return (status_html('done', 'Done.', f'The enlarged photo is ready ({w} x {h} pixels, '
                                              f'{format_seconds(result.seconds)}).'),
                 result_html(sr, w, h, zoom_value or DEFAULT_ZOOM), (str(result.files['bicubic']), sr),
                 gr.update(value=textures or None, visible=bool(textures)), _summary_text(result),
-                _details_text(result), sr, {'path': sr, 'w': w, 'h': h})
+                _details_text(result), sr, {'path': sr, 'w': w, 'h': h},
+                gr.update(value=chosen or None, visible=bool(chosen)))
 
     def on_cancel(request: gr.Request):
         if request is not None and sessions.cancel(request.session_hash):
@@ -252,6 +266,16 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 refs = gr.Gallery(label='Reference photos (optional; high resolution, same scene)', type='filepath',
                                   interactive=True, elem_id='refs', columns=3, height=220, file_types=['image'],
                                   sources=['upload', 'clipboard'], object_fit='contain')
+                with gr.Accordion('Choose the references for me, from many photos', open=False,
+                                  elem_id='choose'):
+                    pool = gr.File(label='Photos to choose from (several; leave the reference photos above empty)',
+                                   file_count='multiple', file_types=['image'], type='filepath',
+                                   elem_id='gallery_files', height=140)
+                    folder = gr.Textbox(label='...or a folder of photos on this machine', elem_id='gallery_dir',
+                                        placeholder='/path/to/photos', visible=runner.allow_model_paths,
+                                        interactive=runner.allow_model_paths)
+                    k = gr.Number(value=DEFAULT_REFS_PER_IMAGE, precision=0, minimum=1, maximum=16,
+                                  label='References per photo', elem_id='refs_per_image')
                 if examples:
                     gr.Examples(examples=examples, inputs=[lr, refs], label='Examples (click one, then "Enlarge x4"):'
                                 ' the motorcycle pair from scikit-image, a quick crop and the whole view',
@@ -285,16 +309,19 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 texture = gr.Gallery(label='Where the textures came from (click a panel to see it whole)',
                                      elem_id='texture', columns=2, height='auto', object_fit='contain',
                                      interactive=False, visible=False)
+                chosen = gr.Gallery(label='References chosen for you (name: score)', elem_id='chosen', columns=4,
+                                    height='auto', object_fit='contain', interactive=False, visible=False)
                 summary = gr.Markdown('', elem_id='summary')
                 with gr.Accordion('Technical details', open=False, elem_id='details'):
                     stats = gr.Markdown('', elem_id='stats')
                 download = gr.File(label='Download the enlarged photo (PNG)', elem_id='download', interactive=False,
                                    height=90)
-        outputs = [status, view, slider, texture, summary, stats, download, shown]
+        outputs = [status, view, slider, texture, summary, stats, download, shown, chosen]
         model.change(lambda m: gr.update(info=model_details(runner, m)), inputs=[model], outputs=[model],
                      queue=False, show_progress='hidden')
         run.click(on_start, outputs=outputs, queue=False, show_progress='hidden').then(
-            on_run, inputs=[lr, refs, model, model_path, budget, search, zoom], outputs=outputs,
+            on_run, inputs=[lr, refs, model, model_path, budget, search, zoom, pool, folder, k],
+            outputs=outputs,
             concurrency_limit=runner.max_waiting + 1, show_progress='full', show_progress_on=[status])
         cancel.click(on_cancel, outputs=[status], queue=False, show_progress='hidden')
         zoom.change(on_zoom, inputs=[zoom, shown], outputs=[view], queue=False,
