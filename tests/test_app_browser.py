@@ -379,3 +379,42 @@ def test_the_page_takes_the_next_free_port_and_prints_its_own_address(tmp_path):
                 proc.terminate()
                 proc.wait(30)
 
+
+
+def test_page_chooses_the_references_for_you(server, browser, tmp_path, monkeypatch):
+    """Four photos given to choose from, one of them the scene's: it is chosen and shown (thumbnail, name, score),
+    and the page's choice and SR equal infer.py --gallery's on the same inputs."""
+    from playwright.sync_api import expect
+
+    from tests.app_helpers import other_scenes
+
+    url, out = server
+    pair = motorcycle_pair(160, ref_scale=0.5)  # LR 40 x 40, reference 370 x 250
+    lr = save(pair['lr'], tmp_path / 'in' / 'motorcycle_lr.png')
+    photos = {'scene.png': pair['ref'], **{f'{n}.png': img for n, img in other_scenes(pair['ref'].shape[:2]).items()}}
+    paths = [save(img, tmp_path / 'photos' / name) for name, img in sorted(photos.items())]
+    page = open_page(browser, url)
+    upload(page, 'lr', [lr])
+    page.locator('#choose').get_by_text('Choose the references for me').click()
+    box = page.locator('#gallery_files')
+    box.locator('input[type=file]').first.set_input_files([str(p) for p in paths])
+    expect(box.locator('tbody tr')).to_have_count(len(paths), timeout=JOB_TIMEOUT_MS)
+    page.locator('#refs_per_image input').fill('1')
+    text = run_and_wait(page)
+    assert 'Done.' in text, text
+    expect(page.locator('#chosen img')).to_have_count(1)
+    expect(page.locator('#chosen')).to_contain_text(re.compile(r'1\. scene\.png: score 0\.\d{3}'))
+    expect(page.locator('#summary')).to_contain_text('References chosen for you: scene.png')
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / 'gallery_chosen.png'), full_page=True)
+    with page.expect_download() as download:
+        page.locator('#download a').first.click()
+    got = tmp_path / 'downloaded.png'
+    download.value.save_as(str(got))
+    page.close()
+    cli = tmp_path / 'cli'
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # infer.py's index: not in the user's cache
+    infer_run(['--weights', str(DEMO_MODEL), '--lr', str(lr), '--gallery', str(tmp_path / 'photos'),
+               '--refs-per-image', '1', '-o', str(cli), '--max-memory', BUDGET])
+    assert (cli / 'references.csv').read_text().splitlines()[1].split(',')[2].endswith('scene.png')
+    assert (read_png(got) == read_png(cli / 'motorcycle_lr_sr.png')).all()

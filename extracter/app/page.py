@@ -310,7 +310,8 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                                      elem_id='texture', columns=2, height='auto', object_fit='contain',
                                      interactive=False, visible=False)
                 chosen = gr.Gallery(label='References chosen for you (name: score)', elem_id='chosen', columns=4,
-                                    height='auto', object_fit='contain', interactive=False, visible=False)
+                                    height=240, object_fit='contain', interactive=False, visible=False,
+                                    preview=False, allow_preview=True)
                 summary = gr.Markdown('', elem_id='summary')
                 with gr.Accordion('Technical details', open=False, elem_id='details'):
                     stats = gr.Markdown('', elem_id='stats')
