@@ -25,6 +25,12 @@ Guarantees:
   so a cancelled job leaves nothing behind.
 - The time left is estimated from the job's work and this machine's measured speed (:mod:`extracter.app.timing`);
   while a stage runs without tiles, the progress is re-reported every :data:`TICK_S` so that it keeps moving.
+- "Choose references for me" (``gallery_files`` or ``gallery_dir``, ``refs_per_image``): the photo's references are
+  chosen by :func:`extracter.gallery.folder.choose_references`, the call of ``infer.py --gallery`` (the same choice
+  and SR for the same inputs), as a stage of its own; uploads are linked into ``upload_dir/gallery-<digest>/photos``
+  with the set's index beside it, a named folder (only with ``allow_model_paths``: the page on this machine only) is
+  read where it is, its index in the user's cache. The job's folder holds ``references.csv`` and a thumbnail of each
+  chosen reference.
 - A memory budget always applies to reference-based runs: the request's, else the runner's default (half of the
   memory that is free when the runner starts, see :func:`default_memory_budget`).
 """

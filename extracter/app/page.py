@@ -1,14 +1,15 @@
 """The local web page (Gradio Blocks) over :class:`extracter.app.jobs.JobRunner`.
 
 Inputs: the photo to enlarge and any number of reference photos (none: the single-image model), each shown as a
-thumbnail, uploaded or pasted from the clipboard; clickable examples (:mod:`extracter.app.examples`); the model
-(short names, its details below the list); in the settings: the path of a converted checkpoint on this machine, the
-memory budget and the search mode. While a job runs one progress display (on the status box) shows its stage and
-the time left (estimated from the job's work and this machine's measured speed, :mod:`extracter.app.timing`), and
-Cancel stops it; closing the tab stops it too (the page's unload event). The result: the SR at 1:1 with a zoom
-control (a small result is never stretched), a before/after slider (bicubic vs SR), the texture-source panels (one
-picture each), a summary, the technical details (search, memory plan) in a collapsed section, and the SR PNG to
-download. Errors are shown in a red box in plain words.
+thumbnail, uploaded or pasted from the clipboard, or many photos (or a folder of this machine) to choose the references
+from ("choose the references for me", K per photo; the ones used are shown with their scores); clickable examples
+(:mod:`extracter.app.examples`); the model (short names, its details below the list); in the settings: the path of a
+converted checkpoint on this machine, the memory budget and the search mode. While a job runs one progress display (on
+the status box) shows its stage and the time left (estimated from the job's work and this machine's measured speed,
+:mod:`extracter.app.timing`), and Cancel stops it; closing the tab stops it too (the page's unload event). The result:
+the SR at 1:1 with a zoom control (a small result is never stretched), a before/after slider (bicubic vs SR), the
+texture-source panels (one picture each), a summary, the technical details (search, memory plan) in a collapsed section,
+and the SR PNG to download. Errors are shown in a red box in plain words.
 
 Import this module only after the upload folder is chosen: :func:`build_page` sets ``GRADIO_TEMP_DIR`` (where
 Gradio stores uploads) to the runner's ``upload_dir`` if it is not set yet; the results are served from the job

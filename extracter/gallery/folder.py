@@ -120,8 +120,8 @@ def write_references_csv(path: os.PathLike, rows: Sequence[Dict[str, object]]) -
 
 def references_for_files(net: RefSRNet, lr_rgb, gallery_files: Sequence[str], k: int = DEFAULT_REFS_PER_IMAGE,
                          shortlist: int = DEFAULT_SHORTLIST, device: str = 'cpu') -> Selection:
-    """The web page's call: references for one decoded LR image among loose files (uploads), indexed in memory only
-    (nothing written); files that cannot be used are notes."""
+    """References for one decoded LR image among loose files, indexed in memory only (nothing written); files that
+    cannot be used are notes. (The web page chooses with :func:`choose_references`, as infer.py does.)"""
     index, skipped = index_files(net, gallery_files, device)
     if not len(index):
         raise ValueError('none of the gallery files can be used:\n  ' + '\n  '.join(skipped))
