@@ -632,8 +632,10 @@ def test_references_chosen_for_you_equal_infer_gallery(pair, tmp_path, one_threa
                              refs_per_image=2)
     else:
         request = JobRequest(lr=lr, gallery_dir=str(tmp_path / 'photos'), refs_per_image=2)
-    stages = []
-    result = runner.run(request, lambda p: stages.append(p.stage))
+    reports = []
+    result = runner.run(request, reports.append)
+    stages = [p.stage for p in reports]
+    assert [p.fraction for p in reports] == sorted(p.fraction for p in reports)  # the bar never moves back
     cli_out = tmp_path / 'cli'
     infer_run(['--weights', str(DEMO), '--lr', lr, '--gallery', str(tmp_path / 'photos'),
                '--refs-per-image', '2', '-o', str(cli_out), '--max-memory', BUDGET])

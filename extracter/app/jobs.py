@@ -89,6 +89,7 @@ DEFAULT_KEEP_MB = 500
 UPLOAD_GRACE_S = 3600  # an upload this recent is never removed (it may be for a job about to start)
 TICK_S = 0.5  # while a job computes, its progress is re-reported this often (the bar moves in untiled stages)
 COMPUTE_SPAN = (0.05, 0.95)  # the share of the progress bar the computation takes (reading before, writing after)
+CHOICE_SPAN = (0.03, 0.25)  # ... and the choice of the references, when the job chooses them (the rest computes)
 CANCELLED = 'The job was cancelled.'
 
 
@@ -574,7 +575,8 @@ class JobRunner:
                          self._stages(net, entry, (h, w), [r.shape[:2] for r in refs], options))
         with self._cond:
             self._clock = clock
-        with report.ticking(clock):
+        span = (CHOICE_SPAN[1], COMPUTE_SPAN[1]) if chosen else COMPUTE_SPAN  # after a choice: the rest of the bar
+        with report.ticking(clock, span):
             if entry.uses_reference:
                 out = self._run_refsr(net, lq, refs, options, report)
             else:
@@ -659,8 +661,8 @@ class JobRunner:
         clock = JobClock(self.speed, str(entry.weights), [Stage('choosing the references', 'gallery', float(n))])
         with self._cond:
             self._clock = clock
-        report(Progress('choosing the references', 0.04))
-        with report.ticking(clock):
+        report(Progress('choosing the references', CHOICE_SPAN[0]))
+        with report.ticking(clock, CHOICE_SPAN):
             clock.enter(0)
             try:
                 choice = choose_references(net, [str(lr_path)], folder, request.refs_per_image, index_path,
@@ -668,7 +670,7 @@ class JobRunner:
             except (OSError, ValueError) as err:
                 raise JobError(f'The references could not be chosen: {err}.') from None
             clock.finish()
-        report(Progress('references chosen', 0.045))  # a Cancel during the choice applies here
+        report(Progress('references chosen', CHOICE_SPAN[1]))  # a Cancel during the choice applies here
         notes += [n.split(': ', 1)[-1] for n in choice.notes]
         paths = choice.refs.get(lr_path.name)
         if not paths:
@@ -765,6 +767,8 @@ class _Reporter:
         self._report, self.cancel = report, cancel
         self._lock = threading.Lock()
         self.clock: Optional[JobClock] = None
+        self.span = COMPUTE_SPAN  # the share of the bar the clock followed now fills
+        self._last = 0.0  # the bar never moves back
 
     def __call__(self, p: Progress) -> None:
         self._check()
@@ -780,13 +784,15 @@ class _Reporter:
 
     def _send(self, p: Progress) -> None:
         with self._lock:
+            self._last = max(self._last, p.fraction)
+            p = Progress(p.stage, self._last, p.eta_s)
             self._report(p)
 
     def _clock_progress(self) -> None:
         clock = self.clock
         if clock is None:
             return
-        lo, hi = COMPUTE_SPAN
+        lo, hi = self.span
         self._send(Progress(clock.text(), lo + (hi - lo) * clock.fraction(), clock.seconds_left()))
 
     # the engine's callbacks (run in the job's thread)
@@ -809,10 +815,10 @@ class _Reporter:
         self._clock_progress()
 
     @contextmanager
-    def ticking(self, clock: JobClock):
+    def ticking(self, clock: JobClock, span: Tuple[float, float] = COMPUTE_SPAN):
         """Follow ``clock`` and re-report it every :data:`TICK_S` until the block ends. The timer thread runs in a
         copy of the job thread's context (context variables: Gradio finds the job's progress display by them)."""
-        self.clock = clock
+        self.clock, self.span = clock, span
         stop = threading.Event()
 
         def tick() -> None:
@@ -827,7 +833,7 @@ class _Reporter:
         finally:
             stop.set()
             timer.join()
-            self.clock = None
+            self.clock, self.span = None, COMPUTE_SPAN
 
 
 def _padded(hw: Tuple[int, int], multiple: int) -> Tuple[int, int]:
