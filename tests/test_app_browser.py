@@ -418,3 +418,15 @@ def test_page_chooses_the_references_for_you(server, browser, tmp_path, monkeypa
                '--refs-per-image', '1', '-o', str(cli), '--max-memory', BUDGET])
     assert (cli / 'references.csv').read_text().splitlines()[1].split(',')[2].endswith('scene.png')
     assert (read_png(got) == read_png(cli / 'motorcycle_lr_sr.png')).all()
+    # a folder of this machine named on the page: a path that is not a folder is refused in plain words
+    page = open_page(browser, url)
+    upload(page, 'lr', [lr])
+    page.locator('#choose').get_by_text('Choose the references for me').click()
+    page.locator('#gallery_dir textarea, #gallery_dir input').first.fill(str(paths[0]))
+    text = run_and_wait(page)
+    assert 'Could not enlarge the photo:' in text and 'is a file, not a folder: give a folder of photos' in text, text
+    page.locator('#gallery_dir textarea, #gallery_dir input').first.fill(str(tmp_path / 'photos'))
+    text = run_and_wait(page)
+    assert 'Done.' in text, text
+    expect(page.locator('#chosen')).to_contain_text(re.compile(r'1\. scene\.png: score'))
+    page.close()
