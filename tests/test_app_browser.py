@@ -426,7 +426,9 @@ def test_page_chooses_the_references_for_you(server, browser, tmp_path, monkeypa
     text = run_and_wait(page)
     assert 'Could not enlarge the photo:' in text and 'is a file, not a folder: give a folder of photos' in text, text
     page.locator('#gallery_dir textarea, #gallery_dir input').first.fill(str(tmp_path / 'photos'))
-    text = run_and_wait(page)
+    page.locator('#run').click()
+    expect(page.locator('#status')).not_to_contain_text('is a file', timeout=JOB_TIMEOUT_MS)  # the new job began
+    text = run_and_wait_started(page)
     assert 'Done.' in text, text
     expect(page.locator('#chosen')).to_contain_text(re.compile(r'1\. scene\.png: score'))
     page.close()
