@@ -4,8 +4,9 @@ is 4x the LR and its PSNR against the ground truth equals the command line's for
 shown at 1:1 with a zoom; three references give readable texture panels; a broken file and a huge one are answered
 in a red box in plain words; a long job shows one progress display that moves with the time left, a second tab's
 job says how long it waits, closing the first tab ends its job so the second does not wait behind it, and Cancel
-stops a job. Every wait is for a state of the page, never a fixed sleep. Screenshots go to results/app_tests/
-(ignored by git).
+stops a job; given four photos to choose from (or their folder), the page chooses the scene's one and shows it with
+its score, as infer.py --gallery chooses. Every wait is for a state of the page, never a fixed sleep. Screenshots go
+to results/app_tests/ (ignored by git).
 
 Skips when gradio, playwright or chromium is missing, unless EXTRACTER_APP_TESTS=required (then it fails).
 """
