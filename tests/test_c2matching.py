@@ -1,0 +1,119 @@
+"""C2-Matching: parity with the original code (tests/fixtures/parity_c2matching, made by running the original on
+CPU with its DCN op over torchvision's), the converter's bad input, shapes and the engine's handling of references
+of other sizes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from extracter.archs.c2_matching.correspondence import correspondence, match_one
+from extracter.archs.c2_matching_arch import C2Matching
+from extracter.archs.descriptor import descriptor_of
+from extracter.archs.vgg import InputNorm
+from extracter.convert.c2matching import EXTRACTOR, RESTORATION, convert_c2matching
+from extracter.convert.common import ConversionError
+from tests.c2m_parity_weights import checksums, parity_weights
+
+FIXTURE = Path(__file__).parent / 'fixtures' / 'parity_c2matching' / 'c2matching.pt'
+
+
+def canonical_from(vgg_net: dict) -> dict:
+    """The canonical VGG-19 file's layout from the original net_map's ``vgg.vgg_net.<name>`` weights (torchvision
+    indices), with ImageNet mean/std as ``input_norm`` (what ``prepare_vgg19.py --source torchvision`` writes)."""
+    names = ['conv1_1', 'relu1_1', 'conv1_2', 'relu1_2', 'pool1', 'conv2_1', 'relu2_1', 'conv2_2', 'relu2_2',
+             'pool2', 'conv3_1']
+    out = {f'features.{names.index(k.split(".")[2])}.{k.split(".")[3]}': v for k, v in vgg_net.items()}
+    norm = InputNorm()
+    out['input_norm.weight'], out['input_norm.bias'] = norm.weight.data, norm.bias.data
+    return out
+
+
+def original_parts(fixture: dict):
+    """The original's three state dicts, regenerated from the fixture's seeds and checked against its checksums."""
+    states = {}
+    for name, info in fixture['weights'].items():
+        state = parity_weights(info['shapes'], info['seed'])
+        got = checksums(state)
+        for key, (s, s2) in info['checksums'].items():
+            assert got[key] == pytest.approx((s, s2), rel=1e-12), f'{name}.{key}: the weight generator changed'
+        states[name] = state
+    extractor = dict(states['net_extractor'])
+    for branch in ('feature_extraction_image1', 'feature_extraction_image2'):
+        extractor[f'{branch}.mean'] = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        extractor[f'{branch}.std'] = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    vgg_net = {k: v for k, v in states['net_map'].items() if k.startswith('vgg.vgg_net.')}
+    return states['net_g'], extractor, canonical_from(vgg_net)
+
+
+@pytest.fixture(scope='module')
+def converted():
+    fixture = torch.load(FIXTURE, map_location='cpu', weights_only=True)
+    assert fixture['format'] == 'c2matching-parity-v1'
+    net_g, extractor, vgg19 = original_parts(fixture)
+    state, options, _ = convert_c2matching({RESTORATION: (net_g, 'net_g.pth'), EXTRACTOR: (extractor, 'ext.pth')},
+                                           vgg19)
+    assert {k: options[k] for k in fixture['config']} == fixture['config']
+    opts = {k: v for k, v in options.items() if k != 'type'}
+    net = C2Matching(**opts).eval()
+    net.load_state_dict(state, strict=True)
+    return fixture, net
+
+
+def test_outputs_match_original_code(converted):
+    fixture, net = converted
+    inp, out = fixture['inputs'], fixture['outputs']
+    with torch.no_grad():
+        sr = net(inp['lr'], inp['ref'], lr_up=inp['lr_up'])
+    assert (sr - out['sr']).abs().max() < 1e-5
+    assert sr.max() > 1  # unclamped, as the original
+
+
+def test_correspondence_matches_original(converted):
+    fixture, net = converted
+    inp, out = fixture['inputs'], fixture['outputs']
+    with torch.no_grad():
+        f_in = net.search_features(inp['lr_up'])
+        f_ref = net.encode_search_keys(inp['ref'])
+        idx, val = match_one(f_in[0], f_ref[0])
+        scores, index = correspondence(f_in, f_ref)
+    assert torch.equal(idx, out['max_idx_0'].view_as(idx))
+    assert (val - out['max_val_0']).abs().max() < 1e-5
+    # the whole-grid form: the padded bottom/right rows and columns point at themselves (zero flow)
+    h, w = f_in.shape[-2:]
+    grid = index.view(-1, h, w)
+    assert grid[0, -1, 5] == (h - 1) * w + 5 and grid[0, 4, -2] == 4 * w + w - 2
+    assert float(scores.view(-1, h, w)[0, -2:].abs().max()) == 0
+
+
+def test_run_refsr_equals_forward_and_pads_other_reference_sizes(converted):
+    from extracter.inference import run_refsr
+
+    fixture, net = converted
+    inp, out = fixture['inputs'], fixture['outputs']
+    sr = run_refsr(net, inp['lr'], inp['ref'], lr_up=inp['lr_up'])
+    assert (sr - out['sr']).abs().max() < 1e-5
+    # a smaller reference: zero-padded with the LR to a common size, the result cropped back to 4x the LR
+    small = run_refsr(net, inp['lr'][:1], inp['ref'][:1, :, :40, :36])
+    assert small.shape == (1, 3, 48, 64) and torch.isfinite(small).all()
+
+
+def test_converter_refuses_mismatched_parts(converted):
+    fixture, _ = converted
+    net_g, extractor, vgg19 = original_parts(fixture)
+    with pytest.raises(ConversionError, match='contrastive extractor is missing.*--extractor'):
+        convert_c2matching({RESTORATION: (net_g, 'net_g.pth')}, vgg19)
+    with pytest.raises(ConversionError, match='--vgg19'):
+        convert_c2matching({RESTORATION: (net_g, 'g.pth'), EXTRACTOR: (extractor, 'e.pth')}, None)
+    bad = dict(extractor)
+    bad['feature_extraction_image2.std'] = torch.ones(1, 3, 1, 1)
+    with pytest.raises(ConversionError, match='e.pth: feature_extraction_image2.std'):
+        convert_c2matching({RESTORATION: (net_g, 'g.pth'), EXTRACTOR: (bad, 'e.pth')}, vgg19)
+
+
+def test_descriptor_round_trip():
+    net = C2Matching(ngf=16, n_blocks=2, groups=4, vgg_init='random')
+    d = descriptor_of(net)
+    assert d.own_search and d.reference_size == 'output'
+    assert d.detect(net.state_dict()) == {'type': 'C2Matching', 'ngf': 16, 'n_blocks': 2, 'groups': 4}
+    assert d.detect({k.replace('contras.', 'other.'): v for k, v in net.state_dict().items()}) is None
