@@ -117,3 +117,62 @@ def test_descriptor_round_trip():
     assert d.own_search and d.reference_size == 'output'
     assert d.detect(net.state_dict()) == {'type': 'C2Matching', 'ngf': 16, 'n_blocks': 2, 'groups': 4}
     assert d.detect({k.replace('contras.', 'other.'): v for k, v in net.state_dict().items()}) is None
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    net = C2Matching(ngf=16, n_blocks=1, groups=8, vgg_init='random').eval()
+    for name, p in net.named_parameters():  # non-zero learned offsets, so the tiles' offsets are exercised
+        if 'conv_offset_mask' in name:
+            torch.nn.init.uniform_(p, -0.02, 0.02)
+    lr = torch.rand(1, 3, 28, 32)
+    ref = torch.rand(1, 3, 112, 128)
+    return net, lr, ref
+
+
+def test_tiled_equals_untiled(tiny):
+    from extracter.inference import run_refsr
+
+    net, lr, ref = tiny
+    whole = run_refsr(net, lr, ref)
+    tiled = run_refsr(net, lr, ref, tile={'tile_size': 16, 'tile_pad': 24})
+    assert whole.shape == tiled.shape == (1, 3, 112, 128)
+    assert float((whole - tiled).abs().max()) < 1e-4
+    # with too little context the tiles differ (the test can fail; run_refsr would raise the pad to the floor)
+    from extracter.archs.refsr_base import make_lr_up
+    from extracter.inference.tiling import tiled_forward
+
+    with torch.no_grad():
+        rough = tiled_forward(net, lr, make_lr_up(lr), net.encode_reference(ref), 16, 2)
+    assert float((whole - rough).abs().max()) > 1e-4
+
+
+def test_budget_plans_tiles_and_search_blocks(tiny):
+    from extracter.inference import run_refsr
+    from extracter.inference.memory_plan import MemoryBudgetError, own_search_estimate, plan_own_search
+
+    net, lr, ref = tiny
+    whole = run_refsr(net, lr, ref)
+    # a 1024 px output: the untiled run does not fit 2 GB, tiles and smaller correlation blocks do
+    untiled = own_search_estimate(net, (256, 256), (1024, 1024), 8192)['total']
+    plan = plan_own_search(net, (256, 256), (1024, 1024), '2G', tile_pad=16)
+    assert untiled > plan.budget >= plan.estimate and plan.tile_size is not None and plan.tile_pad == 16
+    # through run_refsr: a budget the untiled run fits runs untiled, with the same result
+    sr, plan = run_refsr(net, lr, ref, max_memory='1G', return_plan=True)
+    assert plan.tile_size is None and plan.estimate <= 2 ** 30
+    assert float((whole - sr).abs().max()) < 1e-5
+    with pytest.raises(MemoryBudgetError, match='C2Matching'):
+        run_refsr(net, lr, ref, max_memory='1M')
+
+
+def test_refuses_what_does_not_apply(tiny):
+    from extracter.inference import run_refsr
+
+    net, lr, ref = tiny
+    with pytest.raises(ValueError, match="search mode 'approximate' does not apply to C2Matching"):
+        run_refsr(net, lr, ref, search_mode='approximate')
+    with pytest.raises(ValueError, match='one reference per image'):
+        run_refsr(net, lr, [ref, ref])
+    with pytest.raises(ValueError, match='fixed correspondence'):
+        run_refsr(net, lr, ref, search_geometry=(6, 2, 2))

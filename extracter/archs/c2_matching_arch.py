@@ -91,12 +91,13 @@ class C2Matching(RefSRNet):
         return C2_SPEC
 
     def search_spec(self, spec: Optional[SearchSpec] = None, **changes) -> SearchSpec:
-        """Always :data:`C2_SPEC`: the correspondence has one geometry, and no search method applies to it."""
+        """:data:`C2_SPEC` with the call's ``key_chunk_size`` (reference patches per correlation block: memory only,
+        the same result): the correspondence has one geometry, and no search method applies to it."""
         asked = (C2_SPEC if spec is None else spec).replace(**changes)
         if asked.geometry != C2_SPEC.geometry:
             raise ValueError('C2Matching has a fixed correspondence (3x3 patches, stride 1); only EXTRACTER can '
                              'change the search geometry')
-        return C2_SPEC
+        return C2_SPEC.replace(key_chunk_size=asked.key_chunk_size)
 
     def set_search_geometry(self, window: int, stride: int, padding: int) -> None:
         self.search_spec(geometry=(window, stride, padding))
@@ -142,7 +143,7 @@ class C2Matching(RefSRNet):
             raise ValueError(f'C2Matching takes one reference per image, got {len(refs)}')
         if refs[0].search is None:
             raise ValueError('an encoded reference without its search keys cannot be searched')
-        return correspondence(lr_feat, refs[0].search)
+        return correspondence(lr_feat, refs[0].search, self.search_spec(spec).key_chunk_size)
 
     # ------------------------------------------------------------------ textures and restoration
     def encode_textures(self, ref: torch.Tensor, tile_size: Optional[int] = None, lv1: str = 'stored'):
@@ -161,19 +162,22 @@ class C2Matching(RefSRNet):
 
     def forward_features(self, lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref_feats: References,
                          return_aux: bool = False, search: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-                         spec: Optional[SearchSpec] = None):
+                         spec: Optional[SearchSpec] = None, origin: Optional[Tuple[int, int]] = None):
         """SR [N,3,4h,4w] (unclamped, as the original) of ``lr`` against one encoded reference (its textures at the
-        output size); ``search``: the correspondence already computed (then ``lr_up`` is not used)."""
+        output size); ``search``: the correspondence already computed (then ``lr_up`` is not used). ``origin``: a
+        tile's top-left pixel in the whole LR (``lr`` and ``search`` are the tile's windows, the reference whole);
+        the reference features are read at the tile's place and sampled anywhere."""
         refs = as_reference_list(ref_feats)
         if len(refs) != 1:
             raise ValueError(f'C2Matching takes one reference per image, got {len(refs)}')
         ref = refs[0]
         if search is None:
-            search = self.search(self.search_features(lr_up), refs)
+            search = self.search(self.search_features(lr_up), refs, spec)
         h, w = lr.shape[-2:]
-        flow = index_to_flow(search[1], (h, w), ref.lv3.size(-1))
+        flow = index_to_flow(search[1], (h, w), ref.lv3.size(-1), origin or (0, 0))
         ref_feat = {'relu1_1': ref.lv1, 'relu2_1': ref.lv2, 'relu3_1': ref.lv3}
-        sr = self.restoration(lr, pre_offsets(flow), ref_feat)
+        whole = origin is None or (tuple(ref.lv3.shape[-2:]) == (h, w))
+        sr = self.restoration(lr, pre_offsets(flow), ref_feat, None if whole else origin)
         if return_aux:
             return {'sr': sr, 'scores': search[0], 'index': search[1]}
         return sr

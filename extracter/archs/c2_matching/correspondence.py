@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 PATCH = 3  # the matched patches: 3x3 feature pixels
 NORM_EPS = 1e-5  # the original's (norm + 1e-5)
-MATCH_BLOCK = 1024 ** 2 * 512  # reference patches per correlation block x LR feature pixels (the original's)
 SHIFTS = tuple((i, j) for i in range(PATCH) for j in range(PATCH))  # the 9 kernel positions, row-major
 LEVEL_FACTORS = {'relu3_1': 1, 'relu2_1': 2, 'relu1_1': 4}
 
@@ -31,14 +30,15 @@ def _patches(feat: torch.Tensor) -> torch.Tensor:
     return feat.unfold(1, PATCH, 1).unfold(2, PATCH, 1).reshape(c, -1, PATCH, PATCH).permute(1, 0, 2, 3)
 
 
-def match_one(feat_in: torch.Tensor, feat_ref: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def match_one(feat_in: torch.Tensor, feat_ref: torch.Tensor, block: int = 8192) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-1 match of one LR feature map [C, h, w] against one reference map [C, H, W] (both unnormalised):
-    (index [(h-2), (w-2)] of the reference patch, row-major over its (H-2) x (W-2) grid; its score)."""
+    (index [(h-2), (w-2)] of the reference patch, row-major over its (H-2) x (W-2) grid; its score). ``block``:
+    reference patches per correlation (memory: block x h x w floats; the result does not depend on it; the original
+    uses 512 Mi / (h w))."""
     c, h, w = feat_in.shape
     feat_in = F.normalize(feat_in.reshape(c, -1), dim=0).view(c, h, w)
     feat_ref = F.normalize(feat_ref.reshape(c, -1), dim=0).view_as(feat_ref)
     keys = _patches(feat_ref)
-    block = max(1, int(MATCH_BLOCK / (h * w)))
     best_val = best_idx = None
     for start in range(0, keys.size(0), block):
         k = keys[start:start + block]
@@ -54,9 +54,10 @@ def match_one(feat_in: torch.Tensor, feat_ref: torch.Tensor) -> Tuple[torch.Tens
     return best_idx, best_val / query_norm
 
 
-def correspondence(feat_in: torch.Tensor, feat_ref: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def correspondence(feat_in: torch.Tensor, feat_ref: torch.Tensor, block: int = 8192
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The batch's matches on the whole LR feature grid: (scores, index) [N, 1, h*w], ``index`` over the reference's
-    feature pixels (``ry * W + rx``; see the module docstring)."""
+    feature pixels (``ry * W + rx``; see the module docstring); ``block``: see :func:`match_one`."""
     n, _, h, w = feat_in.shape
     ref_w = feat_ref.size(-1)
     if h < PATCH or w < PATCH or feat_ref.size(-2) < PATCH or ref_w < PATCH:
@@ -67,7 +68,7 @@ def correspondence(feat_in: torch.Tensor, feat_ref: torch.Tensor) -> Tuple[torch
                             indexing='ij')
     index = (gy * ref_w + gx).expand(n, h, w).clone()  # no patch: the pixel itself (zero flow)
     for b in range(n):
-        idx, val = match_one(feat_in[b], feat_ref[b])
+        idx, val = match_one(feat_in[b], feat_ref[b], block)
         gw_ref = ref_w - PATCH + 1
         index[b, :h - PATCH + 1, :w - PATCH + 1] = idx // gw_ref * ref_w + idx % gw_ref
         scores[b, :h - PATCH + 1, :w - PATCH + 1] = val

@@ -9,7 +9,7 @@ offset layout (``[y, x]`` per kernel position, group-major) and parameter names.
 """
 
 import math
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 REF_CHANNELS = {'relu3_1': 256, 'relu2_1': 128, 'relu1_1': 64}  # VGG-19's maps the stages aggregate
+LEVEL_SCALE = {'relu3_1': 1, 'relu2_1': 2, 'relu1_1': 4}  # their pixels per LR pixel
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -62,9 +63,43 @@ class DynAgg(nn.Module):
         pre_yx = torch.stack((pre[..., 1], pre[..., 0]), dim=2).flatten(1, 2)  # [N, 2*9G, h, w]: y, x, y, x, ...
         return offset + pre_yx, torch.sigmoid(mask)
 
-    def forward(self, ref_feat: torch.Tensor, feat: torch.Tensor, pre_offset: torch.Tensor) -> torch.Tensor:
+    def forward(self, ref_feat: torch.Tensor, feat: torch.Tensor, pre_offset: torch.Tensor,
+                origin: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The aggregation at ``feat``'s positions. ``origin``: a tile's top-left in ``ref_feat`` (the whole
+        reference map, which the offsets point into); None: ``feat`` covers the whole map."""
         offset, mask = self.offsets_and_mask(feat, pre_offset)
-        return deform_conv2d(ref_feat, offset, self.weight, self.bias, stride=1, padding=1, dilation=1, mask=mask)
+        if origin is None:
+            return deform_conv2d(ref_feat, offset, self.weight, self.bias, stride=1, padding=1, dilation=1, mask=mask)
+        return window_deform_conv(ref_feat, offset, mask, self.weight, self.bias, origin)
+
+
+def _window_geometry(size: int, out: int) -> Tuple[int, int, int]:
+    """(zero rows added before, padding, dilation) for which a stride-1 3x3 convolution over ``size`` (+ the rows
+    added) has ``out`` outputs: size + before + 2 * padding - 2 * dilation = out."""
+    before = (size - out) % 2  # zero rows before the map change nothing: torchvision's sampling reads 0 there too
+    extra = size + before - out  # even
+    return (before, 0, extra // 2) if extra >= 2 else (before, (2 - extra) // 2, 1)
+
+
+def window_deform_conv(ref_feat: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, origin: Tuple[int, int]) -> torch.Tensor:
+    """The 3x3 padding-1 modulated deformable convolution over the whole ``ref_feat`` [N, C, H, W], evaluated only
+    at the positions of a window (``offset``'s size) starting at ``origin``: one torchvision call whose output grid
+    is the window's, its kernel taps moved to the window's places through the offsets (a tile's cost, not the
+    whole map's). Zero rows/columns are added only above/left, where torchvision's sampling already reads zeros
+    (at the bottom/right edge it clamps), so the samples are the untiled ones up to float rounding."""
+    th, tw = offset.shape[-2:]
+    (by, py, dy), (bx, px, dx) = _window_geometry(ref_feat.size(-2), th), _window_geometry(ref_feat.size(-1), tw)
+    if by or bx:
+        ref_feat = F.pad(ref_feat, (bx, 0, by, 0))
+    taps = torch.arange(3, device=offset.device, dtype=offset.dtype)
+    # wanted tap position (origin + q - 1 + k) minus torchvision's (q - padding + k * dilation), + the rows added
+    cy = origin[0] - 1 + py + by + taps * (1 - dy)
+    cx = origin[1] - 1 + px + bx + taps * (1 - dx)
+    corr = torch.stack((cy.view(3, 1).expand(3, 3), cx.view(1, 3).expand(3, 3)), dim=-1).reshape(1, 18, 1, 1)
+    groups = offset.size(1) // 18
+    offset = offset + corr.repeat(1, groups, 1, 1)
+    return deform_conv2d(ref_feat, offset, weight, bias, stride=1, padding=(py, px), dilation=(dy, dx), mask=mask)
 
 
 class ContentExtractor(nn.Module):
@@ -101,13 +136,16 @@ class DynamicAggregationRestoration(nn.Module):
                                         nn.Conv2d(ngf // 2, 3, 3, 1, 1))
         self.lrelu = nn.LeakyReLU(0.1, inplace=True)
 
-    def forward(self, x: torch.Tensor, pre_offset: Dict[str, torch.Tensor],
-                ref_feat: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre_offset: Dict[str, torch.Tensor], ref_feat: Dict[str, torch.Tensor],
+                origin: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """``origin``: a tile's top-left LR pixel in the whole reference (``ref_feat`` whole); None: untiled."""
         for stage, level in self.STAGES:
             ref = ref_feat[level]
-            off = self.lrelu(getattr(self, f'{stage}_offset_conv1')(torch.cat([x, ref], 1)))
+            at = None if origin is None else (origin[0] * LEVEL_SCALE[level], origin[1] * LEVEL_SCALE[level])
+            local = ref if at is None else ref[:, :, at[0]:at[0] + x.size(-2), at[1]:at[1] + x.size(-1)]
+            off = self.lrelu(getattr(self, f'{stage}_offset_conv1')(torch.cat([x, local], 1)))
             off = self.lrelu(getattr(self, f'{stage}_offset_conv2')(off))
-            swapped = self.lrelu(getattr(self, f'{stage}_dyn_agg')(ref, off, pre_offset[level]))
+            swapped = self.lrelu(getattr(self, f'{stage}_dyn_agg')(ref, off, pre_offset[level], at))
             h = getattr(self, f'head_{stage}')(torch.cat([x, swapped], 1))
             h = getattr(self, f'body_{stage}')(h) + x
             x = getattr(self, f'tail_{stage}')(h)
@@ -135,7 +173,7 @@ class RestorationNet(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, lr: torch.Tensor, pre_offset: Dict[str, torch.Tensor],
-                ref_feat: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, lr: torch.Tensor, pre_offset: Dict[str, torch.Tensor], ref_feat: Dict[str, torch.Tensor],
+                origin: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         base = F.interpolate(lr, scale_factor=4, mode='bilinear', align_corners=False)
-        return self.dyn_agg_restore(self.content_extractor(lr), pre_offset, ref_feat) + base
+        return self.dyn_agg_restore(self.content_extractor(lr), pre_offset, ref_feat, origin) + base
