@@ -56,8 +56,8 @@ def read_c2_options(state: StateDict) -> Dict[str, Any]:
     uses_reference=True, scale=SCALE, multiples=c2_multiples, min_tile_pad=16, main_maps_per_lr_px=40.0,
     feature_extractor='vgg', feature_extractor_init='vgg_init', adjustable_geometry=False, own_search=True,
     reference_size='output', read_options=read_c2_options,
-    not_detected=(('vgg_requires_grad', 'training only, not stored: constructor default'),),
-    init_only_options=('vgg19_path',), converters=('c2matching-official',),
+    not_detected=(('vgg_requires_grad, contras_requires_grad', 'training only, not stored: constructor defaults'),),
+    init_only_options=('vgg19_path', 'contras_path'), converters=('c2matching-official',),
 )
 class C2Matching(RefSRNet):
     """C2-Matching with the released configuration by default (64 features, 16 blocks per stage, 8 deformable
@@ -71,10 +71,15 @@ class C2Matching(RefSRNet):
             ``'random'``.
         vgg19_path: the canonical VGG-19 file.
         vgg_requires_grad: train the VGG-19 (the original keeps it frozen).
+        contras_requires_grad: train the contrastive extractor with the restoration (the original's stage 3 keeps
+            the stage-2 student frozen; stages 1-2 train it on their own).
+        contras_path: a contrastive extractor checkpoint to start from (stage 3: the stage-2 student, ours or
+            converted; ``{'params': ...}`` or a bare ``ContrasExtractorSep`` state dict).
     """
 
     def __init__(self, ngf: int = 64, n_blocks: int = 16, groups: int = 8, vgg_init: ExtractorInit = 'vgg19',
-                 vgg19_path: Optional[str] = None, vgg_requires_grad: bool = False) -> None:
+                 vgg19_path: Optional[str] = None, vgg_requires_grad: bool = False,
+                 contras_requires_grad: bool = False, contras_path: Optional[str] = None) -> None:
         super().__init__()
         if ngf < 2 or ngf % 2:
             raise ValueError(f'ngf must be a positive even number, got {ngf}')
@@ -82,6 +87,11 @@ class C2Matching(RefSRNet):
             raise ValueError(f'n_blocks must be >= 1, got {n_blocks}')
         self.n_feats = ngf
         self.contras = ContrasExtractorSep()
+        if contras_path is not None:
+            from extracter.utils.checkpoint import load_checkpoint, network_state
+
+            self.contras.load_state_dict(network_state(load_checkpoint(contras_path), contras_path), strict=True)
+        self.contras.requires_grad_(contras_requires_grad)
         self.vgg = TextureExtractor(init=vgg_init, vgg19_path=vgg19_path, requires_grad=vgg_requires_grad)
         self.restoration = RestorationNet(ngf, n_blocks, groups)
 
