@@ -176,3 +176,26 @@ def test_refuses_what_does_not_apply(tiny):
         run_refsr(net, lr, [ref, ref])
     with pytest.raises(ValueError, match='fixed correspondence'):
         run_refsr(net, lr, ref, search_geometry=(6, 2, 2))
+
+
+def test_infer_runs_a_converted_checkpoint_and_refuses_an_original_one(tmp_path, tiny, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from extracter import infer
+
+    net, lr, ref = tiny
+    weights = tmp_path / 'c2.pth'
+    torch.save({'params': net.state_dict()}, weights)  # no YAML: the options are read off the weights
+    Image.fromarray((lr[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / 'lr.png')
+    Image.fromarray((ref[0, :, :100, :90].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / 'ref.png')
+    args = ['--lr', str(tmp_path / 'lr.png'), '--ref', str(tmp_path / 'ref.png'), '--tile', '16', '--tile-pad', '16']
+    assert infer.main(['--weights', str(weights), '-o', str(tmp_path / 'out'), *args]) == 0
+    sr = Image.open(tmp_path / 'out' / 'lr_sr.png')
+    assert sr.size == (4 * lr.shape[-1], 4 * lr.shape[-2])
+    original = {k[len('restoration.'):]: v for k, v in net.state_dict().items() if k.startswith('restoration.')}
+    torch.save(original, tmp_path / 'c2_matching_restoration.pth')
+    assert infer.main(['--weights', str(tmp_path / 'c2_matching_restoration.pth'), '-o', str(tmp_path / 'o2'),
+                       *args]) == 2
+    err = capsys.readouterr().err
+    assert 'original C2-Matching (its restoration net) code' in err and '--extractor' in err

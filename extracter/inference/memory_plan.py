@@ -47,6 +47,7 @@ LR_VGG_PEAK_PER_LR_PX = 16 * 1300  # the untiled LR query features: VGG-19 of th
 TEXTURE_FLOATS_PER_LR_PX = 64 * 16 + 128 * 4 + 256  # T_lv1 + T_lv2 + T_lv3 per rank
 MIN_CHUNK, MIN_KEY_CHUNK = 256, 512
 DEFAULT_TILE_PAD = 16
+OWN_SEARCH = 'own'  # MemoryPlan.search_mode of a network whose search is its own stage (plan_own_search)
 _UNITS = {'': 1, 'B': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
 
 
@@ -128,9 +129,11 @@ class MemoryPlan:
             saved = self.parts.get('lv1_saved', 0)
             lv1 = (f', relu1_1 recomputed from the reference image (to fit: saves {format_bytes(saved)}, '
                    'same result)')
-        return (f'{self.search_mode} search (chunk {self.chunk_size} x {self.key_chunk_size} patches, '
-                f'cached keys: {self.cache_keys}), {tile}{lv1}; estimated peak {format_bytes(self.estimate)} of '
-                f'{format_bytes(self.budget)}')
+        search = (f'own correspondence search (blocks of {self.key_chunk_size} reference patches)'
+                  if self.search_mode == OWN_SEARCH else
+                  f'{self.search_mode} search (chunk {self.chunk_size} x {self.key_chunk_size} patches, '
+                  f'cached keys: {self.cache_keys})')
+        return f'{search}, {tile}{lv1}; estimated peak {format_bytes(self.estimate)} of {format_bytes(self.budget)}'
 
 
 def _grid(n: int, k: int, s: int, p: int) -> int:
@@ -393,7 +396,7 @@ def plan_own_search(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[int, i
         for key_chunk in OWN_KEY_CHUNKS:
             parts = own_search_estimate(net, lr_hw, ref_hw, key_chunk, t)
             if parts['total'] <= budget:
-                return MemoryPlan(budget, 'own', 0, key_chunk, False, None if t is None else t[0],
+                return MemoryPlan(budget, OWN_SEARCH, 0, key_chunk, False, None if t is None else t[0],
                                   0 if t is None else t[1], parts['total'], parts)
     smallest = min(candidates[1:], key=lambda c: c[0]) if tile is None and len(candidates) > 1 else candidates[-1]
     need = own_search_estimate(net, lr_hw, ref_hw, OWN_KEY_CHUNKS[-1], smallest)
