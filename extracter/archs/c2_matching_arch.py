@@ -32,6 +32,10 @@ from extracter.archs.vgg import ExtractorInit, TextureExtractor
 from extracter.registry import ARCH_REGISTRY
 from extracter.search import SearchSpec
 
+# The tile padding: not measured on trained weights (none are available here; benchmarks/measure_tile_pad.py on the
+# released ones will state it). Conservative: the restoration net has ~70 3x3 convolutions at the LR's scale (a
+# theoretical reach of ~100 LR pixels with the x2/x4 stages), EXTRACTER's comparable depth measured 8.
+C2_MIN_TILE_PAD = 32
 # the correspondence's grid, stated as a search geometry: 3x3 patches, stride 1, one result per LR feature pixel
 C2_SPEC = SearchSpec(method='dense', window=3, stride=1, padding=1)
 
@@ -53,7 +57,7 @@ def read_c2_options(state: StateDict) -> Dict[str, Any]:
 
 @ARCH_REGISTRY.register()
 @describe(
-    uses_reference=True, scale=SCALE, multiples=c2_multiples, min_tile_pad=16, main_maps_per_lr_px=40.0,
+    uses_reference=True, scale=SCALE, multiples=c2_multiples, min_tile_pad=C2_MIN_TILE_PAD, main_maps_per_lr_px=40.0,
     feature_extractor='vgg', feature_extractor_init='vgg_init', adjustable_geometry=False, own_search=True,
     reference_size='output', read_options=read_c2_options,
     not_detected=(('vgg_requires_grad, contras_requires_grad', 'training only, not stored: constructor defaults'),),
