@@ -14,7 +14,15 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
+
+
+def deform_conv2d(*args, **kwargs) -> torch.Tensor:
+    """:func:`torchvision.ops.deform_conv2d`, imported on first use: importing torchvision loads its datasets and
+    models and torch._dynamo, which importing the architectures must not (tests/test_registry.py)."""
+    from torchvision.ops import deform_conv2d as op
+
+    return op(*args, **kwargs)
+
 
 REF_CHANNELS = {'relu3_1': 256, 'relu2_1': 128, 'relu1_1': 64}  # VGG-19's maps the stages aggregate
 LEVEL_SCALE = {'relu3_1': 1, 'relu2_1': 2, 'relu1_1': 4}  # their pixels per LR pixel
