@@ -37,6 +37,22 @@ def test_stage3_trains_the_restoration_only(tmp_path, cufed_root):
         assert torch.equal(first[key], last[key]) == frozen or 'conv_offset_mask' in key, key
     assert all(torch.isfinite(v).all() for v in last.values())
 
+    # test.py on CUFED5 (references of other sizes than the HR: padded to a common size), with a memory budget
+    from extracter import test as test_entry
+
+    test = load_yaml(str(REPO / 'options' / 'test' / 'test_C2_matching.yml'))
+    test['network_g'].update(ngf=8, n_blocks=1)
+    test['datasets']['test_1']['dataroot'] = str(cufed_root / 'test' / 'CUFED5')
+    test['path']['pretrain_network_g'] = str(models / 'net_g_3.pth')
+    test['val']['max_memory'] = '1G'
+    test_path = tmp_path / 'test_c2.yml'
+    test_path.write_text(yaml.safe_dump(test, sort_keys=False))
+    test_entry.test_pipeline(str(REPO), ['-opt', str(test_path), '--root_path', str(tmp_path)])
+    results = tmp_path / 'results' / 'C2_matching_gan'
+    rows = (results / 'metrics_CUFED5_L1.csv').read_text().splitlines()
+    assert len(rows) == 1 + 3 + 1 and rows[-1].startswith('mean')  # header, three images, the mean
+    assert len(list((results / 'visualization' / 'CUFED5_L1').glob('*.png'))) == 3
+
 
 def test_original_option_layout_is_refused_in_one_line(tmp_path):
     from extracter.options.schema import validate_options
