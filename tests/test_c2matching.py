@@ -229,3 +229,15 @@ def test_convert_official_cli_reads_the_original_files(tmp_path, converted, caps
     student = tmp_path / 'student.pth'
     again = C2Matching(ngf=16, n_blocks=2, groups=8, vgg_init='random', contras_path=str(student))
     assert all(torch.equal(v, net.contras.state_dict()[k]) for k, v in again.contras.state_dict().items())
+
+
+def test_reference_keys_in_tiles_equal_untiled(tiny):
+    from extracter.archs.c2_matching_arch import encode_tiled
+
+    net, _, _ = tiny
+    x = torch.rand(1, 3, 136, 104)
+    with torch.no_grad():
+        whole = net.contras.feature_extraction_image2(x)
+        tiled = encode_tiled(net.contras.feature_extraction_image2, x, 32)
+    assert tiled.shape == whole.shape == (1, 256, 34, 26)
+    assert float((whole - tiled).abs().max()) < 1e-5

@@ -15,6 +15,7 @@ does).
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from torch import nn
 
 from extracter.archs.c2_matching.contras_extractor import ContrasExtractorSep
 from extracter.archs.c2_matching.correspondence import correspondence, index_to_flow, pre_offsets
@@ -28,7 +29,7 @@ from extracter.archs.refsr_base import (
     as_reference_list,
     check_image_pair,
 )
-from extracter.archs.vgg import ExtractorInit, TextureExtractor
+from extracter.archs.vgg import ENCODE_ALIGN, ENCODE_MARGIN, ExtractorInit, TextureExtractor
 from extracter.registry import ARCH_REGISTRY
 from extracter.search import SearchSpec
 
@@ -53,6 +54,30 @@ def read_c2_options(state: StateDict) -> Dict[str, Any]:
     groups = int(state['restoration.dyn_agg_restore.large_dyn_agg.conv_offset_mask.weight'].shape[0]) // 27
     return {'type': 'C2Matching', 'ngf': int(state[key].shape[0]),
             'n_blocks': count_indexed(state, 'restoration.content_extractor.body'), 'groups': groups}
+
+
+def encode_tiled(layer: nn.Module, x: torch.Tensor, tile_size: Optional[int]) -> torch.Tensor:
+    """``layer(x)`` (a contrastive branch: VGG-16 to conv3_1, 1/4 of ``x``'s size) in tiles of ``tile_size`` input
+    pixels with :data:`ENCODE_MARGIN` of context (VGG-16 and VGG-19 are alike up to conv3_1: the margin of
+    ``TextureExtractor.encode_tiled``), written into one tensor: one tile's transient memory, the untiled result up
+    to float rounding. Untiled when ``tile_size`` is None, the image fits one tile, or its sides are not multiples
+    of 4."""
+    n, _, h, w = x.shape
+    if tile_size is None or (h <= tile_size and w <= tile_size) or h % ENCODE_ALIGN or w % ENCODE_ALIGN:
+        return layer(x)
+    size = max(ENCODE_ALIGN, tile_size // ENCODE_ALIGN * ENCODE_ALIGN)
+    pad = -(-ENCODE_MARGIN // ENCODE_ALIGN) * ENCODE_ALIGN
+    out: Optional[torch.Tensor] = None
+    for y0 in range(0, h, size):
+        y1, iy0, iy1 = min(h, y0 + size), max(0, y0 - pad), min(h, y0 + size + pad)
+        for x0 in range(0, w, size):
+            x1, ix0, ix1 = min(w, x0 + size), max(0, x0 - pad), min(w, x0 + size + pad)
+            feat = layer(x[:, :, iy0:iy1, ix0:ix1])
+            if out is None:
+                out = feat.new_empty(n, feat.size(1), h // 4, w // 4)
+            out[:, :, y0 // 4:y1 // 4, x0 // 4:x1 // 4] = feat[:, :, (y0 - iy0) // 4:(y1 - iy0) // 4,
+                                                              (x0 - ix0) // 4:(x1 - ix0) // 4]
+    return out
 
 
 @ARCH_REGISTRY.register()
@@ -137,12 +162,13 @@ class C2Matching(RefSRNet):
 
     def encode_search_keys(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
                            tile_size: Optional[int] = None) -> torch.Tensor:
-        """The reference's contrastive features (the second branch sees the reference itself, not a down-up copy)."""
-        return self.contras.feature_extraction_image2(ref)
+        """The reference's contrastive features (the second branch sees the reference itself, not a down-up copy),
+        in tiles of ``tile_size`` reference pixels when given (:func:`encode_tiled`)."""
+        return encode_tiled(self.contras.feature_extraction_image2, ref, tile_size)
 
     def encode_keys(self, ref: torch.Tensor, ref_downup: Optional[torch.Tensor] = None,
                     tile_size: Optional[int] = None, spec: Optional[SearchSpec] = None) -> ReferenceFeatures:
-        return ReferenceFeatures(self.encode_search_keys(ref), None, None, None)
+        return ReferenceFeatures(self.encode_search_keys(ref, None, tile_size), None, None, None)
 
     def search_features(self, lr_up: torch.Tensor) -> torch.Tensor:
         """The upsampled LR's contrastive features (conv3_1 of the first branch), at the LR size."""

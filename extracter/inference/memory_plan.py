@@ -357,27 +357,28 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
 # float32, estimates from the tensors each phase holds (not yet measured; docs/architecture.md "C2-Matching"):
 OWN_KEYS_PER_REF_PX = FLOAT * 256 // 16  # the reference's contrastive conv3_1 (256 channels at 1/4 x 1/4)
 OWN_VGG_PEAK_PER_PX = 1300  # a VGG-16/19 pass to conv3_1/relu3_1, per input pixel (as ENCODE_PEAK_PER_TILE_PX)
-OWN_PATCHES_PER_KEY = FLOAT * 256 * 9 * 2  # the reference's 3x3 patches, and their normalised copy
+OWN_PATCHES_PER_KEY = FLOAT * 256 * 9 * 2  # a block's 3x3 reference patches, and their normalised copy
 OWN_KEY_CHUNKS = (8192, 4096, 2048, 1024, 512, 256)  # reference patches per correlation block, largest first
 
 
 def own_search_estimate(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], key_chunk: int,
                         tile: Optional[Tuple[int, int]] = None) -> Dict[str, int]:
     """Estimated bytes, by phase, of one inference (batch 1) of an own-search network on padded sizes (the reference
-    at the output's size): the keys (VGG-16 of the reference), the correspondence (the LR's features, the reference
-    patches, one correlation block of ``key_chunk`` patches x the LR's pixels), the textures (VGG-19 relu1_1..3_1 of
-    the reference, kept whole: the deformable convolutions sample anywhere in them) and the restoration, untiled or
-    one tile (``descriptor.main_maps_per_lr_px`` ngf-channel x4 maps per LR pixel)."""
+    at the output's size): the keys (VGG-16 of the reference, in tiles), the correspondence (the LR's features, one
+    block of ``key_chunk`` reference patches and its correlation with the LR's pixels), the textures (VGG-19
+    relu1_1..3_1 of the reference, kept whole: the deformable convolutions sample anywhere in them) and the
+    restoration, untiled or one tile (``descriptor.main_maps_per_lr_px`` ngf-channel x4 maps per LR pixel)."""
     lr_px, ref_px = lr_hw[0] * lr_hw[1], ref_hw[0] * ref_hw[1]
     weights = FLOAT * sum(p.numel() for p in net.parameters())
     keys = OWN_KEYS_PER_REF_PX * ref_px
     textures = TEXTURES_PER_REF_PX['stored'] * ref_px
     th, tw = lr_hw if tile is None else (min(lr_hw[0], tile[0] + 2 * tile[1]), min(lr_hw[1], tile[0] + 2 * tile[1]))
     query_vgg = OWN_VGG_PEAK_PER_PX * 16 * (lr_px if tile is None else th * tw)
-    search = (FLOAT * 256 * lr_px * 2 + OWN_PATCHES_PER_KEY * lr_px + 2 * FLOAT * min(key_chunk, lr_px) * lr_px)
+    block = min(key_chunk, lr_px)  # reference patches per correlation block (there are about lr_px of them)
+    search = FLOAT * 256 * lr_px * 2 + OWN_PATCHES_PER_KEY * block + 2 * FLOAT * block * lr_px
     main = int(FLOAT * th * tw * 16 * net.n_feats * descriptor_of(net).main_maps_per_lr_px)
-    encode_tile = min(ref_px, (ENCODE_TILE + 2 * ENCODE_MARGIN) ** 2)  # VGG-19 in tiles; the VGG-16 keys untiled
-    parts = {'weights': weights, 'keys_peak': keys + OWN_VGG_PEAK_PER_PX * ref_px,
+    encode_tile = min(ref_px, (ENCODE_TILE + 2 * ENCODE_MARGIN) ** 2)  # the VGG-16 keys and VGG-19 in tiles
+    parts = {'weights': weights, 'keys_peak': keys + ENCODE_PEAK_PER_TILE_PX * encode_tile,
              'search_peak': keys + max(query_vgg, search),
              'encode_peak': textures + ENCODE_PEAK_PER_TILE_PX * encode_tile,
              'main_peak': textures + main + FLOAT * 3 * 16 * lr_px}

@@ -24,24 +24,29 @@ SHIFTS = tuple((i, j) for i in range(PATCH) for j in range(PATCH))  # the 9 kern
 LEVEL_FACTORS = {'relu3_1': 1, 'relu2_1': 2, 'relu1_1': 4}
 
 
-def _patches(feat: torch.Tensor) -> torch.Tensor:
-    """[C, h, w] -> the (h-2)(w-2) row-major 3x3 patches as conv weights [P, C, 3, 3]."""
-    c = feat.size(0)
-    return feat.unfold(1, PATCH, 1).unfold(2, PATCH, 1).reshape(c, -1, PATCH, PATCH).permute(1, 0, 2, 3)
+def _patch_block(feat: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """The 3x3 patches ``start .. stop - 1`` of ``feat`` [C, H, W] (row-major over its (H-2) x (W-2) grid) as conv
+    weights [P, C, 3, 3], copying only the rows they lie in (not all patches, 9x the map, at once)."""
+    c, _, width = feat.shape
+    gw = width - PATCH + 1
+    y0, y1 = start // gw, -(-stop // gw)
+    rows = feat[:, y0:y1 + PATCH - 1].unfold(1, PATCH, 1).unfold(2, PATCH, 1)  # [C, y1 - y0, gw, 3, 3]
+    rows = rows.reshape(c, -1, PATCH, PATCH).permute(1, 0, 2, 3)
+    return rows[start - y0 * gw:stop - y0 * gw]
 
 
 def match_one(feat_in: torch.Tensor, feat_ref: torch.Tensor, block: int = 8192) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-1 match of one LR feature map [C, h, w] against one reference map [C, H, W] (both unnormalised):
     (index [(h-2), (w-2)] of the reference patch, row-major over its (H-2) x (W-2) grid; its score). ``block``:
-    reference patches per correlation (memory: block x h x w floats; the result does not depend on it; the original
-    uses 512 Mi / (h w))."""
+    reference patches per correlation (memory: block x h x w floats and the block's patches; the result does not
+    depend on it; the original uses 512 Mi / (h w))."""
     c, h, w = feat_in.shape
     feat_in = F.normalize(feat_in.reshape(c, -1), dim=0).view(c, h, w)
     feat_ref = F.normalize(feat_ref.reshape(c, -1), dim=0).view_as(feat_ref)
-    keys = _patches(feat_ref)
+    n_keys = (feat_ref.size(1) - PATCH + 1) * (feat_ref.size(2) - PATCH + 1)
     best_val = best_idx = None
-    for start in range(0, keys.size(0), block):
-        k = keys[start:start + block]
+    for start in range(0, n_keys, block):
+        k = _patch_block(feat_ref, start, min(n_keys, start + block))
         k = k / (k.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1) + NORM_EPS)
         val, idx = F.conv2d(feat_in.unsqueeze(0), k).squeeze(0).max(dim=0)
         if best_val is None:
@@ -50,8 +55,10 @@ def match_one(feat_in: torch.Tensor, feat_ref: torch.Tensor, block: int = 8192) 
             better = val > best_val
             best_val = torch.where(better, val, best_val)
             best_idx = torch.where(better, idx + start, best_idx)
-    query_norm = _patches(feat_in).flatten(1).norm(p=2, dim=1).view(h - PATCH + 1, w - PATCH + 1) + NORM_EPS
-    return best_idx, best_val / query_norm
+    # each LR patch's norm: the 3x3 window sums of the per-pixel squared norms (not the patches themselves)
+    squares = feat_in.pow(2).sum(0).view(1, 1, h, w)
+    query_norm = F.conv2d(squares, squares.new_ones(1, 1, PATCH, PATCH)).view(h - PATCH + 1, w - PATCH + 1)
+    return best_idx, best_val / (query_norm.sqrt() + NORM_EPS)
 
 
 def correspondence(feat_in: torch.Tensor, feat_ref: torch.Tensor, block: int = 8192
