@@ -37,6 +37,10 @@ from extracter.search import SearchSpec
 # released ones will state it). Conservative: the restoration net has ~70 3x3 convolutions at the LR's scale (a
 # theoretical reach of ~100 LR pixels with the x2/x4 stages), EXTRACTER's comparable depth measured 8.
 C2_MIN_TILE_PAD = 32
+# The planner's profile: the restoration's activations per LR pixel in ngf-channel x4 maps (the deformable
+# convolutions' columns, offsets and masks dominate at relu1_1), from the RSS peak of an untiled 384 px output on CPU
+# (1.02 GiB working memory, one thread) +10%; to be confirmed by benchmarks/benchmark_archs.py on an idle machine.
+C2_MAIN_MAPS_PER_LR_PX = 30.0
 # the correspondence's grid, stated as a search geometry: 3x3 patches, stride 1, one result per LR feature pixel
 C2_SPEC = SearchSpec(method='dense', window=3, stride=1, padding=1)
 
@@ -82,7 +86,8 @@ def encode_tiled(layer: nn.Module, x: torch.Tensor, tile_size: Optional[int]) ->
 
 @ARCH_REGISTRY.register()
 @describe(
-    uses_reference=True, scale=SCALE, multiples=c2_multiples, min_tile_pad=C2_MIN_TILE_PAD, main_maps_per_lr_px=40.0,
+    uses_reference=True, scale=SCALE, multiples=c2_multiples, min_tile_pad=C2_MIN_TILE_PAD,
+    main_maps_per_lr_px=C2_MAIN_MAPS_PER_LR_PX,
     feature_extractor='vgg', feature_extractor_init='vgg_init', adjustable_geometry=False, own_search=True,
     reference_size='output', read_options=read_c2_options,
     not_detected=(('vgg_requires_grad, contras_requires_grad', 'training only, not stored: constructor defaults'),),
