@@ -32,6 +32,7 @@ from extracter.archs.refsr_base import (
 from extracter.archs.vgg import ENCODE_ALIGN, ENCODE_MARGIN, ExtractorInit, TextureExtractor
 from extracter.registry import ARCH_REGISTRY
 from extracter.search import SearchSpec
+from extracter.utils.malloc import trim_freed_memory
 
 # The tile padding: not measured on trained weights (none are available here; benchmarks/measure_tile_pad.py on the
 # released ones will state it). Conservative: the restoration net has ~70 3x3 convolutions at the LR's scale (a
@@ -223,6 +224,8 @@ class C2Matching(RefSRNet):
         ref_feat = {'relu1_1': ref.lv1, 'relu2_1': ref.lv2, 'relu3_1': ref.lv3}
         whole = origin is None or (tuple(ref.lv3.shape[-2:]) == (h, w))
         sr = self.restoration(lr, pre_offsets(flow), ref_feat, None if whole else origin)
+        if not whole and not torch.is_grad_enabled():  # a tile: its many mid-size blocks would fragment the heap
+            trim_freed_memory()
         if return_aux:
             return {'sr': sr, 'scores': search[0], 'index': search[1]}
         return sr
