@@ -33,6 +33,7 @@ TINY = {
     'TTSR': dict(num_res_blocks='1+1+1+0', n_feats=6, lte_init='random'),
     'DRCT': dict(upscale=2, img_size=16, window_size=8, embed_dim=12, gc=6, depths=[1], num_heads=[2], mlp_ratio=2,
                  upsampler='pixelshuffle'),
+    'C2Matching': dict(ngf=8, n_blocks=1, groups=4, vgg_init='random'),
 }
 VARIANTS = {
     'Extracter': TINY['Extracter'],
@@ -41,6 +42,7 @@ VARIANTS = {
     'DRCT x2': TINY['DRCT'],
     'DRCT x3 window 4': dict(TINY['DRCT'], upscale=3, window_size=4),
     'DRCT x4 img_size below the window': dict(TINY['DRCT'], upscale=4, img_size=6),
+    'C2Matching': TINY['C2Matching'],
 }
 
 
@@ -96,10 +98,12 @@ def test_facts_agree_with_a_built_network(variant):
     assert descriptor.uses_reference == ('ref' in inspect.signature(net.forward).parameters)
     assert descriptor.uses_reference == isinstance(net, RefSRNet)
     lr_mult = net.size_multiples()[0]
-    lr = torch.rand(1, 3, 2 * lr_mult, 3 * lr_mult)
+    at_output = descriptor.reference_size == 'output'  # the reference at the output's size (C2-Matching)
+    lr = torch.rand(1, 3, (3 if at_output else 2) * lr_mult, 4 * lr_mult)
     with torch.no_grad():
         if descriptor.uses_reference:
-            sr = net(lr, torch.rand(1, 3, 4 * lr_mult, 8 * lr_mult))
+            ref_hw = (4 * lr.shape[-2], 4 * lr.shape[-1]) if at_output else (4 * lr_mult, 8 * lr_mult)
+            sr = net(lr, torch.rand(1, 3, *ref_hw))
         else:
             sr = net(lr)
     assert sr.shape[-2:] == (descriptor.scale_for(options) * lr.shape[-2], descriptor.scale_for(options) * lr.shape[-1])
@@ -111,6 +115,11 @@ def test_facts_agree_with_a_built_network(variant):
         assert net.feature_extractor() is getattr(net, descriptor.feature_extractor)
         assert weights_options[descriptor.feature_extractor_init] == 'random'
         assert net.min_tile_pad == descriptor.min_tile_pad and descriptor.main_maps_per_lr_px > 0
+        if descriptor.own_search:  # the correspondence is the network's own stage, with one geometry
+            with pytest.raises(ValueError, match='fixed correspondence'):
+                net.set_search_geometry(6, 2, 2)
+            assert net.default_search_spec.geometry == (3, 1, 1)
+            return
         st = net.search_transfer
         if descriptor.adjustable_geometry:
             net.set_search_geometry(6, 2, 2)
@@ -141,6 +150,9 @@ def random_options(name: str, rng: random.Random) -> dict:
     if name == 'TTSR':
         return dict(num_res_blocks=[rng.randint(0, 2) for _ in range(4)], n_feats=rng.choice([4, 6, 8]),
                     lte_init='random')
+    if name == 'C2Matching':
+        return dict(ngf=rng.choice([4, 8]), n_blocks=rng.randint(1, 2), groups=rng.choice([1, 2, 4]),
+                    vgg_init='random')
     heads = rng.choice([2, 3])
     return dict(TINY['DRCT'], upscale=rng.choice([2, 3, 4]), embed_dim=6 * heads, gc=heads * rng.randint(1, 3),
                 depths=[1] * rng.randint(1, 2), num_heads=[heads] * 2, window_size=rng.choice([4, 8]),
@@ -152,6 +164,7 @@ DETECTED = {
     'Extracter': ('num_res_blocks', 'num_grad_blocks', 'n_feats', 'top_k'),
     'TTSR': ('num_res_blocks', 'n_feats'),
     'DRCT': ('upscale', 'embed_dim', 'gc', 'window_size', 'img_size', 'mlp_ratio', 'upsampler'),
+    'C2Matching': ('ngf', 'n_blocks', 'groups'),
 }
 
 

@@ -141,6 +141,13 @@ def model_entry(weights: Path, label: Optional[str] = None) -> ModelEntry:
     return ModelEntry(name, weights, str(arch), descriptor.uses_reference)
 
 
+def _one_reference(entry: ModelEntry) -> bool:
+    """Whether the model's correspondence search is its own stage (C2-Matching): one reference per image."""
+    from extracter.archs.descriptor import descriptor_of
+
+    return descriptor_of(entry.arch).own_search
+
+
 def arch_read_off_weights(weights: Path) -> Optional[str]:
     """The architecture of a checkpoint without a YAML where its state dict tells it (as ``infer.py`` loads it:
     :func:`extracter.inference.network.options_from_weights`); None if it cannot be read or told."""
@@ -568,6 +575,9 @@ class JobRunner:
                     notes.append(f'{_cap(label)} ({rw} x {rh}) is smaller than the photo to enlarge ({w} x {h}): it '
                                  'can give little detail; a reference about 4 times as wide works best.')
                 refs.append(ref)
+            if len(refs) > 1 and _one_reference(entry):
+                raise JobError(f'The model {entry.label} ({entry.arch}) takes one reference photo per photo to '
+                               f'enlarge; {len(refs)} were given. Keep the best one, or choose another model.')
 
         report(Progress(f'loading the model {entry.label}', 0.04))
         net = self._network(entry)

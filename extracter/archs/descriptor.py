@@ -27,6 +27,8 @@ CONVERTER_FORMATS: Dict[str, str] = {
     'extracter-official': 'the original EXTRACTER code (SR.*, FE.*)',
     'ttsr-official': 'the original TTSR code (MainNet.*, LTE.*)',
     'mmagic-ttsr': "OpenMMLab mmagic / mmediting's TTSR (generator.*, extractor.*)",
+    'c2matching-official': 'the original C2-Matching code (net_g: content_extractor.*, dyn_agg_restore.*; '
+                           'net_extractor / teacher / student: feature_extraction_image1/2.*)',
 }
 
 _DESCRIPTORS: Dict[str, 'ArchDescriptor'] = {}
@@ -62,6 +64,11 @@ class ArchDescriptor:
             when a complete checkpoint is loaded: :meth:`options_for_weights`).
         converters: the official checkpoint formats the converters turn into this architecture (keys of
             :data:`CONVERTER_FORMATS`); empty where none is needed (DRCT: the original's checkpoints load as they are).
+        own_search: the correspondence search is the network's own stage (C2-Matching), not a registered search
+            method: the search methods, ``auto``, the planner's search and several references do not apply.
+        reference_size: ``'any'`` (the search reads any reference size: EXTRACTER, TTSR) or ``'output'`` (the
+            network reads reference features at the output's own positions, so the reference must have the
+            output's size: C2-Matching; the inference engine zero-pads the LR and the reference to a common size).
     """
 
     name: str
@@ -78,11 +85,15 @@ class ArchDescriptor:
     not_detected: Tuple[Tuple[str, str], ...] = ()
     init_only_options: Tuple[str, ...] = ()
     converters: Tuple[str, ...] = ()
+    own_search: bool = False
+    reference_size: str = 'any'
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.converters if c not in CONVERTER_FORMATS]
         if unknown:
             raise ValueError(f'{self.name}: unknown converter formats {unknown} (known: {sorted(CONVERTER_FORMATS)})')
+        if self.reference_size not in ('any', 'output'):
+            raise ValueError(f"{self.name}: reference_size must be 'any' or 'output', got {self.reference_size!r}")
         if (self.feature_extractor is None) != (self.feature_extractor_init is None):
             raise ValueError(f'{self.name}: feature_extractor and feature_extractor_init go together')
 

@@ -19,6 +19,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from extracter.archs.descriptor import detect_options
+from extracter.convert.c2matching import HINT as C2_HINT
+from extracter.convert.c2matching import c2_part
 from extracter.convert.common import ConversionError, infer_network_options
 from extracter.convert.mmagic import convert_mmagic_state, is_mmagic_state
 
@@ -113,6 +115,10 @@ def convert_state_dict(raw, source: str = 'checkpoint') -> Tuple[Dict[str, torch
         mapped, options, notes = convert_mmagic_state(state, source)
         verify_strict_load(mapped, options, source)
         return mapped, options, notes
+    part = c2_part(state)
+    if part is not None:  # one of several files: convert_c2matching_files reads them together
+        raise ConversionError(f'{source}: the original C2-Matching {part}; it converts together with the other '
+                              f'part and the VGG-19 file: {C2_HINT}')
     arch = detect_arch(state, source)
     mapper = _map_extracter_key if arch == 'Extracter' else _map_ttsr_key
     notes: List[str] = []

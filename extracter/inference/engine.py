@@ -19,8 +19,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, check_image_pair, make_lr_up
-from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory
+from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory, plan_own_search
 from extracter.inference.options import InferenceOptions
 from extracter.inference.reference_cache import ReferenceCache
 from extracter.inference.tiling import round_tile, search_features_tiled, tile_loop, tile_pad_floor, tiled_forward
@@ -141,6 +142,35 @@ class _Cached:
         return self.cache.get('textures', key, encode, self.limit)
 
 
+def pad_to_common_size(lr: torch.Tensor, lr_up: Optional[torch.Tensor], ref: torch.Tensor
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """For a network that needs the reference at the output's size (``descriptor.reference_size == 'output'``:
+    C2-Matching): the LR (and ``lr_up``) and the reference zero-padded at the bottom/right to one common output size,
+    the larger of 4x the LR and the reference on each side, rounded up to a multiple of 4. The original test set pads
+    the HR and the reference so (and makes the LR from the padded HR); the result is cropped back to 4x the LR."""
+    h, w = lr.shape[-2:]
+    rh, rw = ref.shape[-2:]
+    th = -(-max(SCALE * h, rh) // SCALE) * SCALE
+    tw = -(-max(SCALE * w, rw) // SCALE) * SCALE
+    lr = F.pad(lr, (0, tw // SCALE - w, 0, th // SCALE - h))
+    lr_up = None if lr_up is None else F.pad(lr_up, (0, tw - SCALE * w, 0, th - SCALE * h))
+    return lr, lr_up, F.pad(ref, (0, tw - rw, 0, th - rh))
+
+
+def _own_search_inputs(net: RefSRNet, lr, lr_up, refs, search_mode: Optional[str]):
+    """The inputs of a network whose search is its own stage, with one reference at the output's size; refuses
+    what does not apply to it (a search method, several references)."""
+    name = type(net).__name__
+    if search_mode not in (None, 'auto'):
+        raise ValueError(f'search mode {search_mode!r} does not apply to {name}: its correspondence search is its '
+                         'own stage (leave the search mode unset or auto)')
+    if len(refs) != 1:
+        raise ValueError(f'{name} takes one reference per image (its restoration reads the reference at the '
+                         f'output\'s own positions), got {len(refs)}')
+    lr, lr_up, ref = pad_to_common_size(lr, lr_up, refs[0])
+    return lr, lr_up, [ref]
+
+
 def _search_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, tile_size: Optional[int],
                   stage: Optional[Callable[[str], None]], cached: Optional[_Cached] = None):
     """Phases 1-2: the search keys of every reference (VGG-19 in tiles: one tile's transient memory; from the
@@ -251,6 +281,10 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
     for r, du in zip(refs, refs_du):
         check_image_pair(lr, r, lr_up, du)
     h, w = lr.shape[-2:]
+    own_search = descriptor_of(net).own_search
+    if own_search:
+        lr, lr_up, refs = _own_search_inputs(net, lr, lr_up, refs, search_mode)
+        refs_du = [None]
     tile_t, plan_pad = _tile_request(tile, max_memory)
     spec = net.search_spec(search_spec, geometry=search_geometry, chunk_size=chunk_size,
                            key_chunk_size=key_chunk_size, approximate=approximate)
@@ -264,10 +298,18 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
         del refs_du
         # a whole spec given asks for its method (a budget then keeps it), as search_mode would
         requested = search_spec.method if search_mode is None and search_spec is not None else search_mode
-        choice = choose_search(spec, requested, inp.lr_hw, inp.ref_sizes, budgeted=max_memory is not None)
-        spec = choice.spec
+        if own_search:
+            search_used = f'{type(net).__name__}: its own correspondence search'
+        else:
+            choice = choose_search(spec, requested, inp.lr_hw, inp.ref_sizes, budgeted=max_memory is not None)
+            spec, search_used = choice.spec, choice.describe()
         plan: Optional[MemoryPlan] = None
-        if max_memory is not None:
+        if max_memory is not None and own_search:
+            plan = plan_own_search(net, inp.lr_hw, inp.ref_sizes[0], max_memory, tile=tile_t, tile_pad=plan_pad)
+            spec = spec.replace(key_chunk_size=plan.key_chunk_size)
+            if plan.tile_size is not None:
+                tile_t = (plan.tile_size, plan.tile_pad)
+        elif max_memory is not None:
             sizes = inp.ref_sizes
             plan_ref_hw = sizes[0] if len(sizes) == 1 else equivalent_ref_hw(sizes, multiples[1])
             plan = plan_memory(net, inp.lr_hw, plan_ref_hw, max_memory, tile=tile_t, search_mode=spec.method,
@@ -284,7 +326,7 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
     if return_aux:
         return RefSRResult(sr=sr, scores=search[0], index=search[1], lr_grid=spec.grid_size(*inp.lr_hw),
                            ref_grids=ref_grids, patch_counts=patch_counts, padded_lr_hw=inp.lr_hw,
-                           padded_ref_hw=inp.ref_sizes, plan=plan, search_used=choice.describe(), spec=spec)
+                           padded_ref_hw=inp.ref_sizes, plan=plan, search_used=search_used, spec=spec)
     return (sr, plan) if return_plan else sr
 
 

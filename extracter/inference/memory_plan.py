@@ -47,6 +47,7 @@ LR_VGG_PEAK_PER_LR_PX = 16 * 1300  # the untiled LR query features: VGG-19 of th
 TEXTURE_FLOATS_PER_LR_PX = 64 * 16 + 128 * 4 + 256  # T_lv1 + T_lv2 + T_lv3 per rank
 MIN_CHUNK, MIN_KEY_CHUNK = 256, 512
 DEFAULT_TILE_PAD = 16
+OWN_SEARCH = 'own'  # MemoryPlan.search_mode of a network whose search is its own stage (plan_own_search)
 _UNITS = {'': 1, 'B': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
 
 
@@ -128,9 +129,11 @@ class MemoryPlan:
             saved = self.parts.get('lv1_saved', 0)
             lv1 = (f', relu1_1 recomputed from the reference image (to fit: saves {format_bytes(saved)}, '
                    'same result)')
-        return (f'{self.search_mode} search (chunk {self.chunk_size} x {self.key_chunk_size} patches, '
-                f'cached keys: {self.cache_keys}), {tile}{lv1}; estimated peak {format_bytes(self.estimate)} of '
-                f'{format_bytes(self.budget)}')
+        search = (f'own correspondence search (blocks of {self.key_chunk_size} reference patches)'
+                  if self.search_mode == OWN_SEARCH else
+                  f'{self.search_mode} search (chunk {self.chunk_size} x {self.key_chunk_size} patches, '
+                  f'cached keys: {self.cache_keys})')
+        return f'{search}, {tile}{lv1}; estimated peak {format_bytes(self.estimate)} of {format_bytes(self.budget)}'
 
 
 def _grid(n: int, k: int, s: int, p: int) -> int:
@@ -348,3 +351,56 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
         return MemoryPlan(budget, mode, chunk, key_chunk, cache, None if t is None else t[0],
                           0 if t is None else t[1], parts['total'], parts, lv1)
     raise _refuse(spec, lr_hw, ref_hw, budget, mode, tile, candidates, storages, n_refs)
+
+
+# A network whose correspondence search is its own stage (descriptor.own_search: C2-Matching). Bytes per pixel,
+# float32, estimates from the tensors each phase holds (not yet measured; docs/architecture.md "C2-Matching"):
+OWN_KEYS_PER_REF_PX = FLOAT * 256 // 16  # the reference's contrastive conv3_1 (256 channels at 1/4 x 1/4)
+OWN_VGG_PEAK_PER_PX = 1300  # a VGG-16/19 pass to conv3_1/relu3_1, per input pixel (as ENCODE_PEAK_PER_TILE_PX)
+OWN_PATCHES_PER_KEY = FLOAT * 256 * 9 * 2  # a block's 3x3 reference patches, and their normalised copy
+OWN_KEY_CHUNKS = (8192, 4096, 2048, 1024, 512, 256)  # reference patches per correlation block, largest first
+
+
+def own_search_estimate(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], key_chunk: int,
+                        tile: Optional[Tuple[int, int]] = None) -> Dict[str, int]:
+    """Estimated bytes, by phase, of one inference (batch 1) of an own-search network on padded sizes (the reference
+    at the output's size): the keys (VGG-16 of the reference, in tiles), the correspondence (the LR's features, one
+    block of ``key_chunk`` reference patches and its correlation with the LR's pixels), the textures (VGG-19
+    relu1_1..3_1 of the reference, kept whole: the deformable convolutions sample anywhere in them) and the
+    restoration, untiled or one tile (``descriptor.main_maps_per_lr_px`` ngf-channel x4 maps per LR pixel)."""
+    lr_px, ref_px = lr_hw[0] * lr_hw[1], ref_hw[0] * ref_hw[1]
+    weights = FLOAT * sum(p.numel() for p in net.parameters())
+    keys = OWN_KEYS_PER_REF_PX * ref_px
+    textures = TEXTURES_PER_REF_PX['stored'] * ref_px
+    th, tw = lr_hw if tile is None else (min(lr_hw[0], tile[0] + 2 * tile[1]), min(lr_hw[1], tile[0] + 2 * tile[1]))
+    query_vgg = OWN_VGG_PEAK_PER_PX * 16 * (lr_px if tile is None else th * tw)
+    block = min(key_chunk, lr_px)  # reference patches per correlation block (there are about lr_px of them)
+    search = FLOAT * 256 * lr_px * 2 + OWN_PATCHES_PER_KEY * block + 2 * FLOAT * block * lr_px
+    main = int(FLOAT * th * tw * 16 * net.n_feats * descriptor_of(net).main_maps_per_lr_px)
+    encode_tile = min(ref_px, (ENCODE_TILE + 2 * ENCODE_MARGIN) ** 2)  # the VGG-16 keys and VGG-19 in tiles
+    parts = {'weights': weights, 'keys_peak': keys + ENCODE_PEAK_PER_TILE_PX * encode_tile,
+             'search_peak': keys + max(query_vgg, search),
+             'encode_peak': textures + ENCODE_PEAK_PER_TILE_PX * encode_tile,
+             'main_peak': textures + main + FLOAT * 3 * 16 * lr_px}
+    parts['total'] = weights + max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'], parts['main_peak'])
+    return parts
+
+
+def plan_own_search(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
+                    tile: Optional[Tuple[int, int]] = None, tile_pad: int = DEFAULT_TILE_PAD) -> MemoryPlan:
+    """:func:`plan_memory` for an own-search network: the largest correlation block and the least tiling that fit
+    (``tile``: a requested (tile_size, tile_pad), kept). The search is never tiled (it runs once on the whole LR);
+    the restoration is."""
+    budget = parse_memory(max_memory)
+    candidates = [tile] if tile is not None else [None] + tile_candidates(lr_hw, 1, tile_pad)
+    for t in candidates:
+        for key_chunk in OWN_KEY_CHUNKS:
+            parts = own_search_estimate(net, lr_hw, ref_hw, key_chunk, t)
+            if parts['total'] <= budget:
+                return MemoryPlan(budget, OWN_SEARCH, 0, key_chunk, False, None if t is None else t[0],
+                                  0 if t is None else t[1], parts['total'], parts)
+    smallest = min(candidates[1:], key=lambda c: c[0]) if tile is None and len(candidates) > 1 else candidates[-1]
+    need = own_search_estimate(net, lr_hw, ref_hw, OWN_KEY_CHUNKS[-1], smallest)
+    raise MemoryBudgetError(f'max_memory={format_bytes(budget)} cannot hold {type(net).__name__} on a '
+                            f'{lr_hw[1]}x{lr_hw[0]} LR (padded) with its {ref_hw[1]}x{ref_hw[0]} reference: it needs '
+                            f'about {format_bytes(need["total"])} at the smallest tiles; raise max_memory')

@@ -127,13 +127,17 @@ def tiled_forward(net: RefSRNet, lr: torch.Tensor, lr_up: torch.Tensor,
     scores = flat_scores.view(n, top_k, gh, gw)
     index = flat_index.view(n, top_k, gh, gw)
 
+    # a network that reads the reference at the output's own positions is told where the tile is
+    placed = descriptor_of(net).reference_size == 'output'
+
     def run_tile(iy0: int, iy1: int, ix0: int, ix1: int) -> torch.Tensor:
         # the tile's own patch grid is a window of the whole LR's (tile bounds are multiples of the stride)
         th, tw = spec.grid_size(iy1 - iy0, ix1 - ix0)
         py, px = iy0 // s, ix0 // s
         search = (scores[:, :, py:py + th, px:px + tw].reshape(n, top_k, -1),
                   index[:, :, py:py + th, px:px + tw].reshape(n, top_k, -1))
-        return net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search, spec=spec)
+        where = {'origin': (iy0, ix0)} if placed else {}
+        return net.forward_features(lr[:, :, iy0:iy1, ix0:ix1], None, refs, search=search, spec=spec, **where)
 
     out = tile_loop(lr, SCALE, tile_size, tile_pad, net.size_multiples(spec)[0], run_tile, progress)
     return (out, (flat_scores, flat_index)) if return_search else out

@@ -425,6 +425,23 @@ def _validate_val(val: Any, source: str) -> InferenceOptions:
         raise OptionError(_where(source, str(err))) from None
 
 
+C2_ORIGINAL_HINT = ('one network_g {type: C2Matching, ngf, n_blocks, groups} with a converted checkpoint (python '
+                    'scripts/convert_official.py RESTORATION.pth --extractor EXTRACTOR.pth -o c2matching.pth); see '
+                    'options/test/test_C2_matching.yml')
+
+
+def _refuse_c2_original(opt: Dict[str, Any], source: str) -> None:
+    """The original C2-Matching code's option layout (three networks, its path keys) in one line."""
+    found = [k for k in ('network_map', 'network_extractor') if k in opt]
+    found += [f'path.{k}' for k in (opt.get('path') or {}) if k.startswith('pretrain_model_')]
+    if isinstance(opt.get('network_g'), dict) and opt['network_g'].get('type') in ('RestorationNet',
+                                                                                      'CorrespondenceGenerationArch'):
+        found.append(f"network_g.type {opt['network_g']['type']}")
+    if found:
+        raise OptionError(_where(source, f"{', '.join(found)}: options of the original C2-Matching code; here "
+                                         + C2_ORIGINAL_HINT))
+
+
 def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', check_files: bool = True) -> None:
     """Check every key, type and range and (``check_files``) the files the options name; raise :class:`OptionError`
     on the first problem."""
@@ -433,6 +450,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
         raise OptionError(_where(source, 'the option file must hold a mapping at the top level'))
     if 'tile' in opt:  # the original DRCT's place for it
         raise OptionError(_where(source, 'tile: the tile options live under val (val.tile: {tile_size, tile_pad})'))
+    _refuse_c2_original(opt, source)
     check_keys(opt, TOP_KEYS, '', source)
     for key in ('name', 'model_type', 'network_g', 'datasets'):
         if key not in opt:

@@ -103,12 +103,20 @@ def strip_module_prefix(state: Dict[str, Any]) -> Dict[str, Any]:
 
 
 CONVERT_HINT = 'python scripts/convert_official.py {path} -o converted.pth'
+C2_CONVERT_HINT = ('python scripts/convert_official.py RESTORATION.pth --extractor EXTRACTOR.pth '
+                   '[--vgg19 vgg19_canonical.pth] -o converted.pth')
 
 
 def original_layout(state: Dict[str, Any]) -> Optional[str]:
-    """'EXTRACTER', 'TTSR' or 'mmagic TTSR' when ``state``'s keys have the original code's layout (SR.*/FE.*,
-    MainNet.*/LTE.*, generator.*/extractor.*; none of ours), else None."""
+    """'EXTRACTER', 'TTSR', 'mmagic TTSR' or 'C2-Matching ...' when ``state``'s keys have the original code's layout
+    (SR.*/FE.*, MainNet.*/LTE.*, generator.*/extractor.*; C2-Matching's restoration net content_extractor.* /
+    dyn_agg_restore.*, its contrastive extractor feature_extraction_image1/2.* with the mean/std buffers; none of
+    ours), else None."""
     heads = {str(k).split('.', 1)[0] for k in state}
+    if heads and heads <= {'content_extractor', 'dyn_agg_restore'}:
+        return 'C2-Matching (its restoration net)'
+    if 'feature_extraction_image1.mean' in state:
+        return 'C2-Matching (its contrastive extractor)'
     if heads & {'SR', 'FE'}:
         return 'EXTRACTER'
     if heads & {'MainNet', 'LTE'}:
@@ -122,8 +130,9 @@ def check_not_original(state: Dict[str, Any], source: str) -> None:
     """A checkpoint of the original code is refused with the command that converts it."""
     original = original_layout(state)
     if original is not None:
+        hint = C2_CONVERT_HINT if original.startswith('C2-Matching') else CONVERT_HINT.format(path=source)
         raise CheckpointError(f'{source} is a checkpoint of the original {original} code, not ours: convert it first '
-                              f'with {CONVERT_HINT.format(path=source)}')
+                              f'with {hint}')
 
 
 def network_state(ckpt: Any, source: str, param_key: Optional[str] = None,

@@ -33,3 +33,17 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _INT_MAX))
+
+
+def trim_freed_memory() -> bool:
+    """Give the memory glibc keeps after frees back to the system (``malloc_trim(0)``; a no-op returning False
+    elsewhere). For a loop of many mid-size allocations per step (C2-Matching's tiles: each below glibc's mmap
+    threshold, so they come from the heap and fragment it), which otherwise raises the RSS step after step above
+    what is in use (measured: 2.4 GiB RSS for 0.9 GiB in use after 90 tiles)."""
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
