@@ -25,7 +25,9 @@ from extracter.registry import ARCH_REGISTRY
 ROOT = Path(__file__).resolve().parents[1]
 
 # registered architectures without a descriptor, and why
-UNDESCRIBED = {'RefSRDiscriminator': "the WGAN-GP critic: a training loss' network, never loaded for inference"}
+UNDESCRIBED = {'RefSRDiscriminator': "the WGAN-GP critic: a training loss' network, never loaded for inference",
+               'ContrasExtractorSep': "C2-Matching's contrastive correspondence network: a part trained on its own "
+                                      '(stages 1-2), not an SR network'}
 
 # tiny options per family (and variants that change a fact: stride, scale, the window)
 TINY = {

@@ -48,12 +48,15 @@ from extracter.utils.option_checks import (
 from extracter.utils.option_checks import where as _where
 
 TOP_KEYS = {'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'network_g', 'network_d', 'path',
-            'train', 'val', 'logger', 'dist_params', 'find_unused_parameters', 'cudnn_benchmark'}
+            'network_teacher', 'train', 'val', 'logger', 'dist_params', 'find_unused_parameters', 'cudnn_benchmark'}
 PATH_KEYS = {'pretrain_network_g', 'strict_load_g', 'param_key_g', 'pretrain_network_d', 'strict_load_d',
-             'param_key_d', 'resume_state'}
+             'param_key_d', 'resume_state', 'pretrain_network_teacher', 'strict_load_teacher', 'param_key_teacher',
+             'init_vgg16'}
 TRAIN_KEYS = {'ema_decay', 'optim_g', 'optim_d', 'lr_fe', 'scheduler', 'total_iter', 'warmup_iter', 'rec_only_iter',
-              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters', 'nonfinite_patience'}
-LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt')
+              'pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'net_d_iters', 'nonfinite_patience',
+              'contrastive_opt'}
+LOSS_KEYS = ('pixel_opt', 'perceptual_opt', 'gradient_opt', 'gan_opt', 'contrastive_opt')
+SR_TRAIN_KEYS = ('optim_g', 'total_iter', 'pixel_opt')  # required unless the model states its own (REQUIRED_TRAIN_KEYS)
 VAL_OWN_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'protocols')  # besides tile, max_memory, search
 RENAMED_KEYS = {'val.search_geometry': 'val.search.window / val.search.stride / val.search.padding'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger'}
@@ -181,6 +184,8 @@ SCALARS: Dict[str, Tuple[type, Optional[float], Optional[float]]] = {
     'path.strict_load_d': (bool, None, None),
     'path.param_key_g': (str, None, None),
     'path.param_key_d': (str, None, None),
+    'path.strict_load_teacher': (bool, None, None),
+    'path.param_key_teacher': (str, None, None),
     'train.scheduler.gamma': (float, 0, None),
     'val.save_img': (bool, None, None),
     'val.pbar': (bool, None, None),
@@ -250,7 +255,7 @@ def _check_scalars(opt: Dict[str, Any], source: str) -> None:
 def _validate_networks(opt: Dict[str, Any], source: str, require: Callable) -> None:
     ARCH_REGISTRY = basicsr_registry('arch')
 
-    for net_key in ('network_g', 'network_d'):
+    for net_key in ('network_g', 'network_d', 'network_teacher'):
         if net_key in opt:
             _check_typed_block(opt[net_key], f'{net_key}.', source, _registry_lookup(ARCH_REGISTRY), 'architecture')
             require(opt[net_key].get('vgg19_path'), f'{net_key}.vgg19_path', source)
@@ -372,6 +377,16 @@ def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require:
         _require_keys(ds, ('batch_size_per_gpu', 'num_worker_per_gpu'), prefix, source)
 
 
+def _required_train_keys(opt: Dict[str, Any]) -> Tuple[str, ...]:
+    """The ``train`` keys the model needs: its own ``REQUIRED_TRAIN_KEYS`` (C2-Matching's contrastive stages), else
+    an SR model's (:data:`SR_TRAIN_KEYS`). An unknown ``model_type`` is left to the model builder."""
+    try:
+        model_cls = basicsr_registry('model').get(opt['model_type'])
+    except KeyError:
+        return SR_TRAIN_KEYS
+    return tuple(getattr(model_cls, 'REQUIRED_TRAIN_KEYS', SR_TRAIN_KEYS))
+
+
 def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None:
     LOSS_REGISTRY = basicsr_registry('loss')
 
@@ -383,7 +398,7 @@ def _validate_train(opt: Dict[str, Any], source: str, require: Callable) -> None
     if not isinstance(train, dict):
         raise OptionError(_where(source, 'train must be a mapping'))
     check_keys(train, TRAIN_KEYS, 'train.', source)
-    for req in ('optim_g', 'total_iter', 'pixel_opt'):
+    for req in _required_train_keys(opt):
         if req not in train:
             raise OptionError(_where(source, f'train.{req} is missing'))
     for key in LOSS_KEYS:
@@ -463,7 +478,7 @@ def validate_options(opt: Dict[str, Any], is_train: bool, source: str = '', chec
     _check_scale(opt, source)
     path_opt = opt.get('path') or {}
     check_keys(path_opt, PATH_KEYS, 'path.', source)
-    for key in ('pretrain_network_g', 'pretrain_network_d', 'resume_state'):
+    for key in ('pretrain_network_g', 'pretrain_network_d', 'resume_state', 'pretrain_network_teacher', 'init_vgg16'):
         require(path_opt.get(key), f'path.{key}', source)
     datasets = opt['datasets']
     if not isinstance(datasets, dict) or not datasets:
