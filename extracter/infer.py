@@ -51,6 +51,7 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
         VIDEO_CODECS,
         VIDEO_EXTENSIONS,
         VideoInfo,
+        file_identity,
         fixed_references,
         infer_video,
         is_video_file,
@@ -317,7 +318,8 @@ def run_video(args: argparse.Namespace, net, device: str, options: InferenceOpti
         with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
             report = infer_video(net, args.lr, Path(args.output), references, options.run_kwargs(), sample, device,
                                  keep_frames=args.frames, overwrite=args.overwrite, skip_existing=args.skip_existing,
-                                 codec=args.video_codec, on_frame=lambda number, total, computed: bar.update(1))
+                                 codec=args.video_codec, on_frame=lambda number, total, computed: bar.update(1),
+                                 depends_on={'references': [file_identity(p) for p in args.ref or ()]})
     finally:
         bar.close()
     for line in report.cleaned:
