@@ -600,3 +600,18 @@ def test_a_huge_picture_is_refused_in_plain_words(models, pair, tmp_path):
     assert message.startswith('The photo to enlarge (huge.png) is 24 x 24 = 576 pixels, more than this page '
                               'accepts (500 pixels'), message
     assert '--max-image-pixels 576' in message and 'extracter.' not in message and str(tmp_path) not in message
+
+
+def test_the_result_view_links_its_file_whatever_the_folder_is_named():
+    """The 1:1 view's picture is fetched by URL: a folder named with '#', '?', '%' or spaces must not cut it short."""
+    import html
+    from urllib.parse import unquote, urlsplit
+
+    from extracter.app.page import result_html
+
+    path = '/srv/my results #2/50% done?/jobs/abc/walk10_lr_x4.png'
+    page = result_html(path, 160, 120)
+    src = html.unescape(re.search(r'src="([^"]*)"', page).group(1))
+    url = urlsplit(src)  # as a browser splits it: nothing may end up in the query or the fragment
+    assert url.query == '' and url.fragment == '' and unquote(url.path) == f'/gradio_api/file={path}'
+    assert 'width:160px;height:120px' in page and 'pixelated' in page  # 1:1, never stretched

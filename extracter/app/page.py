@@ -19,6 +19,7 @@ import html
 import os
 import threading
 from typing import Dict, List, Optional, Sequence, Set
+from urllib.parse import quote
 
 from extracter.app.examples import make_examples
 from extracter.app.jobs import (
@@ -67,7 +68,7 @@ def result_html(path: Optional[str], width: int = 0, height: int = 0, zoom: str 
     to the box's width (never enlarged)."""
     if not path:
         return '<div id="result-view" class="result-empty"></div>'
-    src = html.escape(f'/gradio_api/file={path}', quote=True)
+    src = html.escape(f'/gradio_api/file={quote(str(path), safe="/")}', quote=True)  # '#', '?', '%' in a folder
     if zoom == 'fit':
         size = 'max-width:100%;height:auto'
     else:
