@@ -122,6 +122,23 @@ def test_skip_existing_resumes_at_frame_level(inputs, tmp_path, one_thread):
     assert (out / 'clip_sr.mkv').stat().st_mtime_ns != video_mtime and not frames.exists()
 
 
+def test_each_frame_is_what_infer_py_makes_of_it_as_a_picture(inputs, tmp_path, one_thread):
+    """The clip's own sampling (multiples, padding) is the image path's: a decoded frame saved as a PNG and given
+    to infer.py gives that frame's SR bit for bit, with one and with two references."""
+    frames = list(read_frames(inputs['clip']))
+    Image.fromarray(frames[2]).save(tmp_path / 'f3.png')
+    other = tmp_path / 'other.png'  # a second, larger reference: another padding
+    Image.fromarray(frames[0]).resize((3 * LR_HW[1] + 5, 3 * LR_HW[0] + 3), Image.BICUBIC).save(other)
+    for refs in ([inputs['still']], [inputs['still'], other]):
+        ref_args = [a for r in refs for a in ('--ref', str(r))]
+        clip_out, image_out = tmp_path / f'clip{len(refs)}', tmp_path / f'image{len(refs)}'
+        run(['--weights', str(inputs['weights']), '--lr', str(inputs['clip']), *ref_args, '-o', str(clip_out),
+             '--frames'])
+        run(['--weights', str(inputs['weights']), '--lr', str(tmp_path / 'f3.png'), *ref_args, '-o', str(image_out)])
+        assert np.array_equal(np.asarray(Image.open(clip_out / 'clip_sr_frames' / 'frame_000003.png')),
+                              np.asarray(Image.open(image_out / 'f3_sr.png'))), refs
+
+
 def test_a_resume_never_mixes_in_frames_made_otherwise(inputs, tmp_path, one_thread):
     """--skip-existing resumes only frames made from this clip with these settings: another reference, another clip
     of the same name or a work folder of unknown origin is refused (one line, nothing touched); a lower
