@@ -569,6 +569,21 @@ def test_cancel_stops_the_job_and_leaves_nothing_behind(models, pair, tmp_path, 
     assert results['result'].sr.shape == (96, 96, 3)
 
 
+def test_a_job_cancelled_before_its_turn_never_starts(models, pair, tmp_path, one_thread):
+    """Cancel pressed (or the tab closed) before the job reached the runner (the page: while it waited in Gradio's
+    queue): it ends at once, before anything is checked, read or written, even a request that would be refused."""
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    cancel, seen = threading.Event(), []
+    cancel.set()
+    for request in (JobRequest(lr=lr, refs=[ref]), JobRequest(lr=str(tmp_path / 'elsewhere.png'))):
+        with pytest.raises(JobCancelled):
+            runner.run(request, seen.append, cancel)
+    assert seen == [] and not runner.busy and runner.waiting == 0
+    assert not runner.jobs_dir.exists() or not any(runner.jobs_dir.iterdir())
+
+
 def test_the_examples_are_made_once_and_run(models, tmp_path, one_thread):
     from extracter.app.examples import make_examples
 
