@@ -569,6 +569,20 @@ def test_cancel_stops_the_job_and_leaves_nothing_behind(models, pair, tmp_path, 
     assert results['result'].sr.shape == (96, 96, 3)
 
 
+def test_no_waiting_room_still_runs_a_job_when_idle(models, pair, tmp_path, one_thread):
+    """max_waiting=0 (``--max-waiting 0``: no job waits) refuses only a job that would have to wait."""
+    runner = make_runner(tmp_path, models, max_waiting=0)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    assert runner.run(JobRequest(lr=lr, refs=[ref])).sr.shape == (96, 96, 3)
+    thread, release, results = held_job(runner, JobRequest(lr=lr, refs=[ref]), 'search')
+    with pytest.raises(JobError, match='The page is busy'):
+        runner.run(JobRequest(lr=lr, refs=[ref]))
+    release.set()
+    thread.join(60)
+    assert results['result'].sr.shape == (96, 96, 3)
+
+
 def test_a_job_cancelled_before_its_turn_never_starts(models, pair, tmp_path, one_thread):
     """Cancel pressed (or the tab closed) before the job reached the runner (the page: while it waited in Gradio's
     queue): it ends at once, before anything is checked, read or written, even a request that would be refused."""

@@ -313,7 +313,7 @@ class JobRunner:
             raise JobCancelled(CANCELLED)
         ticket = _Ticket(request, self.estimate_seconds(request))
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            if (self._busy or self._waiting) and len(self._waiting) >= self.max_waiting:  # it would wait
                 raise JobError(f'The page is busy: {len(self._waiting)} jobs are already waiting. Try again in a '
                                'few minutes.')
             self._waiting.append(ticket)
