@@ -26,6 +26,7 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     ('search',),  # the texture search: methods, specs, the transfer (below the networks that use it)
     ('archs',),  # networks; SCALE, the x4 factor, is theirs
     ('data', 'losses', 'evaluation', 'convert'),  # what uses the networks' facts and modules
+    ('gallery',),  # references found in a folder of photos: the networks' features, the search, image reading
     ('inference',),  # the one inference engine
     ('options',),  # the option files' schema: checks every component, including the inference options
     ('models',),  # BasicSR's model lifecycle (training, validation, saving)

@@ -5,6 +5,10 @@ References, exactly one of:
 - ``dataroot_ref``: a folder matched by file name: for input ``x.png`` the image ``x.*`` of that folder, or, when a
   sub-folder ``x/`` exists there, every image in it (several references for that input);
 - ``refs``: a mapping from input file name to a list of reference paths (several references per image);
+- ``gallery``: a folder of photos among which each input's references are chosen (``refs_per_image`` of them,
+  through the index ``gallery_index``, re-ranking ``shortlist`` candidates): the choice needs the network, so test.py
+  makes it before building the dataset (:func:`extracter.gallery.folder.gallery_dataset_options`), which then reads
+  the resulting ``refs``;
 or none of them with ``ref_mode``:
 - ``'self'``: the self-reference protocol (TTSR/EXTRACTER's for images without a reference): Ref = ref_downup = the
   upsampled LR, ``ref_path`` = the LR path;
@@ -53,7 +57,8 @@ class RefSRInferenceDataset(Dataset):
 
     DEFAULTS: Dict[str, Any] = {'dataroot_lq': None, 'ref_path': None, 'dataroot_ref': None, 'refs': None,
                                 'stride': 1, 'lq_multiple': None, 'ref_multiple': None, 'ref_fit': 'pad',
-                                'io_backend': None, 'ref_mode': 'given'}
+                                'io_backend': None, 'ref_mode': 'given', 'gallery': None, 'refs_per_image': None,
+                                'gallery_index': None, 'shortlist': None}
 
     def __init__(self, opt: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__()
@@ -81,6 +86,9 @@ class RefSRInferenceDataset(Dataset):
             self.lq_paths = [os.path.join(lq_root, n) for n in list_images(lq_root)]
         if o['ref_mode'] not in REF_MODES:
             raise ValueError(f"ref_mode must be one of {REF_MODES}, got {o['ref_mode']!r}")
+        if o['gallery'] and not o['refs']:
+            raise ValueError('gallery: the references are chosen with the network before the dataset is built '
+                             '(test.py does; in code: extracter.gallery.folder.gallery_dataset_options)')
         given = [k for k in ('ref_path', 'dataroot_ref', 'refs') if o[k]]
         if o['ref_mode'] != 'given':
             if given:

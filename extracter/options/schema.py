@@ -324,6 +324,35 @@ def _check_training_search(mode: Optional[str], source: str) -> None:
                                      'validation'))
 
 
+GALLERY_KEYS = ('refs_per_image', 'gallery_index', 'shortlist')  # the keys that go with ``gallery``
+
+
+def _check_gallery_keys(ds: Dict[str, Any], kind: str, is_train: bool, prefix: str, source: str,
+                        require: Callable) -> None:
+    """``gallery: DIR`` (references chosen among a folder of photos, :mod:`extracter.gallery`): a test set's, not
+    with other references; ``refs_per_image`` / ``shortlist`` integers >= 1; its keys only with it."""
+    if ds.get('gallery') is None:
+        given = [k for k in GALLERY_KEYS if ds.get(k) is not None]
+        if given:
+            raise OptionError(_where(source, f'{prefix}{given[0]} works with {prefix}gallery; give the gallery '
+                                             'folder or leave it out'))
+        return
+    if is_train:
+        raise OptionError(_where(source, f'{prefix}gallery: references are chosen from a gallery in test option '
+                                         'files (test.py) and by infer.py --gallery, not during training'))
+    other = [k for k in ('ref_path', 'dataroot_ref', 'refs') if ds.get(k)]
+    if other or ds.get('ref_mode', 'given') != 'given':
+        raise OptionError(_where(source, f'{prefix}gallery chooses the references: leave out '
+                                         f'{prefix}{other[0] if other else "ref_mode"}'))
+    for key in ('refs_per_image', 'shortlist'):
+        value = ds.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise OptionError(_where(source, f'{prefix}{key} must be an integer >= 1, got {value!r}'))
+    if not isinstance(ds['gallery'], str):
+        raise OptionError(_where(source, f'{prefix}gallery must be a folder path, got {ds["gallery"]!r}'))
+    require(ds['gallery'], prefix + 'gallery', source, folder=True)
+
+
 def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require: Callable) -> None:
     kind = _dataset_phase_kind(phase, is_train, source)
     prefix = f'datasets.{phase}.'
@@ -335,6 +364,7 @@ def _validate_dataset(phase: str, ds: Any, is_train: bool, source: str, require:
     if own is not None:
         check_keys(ds, LOADER_KEYS | own | {'phase', 'scale'}, prefix, source)
     _check_dataset_defaults(cls, ds, prefix, source)
+    _check_gallery_keys(ds, kind, is_train, prefix, source, require)
     for key in DATASET_PATH_KEYS:
         if isinstance(ds.get(key), str):
             require(ds[key], prefix + key, source, folder=key.startswith('dataroot') or key == 'video_root')

@@ -21,6 +21,7 @@ from basicsr.utils import get_env_info, get_time_str
 from basicsr.utils.options import dict2str
 
 from extracter.evaluation.protocols import describe_metric
+from extracter.gallery.folder import gallery_dataset_options, write_references_csv
 from extracter.options.schema import option_errors, parse_options
 from extracter.pipeline.common import ROOT_PATH, archive_folder, bind_console, setup_run_logger
 from extracter.utils import dist as dist_util
@@ -119,19 +120,32 @@ def test_pipeline(root_path: str = ROOT_PATH, argv: Optional[List[str]] = None) 
     results_root = opt['path']['results_root']
     # data and model first: a test that cannot start leaves no results folder behind
     loaders, info = [], []
+    # a gallery's choice needs the network: then the model is built first
+    model = build_model(opt) if any(ds.get('gallery') for ds in opt['datasets'].values()) else None
+    choices = {}
     for phase, ds_opt in sorted(opt['datasets'].items()):
         with option_errors(opt['opt_path'], f'datasets.{phase}'):
+            if ds_opt.get('gallery'):
+                ds_opt, choices[ds_opt['name']] = gallery_dataset_options(
+                    ds_opt, model.get_bare_model(model.net_g), str(model.device), opt.get('rank', 0),
+                    opt.get('world_size', 1), progress=dist_util.is_main_process())
             test_set = build_dataset(ds_opt)
         loaders.append(build_dataloader(test_set, ds_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
                                         seed=opt['manual_seed']))
         info.append(f'Test set {ds_opt["name"]}: {len(test_set)} images')
-    model = build_model(opt)
+    model = model or build_model(opt)
     lock = None
     if dist_util.is_main_process():  # one run at a time in results/<name>
         lock = FolderLock(results_root, command_line('test.py', sys.argv[1:] if argv is None else argv), args.wait)
         lock.acquire()
     try:
         prepare_results_dir(opt, lock)
+        if dist_util.is_main_process():
+            for name, choice in choices.items():  # results/<name>/references_<dataset>.csv
+                write_references_csv(osp.join(results_root, f'references_{name}.csv'), choice.rows)
+                info.append(f'Test set {name}: references chosen from its gallery (index {choice.stats.path}: '
+                            f'{choice.stats.described} described, {choice.stats.reused} reused)')
+                info += [f'  skipped: {line}' for line in choice.stats.skipped]
         run_tests(opt, loaders, info, model)
     finally:
         if lock is not None:
