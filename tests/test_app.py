@@ -436,6 +436,8 @@ def test_the_retention_flags_are_checked(capsys):
     for argv in (['--keep-jobs', '0'], ['--keep-mb', '0']):
         assert cli.main(argv) == 2
         assert capsys.readouterr().err.strip().startswith('error: --keep-jobs must be at least 1 and --keep-mb')
+    assert cli.main(['--max-waiting', '-1']) == 2  # Gradio would get a concurrency limit of 0
+    assert capsys.readouterr().err.strip() == 'error: --max-waiting must be 0 or more (0: no job waits), got -1'
 
 
 def test_time_left_comes_from_the_work_and_the_measured_speed(models, pair, tmp_path, one_thread):
