@@ -61,7 +61,8 @@ VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.mov', '.mkv', '.webm', '.avi', '.mpg', '.m
 INSTALL_HINT = "pip install 'extracter[video]' (PyAV)"
 FRAME_NAME = 'frame_{:06d}.png'
 MANIFEST = '.run.json'  # in the work folder: what its frames were made from (frames_identity)
-# engine options that change only the memory used, not the frames: a resume may lower --max-memory
+# engine options that change the memory used and the frames at most by float rounding (tiles: ~2e-7, see
+# docs/large_images.md): a resume may lower --max-memory after running out of memory
 MEMORY_ONLY = ('max_memory', 'tile', 'chunk_size', 'key_chunk_size')
 _FRAME_RE = re.compile(r'frame_\d{6}\.png')
 References = Callable[[int, np.ndarray], Sequence[str]]  # (frame number from 1, the frame RGB uint8) -> paths
@@ -287,7 +288,7 @@ def frames_identity(info: VideoInfo, net, run_kwargs: Dict[str, Any], sample_opt
                     depends_on: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """What the SR frames of a clip depend on, as recorded in the work folder (:data:`MANIFEST`): the clip
     (:func:`file_identity`, its frame size), the network (its type and a digest of its weights), the sampling and
-    the search options (not those that change only the memory used, :data:`MEMORY_ONLY`), and ``depends_on`` (the
+    the search options (not those that change the memory used, :data:`MEMORY_ONLY`), and ``depends_on`` (the
     caller's: e.g. the references' :func:`file_identity`). JSON-ready."""
     return {'clip': {**file_identity(info.path), 'width': info.width, 'height': info.height},
             'network': {'type': type(net).__name__, 'weights': tensor_digest(*net.state_dict().values())},
