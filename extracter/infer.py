@@ -58,6 +58,7 @@ with gc_paused():  # torch and the networks; never basicsr (see extracter/regist
         VIDEO_CODECS,
         VIDEO_EXTENSIONS,
         VideoInfo,
+        file_identity,
         fixed_references,
         infer_video,
         is_video_file,
@@ -436,12 +437,17 @@ def run_video(args: argparse.Namespace, net, device: str, options: InferenceOpti
     # references.csv: an existing one is refused now; written with the rows of the frames computed in this run
     csv_step = references_csv_step(args, gallery.rows, 0, None) if gallery is not None else None
 
+    # what the frames depend on besides the clip, the weights and the search (a resume checks it): the stills
+    depends_on = {'references': [file_identity(p) for p in args.ref or ()]} if gallery is None else {
+        'gallery': {'photos': [[n, *(int(v) for v in st)] for n, st in zip(index.names, index.stats)],
+                    'refs_per_image': gallery.k, 'shortlist': gallery.shortlist}}
     command = command_line('infer.py', argv)
     try:
         with folder_lock(args.output, command, args.wait, log=lambda line: tqdm.write(line, file=sys.stderr)):
             report = infer_video(net, args.lr, Path(args.output), references, options.run_kwargs(), sample, device,
                                  keep_frames=args.frames, overwrite=args.overwrite, skip_existing=args.skip_existing,
-                                 codec=args.video_codec, on_frame=lambda number, total, computed: bar.update(1))
+                                 codec=args.video_codec, on_frame=lambda number, total, computed: bar.update(1),
+                                 depends_on=depends_on)
             if csv_step is not None and gallery.rows:
                 csv_step()
     finally:

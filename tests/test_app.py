@@ -436,6 +436,8 @@ def test_the_retention_flags_are_checked(capsys):
     for argv in (['--keep-jobs', '0'], ['--keep-mb', '0']):
         assert cli.main(argv) == 2
         assert capsys.readouterr().err.strip().startswith('error: --keep-jobs must be at least 1 and --keep-mb')
+    assert cli.main(['--max-waiting', '-1']) == 2  # Gradio would get a concurrency limit of 0
+    assert capsys.readouterr().err.strip() == 'error: --max-waiting must be 0 or more (0: no job waits), got -1'
 
 
 def test_time_left_comes_from_the_work_and_the_measured_speed(models, pair, tmp_path, one_thread):
@@ -569,6 +571,35 @@ def test_cancel_stops_the_job_and_leaves_nothing_behind(models, pair, tmp_path, 
     assert results['result'].sr.shape == (96, 96, 3)
 
 
+def test_no_waiting_room_still_runs_a_job_when_idle(models, pair, tmp_path, one_thread):
+    """max_waiting=0 (``--max-waiting 0``: no job waits) refuses only a job that would have to wait."""
+    runner = make_runner(tmp_path, models, max_waiting=0)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    assert runner.run(JobRequest(lr=lr, refs=[ref])).sr.shape == (96, 96, 3)
+    thread, release, results = held_job(runner, JobRequest(lr=lr, refs=[ref]), 'search')
+    with pytest.raises(JobError, match='The page is busy'):
+        runner.run(JobRequest(lr=lr, refs=[ref]))
+    release.set()
+    thread.join(60)
+    assert results['result'].sr.shape == (96, 96, 3)
+
+
+def test_a_job_cancelled_before_its_turn_never_starts(models, pair, tmp_path, one_thread):
+    """Cancel pressed (or the tab closed) before the job reached the runner (the page: while it waited in Gradio's
+    queue): it ends at once, before anything is checked, read or written, even a request that would be refused."""
+    runner = make_runner(tmp_path, models)
+    lr = upload(runner, 'lr.png', pair['lr'])
+    ref = upload(runner, 'ref.png', pair['ref'])
+    cancel, seen = threading.Event(), []
+    cancel.set()
+    for request in (JobRequest(lr=lr, refs=[ref]), JobRequest(lr=str(tmp_path / 'elsewhere.png'))):
+        with pytest.raises(JobCancelled):
+            runner.run(request, seen.append, cancel)
+    assert seen == [] and not runner.busy and runner.waiting == 0
+    assert not runner.jobs_dir.exists() or not any(runner.jobs_dir.iterdir())
+
+
 def test_the_examples_are_made_once_and_run(models, tmp_path, one_thread):
     from extracter.app.examples import make_examples
 
@@ -685,3 +716,18 @@ def test_the_choice_is_checked_and_can_be_cancelled(models, pair, tmp_path, one_
         runner.run(JobRequest(lr=lr, gallery_dir=str(photo.parent)), report, cancel)
     assert 'encoding the reference 1/1' not in seen and not runner.busy
     assert not runner.jobs_dir.exists() or not any(runner.jobs_dir.iterdir())
+
+
+def test_the_result_view_links_its_file_whatever_the_folder_is_named():
+    """The 1:1 view's picture is fetched by URL: a folder named with '#', '?', '%' or spaces must not cut it short."""
+    import html
+    from urllib.parse import unquote, urlsplit
+
+    from extracter.app.page import result_html
+
+    path = '/srv/my results #2/50% done?/jobs/abc/walk10_lr_x4.png'
+    page = result_html(path, 160, 120)
+    src = html.unescape(re.search(r'src="([^"]*)"', page).group(1))
+    url = urlsplit(src)  # as a browser splits it: nothing may end up in the query or the fragment
+    assert url.query == '' and url.fragment == '' and unquote(url.path) == f'/gradio_api/file={path}'
+    assert 'width:160px;height:120px' in page and 'pixelated' in page  # 1:1, never stretched

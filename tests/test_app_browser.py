@@ -4,9 +4,9 @@ is 4x the LR and its PSNR against the ground truth equals the command line's for
 shown at 1:1 with a zoom; three references give readable texture panels; a broken file and a huge one are answered
 in a red box in plain words; a long job shows one progress display that moves with the time left, a second tab's
 job says how long it waits, closing the first tab ends its job so the second does not wait behind it, and Cancel
-stops a job; given four photos to choose from (or their folder), the page chooses the scene's one and shows it with
-its score, as infer.py --gallery chooses. Every wait is for a state of the page, never a fixed sleep. Screenshots go
-to results/app_tests/ (ignored by git).
+stops a job, even one still waiting in Gradio's own queue; given four photos to choose from (or their folder), the
+page chooses the scene's one and shows it with its score, as infer.py --gallery chooses. Every wait is for a state
+of the page, never a fixed sleep. Screenshots go to results/app_tests/ (ignored by git).
 
 Skips when gradio, playwright or chromium is missing, unless EXTRACTER_APP_TESTS=required (then it fails).
 """
@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,18 +42,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope='module')
-def server(tmp_path_factory):
-    """``python -m extracter.app`` on a free port with the demo model; yields (url, its output folder)."""
+@contextmanager
+def app_process(out: Path, *extra: str):
+    """``python -m extracter.app`` on a free port with the demo model, output in ``out``; yields its address."""
     require_app_extras()
     if not DEMO_MODEL.is_file():
         pytest.skip(f'the demo model {DEMO_MODEL} is missing')
-    out = tmp_path_factory.mktemp('app')
     port = free_port()
     log = open(out / 'server.log', 'w')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.Popen([sys.executable, '-m', 'extracter.app', '--port', str(port), '-o', str(out / 'page'),
-                             '--models', str(DEMO_MODEL.parent), '--max-memory', BUDGET],
+                             '--models', str(DEMO_MODEL.parent), '--max-memory', BUDGET, *extra],
                             cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f'http://127.0.0.1:{port}/'
     deadline = time.time() + START_TIMEOUT_S
@@ -68,13 +68,23 @@ def server(tmp_path_factory):
             log.close()
             pytest.fail(f'the app did not start: {(out / "server.log").read_text()[-2000:]}')
         time.sleep(1)
-    yield url, out
-    proc.terminate()
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    """The app (:func:`app_process`); yields (url, its output folder)."""
+    out = tmp_path_factory.mktemp('app')
+    with app_process(out) as url:
+        yield url, out
 
 
 @pytest.fixture(scope='module')
@@ -317,6 +327,34 @@ def test_time_left_queue_closed_tab_and_cancel(server, browser, tmp_path):
     assert set(jobs.iterdir()) - before == new
     assert server_log(out).count('a job was cancelled') == cancelled_before + 2
     second.close()
+
+
+def test_cancel_reaches_a_job_still_in_gradios_queue(browser, tmp_path):
+    """With no room in the runner's queue (--max-waiting 0) a second tab's job waits in Gradio's own queue, before
+    the job function has started: its Cancel still stops it (it ends as it starts, nothing kept) and the first
+    job is not disturbed."""
+    from playwright.sync_api import expect
+
+    with app_process(tmp_path, '--max-waiting', '0') as url:
+        jobs = tmp_path / 'page' / 'jobs'
+        first = open_page(browser, url)
+        choose_whole_view_example(first)
+        first.locator('#run').click()
+        expect(progress_bar(first)).to_have_attribute('aria-label', re.compile('left'), timeout=JOB_TIMEOUT_MS)
+        second = open_page(browser, url)
+        pair = motorcycle_pair(160, ref_scale=0.5)
+        upload(second, 'lr', [save(pair['lr'], tmp_path / 'small_lr.png')])
+        upload(second, 'refs', [save(pair['ref'], tmp_path / 'small_ref.png')])
+        second.locator('#run').click()
+        expect(second.locator('#status')).to_contain_text(re.compile('queue', re.I), timeout=JOB_TIMEOUT_MS)
+        second.locator('#cancel').click()
+        assert 'Done.' in run_and_wait_started(first)
+        text = run_and_wait_started(second)
+        assert 'Cancelled.' in text, text
+        assert [p.name for d in jobs.iterdir() for p in d.iterdir() if p.name.endswith('_x4.png')] == [
+            'motorcycle_left_lr_x4.png']  # the first job's; nothing of the cancelled one
+        first.close()
+        second.close()
 
 
 def choose_whole_view_example(page) -> None:

@@ -449,3 +449,14 @@ def test_a_video_with_a_gallery_of_stills(tiny_case, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [(r['lr'], r['rank']) for r in rows] == [(f'frame_{i:06d}', '1') for i in range(1, 5)]
     assert all(os.path.basename(r['reference']).startswith('still') for r in rows)
+    # the frames depend on the stills: a resume after the gallery changed is refused, not mixed in
+    base = ['--weights', str(DEMO), '--lr', str(clip), '--gallery', str(stills), '--refs-per-image', '1',
+            '--gallery-index', str(tmp_path / 'i.npz'), '-o', str(out)]
+    assert main(base + ['--frames', '--overwrite']) == 0
+    (out / 'clip_sr.mkv').unlink()
+    (out / 'clip_sr_frames' / 'frame_000004.png').unlink()
+    Image.fromarray(frames[1]).resize((4 * LR_HW[1], 4 * LR_HW[0]), Image.BICUBIC).save(stills / 'still1.png')
+    capsys.readouterr()
+    assert main(base + ['--frames', '--skip-existing']) == 2
+    assert 'made with another depends_on' in capsys.readouterr().err
+    assert not (out / 'clip_sr_frames' / 'frame_000004.png').exists()

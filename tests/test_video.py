@@ -75,7 +75,7 @@ def test_a_clip_in_and_out(inputs, tmp_path, capsys, one_thread):
     info = probe_video(out / 'clip_sr.mkv')
     assert (info.frames, info.width, info.height, info.rate) == (6, 4 * LR_HW[1], 4 * LR_HW[0], RATE)
     assert info.codec == 'ffv1'
-    pngs = sorted((out / 'clip_sr_frames').iterdir())
+    pngs = sorted((out / 'clip_sr_frames').glob('*.png'))  # beside them: .run.json, what they were made from
     assert [p.name for p in pngs] == [f'frame_{i:06d}.png' for i in range(1, 7)]
     decoded = list(read_frames(out / 'clip_sr.mkv'))
     for png, frame in zip(pngs, decoded):  # lossless: the video holds the PNG frames bit for bit
@@ -120,6 +120,59 @@ def test_skip_existing_resumes_at_frame_level(inputs, tmp_path, one_thread):
     assert (out / 'clip_sr.mkv').stat().st_mtime_ns == video_mtime
     run(_args(inputs, out, '--overwrite'))
     assert (out / 'clip_sr.mkv').stat().st_mtime_ns != video_mtime and not frames.exists()
+
+
+def test_each_frame_is_what_infer_py_makes_of_it_as_a_picture(inputs, tmp_path, one_thread):
+    """The clip's own sampling (multiples, padding) is the image path's: a decoded frame saved as a PNG and given
+    to infer.py gives that frame's SR bit for bit, with one and with two references."""
+    frames = list(read_frames(inputs['clip']))
+    Image.fromarray(frames[2]).save(tmp_path / 'f3.png')
+    other = tmp_path / 'other.png'  # a second, larger reference: another padding
+    Image.fromarray(frames[0]).resize((3 * LR_HW[1] + 5, 3 * LR_HW[0] + 3), Image.BICUBIC).save(other)
+    for refs in ([inputs['still']], [inputs['still'], other]):
+        ref_args = [a for r in refs for a in ('--ref', str(r))]
+        clip_out, image_out = tmp_path / f'clip{len(refs)}', tmp_path / f'image{len(refs)}'
+        run(['--weights', str(inputs['weights']), '--lr', str(inputs['clip']), *ref_args, '-o', str(clip_out),
+             '--frames'])
+        run(['--weights', str(inputs['weights']), '--lr', str(tmp_path / 'f3.png'), *ref_args, '-o', str(image_out)])
+        assert np.array_equal(np.asarray(Image.open(clip_out / 'clip_sr_frames' / 'frame_000003.png')),
+                              np.asarray(Image.open(image_out / 'f3_sr.png'))), refs
+
+
+def test_a_resume_never_mixes_in_frames_made_otherwise(inputs, tmp_path, one_thread):
+    """--skip-existing resumes only frames made from this clip with these settings: another reference, another clip
+    of the same name or a work folder of unknown origin is refused (one line, nothing touched); a lower
+    --max-memory resumes; frames of an earlier, longer clip are not kept with the new ones."""
+    out = tmp_path / 'out'
+    run(_args(inputs, out, '--frames'))
+    frames = out / 'clip_sr_frames'
+    (out / 'clip_sr.mkv').unlink()  # "interrupted" before frame 4 and the video
+    (frames / 'frame_000004.png').unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in frames.iterdir()}
+    other_still = tmp_path / 'other_still.png'
+    Image.fromarray(_frames()[0]).resize((2 * LR_HW[1], 2 * LR_HW[0]), Image.BICUBIC).save(other_still)
+    other_clip = write_clip(tmp_path / 'clip.mp4', _frames()[::-1])  # another clip, the same name
+    ours = ['--weights', str(inputs['weights']), '-o', str(out), '--frames', '--skip-existing']
+    cases = [(['--lr', str(inputs['clip']), '--ref', str(other_still)], 'made with another depends_on'),
+             (['--lr', str(other_clip), '--ref', str(inputs['still'])], 'made with another clip'),
+             (['--lr', str(inputs['clip']), '--ref', str(inputs['still']), '--search', 'approximate'],
+              'made with another search')]
+    for argv, expected in cases:
+        with pytest.raises(FileExistsError, match=expected):
+            run(ours + argv)
+    assert {p.name: p.stat().st_mtime_ns for p in frames.iterdir()} == before  # nothing touched
+    (frames / 'frame_000007.png').write_bytes((frames / 'frame_000001.png').read_bytes())  # a longer clip's
+    run(_args(inputs, out, '--frames', '--skip-existing', '--max-memory', '300M'))  # memory only: resumed
+    after = {p.name: p.stat().st_mtime_ns for p in frames.iterdir()}
+    assert [n for n in after if after[n] != before.get(n)] == ['frame_000004.png']
+    assert sorted(after) == sorted([*before, 'frame_000004.png'])  # and frame 7 is gone
+    assert probe_video(out / 'clip_sr.mkv').frames == 6
+    (out / 'clip_sr.mkv').unlink()
+    (frames / '.run.json').unlink()  # frames of unknown origin
+    with pytest.raises(FileExistsError, match='no record of what they were made from'):
+        run(_args(inputs, out, '--frames', '--skip-existing'))
+    run(_args(inputs, out, '--ref', str(other_still), '--overwrite'))  # all made again, with the other reference
+    assert not frames.exists() and probe_video(out / 'clip_sr.mkv').frames == 6
 
 
 def test_drct_runs_frame_by_frame(inputs, tmp_path, one_thread):

@@ -116,6 +116,8 @@ def serve(argv: Sequence[str]) -> None:
     if args.keep_jobs < 1 or not args.keep_mb > 0:
         raise SystemExit(f'error: --keep-jobs must be at least 1 and --keep-mb above 0, got {args.keep_jobs} and '
                          f'{args.keep_mb:g}')
+    if args.max_waiting < 0:
+        raise SystemExit(f'error: --max-waiting must be 0 or more (0: no job waits), got {args.max_waiting}')
     output = Path(args.output).resolve()
     os.environ['GRADIO_TEMP_DIR'] = str(output / 'uploads')  # before Gradio is imported: uploads stay in our folder
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')

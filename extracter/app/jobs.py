@@ -336,16 +336,20 @@ class JobRunner:
         ``cancel`` is set (checked while waiting, as each stage starts and after each tile)."""
         report = report or (lambda p: None)
         cancel = cancel or threading.Event()
+        if cancel.is_set():  # cancelled before it was asked for (the page: Cancel while it waited in Gradio's queue)
+            raise JobCancelled(CANCELLED)
         ticket = _Ticket(request, self.estimate_seconds(request))
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            if (self._busy or self._waiting) and len(self._waiting) >= self.max_waiting:  # it would wait
                 raise JobError(f'The page is busy: {len(self._waiting)} jobs are already waiting. Try again in a '
                                'few minutes.')
             self._waiting.append(ticket)
             try:
-                while self._busy or self._waiting[0] is not ticket:
+                while True:  # a job cancelled before its turn never starts (nor is it checked)
                     if cancel.is_set():
                         raise JobCancelled(CANCELLED)
+                    if not self._busy and self._waiting[0] is ticket:
+                        break
                     report(Progress(self._queue_text(ticket), 0.0))
                     self._cond.wait(timeout=1.0)
             finally:

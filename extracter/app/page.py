@@ -19,7 +19,9 @@ folders directly (static paths), never copied.
 import html
 import os
 import threading
-from typing import Dict, List, Optional, Sequence, Set
+import uuid
+from typing import Dict, List, Optional, Sequence
+from urllib.parse import quote
 
 from extracter.app.examples import make_examples
 from extracter.app.jobs import (
@@ -69,7 +71,7 @@ def result_html(path: Optional[str], width: int = 0, height: int = 0, zoom: str 
     to the box's width (never enlarged)."""
     if not path:
         return '<div id="result-view" class="result-empty"></div>'
-    src = html.escape(f'/gradio_api/file={path}', quote=True)
+    src = html.escape(f'/gradio_api/file={quote(str(path), safe="/")}', quote=True)  # '#', '?', '%' in a folder
     if zoom == 'fit':
         size = 'max-width:100%;height:auto'
     else:
@@ -153,28 +155,43 @@ def photo_input(**kwargs):
 
 
 class _Sessions:
-    """The cancel events of each browser session's jobs (its Cancel button and the closing of its tab set them)."""
+    """The cancel events of each browser session's jobs, one per click of Enlarge (its token): made as the click
+    arrives, before the job may wait in Gradio's queue, so that the session's Cancel button and the closing of its
+    tab reach a job that has not started yet too (it then ends as it starts)."""
 
     def __init__(self) -> None:
-        self._events: Dict[str, Set[threading.Event]] = {}
+        self._events: Dict[str, Dict[str, threading.Event]] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
-        event = threading.Event()
+    def open(self, session: str) -> str:
+        """A new job of ``session`` (Enlarge clicked): its token."""
+        token = uuid.uuid4().hex
         with self._lock:
-            self._events.setdefault(session, set()).add(event)
-        return event
+            self._events.setdefault(session, {})[token] = threading.Event()
+        return token
 
-    def end(self, session: str, event: threading.Event) -> None:
+    def start(self, session: str, token: Optional[str]) -> threading.Event:
+        """The cancel event of the job ``token`` of ``session`` as it starts (a new one for a job not opened by
+        :meth:`open`)."""
         with self._lock:
-            events = self._events.get(session, set())
-            events.discard(event)
-            if not events:
+            jobs = self._events.setdefault(session, {})
+            if not token or token not in jobs:
+                token = token or uuid.uuid4().hex
+                jobs[token] = threading.Event()
+            return jobs[token]
+
+    def end(self, session: str, token: Optional[str], event: threading.Event) -> None:
+        with self._lock:
+            jobs = self._events.get(session, {})
+            if jobs.get(token) is event:
+                del jobs[token]
+            if not jobs:
                 self._events.pop(session, None)
 
     def cancel(self, session: str) -> int:
+        """Set the events of every job of ``session`` (running, waiting or not started yet); how many."""
         with self._lock:
-            events = list(self._events.get(session, ()))
+            events = list(self._events.get(session, {}).values())
         for event in events:
             event.set()
         return len(events)
@@ -200,13 +217,15 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
     sessions = _Sessions()
     hidden = gr.update(value=None, visible=False)
 
-    def on_start():
-        """Before the job: the status box emptied (the progress display is drawn on it) and the last result
+    def on_start(request: gr.Request):
+        """As Enlarge is clicked: the job's token (its Cancel applies from now on, even while it waits in
+        Gradio's queue), the status box emptied (the progress display is drawn on it) and the last result
         cleared."""
-        return '', result_html(None), None, hidden, '', '', None, {}, hidden
+        token = sessions.open(request.session_hash) if request is not None else None
+        return '', result_html(None), None, hidden, '', '', None, {}, hidden, token
 
     def on_run(lr: Optional[str], refs, model: Optional[str], model_path: str, budget: str, search: str,
-               zoom_value: str, pool, folder: str, k, request: gr.Request,
+               zoom_value: str, pool, folder: str, k, token: Optional[str], request: gr.Request,
                progress=gr.Progress()):  # noqa: B008  (Gradio's convention)
         refs = [r[0] if isinstance(r, (list, tuple)) else r for r in (refs or [])]
         refs = [str(r) for r in refs if r]
@@ -221,7 +240,7 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
             progress(p.fraction, desc=p.text)
 
         session = request.session_hash if request is not None else ''
-        cancel = sessions.start(session)
+        cancel = sessions.start(session, token)
         try:
             result = runner.run(job, report, cancel)
         except JobCancelled:
@@ -231,7 +250,7 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
             return (status_html('error', 'Could not enlarge the photo:', str(err)), result_html(None), None, hidden,
                     '', '', None, {}, hidden)
         finally:
-            sessions.end(session, cancel)
+            sessions.end(session, token, cancel)
         h, w = result.sr.shape[:2]
         sr = str(result.files['sr'])
         textures = [(str(path), label) for label, path in result.textures]
@@ -319,10 +338,11 @@ def build_page(runner: JobRunner, models_dir: Optional[str] = None):
                 download = gr.File(label='Download the enlarged photo (PNG)', elem_id='download', interactive=False,
                                    height=90)
         outputs = [status, view, slider, texture, summary, stats, download, shown, chosen]
+        job_token = gr.State(None)  # the job of the last click of Enlarge (see _Sessions)
         model.change(lambda m: gr.update(info=model_details(runner, m)), inputs=[model], outputs=[model],
                      queue=False, show_progress='hidden')
-        run.click(on_start, outputs=outputs, queue=False, show_progress='hidden').then(
-            on_run, inputs=[lr, refs, model, model_path, budget, search, zoom, pool, folder, k],
+        run.click(on_start, outputs=outputs + [job_token], queue=False, show_progress='hidden').then(
+            on_run, inputs=[lr, refs, model, model_path, budget, search, zoom, pool, folder, k, job_token],
             outputs=outputs,
             concurrency_limit=runner.max_waiting + 1, show_progress='full', show_progress_on=[status])
         cancel.click(on_cancel, outputs=[status], queue=False, show_progress='hidden')

@@ -46,7 +46,7 @@ import torch
 
 from extracter.inference.memory_plan import format_bytes, parse_memory
 
-DEFAULT_CACHE_BYTES = 2 * 2 ** 30  # without a budget: ~6 encoded 720x480 references with relu1_1 stored
+DEFAULT_CACHE_BYTES = 2 * 2 ** 30  # without a budget: ~12 encoded 720x480 references (169 MiB each, relu1_1 stored)
 KINDS = ('keys', 'textures')
 
 

@@ -16,8 +16,12 @@ Outputs, for ``clip.mp4`` in ``-o OUT``:
   (``clip_sr.mp4``, libx264 at CRF 12, yuv420p: high quality and plays anywhere; the PyAV wheels ship libx264, a
   PyAV built without it is refused in one line). The audio track is not copied.
 - ``OUT/clip_sr_frames/frame_000001.png``...: the work folder, one PNG per SR frame, each written atomically.
-  ``skip_existing`` (``--skip-existing``) resumes there: frames whose PNG is whole are not computed again. It is
-  removed once the video is written, unless ``keep_frames`` (``--frames``) asks for the frames.
+  ``skip_existing`` (``--skip-existing``) resumes there: frames whose PNG is whole are not computed again. What the
+  frames depend on is recorded there first (``.run.json``, :func:`frames_identity`: the clip's name, size and
+  modification time, the network's weights, the search, the references ``depends_on`` names); a work folder made
+  from another clip or with other settings is refused rather than resumed (its frames would be stale), and
+  ``overwrite`` makes every frame again. It is removed once the video is written, unless ``keep_frames``
+  (``--frames``) asks for the frames (frames of an earlier, longer clip left there are removed).
 
 Existing outputs (the video, or frames in the work folder) are never replaced without ``overwrite``; with
 ``skip_existing`` a clip whose video exists (and opens, with a first frame) is skipped. Bad input (no PyAV, a file
@@ -25,6 +29,7 @@ that is not a video, no video stream, a codec this PyAV cannot decode, no frames
 naming the file, raised before anything is written.
 """
 
+import json
 import os
 import re
 import shutil
@@ -38,10 +43,11 @@ import numpy as np
 from extracter.data.image_io import read_image
 from extracter.data.inference_dataset import inference_sample
 from extracter.inference.folder import batch_of_one, super_resolve
-from extracter.inference.reference_cache import CacheStats, ReferenceCache
+from extracter.inference.reference_cache import CacheStats, ReferenceCache, tensor_digest
 from extracter.utils.file_io import (
     Terminated,
     atomic_write,
+    atomic_write_text,
     check_writable,
     clean_stale_temp_files,
     ensure_folder,
@@ -54,6 +60,10 @@ VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.mov', '.mkv', '.webm', '.avi', '.mpg', '.m
                     '.wmv', '.flv', '.ogv', '.3gp', '.y4m')
 INSTALL_HINT = "pip install 'extracter[video]' (PyAV)"
 FRAME_NAME = 'frame_{:06d}.png'
+MANIFEST = '.run.json'  # in the work folder: what its frames were made from (frames_identity)
+# engine options that change the memory used and the frames at most by float rounding (tiles: ~2e-7, see
+# docs/large_images.md): a resume may lower --max-memory after running out of memory
+MEMORY_ONLY = ('max_memory', 'tile', 'chunk_size', 'key_chunk_size')
 _FRAME_RE = re.compile(r'frame_\d{6}\.png')
 References = Callable[[int, np.ndarray], Sequence[str]]  # (frame number from 1, the frame RGB uint8) -> paths
 
@@ -268,6 +278,44 @@ def fixed_references(paths: Sequence[str]) -> References:
     return lambda number, frame: paths
 
 
+def file_identity(path) -> Dict[str, Any]:
+    """A file as a resumed run recognises it: its name, size and modification time (a moved file is the same)."""
+    st = os.stat(path)
+    return {'name': os.path.basename(os.fspath(path)), 'bytes': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
+def frames_identity(info: VideoInfo, net, run_kwargs: Dict[str, Any], sample_options: Dict[str, Any],
+                    depends_on: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What the SR frames of a clip depend on, as recorded in the work folder (:data:`MANIFEST`): the clip
+    (:func:`file_identity`, its frame size), the network (its type and a digest of its weights), the sampling and
+    the search options (not those that change the memory used, :data:`MEMORY_ONLY`), and ``depends_on`` (the
+    caller's: e.g. the references' :func:`file_identity`). JSON-ready."""
+    return {'clip': {**file_identity(info.path), 'width': info.width, 'height': info.height},
+            'network': {'type': type(net).__name__, 'weights': tensor_digest(*net.state_dict().values())},
+            'sample': {k: repr(v) for k, v in sorted(sample_options.items())},
+            'search': {k: repr(v) for k, v in sorted(run_kwargs.items()) if k not in MEMORY_ONLY},
+            'depends_on': json.loads(json.dumps(depends_on or {}, default=repr))}
+
+
+def check_frames_identity(outputs: VideoOutputs, identity: Dict[str, Any], resume: bool) -> None:
+    """Before any frame is made: with ``resume`` and frames in the work folder, refuse them unless its manifest
+    says they were made from this clip with these settings (else they would be stale); then record ``identity``
+    there (atomically)."""
+    manifest = outputs.frames / MANIFEST
+    if resume and outputs.frame_files():
+        try:
+            recorded = json.loads(manifest.read_text(encoding='utf-8'))
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != identity:
+            what = 'no record of what they were made from' if not isinstance(recorded, dict) else \
+                'made with another ' + ', '.join(k for k in identity if recorded.get(k) != identity[k])
+            raise FileExistsError(f'{outputs.frames}: its frames cannot be resumed ({what}); pass --overwrite to '
+                                  'make them again, or choose another -o')
+        return
+    atomic_write_text(manifest, json.dumps(identity, indent=1, sort_keys=True))
+
+
 class _ReferenceImages:
     """The decoded reference images of the current frames, read once while they stay in use."""
 
@@ -283,7 +331,8 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
                 sample_options: Dict[str, Any], device: str = 'cpu', keep_frames: bool = False,
                 overwrite: bool = False, skip_existing: bool = False, codec: str = DEFAULT_CODEC,
                 reference_cache: Optional[ReferenceCache] = None,
-                on_frame: Optional[Callable[[int, Optional[int], bool], None]] = None) -> VideoReport:
+                on_frame: Optional[Callable[[int, Optional[int], bool], None]] = None,
+                depends_on: Optional[Dict[str, Any]] = None) -> VideoReport:
     """Super-resolve every frame of ``clip`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -295,6 +344,8 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
         reference_cache: the clip's cache (default: a new one where ``references_for`` is given; its statistics
             end in the report).
         on_frame: ``on_frame(number, total or None, computed)`` after each frame (False: resumed).
+        depends_on: what else the frames depend on (JSON-ready; ``infer.py``: the ``--ref`` files'
+            :func:`file_identity`), recorded with them so that a resume never mixes in frames made otherwise.
     """
     info = probe_video(clip)
     if codec not in VIDEO_CODECS:
@@ -310,6 +361,8 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
     ensure_folder(outputs.frames)
     report.cleaned = clean_stale_temp_files(outputs.video.parent).lines() + \
         clean_stale_temp_files(outputs.frames).lines()
+    resume = skip_existing and not overwrite
+    check_frames_identity(outputs, frames_identity(info, net, run_kwargs, sample_options, depends_on), resume)
     # a cache where references can repeat (not for the self-reference or a single-image network)
     cache = reference_cache if reference_cache is not None or references_for is None else ReferenceCache()
     refs = _ReferenceImages()
@@ -318,7 +371,7 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
         for number, frame in enumerate(read_frames(info.path), start=1):
             path = outputs.frame(number)
             paths.append(path)
-            done = skip_existing and not overwrite and path.exists() and png_problem(path) is None
+            done = resume and path.exists() and png_problem(path) is None
             if not done:
                 ref_paths = [] if references_for is None else list(references_for(number, frame))
                 sample = inference_sample(frame, refs.get(ref_paths), **sample_options)
@@ -339,11 +392,14 @@ def infer_video(net, clip, out_dir, references_for: Optional[References], run_kw
     report.reference_cache = None if cache is None else cache.stats()
     write_video(paths, outputs.video, info.rate, codec)
     report.video = outputs.video
+    made = set(paths)
+    for p in outputs.frame_files():  # all of them, or (--frames) those of an earlier, longer clip
+        if not keep_frames or p not in made:
+            p.unlink()
     if keep_frames:
         report.frames_dir = outputs.frames
     else:
-        for p in outputs.frame_files():
-            p.unlink()
+        (outputs.frames / MANIFEST).unlink(missing_ok=True)
         if not any(outputs.frames.iterdir()):
             shutil.rmtree(outputs.frames)
     return report
