@@ -135,11 +135,13 @@ def uses_exact(n_query: int, n_keys: int, settings: ApproximateSettings) -> bool
 
 def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], channels: int, window: int,
                              stride: int, padding: int, settings: ApproximateSettings, query_chunk_size: int,
-                             itemsize: int = 4) -> Optional[int]:
+                             itemsize: int = 4, prepared: bool = False) -> Optional[int]:
     """Peak transient bytes of :func:`approximate_search` for one LR feature map of ``lr_hw`` against one reference
     map of ``ref_hw`` (relu3_1 sizes, batch 1), besides its inputs and its result; None where it runs the exact
     chunked search instead (:func:`uses_exact`). A slight over-estimate: the padded channels-last copy of both maps,
-    the reduced maps and descriptors, then the larger of the retrieval block and a tile's work."""
+    the reduced maps and descriptors, then the larger of the retrieval block and a tile's work. ``prepared``: the
+    search is given the reference's reduced index (:func:`reduced_index_bytes`, counted apart), and makes none of
+    the reference's side (its copy, PCA fit and descriptors)."""
     k, s, p = window, stride, padding
     gh, gw = grid_size(*lr_hw, k, s, p)
     rgh, rgw = grid_size(*ref_hw, k, s, p)
@@ -152,15 +154,17 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     d = min(settings.patch_dims, c_red * k * k)
     area = (lr_hw[0] + 2 * p) * (lr_hw[1] + 2 * p)
     rarea = (ref_hw[0] + 2 * p) * (ref_hw[1] + 2 * p)
-    maps = itemsize * channels * (area + rarea)  # one zero-padded channels-last copy of each map
-    squares = itemsize * channels * max(lr_hw[0] * lr_hw[1], ref_hw[0] * ref_hw[1])  # the patch norms, before
+    own = 0 if prepared else 1  # whether the search makes the reference's side itself
+    maps = itemsize * channels * (area + own * rarea)  # one zero-padded channels-last copy of each map
+    squares = itemsize * channels * max(lr_hw[0] * lr_hw[1], own * ref_hw[0] * ref_hw[1])  # the patch norms, before
     n_cand = min(settings.resolved_candidates(s), n_k)
     n_ret = min(max(settings.refine, n_cand), n_k)
     cands = n_q * n_ret * (itemsize + 2 * 8) + n_q * n_cand * (itemsize + 3 * 8)  # retrieved, kept (rows, columns)
     # the patches unfolded per band of descriptors: the LR's (qs rows apart) and the reference's (ks rows apart)
-    band = max(_band_rows(query_chunk_size, gw // qs) * qs * gw, _band_rows(query_chunk_size, rgw) * ks * rgw)
-    reduce = itemsize * (c_red * max(area, rarea) + 2 * c_red * k * k * band + settings.fit_samples * c_red * k * k)
-    retrieval = itemsize * (2 * n_k * d + n_q * d + min(query_chunk_size, n_q) * n_k) + reduce
+    band = max(_band_rows(query_chunk_size, gw // qs) * qs * gw, own * _band_rows(query_chunk_size, rgw) * ks * rgw)
+    reduce = itemsize * (c_red * max(area, own * rarea) + 2 * c_red * k * k * band
+                         + own * settings.fit_samples * c_red * k * k)
+    retrieval = itemsize * (own * 2 * n_k * d + n_q * d + min(query_chunk_size, n_q) * n_k) + reduce
     if n_ret > n_cand:  # the reduced maps (channels-last) and one block of gathered patches (+ their indices)
         retrieval = max(retrieval, itemsize * (c_red * (area + rarea) + 3 * (1 << 24)))
     t2 = settings.tile ** 2
@@ -718,8 +722,10 @@ class ApproximateSearch(SearchMethod):
                                   exact_chunks=(spec.chunk_size, spec.key_chunk_size), prepared=prepared)
 
     def search_bytes(self, query_hw, keys_hw, channels, spec, top_k) -> int:
+        """With the reduced index :meth:`prepare` makes where it makes one (the engine prepares every reference;
+        the index is :meth:`prepared_bytes`)."""
         own = approximate_search_bytes(query_hw, keys_hw, channels, *spec.geometry, spec.approximate,
-                                       spec.chunk_size)
+                                       spec.chunk_size, prepared=self.prepared_bytes(keys_hw, channels, spec) > 0)
         return chunked_search_bytes(query_hw, keys_hw, channels, spec) if own is None else own
 
     def prepared_bytes(self, keys_hw: Tuple[int, int], channels: int, spec) -> int:
