@@ -13,6 +13,8 @@ from extracter.inference.folder import infer_folder
 from extracter.inference.reference_cache import ReferenceCache, held_bytes, tensor_digest
 from extracter.search import get_method, method_names
 from extracter.search.base import SearchMethod
+from extracter.search.methods import approximate
+from extracter.search.methods.approximate import ApproximateSettings
 from tests.test_engine import three_refs, tiny_net
 
 TILED = {'tile': {'tile_size': 8, 'tile_pad': 8}}
@@ -24,25 +26,39 @@ def net():
     return tiny_net()
 
 
+# the approximate search on its own path (not its exact fallback) for these small references (25 to 54 patches), with
+# a reduced index to prepare: every reference has more patches than max_candidates
+APPROX = ApproximateSettings(channel_dims=8, patch_dims=32, candidates=2, max_candidates=12, exact_below=0, tile=4)
+
+
 @pytest.mark.parametrize('mode', ['dense', 'chunked', 'approximate'])
 @pytest.mark.parametrize('n_refs', [1, 3])
 @pytest.mark.parametrize('how', ['untiled', 'tiled', 'budget'])
-def test_reused_encodings_give_the_bit_identical_result(net, mode, n_refs, how, one_thread):
+def test_reused_encodings_give_the_bit_identical_result(net, mode, n_refs, how, one_thread, monkeypatch):
     lr, refs = three_refs()
     refs = refs[:n_refs]
-    kwargs = {'untiled': {}, 'tiled': TILED, 'budget': BUDGET}[how]
-    fresh = run_refsr(net, lr, refs, search_mode=mode, **kwargs)
+    kwargs = dict({'untiled': {}, 'tiled': TILED, 'budget': BUDGET}[how], search_mode=mode)
+    if mode == 'approximate':
+        kwargs['approximate'] = APPROX
+    made = []  # the approximate search's reduced indices made (one per reference and encoding)
+    build = approximate._reduced_reference
+    monkeypatch.setattr(approximate, '_reduced_reference', lambda *a, **kw: made.append(1) or build(*a, **kw))
+    fresh = run_refsr(net, lr, refs, **kwargs)
     cache = ReferenceCache()
-    first = run_refsr(net, lr, refs, search_mode=mode, reference_cache=cache, **kwargs)
+    first = run_refsr(net, lr, refs, reference_cache=cache, **kwargs)
     assert cache.stats().total_hits == 0 and cache.stats().misses == {'keys': n_refs, 'textures': n_refs}
-    again = run_refsr(net, lr, refs, search_mode=mode, reference_cache=cache, **kwargs)
+    # approximate: each reference's index was made once per encoding, with its keys (none by the searches)
+    assert len(made) == (2 * n_refs if mode == 'approximate' else 0)
+    again = run_refsr(net, lr, refs, reference_cache=cache, **kwargs)
     stats = cache.stats()
     assert stats.hits == {'keys': n_refs, 'textures': n_refs}, stats  # everything came from the cache
     assert torch.equal(first, fresh) and torch.equal(again, fresh)
     # another LR with the same references: the same as encoding them for it
     other = torch.rand(1, 3, 16, 24)
-    assert torch.equal(run_refsr(net, other, refs, search_mode=mode, reference_cache=cache, **kwargs),
-                       run_refsr(net, other, refs, search_mode=mode, **kwargs))
+    assert torch.equal(run_refsr(net, other, refs, reference_cache=cache, **kwargs),
+                       run_refsr(net, other, refs, **kwargs))
+    # the cached indices served the second and third runs: only the last, fresh one made new ones
+    assert len(made) == (3 * n_refs if mode == 'approximate' else 0)
 
 
 def test_tile_size_is_not_part_of_the_key(net, one_thread):

@@ -6,11 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from extracter.archs.search_transfer import SearchTransfer
+from extracter.inference.reference_cache import held_bytes
+from extracter.search import SearchSpec, get_method, search_references
+from extracter.search.methods import approximate as approximate_module
 from extracter.search.methods.approximate import (
     ApproximateSettings,
+    ReducedIndex,
     approximate_search,
     exact_search_queries,
     grid_size,
+    prepare_reduced_index,
     recall_at_1,
     recall_at_k,
 )
@@ -145,6 +150,66 @@ def test_max_candidates_bounds_every_tile():
         approximate_search(lr, ref, *geometry, 3, max_candidates=2)
     with pytest.raises(ValueError):
         approximate_search(lr, ref[:, :, :2, :2], *geometry, 5)
+
+
+# the approximate path on a reference of 30 x 26 features: its patch PCA fitted on a random sample (c' k^2 > d),
+# re-scoring (refine) and the prefilter; several descriptor bands (query_chunk_size)
+PREPARED = dict(SMALL, fallback=True, exact_below=0, max_candidates=24, tile=3, refine=6, prefilter=2)
+
+
+@pytest.mark.parametrize('geometry', [(3, 1, 1), (6, 2, 2)])
+@pytest.mark.parametrize('backend', ['torch', 'faiss'])
+def test_a_prepared_index_gives_the_bit_identical_result(geometry, backend):
+    """The reduced index made once (batch of 2: the PCA's samples drawn element after element) and read by several
+    searches equals every search computing it itself, bit for bit; it belongs to its settings and reference."""
+    if backend == 'faiss' and not approximate_module.faiss_available():
+        pytest.skip('the faiss backend needs the optional package faiss-cpu')
+    cfg = ApproximateSettings(backend=backend, **PREPARED)
+    ref = _features((2, 16, 30, 26), 11)
+    index = prepare_reduced_index(ref, *geometry, cfg, query_chunk_size=7)
+    assert isinstance(index, ReducedIndex) and len(index.refs) == 2
+    assert index.refs[0].patch_proj is not None  # the randomly sampled patch PCA is part of it
+    for seed, lr_hw in ((12, (20, 24)), (13, (16, 34))):  # two LR maps reuse one index
+        lr = _features((2, 16, *lr_hw), seed)
+        fresh = approximate_search(lr, ref, *geometry, 2, cfg, query_chunk_size=7)
+        reused = approximate_search(lr, ref, *geometry, 2, cfg, query_chunk_size=7, prepared=index)
+        assert torch.equal(reused[0], fresh[0]) and torch.equal(reused[1], fresh[1])
+    # the second batch element's own index differs from the first's (its own PCA), and is used as such
+    assert not torch.equal(index.refs[0].keys_t, index.refs[1].keys_t)
+    # an index of other settings, block size or reference is refused
+    for other in (dict(seed=1), dict(channel_dims=4), dict(query_chunk_size=8)):
+        chunk = other.pop('query_chunk_size', 7)
+        with pytest.raises(ValueError, match='prepared reduced index'):
+            approximate_search(lr, ref, *geometry, 2, cfg, query_chunk_size=chunk, prepared=index, **other)
+    with pytest.raises(ValueError, match='prepared reduced index'):
+        approximate_search(lr, ref[:1], *geometry, 2, cfg, query_chunk_size=7, prepared=index)
+    # a reference every search of which runs the exact search has nothing to prepare
+    assert prepare_reduced_index(ref[:, :, :4, :4], *geometry, cfg) is None
+
+
+def test_the_method_prepares_its_index_and_states_its_bytes():
+    """Through the search-method contract: ``prepare`` makes the index (None for a small reference), the searches
+    of one or several references with it equal those without, and ``prepared_bytes`` is what the index holds."""
+    method = get_method('approximate')
+    spec = SearchSpec('approximate', 6, 2, 2, chunk_size=9, approximate=ApproximateSettings(**PREPARED))
+    refs = [_features((1, 16, 30, 26), 14), _features((1, 16, 24, 36), 15)]
+    lr = _features((1, 16, 20, 22), 16)
+    prepared = [method.prepare(r, spec) for r in refs]
+    for ref, index in zip(refs, prepared):
+        assert isinstance(index, ReducedIndex)
+        assert method.prepared_bytes(tuple(ref.shape[-2:]), 16, spec) == held_bytes(index)
+    for keys, prep in ((refs[0], [prepared[0]]), (refs, prepared)):
+        with_index = search_references(lr, keys, spec, 2, prep)
+        without = search_references(lr, keys, spec, 2)
+        assert torch.equal(with_index[0], without[0]) and torch.equal(with_index[1], without[1])
+    small = _features((1, 16, 8, 8), 17)
+    assert method.prepare(small, spec) is None and method.prepared_bytes((8, 8), 16, spec) == 0
+    # what the index depends on is its key: another block size or seed, another key; the tiles' settings, not
+    assert method.prepare_key(spec) != method.prepare_key(spec.replace(chunk_size=10))
+    assert method.prepare_key(spec) != method.prepare_key(
+        spec.replace(approximate=ApproximateSettings(**dict(PREPARED, seed=3))))
+    assert method.prepare_key(spec) == method.prepare_key(
+        spec.replace(approximate=ApproximateSettings(**dict(PREPARED, tile=5, jitter=2))))
 
 
 def test_exact_search_queries_equals_chunked_on_its_subset():

@@ -220,10 +220,11 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
         'transfer_blocks': blocks['transfer'],
         'main_network': tile_bytes(spec, (th, tw)),
     }
-    if cache_keys:
-        search_spec = spec.search_spec(mode, chunk, key_chunk, cache_keys=True)
-        parts['cached_keys'] = search_spec.search_method.prepared_bytes((ref_hw[0] // 4, ref_hw[1] // 4),
-                                                                        FEATURE_CHANNELS[3], search_spec)
+    # what the method prepares of the keys (the chunked search's normalised key patches with cache_keys, the
+    # approximate search's reduced index), kept with them through the search
+    search_spec = spec.search_spec(mode, chunk, key_chunk, cache_keys=cache_keys)
+    parts['cached_keys'] = search_spec.search_method.prepared_bytes((ref_hw[0] // 4, ref_hw[1] // 4),
+                                                                    FEATURE_CHANNELS[3], search_spec)
     # freed memory of the earlier phases that the C allocator keeps (measured on CPU with glibc: about one VGG-19
     # tile's transient, in RSS until the end of the inference)
     parts['retained'] = parts['encode_transient']

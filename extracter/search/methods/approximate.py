@@ -38,12 +38,18 @@ tiled path then equals the exact search (ties aside), which the tests check.
 Memory: the reduced key descriptors (Lr / key_step^2 x patch_dims floats), ``query_chunk_size`` x that many
 retrieval relevances, one tile's candidate patches (``max_candidates`` x C k^2 floats) and its tile^2 x M relevances.
 Never an L x Lr matrix.
+
+The reference's side of steps 1-4 (its exact inverse patch norms, its padded channels-last copy, the PCA fitted on it
+and its reduced key descriptors) depends on the reference alone: :func:`prepare_reduced_index` makes it once, as a
+:class:`ReducedIndex` (the method's ``prepare``, kept by the inference's cache of encoded references), and every
+search of that reference reads it; a search without it computes the same (bit for bit: the same code, the same
+generator draws, the same bands).
 """
 
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Hashable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +60,8 @@ from extracter.search.patches import Scratch, chunked_search, grid_size, inv_pat
 
 __all__ = ['ApproximateSettings', 'approximate_search', 'exact_search_queries', 'grid_size', 'recall_at_1',
            'recall_at_k', 'uses_exact', 'AUTO_APPROXIMATE_ABOVE', 'auto_search_mode', 'exact_multiply_adds',
-           'approximate_search_bytes']
+           'approximate_search_bytes', 'ReducedIndex', 'ReducedReference', 'prepare_reduced_index',
+           'reduced_index_bytes', 'index_key']
 
 # ``search mode auto`` (infer.py's default): the approximate search where the exact search would cost more than this
 # many multiply-adds (LR patches x reference patches x C k^2), the exact one below. 2^39 ~ 5.5e11, ~10-15 s of exact
@@ -128,11 +135,13 @@ def uses_exact(n_query: int, n_keys: int, settings: ApproximateSettings) -> bool
 
 def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], channels: int, window: int,
                              stride: int, padding: int, settings: ApproximateSettings, query_chunk_size: int,
-                             itemsize: int = 4) -> Optional[int]:
+                             itemsize: int = 4, prepared: bool = False) -> Optional[int]:
     """Peak transient bytes of :func:`approximate_search` for one LR feature map of ``lr_hw`` against one reference
     map of ``ref_hw`` (relu3_1 sizes, batch 1), besides its inputs and its result; None where it runs the exact
     chunked search instead (:func:`uses_exact`). A slight over-estimate: the padded channels-last copy of both maps,
-    the reduced maps and descriptors, then the larger of the retrieval block and a tile's work."""
+    the reduced maps and descriptors, then the larger of the retrieval block and a tile's work. ``prepared``: the
+    search is given the reference's reduced index (:func:`reduced_index_bytes`, counted apart), and makes none of
+    the reference's side (its copy, PCA fit and descriptors)."""
     k, s, p = window, stride, padding
     gh, gw = grid_size(*lr_hw, k, s, p)
     rgh, rgw = grid_size(*ref_hw, k, s, p)
@@ -145,14 +154,17 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     d = min(settings.patch_dims, c_red * k * k)
     area = (lr_hw[0] + 2 * p) * (lr_hw[1] + 2 * p)
     rarea = (ref_hw[0] + 2 * p) * (ref_hw[1] + 2 * p)
-    maps = itemsize * channels * (area + rarea)  # one zero-padded channels-last copy of each map
-    squares = itemsize * channels * max(lr_hw[0] * lr_hw[1], ref_hw[0] * ref_hw[1])  # the patch norms, before
+    own = 0 if prepared else 1  # whether the search makes the reference's side itself
+    maps = itemsize * channels * (area + own * rarea)  # one zero-padded channels-last copy of each map
+    squares = itemsize * channels * max(lr_hw[0] * lr_hw[1], own * ref_hw[0] * ref_hw[1])  # the patch norms, before
     n_cand = min(settings.resolved_candidates(s), n_k)
     n_ret = min(max(settings.refine, n_cand), n_k)
     cands = n_q * n_ret * (itemsize + 2 * 8) + n_q * n_cand * (itemsize + 3 * 8)  # retrieved, kept (rows, columns)
-    band = max(1, query_chunk_size // max(1, gw // qs)) * max(gw, rgw)
-    reduce = itemsize * (c_red * max(area, rarea) + 2 * c_red * k * k * band + settings.fit_samples * c_red * k * k)
-    retrieval = itemsize * (2 * n_k * d + n_q * d + min(query_chunk_size, n_q) * n_k) + reduce
+    # the patches unfolded per band of descriptors: the LR's (qs rows apart) and the reference's (ks rows apart)
+    band = max(_band_rows(query_chunk_size, gw // qs) * qs * gw, own * _band_rows(query_chunk_size, rgw) * ks * rgw)
+    reduce = itemsize * (c_red * max(area, own * rarea) + 2 * c_red * k * k * band
+                         + own * settings.fit_samples * c_red * k * k)
+    retrieval = itemsize * (own * 2 * n_k * d + n_q * d + min(query_chunk_size, n_q) * n_k) + reduce
     if n_ret > n_cand:  # the reduced maps (channels-last) and one block of gathered patches (+ their indices)
         retrieval = max(retrieval, itemsize * (c_red * (area + rarea) + 3 * (1 << 24)))
     t2 = settings.tile ** 2
@@ -165,6 +177,111 @@ def approximate_search_bytes(lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ch
     if settings.prefilter:  # the channel-reduced maps, and a tile's channel-reduced patches (and their indices)
         tiles += itemsize * c_red * (area + rarea) + (itemsize * c_red + 8) * (t2 + cap) * k * k
     return max(squares, maps + cands + max(retrieval, tiles))
+
+
+def _band_rows(chunk: int, columns: int) -> int:
+    """Patch-grid rows per band of descriptors: about ``chunk`` descriptors of ``columns`` per row."""
+    return max(1, chunk // max(1, columns))
+
+
+@dataclass(frozen=True)
+class ReducedReference:
+    """The reduced index of one reference map (one batch element): the part of :func:`approximate_search` that
+    depends on the reference alone, computed once and read by every search of it (never written)."""
+
+    k_inv: torch.Tensor  # [Lr] the exact inverse patch norms
+    ref_cl: torch.Tensor  # [H+2p, W+2p, C] the zero-padded channels-last map (gathered by the tiles' exact step)
+    proj: torch.Tensor  # [c', C] the channel PCA (step 1)
+    patch_proj: Optional[torch.Tensor]  # [c' k^2, d] the patch PCA; None when c' k^2 <= patch_dims
+    keys_t: torch.Tensor  # [d, Lr'] the reduced key descriptors over the exact norms, transposed (the retrieval's)
+
+
+@dataclass(frozen=True)
+class ReducedIndex:
+    """What :func:`prepare_reduced_index` makes of a reference map [N, C, H, W]: one :class:`ReducedReference` per
+    batch element, and what they were made with (:func:`index_key`): a search with other settings must not read
+    them."""
+
+    refs: Tuple[ReducedReference, ...]
+    made_with: Tuple
+
+    def check(self, key: Tuple, ref_feat: torch.Tensor) -> None:
+        """A ``ValueError`` unless this index was made with ``key`` for a map of ``ref_feat``'s shape."""
+        if key != self.made_with:
+            raise ValueError(f'the prepared reduced index was made with {self.made_with} (geometry, channel_dims, '
+                             f'patch_dims, key_step, fit_samples, seed, chunk); this search has {key}')
+        n, c, h, w = ref_feat.shape
+        p = key[0][2]
+        if len(self.refs) != n or tuple(self.refs[0].ref_cl.shape) != (h + 2 * p, w + 2 * p, c):
+            raise ValueError(f'the prepared reduced index was made for {len(self.refs)} reference map(s) of padded '
+                             f'shape {tuple(self.refs[0].ref_cl.shape)}, not for {tuple(ref_feat.shape)}')
+
+
+def index_key(geometry: Tuple[int, int, int], settings: ApproximateSettings, query_chunk_size: int) -> Tuple:
+    """What a reduced index depends on besides the reference: the geometry, the settings of the reduction and the
+    band size of its descriptors (``query_chunk_size``: a band's matmul is the same one with or without preparing,
+    so that the result is bit-identical)."""
+    cfg = settings
+    return (tuple(geometry), cfg.channel_dims, cfg.patch_dims, cfg.key_step, cfg.fit_samples, cfg.seed,
+            int(query_chunk_size))
+
+
+def _reduced_reference(ref_feat: torch.Tensor, window: int, stride: int, padding: int, cfg: ApproximateSettings,
+                       query_chunk_size: int, generator: torch.Generator) -> ReducedReference:
+    """The reduced index of one reference map ``ref_feat`` [1, C, H, W]: its exact inverse patch norms, its padded
+    channels-last copy, the PCA fitted on it (drawing its patch sample from ``generator``) and its reduced key
+    descriptors."""
+    k, s, p = window, stride, padding
+    rgw = grid_size(*ref_feat.shape[-2:], k, s, p)[1]
+    k_inv = inv_patch_norms(ref_feat, k, s, padding=p)[0]  # [Lr]
+    ref_cl = _channels_last_padded(ref_feat[0], p)
+    proj, patch_proj = _fit_reduction(ref_cl, k, s, cfg.channel_dims, cfg.patch_dims, cfg.fit_samples, generator)
+    keys = _descriptors(ref_cl, proj, patch_proj, k, s, cfg.key_step, k_inv, rgw,
+                        _band_rows(query_chunk_size, rgw))  # [Lr', d]
+    return ReducedReference(k_inv, ref_cl, proj, patch_proj, keys.t().contiguous())
+
+
+@torch.no_grad()
+def prepare_reduced_index(ref_feat: torch.Tensor, window: int, stride: int, padding: int,
+                          settings: Optional[ApproximateSettings] = None, *, query_chunk_size: int = 4096,
+                          **overrides) -> Optional[ReducedIndex]:
+    """The reduced index of a reference map [N, C, H, W] for :func:`approximate_search` (its ``prepared``), to share
+    between the searches of that reference (the LR images, frames or tiles of a run); the searches' results are
+    bit-identical to those that compute it themselves. None where the reference alone makes every search of it run
+    the exact search (``fallback`` and at most ``max_candidates`` patches): nothing to keep. Where it is made, a
+    search may still run the exact search for a small LR (L x Lr <= ``exact_below``) and leave it unused: it is made
+    eagerly (:func:`reduced_index_bytes`: about 1.1-1.3 times the map), as the cache of encoded references counts
+    what it holds when it takes it.
+
+    The PCA's patch sample comes from one generator seeded with ``seed``, drawn from batch element after batch
+    element, as the search without an index draws it; the query side draws nothing."""
+    cfg = dataclasses.replace(settings or ApproximateSettings(), **overrides)
+    k, s, p = int(window), int(stride), int(padding)
+    rgh, rgw = grid_size(*ref_feat.shape[-2:], k, s, p)
+    if cfg.fallback and rgh * rgw <= cfg.max_candidates:
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    refs = tuple(_reduced_reference(ref_feat[b:b + 1], k, s, p, cfg, query_chunk_size, gen)
+                 for b in range(ref_feat.size(0)))
+    return ReducedIndex(refs, index_key((k, s, p), cfg, query_chunk_size))
+
+
+def reduced_index_bytes(ref_hw: Tuple[int, int], channels: int, window: int, stride: int, padding: int,
+                        settings: ApproximateSettings, itemsize: int = 4) -> int:
+    """Bytes of :func:`prepare_reduced_index`'s index of one reference map of ``ref_hw`` (relu3_1 size, batch 1): the
+    padded channels-last copy, the inverse norms, the two projections and the reduced key descriptors; 0 where it
+    makes none."""
+    k, s, p = window, stride, padding
+    rgh, rgw = grid_size(*ref_hw, k, s, p)
+    if settings.fallback and rgh * rgw <= settings.max_candidates:
+        return 0
+    ks = settings.key_step
+    c_red = min(settings.channel_dims, channels)
+    d = min(settings.patch_dims, c_red * k * k)
+    patch_proj = c_red * k * k * d if c_red * k * k > settings.patch_dims else 0
+    n_k = -(-rgh // ks) * -(-rgw // ks)
+    ref_cl = channels * (ref_hw[0] + 2 * p) * (ref_hw[1] + 2 * p)
+    return itemsize * (ref_cl + rgh * rgw + c_red * channels + patch_proj + d * n_k)
 
 
 def _pixel_offsets(window: int, width: int, device) -> torch.Tensor:
@@ -381,7 +498,7 @@ def _subgrid_index(gh: int, gw: int, step: int, device) -> torch.Tensor:
 def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: int, stride: int, padding: int,
                        top_k: int = 1, settings: Optional[ApproximateSettings] = None, *,
                        query_chunk_size: int = 4096, exact_chunks: Tuple[int, int] = (4096, 8192),
-                       **overrides) -> Tuple[torch.Tensor, torch.Tensor]:
+                       prepared: Optional[ReducedIndex] = None, **overrides) -> Tuple[torch.Tensor, torch.Tensor]:
     """Approximate top-k texture search with exact re-ranking (see the module docstring).
 
     Args:
@@ -420,6 +537,9 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
               retrieval on CPU; absent or on another device: the torch path, with a warning).
         query_chunk_size: query descriptors per retrieval block (memory: this x reference sub-grid relevances).
         exact_chunks: (chunk_size, key_chunk_size) of the exact chunked search where it is run instead.
+        prepared: the reference's :class:`ReducedIndex` (:func:`prepare_reduced_index` with these settings and
+            ``query_chunk_size``; a ``ValueError`` otherwise), or None: the search computes it (the same result, bit
+            for bit).
 
     Returns:
         scores, index: [N, top_k, L], rank-sorted; scores are exact cosine relevances.
@@ -439,9 +559,11 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
         raise ValueError(f'query_chunk_size must be >= 1, got {query_chunk_size}')
     if uses_exact(n_query, n_keys, cfg):
         return chunked_search(lr_feat, ref_feat, k, s, p, top_k, *exact_chunks)
+    if prepared is not None:
+        prepared.check(index_key((k, s, p), cfg, query_chunk_size), ref_feat)
     query_step, key_step, jitter = cfg.query_step, cfg.key_step, cfg.jitter
-    channel_dims, patch_dims, candidates = cfg.channel_dims, cfg.patch_dims, cfg.resolved_candidates(s)
-    tile, max_candidates, fit_samples = cfg.tile, cfg.max_candidates, cfg.fit_samples
+    candidates = cfg.resolved_candidates(s)
+    tile, max_candidates = cfg.tile, cfg.max_candidates
     prefilter = max(cfg.prefilter, top_k) if cfg.prefilter else 0
     retrieve = _retrieval(cfg.backend, lr_feat.device)
     dev = lr_feat.device
@@ -452,23 +574,24 @@ def approximate_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: in
     k_sub = _subgrid_index(rgh, rgw, key_step, dev)
     sub_h, sub_w = (gh + query_step - 1) // query_step, (gw + query_step - 1) // query_step
     n_cand = min(candidates, k_sub.numel())
-    band_rows = max(1, query_chunk_size // max(1, gw // query_step))
+    band_rows = _band_rows(query_chunk_size, gw // query_step)
     win = torch.arange(-jitter, jitter + 1, device=dev)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    # without an index: made here, batch element after batch element, drawing from one generator as
+    # prepare_reduced_index does (nothing else draws from it)
+    gen = torch.Generator().manual_seed(cfg.seed) if prepared is None else None
 
     scores = lr_feat.new_empty(n, top_k, n_query)
     index = torch.empty(n, top_k, n_query, dtype=torch.long, device=dev)
     for b in range(n):
-        # the exact inverse patch norms, then one zero-padded channels-last copy of each map (read by every step)
+        # the exact inverse patch norms and one zero-padded channels-last copy of each map (read by every step);
+        # 1. reduced descriptors: channel PCA per pixel, then PCA of the reduced patches; exact norms. The
+        # reference's side is its reduced index, prepared or made now
+        red = prepared.refs[b] if prepared is not None else _reduced_reference(
+            ref_feat[b:b + 1], k, s, p, cfg, query_chunk_size, gen)
+        k_inv, ref_cl, proj, patch_proj, keys_t = red.k_inv, red.ref_cl, red.proj, red.patch_proj, red.keys_t
+        del red
         q_inv = inv_patch_norms(lr_feat[b:b + 1], k, s, padding=p)[0]  # [L]
-        k_inv = inv_patch_norms(ref_feat[b:b + 1], k, s, padding=p)[0]  # [Lr]
         lr_cl = _channels_last_padded(lr_feat[b], p)
-        ref_cl = _channels_last_padded(ref_feat[b], p)
-        # 1. reduced descriptors: channel PCA per pixel, then PCA of the reduced patches; exact norms
-        proj, patch_proj = _fit_reduction(ref_cl, k, s, channel_dims, patch_dims, fit_samples, gen)
-        keys = _descriptors(ref_cl, proj, patch_proj, k, s, key_step, k_inv, rgw, band_rows)  # [Lr', d]
-        keys_t = keys.t().contiguous()
-        del keys
         # 2. retrieval: every query sub-grid point against every key sub-grid point, top-candidates
         n_ret = min(max(cfg.refine, n_cand), k_sub.numel())
         cand_s = lr_feat.new_empty(q_sub.numel(), n_ret)
@@ -576,22 +699,38 @@ def recall_at_k(approx: Tuple[torch.Tensor, torch.Tensor], exact: Tuple[torch.Te
 class ApproximateSearch(SearchMethod):
     """The approximate search as a search method: :func:`approximate_search` with ``spec.approximate``; its
     retrieval in blocks of ``spec.chunk_size`` queries, and, where it runs the exact search instead (small inputs),
-    the chunked search with the spec's block sizes."""
+    the chunked search with the spec's block sizes. :meth:`prepare` makes a reference's reduced index
+    (:func:`prepare_reduced_index`), which every search of that reference then reads."""
 
     name = 'approximate'
     exact = False
     description = ('large inputs: reduced-descriptor retrieval, then exact relevances in candidate windows '
                    '(sub-quadratic)')
 
+    def prepare(self, keys: torch.Tensor, spec) -> Optional[ReducedIndex]:
+        """The reduced index of ``keys`` (None where every search of it runs the exact search)."""
+        return prepare_reduced_index(keys, *spec.geometry, spec.approximate, query_chunk_size=spec.chunk_size)
+
+    def prepare_key(self, spec) -> Hashable:
+        """The index's settings (:func:`index_key`) and those that decide whether there is one."""
+        cfg = spec.approximate
+        return self.name, index_key(spec.geometry, cfg, spec.chunk_size), cfg.fallback, cfg.max_candidates
+
     def search(self, query: torch.Tensor, keys: torch.Tensor, spec, top_k: int, prepared=None):
         return approximate_search(query, keys, *spec.geometry, top_k, spec.approximate,
                                   query_chunk_size=spec.chunk_size,
-                                  exact_chunks=(spec.chunk_size, spec.key_chunk_size))
+                                  exact_chunks=(spec.chunk_size, spec.key_chunk_size), prepared=prepared)
 
     def search_bytes(self, query_hw, keys_hw, channels, spec, top_k) -> int:
+        """With the reduced index :meth:`prepare` makes where it makes one (the engine prepares every reference;
+        the index is :meth:`prepared_bytes`)."""
         own = approximate_search_bytes(query_hw, keys_hw, channels, *spec.geometry, spec.approximate,
-                                       spec.chunk_size)
+                                       spec.chunk_size, prepared=self.prepared_bytes(keys_hw, channels, spec) > 0)
         return chunked_search_bytes(query_hw, keys_hw, channels, spec) if own is None else own
+
+    def prepared_bytes(self, keys_hw: Tuple[int, int], channels: int, spec) -> int:
+        """The reduced index (:func:`reduced_index_bytes`)."""
+        return reduced_index_bytes(keys_hw, channels, *spec.geometry, spec.approximate)
 
     def is_exact_for(self, n_query: int, n_keys: int, spec) -> bool:
         return uses_exact(n_query, n_keys, spec.approximate)
