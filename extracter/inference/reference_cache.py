@@ -18,8 +18,8 @@ What an entry is keyed by (everything that changes the encoding):
   method shares the keys; the keys themselves do not depend on the search spec, only on the padded reference). The
   chunked search prepares its normalised key blocks with ``cache_keys`` (``('chunked', geometry,
   key_chunk_size)``), which :func:`~extracter.inference.engine.run_refsr` sets with a cache where they fit: the
-  search, most of a frame's time, then no longer rebuilds them for every LR image (bit-identical: the blocks are
-  made by the very ops the search makes them with);
+  search then no longer rebuilds them for every LR image (bit-identical: the blocks are made by the very ops the
+  search makes them with);
 - textures: how relu1_1 is kept (``lv1``: stored or recomputed, :data:`~extracter.archs.refsr_base.LV1_STORAGE`)
   and the layout the method's transfer reads (``index`` or ``dense``, :func:`extracter.search.transfer.by_index`).
 
