@@ -17,6 +17,7 @@ from extracter.inference.memory_plan import (
     estimate,
     parse_memory,
     plan_memory,
+    reuse_fits,
     tile_work,
 )
 
@@ -124,3 +125,17 @@ def test_run_refsr_with_a_budget_tiles_and_agrees_with_untiled():
     assert net.search_transfer.mode == 'dense'  # restored
     with pytest.raises(MemoryBudgetError, match='max_memory'):
         run_refsr(net, lr, ref, max_memory=spec.n_params * 4)
+
+
+def test_reuse_caches_the_key_blocks_where_the_cache_has_room():
+    """With a cache of encoded references (reuse), the key blocks are prepared once per reference even for one
+    block of LR patches, where the plan with them fits and leaves the cache room for what it keeps."""
+    lr, ref = (64, 64), (256, 256)  # one block of LR patches: nothing to gain within one search
+    plain = plan_memory(RELEASED, lr, ref, '4G')
+    assert not plain.cache_keys and plain.parts['cached_keys'] == 0
+    reused = plan_memory(RELEASED, lr, ref, '4G', reuse=True)
+    assert reused.cache_keys and reuse_fits(reused.parts, reused.budget)
+    # the blocks are made as each reference's keys are encoded: both peaks that hold the keys count them
+    assert reused.parts['keys_peak'] - plain.parts['keys_peak'] == reused.parts['cached_keys'] > 0
+    tight = plan_memory(RELEASED, lr, ref, reused.estimate, reuse=True)  # fits, but leaves the cache no room
+    assert not tight.cache_keys and not reuse_fits(reused.parts, reused.estimate)

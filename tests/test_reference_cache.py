@@ -10,10 +10,11 @@ from PIL import Image
 from extracter.data.inference_dataset import RefSRInferenceDataset
 from extracter.inference import run_refsr
 from extracter.inference.folder import infer_folder
+from extracter.inference.memory_plan import cached_reference_bytes
 from extracter.inference.reference_cache import ReferenceCache, held_bytes, tensor_digest
 from extracter.search import get_method, method_names
 from extracter.search.base import SearchMethod
-from extracter.search.methods import approximate
+from extracter.search.methods import approximate, exact
 from extracter.search.methods.approximate import ApproximateSettings
 from tests.test_engine import three_refs, tiny_net
 
@@ -75,10 +76,11 @@ def test_entries_are_keyed_by_what_changes_the_encoding(net, one_thread):
     lr, refs = three_refs()
     cache = ReferenceCache()
     run_refsr(net, lr, refs[0], search_mode='chunked', reference_cache=cache)
-    # the dense transfer reads another layout of the textures; the keys do not depend on the method (none prepares)
+    # the dense transfer reads another layout of the textures, and the dense search's keys are the bare ones (the
+    # chunked search's carry its key blocks); the bare keys do not depend on the method (none prepares)
     dense = run_refsr(net, lr, refs[0], search_mode='dense', reference_cache=cache)
     stats = cache.stats()
-    assert stats.hits == {'keys': 1, 'textures': 0} and stats.misses == {'keys': 1, 'textures': 2}
+    assert stats.hits == {'keys': 0, 'textures': 0} and stats.misses == {'keys': 2, 'textures': 2}
     assert torch.equal(dense, run_refsr(net, lr, refs[0], search_mode='dense'))
     # another geometry: the same padded reference, the same keys; the result is the fresh one
     geo = dict(search_mode='chunked', search_geometry=(12, 4, 4))
@@ -95,6 +97,57 @@ def test_entries_are_keyed_by_what_changes_the_encoding(net, one_thread):
     assert tensor_digest(refs[0]) != tensor_digest(refs[0], refs[0])  # with its down-up version: another key
     with pytest.raises(ValueError, match='serves one network'):
         run_refsr(tiny_net(seed=1), lr, refs[0], reference_cache=cache)
+
+
+@pytest.mark.parametrize('n_refs', [1, 3])
+@pytest.mark.parametrize('how', ['untiled', 'tiled', 'budget'])
+def test_chunked_key_blocks_are_prepared_once_per_reference_and_reused(net, n_refs, how, monkeypatch, one_thread):
+    """With a cache, the chunked search's normalised key blocks are made once per reference (with its keys) and
+    every later LR image's search is given them: bit-identical to the search that makes its own."""
+    lr, refs = three_refs()
+    refs = refs[:n_refs]
+    kwargs = {'untiled': {}, 'tiled': TILED, 'budget': BUDGET}[how]
+    other = torch.rand(1, 3, 16, 24)
+    fresh = [run_refsr(net, x, refs, search_mode='chunked', **kwargs) for x in (lr, other)]
+    made, given = [], []
+    real_prepare, real_search = exact.prepare_key_blocks, exact.chunked_search
+    monkeypatch.setattr(exact, 'prepare_key_blocks', lambda keys, spec: made.append(1) or real_prepare(keys, spec))
+    monkeypatch.setattr(exact, 'chunked_search',
+                        lambda *a, **k: given.append(a[-1] is not None) or real_search(*a, **k))
+    cache = ReferenceCache()
+    first = run_refsr(net, lr, refs, search_mode='chunked', reference_cache=cache, return_aux=True, **kwargs)
+    assert first.spec.cache_keys and (how != 'budget' or first.plan.cache_keys)
+    prepared = sum(first.spec.search_method.prepared_bytes((h // 4, w // 4), 256, first.spec)
+                   for h, w in first.padded_ref_hw)
+    assert prepared > 0 and cache.stats().bytes > prepared  # held with the keys and the textures
+    again = run_refsr(net, other, refs, search_mode='chunked', reference_cache=cache, **kwargs)
+    assert len(made) == n_refs and given == [True] * (2 * n_refs)  # made once, given to both LR images' searches
+    assert cache.stats().hits == {'keys': n_refs, 'textures': n_refs}
+    assert torch.equal(first.sr, fresh[0]) and torch.equal(again, fresh[1])
+
+
+def test_key_blocks_are_cached_only_where_they_fit(net, one_thread):
+    """A cache whose cap holds the keys and textures but not the key blocks too: no blocks (the keys and textures
+    are reused as before); the same under a budget whose plan leaves the cache no room for them."""
+    lr, refs = three_refs()
+    res = run_refsr(net, lr, refs, search_mode='chunked', reference_cache=ReferenceCache(), return_aux=True)
+    sizes = res.padded_ref_hw
+    without = cached_reference_bytes(res.spec.replace(cache_keys=False), sizes)
+    assert cached_reference_bytes(res.spec, sizes) > without
+    small = ReferenceCache(max_bytes=without)
+    res = run_refsr(net, lr, refs, search_mode='chunked', reference_cache=small, return_aux=True)
+    assert not res.spec.cache_keys
+    run_refsr(net, lr, refs, search_mode='chunked', reference_cache=small)
+    assert small.stats().hits['keys'] == 3  # the bare keys still reused
+    plain = run_refsr(net, lr, refs, search_mode='chunked', max_memory='400M', tile={'tile_pad': 8},
+                      return_aux=True)
+    blocks = cached_reference_bytes(res.spec.replace(cache_keys=True), sizes) - without
+    tight = plain.plan.estimate + blocks * 3 // 2  # fits the plan with the blocks, not a cache that keeps them
+    res = run_refsr(net, lr, refs, search_mode='chunked', max_memory=tight, tile={'tile_pad': 8},
+                    reference_cache=ReferenceCache(), return_aux=True)
+    assert not res.plan.cache_keys and not res.spec.cache_keys
+    assert torch.equal(res.sr, run_refsr(net, lr, refs, search_mode='chunked', max_memory=tight,
+                                         tile={'tile_pad': 8}))
 
 
 def test_every_method_that_prepares_states_what_it_depends_on():

@@ -222,3 +222,49 @@ def test_block_transfer_keeps_autograd_for_maps_that_require_grad():
             grads.append([leaf.grad for leaf in leaves])
         for a, b in zip(*grads):
             torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize('geometry,top_k,lr_hw,ref_hw,chunk,key_chunk', CASES)
+def test_prepared_key_blocks_are_the_blocks_the_search_makes(geometry, top_k, lr_hw, ref_hw, chunk, key_chunk,
+                                                              monkeypatch):
+    """The blocks prepared once per reference (SearchMethod.prepare, kept by the inference's reference cache) are
+    bit for bit those the search makes for itself, in the same order, and so is its result; prepared_bytes is what
+    they hold."""
+    from extracter.inference.reference_cache import held_bytes
+    from extracter.search import SearchSpec
+
+    lr, refsr = _features(lr_hw, ref_hw)[:2]
+    lr, refsr = lr[:1], refsr[:1]  # batch 1, as the planner's figures
+    spec = SearchSpec('chunked', *geometry, chunk_size=chunk, key_chunk_size=key_chunk)
+    method = spec.search_method
+    assert method.prepare(refsr, spec) is None and method.prepare_key(spec) is None  # only when asked
+    cached = spec.replace(cache_keys=True)
+    prepared = method.prepare(refsr, cached)
+    assert method.prepare_key(cached) == ('chunked', geometry, key_chunk)
+    assert held_bytes(prepared) == method.prepared_bytes(ref_hw, refsr.size(1), cached)
+    made = []
+    real_bmm = torch.bmm
+
+    def spy(a, b):
+        made.append(b.clone())
+        return real_bmm(a, b)
+
+    monkeypatch.setattr(torch, 'bmm', spy)
+    plain = method.search(lr, refsr, spec, top_k)
+    n_blocks = len(prepared.blocks)
+    assert len(made) == n_blocks * -(-spec.patch_count(*lr_hw) // chunk)
+    for i, block in enumerate(made):  # every LR block against the same key blocks, made as prepare made them
+        assert torch.equal(block, prepared.blocks[i % n_blocks])
+    with_blocks = method.search(lr, refsr, cached, top_k, prepared)
+    assert torch.equal(plain[0], with_blocks[0]) and torch.equal(plain[1], with_blocks[1])
+
+
+def test_prepared_key_blocks_of_a_720x480_reference():
+    """The figure the docs state: about 200 MB of key blocks for a 720x480 reference at the demo's 3/1/1 (relu3_1
+    180x120, 21,600 patches of 3x3x256; the blocks ending mid-row hold two rows more)."""
+    from extracter.search import SearchSpec
+
+    spec = SearchSpec('chunked', 3, 1, 1, cache_keys=True)
+    assert spec.search_method.prepared_bytes((120, 180), 256, spec) == 4 * 2304 * 122 * 180 == 202_383_360
+    assert spec.replace(cache_keys=False).search_method.prepared_bytes((120, 180), 256,
+                                                                       spec.replace(cache_keys=False)) == 0

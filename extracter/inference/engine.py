@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from extracter.archs.descriptor import descriptor_of
 from extracter.archs.refsr_base import SCALE, ReferenceFeatures, RefSRNet, check_image_pair, make_lr_up
-from extracter.inference.memory_plan import DEFAULT_TILE_PAD, ENCODE_TILE, MemoryPlan, plan_memory, plan_own_search
+from extracter.inference.memory_plan import (
+    DEFAULT_TILE_PAD,
+    ENCODE_TILE,
+    MemoryPlan,
+    cached_reference_bytes,
+    plan_memory,
+    plan_own_search,
+)
 from extracter.inference.options import InferenceOptions
 from extracter.inference.reference_cache import ReferenceCache
 from extracter.inference.tiling import round_tile, search_features_tiled, tile_loop, tile_pad_floor, tiled_forward
@@ -218,6 +225,17 @@ def _main_phase(net: RefSRNet, spec: SearchSpec, inp: _Padded, search, tile_t: O
                          spec=spec)
 
 
+def _keys_for_reuse(spec: SearchSpec, cache: ReferenceCache, ref_sizes: List[Tuple[int, int]]) -> SearchSpec:
+    """Without a budget, with a cache: ``spec`` with ``cache_keys`` where its method caches keys and the cache's cap
+    holds all it would keep of these references (their keys, key blocks and textures), so that the normalised key
+    blocks are prepared once per reference and reused by every LR image (bit-identical; under a budget the plan
+    decides, :func:`~extracter.inference.memory_plan.plan_memory`'s ``reuse``)."""
+    if not spec.search_method.caches_keys or spec.cache_keys:
+        return spec
+    cached = spec.replace(cache_keys=True)
+    return cached if cached_reference_bytes(cached, ref_sizes) <= cache.max_bytes else spec
+
+
 def _use_cache(cache: ReferenceCache, net: RefSRNet, inp: _Padded, plan: Optional[MemoryPlan]) -> _Cached:
     """The call's view of ``cache``: the references' content ids (before phase 1 drops the down-up-sampled ones)
     and, under a budget, what the plan leaves (``budget - estimate``: the cache is trimmed to it now, before the
@@ -269,8 +287,9 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             web page's time-left estimate); a callback may raise to stop the run (the page's Cancel).
         reference_cache: a :class:`~extracter.inference.reference_cache.ReferenceCache` of this run (one folder, one
             video): the references' encodings are looked up there and kept for the next LR image (bit-identical to
-            encoding again); with ``max_memory`` it holds at most what the memory plan leaves. None: encode every
-            reference for this call only.
+            encoding again), with the chunked search's normalised key blocks where they fit (``cache_keys``: the
+            cache's cap, or with ``max_memory`` the plan); with ``max_memory`` it holds at most what the memory plan
+            leaves. None: encode every reference for this call only.
     Several references: the top-k over the union of all their patches (each reference encoded on its own), exact in
     every exact search method, with tiles and budgets. Runs under ``torch.no_grad()``.
     """
@@ -313,10 +332,13 @@ def run_refsr(net: RefSRNet, lr: torch.Tensor, ref: Images, lr_up: Optional[torc
             sizes = inp.ref_sizes
             plan_ref_hw = sizes[0] if len(sizes) == 1 else equivalent_ref_hw(sizes, multiples[1])
             plan = plan_memory(net, inp.lr_hw, plan_ref_hw, max_memory, tile=tile_t, search_mode=spec.method,
-                               tile_pad=plan_pad, n_refs=len(sizes), search=spec)
+                               tile_pad=plan_pad, n_refs=len(sizes), search=spec,
+                               reuse=reference_cache is not None and reference_cache.max_bytes > 0)
             spec = plan.search_spec(spec)
             if plan.tile_size is not None:
                 tile_t = (plan.tile_size, plan.tile_pad)
+        elif reference_cache is not None and not own_search:
+            spec = _keys_for_reuse(spec, reference_cache, inp.ref_sizes)
         cached = None if reference_cache is None else _use_cache(reference_cache, net, inp, plan)
         search, ref_grids, patch_counts = _search_phase(net, spec, inp, None if tile_t is None else tile_t[0], stage,
                                                         cached)

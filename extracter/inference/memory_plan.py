@@ -12,15 +12,16 @@ The plan prefers, in order: no tiling, then the tiling that fits with the least 
 fewest, equal tiles: their context is recomputed, see :func:`tile_work`); at each tiling relu1_1 stored, then
 recomputed from the reference image (exact, a little slower transfer); large search blocks (for matrix-multiply
 efficiency), shrinking them before shrinking tiles; and caching the normalised reference patches across tiles
-when that still fits. A request that cannot fit (the reference alone too large, a given tile too large, the dense
-search too large) raises :class:`MemoryBudgetError` with the numbers.
+when that still fits (with a cache of encoded references: across LR images, where the cache can keep them). A
+request that cannot fit (the reference alone too large, a given tile too large, the dense search too large) raises
+:class:`MemoryBudgetError` with the numbers.
 """
 
 import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -229,7 +230,8 @@ def estimate(spec: NetSpec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], mod
     # tile's transient, in RSS until the end of the inference)
     parts['retained'] = parts['encode_transient']
     base = parts['weights'] + parts['images']
-    parts['keys_peak'] = base + parts['search_keys'] + parts['encode_transient']
+    # the cached key blocks are made as each reference's keys are encoded (SearchMethod.prepare)
+    parts['keys_peak'] = base + parts['search_keys'] + parts['cached_keys'] + parts['encode_transient']
     parts['search_peak'] = base + parts['retained'] + parts['search_keys'] + parts['cached_keys'] + max(
         parts['lr_vgg_transient'], parts['lr_search_features'] + parts['search_blocks'] + parts['search_result'])
     kept = base + parts['search_result'] + parts['reference_features']
@@ -294,9 +296,27 @@ def _refuse(spec: NetSpec, lr_hw, ref_hw, budget: int, mode: str, tile, candidat
         f'reference ({mode} search, {what}): it needs about {format_bytes(need)}; raise max_memory or {hint}')
 
 
+def reuse_fits(parts: Dict[str, int], budget: int) -> bool:
+    """Whether a plan's estimate ``parts`` (with cached key blocks) leaves a cache of encoded references room for
+    all it keeps of them: their keys, key blocks and textures (the cache gets ``budget - total``, see
+    :mod:`extracter.inference.reference_cache`); otherwise the larger entries would crowd the textures out."""
+    kept = parts['search_keys'] + parts['cached_keys'] + parts['reference_features']
+    return parts['total'] + kept <= budget
+
+
+def cached_reference_bytes(search: SearchSpec, ref_sizes: Sequence[Tuple[int, int]], lv1_storage: str = 'stored'
+                           ) -> int:
+    """Bytes a cache of encoded references keeps of these (padded) references: their keys, what ``search``'s
+    method prepares of them (:meth:`~extracter.search.base.SearchMethod.prepared_bytes`) and their textures."""
+    per_px = KEYS_PER_REF_PX + TEXTURES_PER_REF_PX[lv1_storage]
+    return sum(per_px * h * w + search.search_method.prepared_bytes((h // 4, w // 4), FEATURE_CHANNELS[3], search)
+               for h, w in ref_sizes)
+
+
 def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], max_memory,
                 tile: Optional[Tuple[int, int]] = None, search_mode: Optional[str] = None,
-                tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1, search: Optional[SearchSpec] = None) -> MemoryPlan:
+                tile_pad: int = DEFAULT_TILE_PAD, n_refs: int = 1, search: Optional[SearchSpec] = None,
+                reuse: bool = False) -> MemoryPlan:
     """Choose chunk sizes, tiling and how relu1_1 is kept so that one inference fits ``max_memory``.
 
     ``lr_hw`` / ``ref_hw``: the (already padded) LR and reference sizes (several references: one size with their
@@ -306,8 +326,11 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
     little slower transfer: chosen only where needed). ``search_mode`` (default chunked): the method, whose own
     estimate counts (:meth:`~extracter.search.base.SearchMethod.search_bytes`); a method with the dense transfer
     (``'dense'``, the faithful path) keeps relu1_1 stored; one without blocks is only checked. ``search``: the
-    call's spec (its geometry and approximate settings; a network's default otherwise). Raises
-    :class:`MemoryBudgetError` when nothing fits.
+    call's spec (its geometry and approximate settings; a network's default otherwise). ``reuse``: the encoded
+    references are kept for later LR images (a :class:`~extracter.inference.reference_cache.ReferenceCache`): the
+    normalised key blocks are then cached (prepared once per reference, kept with its keys) wherever the plan with
+    them fits and still leaves the cache room for everything it keeps of the references (:func:`reuse_fits`).
+    Raises :class:`MemoryBudgetError` when nothing fits.
     """
     if isinstance(net_or_spec, NetSpec):
         spec = net_or_spec if search is None else dataclasses.replace(
@@ -347,7 +370,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
             k, s, p = spec.window, spec.stride, spec.padding
             n_query_blocks = math.ceil(_grid(lr_hw[0], k, s, p) * _grid(lr_hw[1], k, s, p) / chunk)
             ok, cached = fits(t, chunk, key_chunk, lv1, cache=True)
-            if ok and n_query_blocks > 1:
+            if ok and (n_query_blocks > 1 or reuse and reuse_fits(cached, budget)):
                 cache, parts = True, cached
         return MemoryPlan(budget, mode, chunk, key_chunk, cache, None if t is None else t[0],
                           0 if t is None else t[1], parts['total'], parts, lv1)

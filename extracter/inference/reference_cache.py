@@ -15,7 +15,11 @@ What an entry is keyed by (everything that changes the encoding):
 - the device and dtype (in the digest);
 - keys: what the search method's :meth:`~extracter.search.base.SearchMethod.prepare` depends on,
   :meth:`~extracter.search.base.SearchMethod.prepare_key` (None for the methods that prepare nothing: then every
-  method shares the keys; the keys themselves do not depend on the search spec, only on the padded reference);
+  method shares the keys; the keys themselves do not depend on the search spec, only on the padded reference). The
+  chunked search prepares its normalised key blocks with ``cache_keys`` (``('chunked', geometry,
+  key_chunk_size)``), which :func:`~extracter.inference.engine.run_refsr` sets with a cache where they fit: the
+  search then no longer rebuilds them for every LR image (bit-identical: the blocks are made by the very ops the
+  search makes them with);
 - textures: how relu1_1 is kept (``lv1``: stored or recomputed, :data:`~extracter.archs.refsr_base.LV1_STORAGE`)
   and the layout the method's transfer reads (``index`` or ``dense``, :func:`extracter.search.transfer.by_index`).
 
@@ -46,7 +50,9 @@ import torch
 
 from extracter.inference.memory_plan import format_bytes, parse_memory
 
-DEFAULT_CACHE_BYTES = 2 * 2 ** 30  # without a budget: ~12 encoded 720x480 references (169 MiB each, relu1_1 stored)
+# without a budget: ~12 encoded 720x480 references (169 MiB each, relu1_1 stored), ~5 with the chunked search's key
+# blocks (193 MiB more each at 3/1/1)
+DEFAULT_CACHE_BYTES = 2 * 2 ** 30
 KINDS = ('keys', 'textures')
 
 

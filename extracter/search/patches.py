@@ -11,7 +11,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['Scratch', 'grid_size', 'patch_rows', 'patch_range', 'inv_patch_norms', 'merge_topk', 'chunked_search']
+__all__ = ['Scratch', 'grid_size', 'patch_rows', 'patch_range', 'key_block', 'inv_patch_norms', 'merge_topk',
+           'chunked_search']
 
 
 class Scratch:
@@ -49,6 +50,14 @@ def patch_range(x_pad: torch.Tensor, k: int, s: int, grid_w: int, j0: int, j1: i
     return patch_rows(x_pad, k, s, r0, r1)[:, :, j0 - r0 * grid_w:j1 - r0 * grid_w]
 
 
+def key_block(ref_pad: torch.Tensor, inv: torch.Tensor, k: int, s: int, grid_w: int, j0: int, j1: int
+              ) -> torch.Tensor:
+    """The L2-normalised reference patches [j0, j1) of a padded map, [N, C*k*k, j1-j0] (Eq. 4's k_j / |k_j|;
+    ``inv``: :func:`inv_patch_norms` of the map). The one way a key block is made, in the search or prepared
+    beforehand (:func:`extracter.search.methods.exact.prepare_key_blocks`): the same ops, the same bits."""
+    return patch_range(ref_pad, k, s, grid_w, j0, j1).mul_(inv[:, None, j0:j1])
+
+
 def inv_patch_norms(x_pad: torch.Tensor, k: int, s: int, eps: float = 1e-12, padding: int = 0) -> torch.Tensor:
     """1 / max(|patch|, eps) for every patch of an already padded map, [N, grid_h*grid_w]; the squared norms are a
     box sum of the channel-summed squares. ``padding``: the map is not padded yet, its zero padding is (the channel
@@ -76,10 +85,11 @@ def chunked_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: int, s
                    key_blocks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The exact search in blocks of ``chunk_size`` LR patches x ``key_chunk_size`` reference patches with a running
     top-k: (scores, index), each [N, top_k, L], rank-sorted. ``key_blocks``: the L2-normalised reference patches in
-    blocks of ``key_chunk_size`` ([N, C*k*k, block] each), reused across calls.
+    blocks of ``key_chunk_size`` ([N, C*k*k, block] each, :func:`key_block`), reused across calls.
 
-    The key scale is applied to each relevance block and the query scale, which cannot change a query's ranking,
-    only to the kept scores. Equal to the dense search up to float rounding (~1e-7)."""
+    Each key block is normalised before its product (made here, or given: the same ops on the same tensors, so the
+    result is bit-identical either way); the query scale, which cannot change a query's ranking, is applied only to
+    the kept scores. Equal to the dense search up to float rounding (~1e-7)."""
     k, s, p = window, stride, padding
     n = lr_feat.size(0)
     lr_pad = F.pad(lr_feat, (p, p, p, p))
@@ -101,11 +111,9 @@ def chunked_search(lr_feat: torch.Tensor, ref_feat: torch.Tensor, window: int, s
         best_i: Optional[torch.Tensor] = None
         for b, j0 in enumerate(range(0, n_keys, kc)):
             j1 = min(j0 + kc, n_keys)
-            if key_blocks is not None:
-                relevance = torch.bmm(query_t, key_blocks[b])  # [N, Lb, Kb]: the dense matrix's block, transposed
-            else:
-                relevance = torch.bmm(query_t, patch_range(ref_pad, k, s, rgw, j0, j1))
-                relevance.mul_(k_inv[:, None, j0:j1])
+            block = key_blocks[b] if key_blocks is not None else key_block(ref_pad, k_inv, k, s, rgw, j0, j1)
+            relevance = torch.bmm(query_t, block)  # [N, Lb, Kb]: the dense matrix's block, transposed
+            del block
             blk_s, blk_i = torch.topk(relevance, min(top_k, j1 - j0), dim=2, largest=True, sorted=True)
             del relevance
             best_s, best_i = merge_topk(best_s, best_i, blk_s, blk_i + j0, top_k, dim=2)
