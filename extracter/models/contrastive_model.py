@@ -109,15 +109,6 @@ class ContrastiveModel(BaseSRModel):
     def _forward_any_size(self, net: nn.Module) -> Dict[str, torch.Tensor]:
         return self.train_forward(net)
 
-    def test(self) -> None:
-        net = self._inference_net()
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            self.output = self._forward_any_size(net)
-        if was_training:
-            net.train()
-
     def nondist_validation(self, dataloader, current_iter: int, tb_logger, save_img: bool) -> None:
         """The mean loss terms over the validation set (fixed warps), logged and kept in ``self.metric_results``."""
         dataset_name = dataloader.dataset.opt['name']
