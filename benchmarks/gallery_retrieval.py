@@ -229,11 +229,10 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     def cli(argv_):
-        args = build_parser().parse_args(argv_)
-        for flag, value in (('--key-step', args.key_step), ('--refs-per-image', args.refs_per_image),
-                            ('--shortlist', args.shortlist), ('--query-step', args.query_step)):
-            if value < 1:
-                raise ValueError(f'{flag} must be >= 1, got {value}')
+        parser = build_parser()
+        args = parser.parse_args(argv_)
+        harness.check_at_least(parser, ('--key-step', args.key_step, 1), ('--refs-per-image', args.refs_per_image, 1),
+                               ('--shortlist', args.shortlist, 1), ('--query-step', args.query_step, 1))
         if args.crop < 16 or args.crop % 4:
             raise ValueError(f'--crop must be a multiple of 4 of at least 16, got {args.crop}')
         run(args)

@@ -208,11 +208,10 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     def cli(argv_):
-        args = build_parser().parse_args(argv_)
-        for flag, value in (('--describe', args.describe), ('--queries', args.queries),
-                            ('--shortlist', args.shortlist), ('--faiss-size', args.faiss_size)):
-            if value < 1:
-                raise ValueError(f'{flag} must be >= 1, got {value}')
+        parser = build_parser()
+        args = parser.parse_args(argv_)
+        harness.check_at_least(parser, ('--describe', args.describe, 1), ('--queries', args.queries, 1),
+                               ('--shortlist', args.shortlist, 1), ('--faiss-size', args.faiss_size, 1))
         run(args)
         return 0
 
