@@ -4,7 +4,8 @@ Tiled inference keeps only each tile's own area of the output; the padding (``ti
 every side) must cover the part of the main network's receptive field that still changes the result, or the tile
 borders show. This script measures it on a real image pair (``../shared/data/refsr-pairs/ttsr-demo``: an LR crop and
 a reference crop) for the released sizes of EXTRACTER, TTSR and DRCT (random weights, seeded) and, where present,
-the CPU demo model (trained weights). Pads are rounded up to the network's LR multiple, as the engine does. The
+the CPU demo model (trained weights); C2-Matching's released size with PyTorch's default initialisation (see
+:func:`build`). Pads are rounded up to the network's LR multiple, as the engine does. The
 floor each architecture states (``min_tile_pad``) is the smallest pad measured here at which the largest difference
 between the tiled and the untiled result is below 5e-4 (an eighth of an 8-bit level: the saved 8-bit pictures are
 then (almost) identical); see docs/large_images.md.
@@ -40,6 +41,7 @@ CONFIGS = {
                                     padding=2, dfe_init='random')),
     'TTSR': ('TTSR', dict(lte_init='random')),
     'DRCT': ('DRCT', DRCT_RELEASED),
+    'C2Matching': ('C2Matching', dict(vgg_init='random')),
 }
 
 
@@ -55,7 +57,15 @@ def build(name: str) -> torch.nn.Module:
         return load_network(str(DEMO))
     arch, kwargs = CONFIGS[name]
     torch.manual_seed(0)
-    return ARCH_REGISTRY.get(arch)(**kwargs).eval()
+    net = ARCH_REGISTRY.get(arch)(**kwargs).eval()
+    if arch == 'C2Matching':
+        # the original's initialisation (N(0, 0.02), zero offset convolutions) leaves a residual so small that any
+        # pad would look enough: PyTorch's default initialisation of every restoration convolution instead (the
+        # learned offsets then move the samples too, as trained weights do)
+        for m in net.restoration.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.reset_parameters()
+    return net
 
 
 def measure(name: str, pads: Sequence[int], lr_side: int, tile: int) -> List[Dict[str, object]]:

@@ -141,7 +141,7 @@ def test_tiled_equals_untiled(tiny):
 
     net, lr, ref = tiny
     whole = run_refsr(net, lr, ref)
-    tiled = run_refsr(net, lr, ref, tile={'tile_size': 16, 'tile_pad': 32})  # through the engine, at the floor
+    tiled = run_refsr(net, lr, ref, tile={'tile_size': 16, 'tile_pad': 32})  # through the engine, above the floor
     assert whole.shape == tiled.shape == (1, 3, 112, 128)
     assert float((whole - tiled).abs().max()) < 1e-5
     # small tiles with the context this tiny net reaches (the descriptor's floor is for the released depth), and
@@ -158,10 +158,13 @@ def test_budget_plans_tiles_and_search_blocks(tiny):
 
     net, lr, ref = tiny
     whole = run_refsr(net, lr, ref)
-    # a 1024 px output: the untiled run does not fit 2 GB, tiles and smaller correlation blocks do
-    untiled = own_search_estimate(net, (256, 256), (1024, 1024), 8192)['total']
-    plan = plan_own_search(net, (256, 256), (1024, 1024), '2G', tile_pad=16)
+    # a 1024 px output of the released size: the untiled run does not fit 2 GB, tiles and smaller correlation
+    # blocks do
+    released = C2Matching(vgg_init='random')
+    untiled = own_search_estimate(released, (256, 256), (1024, 1024), 8192)['total']
+    plan = plan_own_search(released, (256, 256), (1024, 1024), '2G', tile_pad=16)
     assert untiled > plan.budget >= plan.estimate and plan.tile_size is not None and plan.tile_pad == 16
+    assert plan.key_chunk_size < 8192
     # through run_refsr: a budget the untiled run fits runs untiled, with the same result
     sr, plan = run_refsr(net, lr, ref, max_memory='1G', return_plan=True)
     assert plan.tile_size is None and plan.estimate <= 2 ** 30
@@ -241,3 +244,35 @@ def test_reference_keys_in_tiles_equal_untiled(tiny):
         tiled = encode_tiled(net.contras.feature_extraction_image2, x, 32)
     assert tiled.shape == whole.shape == (1, 256, 34, 26)
     assert float((whole - tiled).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize('hw, origin, window', [((37, 29), None, None), ((40, 33), (5, 3), (17, 12)),
+                                                  ((24, 24), (0, 0), (11, 24))])
+def test_aggregation_in_bands_equals_one_call(hw, origin, window):
+    """DynAgg in bands of rows (inference's memory bound) equals the single deformable convolution with offsets that
+    reach across the map: on the whole map (learned offsets from random weights: each band's offset convolution
+    needs its row of context above and below), and on a tile's window whose size differs from the map's by an odd
+    number (widened by a row/column of zero offsets, never the map copied; the learned offsets position-independent,
+    so that the window's equal the whole map's at its place)."""
+    from extracter.archs.c2_matching.restoration import DynAgg, band_rows
+
+    torch.manual_seed(0)
+    agg = DynAgg(16, 8)
+    if window is None:
+        torch.nn.init.uniform_(agg.conv_offset_mask.weight, -0.3, 0.3)
+    else:
+        torch.nn.init.uniform_(agg.conv_offset_mask.bias, -0.5, 0.5)
+    h, w = hw
+    ref, feat, pre = torch.rand(1, 16, h, w), torch.rand(1, 16, h, w), torch.randn(1, 9, h, w, 2) * 6
+    with torch.no_grad():
+        expect = agg(ref, feat, pre)
+        if window is not None:
+            (y, x), (th, tw) = origin, window
+            expect, feat, pre = (t[:, :, y:y + th, x:x + tw] for t in (expect, feat, pre))
+        assert band_rows(16, 8, feat.size(-1), 1) == 1
+        three_rows = 3 * 4 * (12 * 16 + 27 * 8 + 72 * 8 + 9 * 8) * feat.size(-1)
+        assert band_rows(16, 8, feat.size(-1), three_rows) == 3
+        for band_bytes in (1, three_rows, None):
+            got = agg(ref, feat, pre, origin, band_bytes)
+            assert got.shape == expect.shape
+            assert float((got - expect).abs().max()) < 1e-5, band_bytes

@@ -34,14 +34,20 @@ from extracter.registry import ARCH_REGISTRY
 from extracter.search import SearchSpec
 from extracter.utils.malloc import trim_freed_memory
 
-# The tile padding: not measured on trained weights (none are available here; benchmarks/measure_tile_pad.py on the
-# released ones will state it). Conservative: the restoration net has ~70 3x3 convolutions at the LR's scale (a
-# theoretical reach of ~100 LR pixels with the x2/x4 stages), EXTRACTER's comparable depth measured 8.
-C2_MIN_TILE_PAD = 32
-# The planner's profile: the restoration's activations per LR pixel in ngf-channel x4 maps (the deformable
-# convolutions' columns, offsets and masks dominate at relu1_1), from the RSS peak of an untiled 384 px output on CPU
-# (1.02 GiB working memory, one thread) +10%; to be confirmed by benchmarks/benchmark_archs.py on an idle machine.
-C2_MAIN_MAPS_PER_LR_PX = 30.0
+# The tile padding (benchmarks/measure_tile_pad.py, released size with PyTorch's default initialisation: largest
+# difference to the untiled SR 3.8e-4 at pad 8, 1.6e-5 at 12, 4e-7 at 16): one step above the 5e-4 rule, as no
+# trained weights are here to measure and trained EXTRACTER weights reach further than random ones
+# (docs/benchmarks/large_images_notes.md, "Tile padding").
+C2_MIN_TILE_PAD = 12
+# The planner's profile: the restoration's activations per LR pixel in ngf-channel x4 maps (with the aggregations in
+# bands, C2_DCN_BAND_BYTES): from RSS peaks on CPU of untiled 256-768 px outputs (8.5) and of 640 px tiles of a
+# 1024 px output (10.4, glibc's fragments of the tiles' mid-size blocks included), rounded up; the fixed part is
+# memory_plan.OWN_OVERHEAD (docs/benchmarks/c2matching_memory).
+C2_MAIN_MAPS_PER_LR_PX = 11.0
+# Inference (no gradients) evaluates the three dynamic aggregations in bands of output rows holding at most this
+# many bytes of transient tensors (the deformable convolutions' columns, offsets and masks: in one call 9x the
+# aggregated map and more; restoration.band_rows): the same result up to float rounding at a fraction of the memory.
+C2_DCN_BAND_BYTES = 64 * 2 ** 20
 # the correspondence's grid, stated as a search geometry: 3x3 patches, stride 1, one result per LR feature pixel
 C2_SPEC = SearchSpec(method='dense', window=3, stride=1, padding=1)
 
@@ -223,7 +229,8 @@ class C2Matching(RefSRNet):
         flow = index_to_flow(search[1], (h, w), ref.lv3.size(-1), origin or (0, 0))
         ref_feat = {'relu1_1': ref.lv1, 'relu2_1': ref.lv2, 'relu3_1': ref.lv3}
         whole = origin is None or (tuple(ref.lv3.shape[-2:]) == (h, w))
-        sr = self.restoration(lr, pre_offsets(flow), ref_feat, None if whole else origin)
+        band = None if torch.is_grad_enabled() else C2_DCN_BAND_BYTES
+        sr = self.restoration(lr, pre_offsets(flow), ref_feat, None if whole else origin, band)
         if not whole and not torch.is_grad_enabled():  # a tile: its many mid-size blocks would fragment the heap
             trim_freed_memory()
         if return_aux:

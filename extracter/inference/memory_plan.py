@@ -378,11 +378,14 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
 
 
 # A network whose correspondence search is its own stage (descriptor.own_search: C2-Matching). Bytes per pixel,
-# float32, estimates from the tensors each phase holds (not yet measured; docs/architecture.md "C2-Matching"):
+# float32, from the tensors each phase holds, checked against RSS peaks on CPU (docs/benchmarks/c2matching_memory):
 OWN_KEYS_PER_REF_PX = FLOAT * 256 // 16  # the reference's contrastive conv3_1 (256 channels at 1/4 x 1/4)
 OWN_VGG_PEAK_PER_PX = 1300  # a VGG-16/19 pass to conv3_1/relu3_1, per input pixel (as ENCODE_PEAK_PER_TILE_PX)
 OWN_PATCHES_PER_KEY = FLOAT * 256 * 9 * 2  # a block's 3x3 reference patches, and their normalised copy
 OWN_KEY_CHUNKS = (8192, 4096, 2048, 1024, 512, 256)  # reference patches per correlation block, largest first
+# What every phase holds beyond its tensors: the deformable convolutions' bands (C2_DCN_BAND_BYTES), oneDNN's
+# buffers and what glibc keeps of freed mid-size blocks between tiles (measured: 0.25-0.30 GiB at 256-1024 px)
+OWN_OVERHEAD = 320 * 2 ** 20
 
 
 def own_search_estimate(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], key_chunk: int,
@@ -406,7 +409,8 @@ def own_search_estimate(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[in
              'search_peak': keys + max(query_vgg, search),
              'encode_peak': textures + ENCODE_PEAK_PER_TILE_PX * encode_tile,
              'main_peak': textures + main + FLOAT * 3 * 16 * lr_px}
-    parts['total'] = weights + max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'], parts['main_peak'])
+    parts['total'] = weights + OWN_OVERHEAD + max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'],
+                                                  parts['main_peak'])
     return parts
 
 

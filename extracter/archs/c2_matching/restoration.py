@@ -38,7 +38,7 @@ class ResidualBlockNoBN(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.relu(self.conv1(x)))
+        return self.conv2(self.relu(self.conv1(x))).add_(x)  # x + conv2(...): the same sum, no third map
 
 
 def _blocks(n: int, nf: int) -> nn.Sequential:
@@ -72,42 +72,72 @@ class DynAgg(nn.Module):
         return offset + pre_yx, torch.sigmoid(mask)
 
     def forward(self, ref_feat: torch.Tensor, feat: torch.Tensor, pre_offset: torch.Tensor,
-                origin: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+                origin: Optional[Tuple[int, int]] = None, band_bytes: Optional[int] = None) -> torch.Tensor:
         """The aggregation at ``feat``'s positions. ``origin``: a tile's top-left in ``ref_feat`` (the whole
-        reference map, which the offsets point into); None: ``feat`` covers the whole map."""
-        offset, mask = self.offsets_and_mask(feat, pre_offset)
-        if origin is None:
-            return deform_conv2d(ref_feat, offset, self.weight, self.bias, stride=1, padding=1, dilation=1, mask=mask)
-        return window_deform_conv(ref_feat, offset, mask, self.weight, self.bias, origin)
+        reference map, which the offsets point into); None: ``feat`` covers the whole map. ``band_bytes``: evaluate
+        it in bands of output rows whose transient tensors stay under this many bytes (:func:`band_rows`; the
+        result is the single call's up to float rounding); None: one call, as the original (training)."""
+        h, w = feat.shape[-2:]
+        rows = h if band_bytes is None else band_rows(ref_feat.size(1), self.deformable_groups, w, band_bytes)
+        if rows >= h:
+            offset, mask = self.offsets_and_mask(feat, pre_offset)
+            if origin is None:
+                return deform_conv2d(ref_feat, offset, self.weight, self.bias, stride=1, padding=1, dilation=1,
+                                     mask=mask)
+            return window_deform_conv(ref_feat, offset, mask, self.weight, self.bias, origin)
+        oy, ox = origin or (0, 0)
+        out = feat.new_empty(feat.size(0), self.weight.size(0), h, w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            # the offset convolution (3x3, padding 1) on the band with one row of context above and below
+            s0, s1 = max(0, r0 - 1), min(h, r1 + 1)
+            offset, mask = self.offsets_and_mask(feat[:, :, s0:s1], pre_offset[:, :, s0:s1])
+            offset, mask = offset[:, :, r0 - s0:r1 - s0], mask[:, :, r0 - s0:r1 - s0]
+            out[:, :, r0:r1] = window_deform_conv(ref_feat, offset, mask, self.weight, self.bias, (oy + r0, ox))
+            del offset, mask
+        return out
 
 
-def _window_geometry(size: int, out: int) -> Tuple[int, int, int]:
-    """(zero rows added before, padding, dilation) for which a stride-1 3x3 convolution over ``size`` (+ the rows
-    added) has ``out`` outputs: size + before + 2 * padding - 2 * dilation = out."""
-    before = (size - out) % 2  # zero rows before the map change nothing: torchvision's sampling reads 0 there too
-    extra = size + before - out  # even
-    return (before, 0, extra // 2) if extra >= 2 else (before, (2 - extra) // 2, 1)
+def band_rows(channels: int, groups: int, width: int, band_bytes: int) -> int:
+    """Output rows per band of a dynamic aggregation ``width`` pixels wide whose transient tensors fit
+    ``band_bytes``: per pixel torchvision's columns (9 C floats) and output buffers (3 C), the offsets and masks
+    (27 G from the convolution, 18 G each for the offsets, the pre-offsets, their sum and the window's
+    correction, 9 G for the mask)."""
+    per_px = 4 * (12 * channels + 27 * groups + 4 * 18 * groups + 9 * groups)
+    return max(1, band_bytes // (per_px * width))
+
+
+def _window_geometry(size: int, out: int) -> Tuple[int, int]:
+    """(padding, dilation) for which a stride-1 3x3 convolution over ``size`` has ``out`` outputs (``size - out``
+    even): size + 2 * padding - 2 * dilation = out."""
+    extra = size - out
+    return (0, extra // 2) if extra >= 2 else ((2 - extra) // 2, 1)
 
 
 def window_deform_conv(ref_feat: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
                        bias: torch.Tensor, origin: Tuple[int, int]) -> torch.Tensor:
     """The 3x3 padding-1 modulated deformable convolution over the whole ``ref_feat`` [N, C, H, W], evaluated only
     at the positions of a window (``offset``'s size) starting at ``origin``: one torchvision call whose output grid
-    is the window's, its kernel taps moved to the window's places through the offsets (a tile's cost, not the
-    whole map's). Zero rows/columns are added only above/left, where torchvision's sampling already reads zeros
-    (at the bottom/right edge it clamps), so the samples are the untiled ones up to float rounding."""
-    th, tw = offset.shape[-2:]
-    (by, py, dy), (bx, px, dx) = _window_geometry(ref_feat.size(-2), th), _window_geometry(ref_feat.size(-1), tw)
+    is the window's, its kernel taps moved to the window's places through the offsets (a window's cost, not the
+    whole map's; the samples are the untiled ones up to float rounding). Where the window and the map differ in
+    size by an odd number, the window gets one row (column) more above (left), with zero offsets, computed and
+    dropped: the map itself is never copied."""
+    size_h, size_w = ref_feat.shape[-2:]
+    by, bx = (size_h - offset.size(-2)) % 2, (size_w - offset.size(-1)) % 2
     if by or bx:
-        ref_feat = F.pad(ref_feat, (bx, 0, by, 0))
+        offset, mask = F.pad(offset, (bx, 0, by, 0)), F.pad(mask, (bx, 0, by, 0))
+        origin = (origin[0] - by, origin[1] - bx)
+    th, tw = offset.shape[-2:]
+    (py, dy), (px, dx) = _window_geometry(size_h, th), _window_geometry(size_w, tw)
     taps = torch.arange(3, device=offset.device, dtype=offset.dtype)
-    # wanted tap position (origin + q - 1 + k) minus torchvision's (q - padding + k * dilation), + the rows added
-    cy = origin[0] - 1 + py + by + taps * (1 - dy)
-    cx = origin[1] - 1 + px + bx + taps * (1 - dx)
+    # wanted tap position (origin + q - 1 + k) minus torchvision's (q - padding + k * dilation)
+    cy = origin[0] - 1 + py + taps * (1 - dy)
+    cx = origin[1] - 1 + px + taps * (1 - dx)
     corr = torch.stack((cy.view(3, 1).expand(3, 3), cx.view(1, 3).expand(3, 3)), dim=-1).reshape(1, 18, 1, 1)
     groups = offset.size(1) // 18
     offset = offset + corr.repeat(1, groups, 1, 1)
-    return deform_conv2d(ref_feat, offset, weight, bias, stride=1, padding=(py, px), dilation=(dy, dx), mask=mask)
+    out = deform_conv2d(ref_feat, offset, weight, bias, stride=1, padding=(py, px), dilation=(dy, dx), mask=mask)
+    return out[:, :, by:, bx:]
 
 
 class ContentExtractor(nn.Module):
@@ -145,18 +175,23 @@ class DynamicAggregationRestoration(nn.Module):
         self.lrelu = nn.LeakyReLU(0.1, inplace=True)
 
     def forward(self, x: torch.Tensor, pre_offset: Dict[str, torch.Tensor], ref_feat: Dict[str, torch.Tensor],
-                origin: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        """``origin``: a tile's top-left LR pixel in the whole reference (``ref_feat`` whole); None: untiled."""
+                origin: Optional[Tuple[int, int]] = None, band_bytes: Optional[int] = None) -> torch.Tensor:
+        """``origin``: a tile's top-left LR pixel in the whole reference (``ref_feat`` whole); None: untiled.
+        ``band_bytes``: the aggregations in bands of rows (:meth:`DynAgg.forward`); None: one call each."""
         for stage, level in self.STAGES:
             ref = ref_feat[level]
             at = None if origin is None else (origin[0] * LEVEL_SCALE[level], origin[1] * LEVEL_SCALE[level])
             local = ref if at is None else ref[:, :, at[0]:at[0] + x.size(-2), at[1]:at[1] + x.size(-1)]
             off = self.lrelu(getattr(self, f'{stage}_offset_conv1')(torch.cat([x, local], 1)))
             off = self.lrelu(getattr(self, f'{stage}_offset_conv2')(off))
-            swapped = self.lrelu(getattr(self, f'{stage}_dyn_agg')(ref, off, pre_offset[level], at))
+            swapped = self.lrelu(getattr(self, f'{stage}_dyn_agg')(ref, off, pre_offset[level], at, band_bytes))
+            del off, local  # each map is dropped once used: at x4 every 64-channel map is 16x the LR's size
             h = getattr(self, f'head_{stage}')(torch.cat([x, swapped], 1))
+            del swapped
             h = getattr(self, f'body_{stage}')(h) + x
+            del x
             x = getattr(self, f'tail_{stage}')(h)
+            del h
         return x
 
 
@@ -182,6 +217,6 @@ class RestorationNet(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, lr: torch.Tensor, pre_offset: Dict[str, torch.Tensor], ref_feat: Dict[str, torch.Tensor],
-                origin: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+                origin: Optional[Tuple[int, int]] = None, band_bytes: Optional[int] = None) -> torch.Tensor:
         base = F.interpolate(lr, scale_factor=4, mode='bilinear', align_corners=False)
-        return self.dyn_agg_restore(self.content_extractor(lr), pre_offset, ref_feat, origin) + base
+        return self.dyn_agg_restore(self.content_extractor(lr), pre_offset, ref_feat, origin, band_bytes) + base
