@@ -84,12 +84,20 @@ def fmt(v, spec='.2f') -> str:
     return '' if v is None else (format(v, spec) if isinstance(v, float) else str(v))
 
 
+def working(row) -> object:
+    """What ``max_memory`` bounds: the peak RSS less the runtime's (after importing and building the network)."""
+    if row.get('peak_rss_gib') is None or row.get('base_rss_gib') is None:
+        return None
+    return row['peak_rss_gib'] - row['base_rss_gib']
+
+
 def write_outputs(rows, out: Path, header: str) -> str:
     table = harness.markdown_table(
         ['architecture', 'output px', 'status', 'parameters (M)', 'without feature extractors (M)', 'wall (s)',
-         'peak RSS (GiB)', 'plan'],
+         'peak RSS (GiB)', 'working memory (GiB)', 'plan'],
         [[r['arch'], str(r['size']), r['status'], fmt(r.get('params_m')), fmt(r.get('main_m')),
-          fmt(r.get('wall_s'), '.1f'), fmt(r.get('peak_rss_gib')), r.get('plan', r.get('note', ''))] for r in rows])
+          fmt(r.get('wall_s'), '.1f'), fmt(r.get('peak_rss_gib')), fmt(working(r)), r.get('plan', r.get('note', ''))]
+         for r in rows])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / 'results.csv', harness.csv_text(rows, FIELDS))
     atomic_write_text(out / 'results.md', f'{header}\n\n{table}\n')

@@ -471,6 +471,7 @@ SCRIPT_CASES = [
     ('benchmark_scaling', ['--sizes', '0', '--out', '{tmp}/bs'], ['--sizes']),
     ('benchmark_search', ['--sizes', 'x'], ['--sizes', "'x'"]),
     ('measure_tile_pad', ['--pads', '-1'], ['--pads']),
+    ('memory_phases', ['--tile-pad', '-1'], ['--tile-pad', '-1']),
 ]
 
 
