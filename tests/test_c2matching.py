@@ -141,9 +141,14 @@ def test_tiled_equals_untiled(tiny):
 
     net, lr, ref = tiny
     whole = run_refsr(net, lr, ref)
-    tiled = run_refsr(net, lr, ref, tile={'tile_size': 16, 'tile_pad': 32})  # through the engine, above the floor
+    tiled = run_refsr(net, lr, ref, tile={'tile_size': 16, 'tile_pad': 32})  # through the engine, with margin
     assert whole.shape == tiled.shape == (1, 3, 112, 128)
     assert float((whole - tiled).abs().max()) < 1e-5
+    from extracter.utils.input_warning import InputWarning
+
+    with pytest.warns(InputWarning, match='using tile_pad 12'):  # raised to the documented floor
+        at_floor = run_refsr(net, lr, ref, tile={'tile_size': 16, 'tile_pad': 0})
+    assert float((whole - at_floor).abs().max()) < 1e-4
     # small tiles with the context this tiny net reaches (the descriptor's floor is for the released depth), and
     # too little context: then the tiles differ (the test can fail)
     with torch.no_grad():
