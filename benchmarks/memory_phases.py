@@ -96,7 +96,8 @@ def run_case(arch: str, size: int, budget: str, tile: Optional[int], tile_pad: i
     thread.join()
     parts = None if plan is None else dict(plan.parts)
     if parts is None and descriptor_of(net).own_search:
-        parts = own_search_estimate(net, tuple(lr.shape[-2:]), tuple(ref.shape[-2:]), key_chunk or 8192,
+        block = key_chunk or net.default_search_spec.key_chunk_size
+        parts = own_search_estimate(net, tuple(lr.shape[-2:]), tuple(ref.shape[-2:]), block,
                                     None if tile is None else (tile, tile_pad))
     if parts is not None and descriptor_of(net).own_search:  # its phases' estimates with what every phase adds
         fixed = parts['weights'] + OWN_OVERHEAD

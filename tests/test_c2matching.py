@@ -166,10 +166,12 @@ def test_budget_plans_tiles_and_search_blocks(tiny):
     # a 1024 px output of the released size: the untiled run does not fit 2 GB, tiles and smaller correlation
     # blocks do
     released = C2Matching(vgg_init='random')
-    untiled = own_search_estimate(released, (256, 256), (1024, 1024), 8192)['total']
+    default_block = released.default_search_spec.key_chunk_size
+    untiled = own_search_estimate(released, (256, 256), (1024, 1024), default_block)['total']
     plan = plan_own_search(released, (256, 256), (1024, 1024), '2G', tile_pad=16)
     assert untiled > plan.budget >= plan.estimate and plan.tile_size is not None and plan.tile_pad == 16
-    assert plan.key_chunk_size < 8192
+    tighter = plan_own_search(released, (256, 256), (1024, 1024), '1.5G', tile_pad=16)
+    assert tighter.key_chunk_size < default_block and tighter.tile_size < plan.tile_size
     # through run_refsr: a budget the untiled run fits runs untiled, with the same result
     sr, plan = run_refsr(net, lr, ref, max_memory='1G', return_plan=True)
     assert plan.tile_size is None and plan.estimate <= 2 ** 30

@@ -382,7 +382,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
 OWN_KEYS_PER_REF_PX = FLOAT * 256 // 16  # the reference's contrastive conv3_1 (256 channels at 1/4 x 1/4)
 OWN_VGG_PEAK_PER_PX = 1300  # a VGG-16/19 pass to conv3_1/relu3_1, per input pixel (as ENCODE_PEAK_PER_TILE_PX)
 OWN_PATCHES_PER_KEY = FLOAT * 256 * 9 * 2  # a block's 3x3 reference patches, and their normalised copy
-OWN_KEY_CHUNKS = (8192, 4096, 2048, 1024, 512, 256)  # reference patches per correlation block, largest first
+OWN_KEY_CHUNKS = (2048, 1024, 512, 256)  # reference patches per correlation block, largest (C2_SPEC's) first
 # What every phase holds beyond its tensors: the deformable convolutions' bands (C2_DCN_BAND_BYTES), oneDNN's
 # buffers and what glibc keeps of freed mid-size blocks between tiles (measured: 0.25-0.30 GiB at 256-1024 px)
 OWN_OVERHEAD = 320 * 2 ** 20
