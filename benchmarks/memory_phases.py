@@ -60,7 +60,7 @@ def run_case(arch: str, size: int, budget: str, tile: Optional[int], tile_pad: i
     """One inference in this (child) process: peaks by phase (bytes above the start)."""
     from extracter.archs.descriptor import descriptor_of
     from extracter.inference.engine import run_refsr
-    from extracter.inference.memory_plan import OWN_OVERHEAD, own_search_estimate
+    from extracter.inference.memory_plan import own_search_estimate
     from extracter.registry import ARCH_REGISTRY
 
     torch.set_grad_enabled(False)
@@ -100,8 +100,7 @@ def run_case(arch: str, size: int, budget: str, tile: Optional[int], tile_pad: i
         parts = own_search_estimate(net, tuple(lr.shape[-2:]), tuple(ref.shape[-2:]), block,
                                     None if tile is None else (tile, tile_pad))
     if parts is not None and descriptor_of(net).own_search:  # its phases' estimates with what every phase adds
-        fixed = parts['weights'] + OWN_OVERHEAD
-        parts = {k: v + fixed if k.endswith('_peak') else v for k, v in parts.items()}
+        parts = {k: v + parts['fixed'] if k.endswith('_peak') else v for k, v in parts.items()}
     return {'arch': arch, 'size': size, 'budget': budget, 'wall_s': wall, 'source': source,
             'plan': 'untiled, no budget' if plan is None else plan.describe(),
             'rss': rss_peak, 'in_use': use_peak, 'parts': parts}

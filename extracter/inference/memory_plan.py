@@ -382,7 +382,7 @@ def plan_memory(net_or_spec, lr_hw: Tuple[int, int], ref_hw: Tuple[int, int], ma
 OWN_KEYS_PER_REF_PX = FLOAT * 256 // 16  # the reference's contrastive conv3_1 (256 channels at 1/4 x 1/4)
 OWN_VGG_PEAK_PER_PX = 1300  # a VGG-16/19 pass to conv3_1/relu3_1, per input pixel (as ENCODE_PEAK_PER_TILE_PX)
 OWN_PATCHES_PER_KEY = FLOAT * 256 * 9 * 2  # a block's 3x3 reference patches, and their normalised copy
-OWN_KEY_CHUNKS = (2048, 1024, 512, 256)  # reference patches per correlation block, largest (C2_SPEC's) first
+OWN_MIN_KEY_CHUNK = 256  # the smallest correlation block the planner halves the network's default down to
 # What every phase holds beyond its tensors: the deformable convolutions' bands (C2_DCN_BAND_BYTES), oneDNN's
 # buffers and what glibc keeps of freed mid-size blocks between tiles (measured: 0.25-0.30 GiB at 256-1024 px)
 OWN_OVERHEAD = 320 * 2 ** 20
@@ -409,8 +409,9 @@ def own_search_estimate(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[in
              'search_peak': keys + max(query_vgg, search),
              'encode_peak': textures + ENCODE_PEAK_PER_TILE_PX * encode_tile,
              'main_peak': textures + main + FLOAT * 3 * 16 * lr_px}
-    parts['total'] = weights + OWN_OVERHEAD + max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'],
-                                                  parts['main_peak'])
+    parts['fixed'] = weights + OWN_OVERHEAD  # held in every phase
+    parts['total'] = parts['fixed'] + max(parts['keys_peak'], parts['search_peak'], parts['encode_peak'],
+                                          parts['main_peak'])
     return parts
 
 
@@ -421,14 +422,18 @@ def plan_own_search(net: nn.Module, lr_hw: Tuple[int, int], ref_hw: Tuple[int, i
     the restoration is."""
     budget = parse_memory(max_memory)
     candidates = [tile] if tile is not None else [None] + tile_candidates(lr_hw, 1, tile_pad)
+    # correlation blocks: the network's default (its spec's key_chunk_size), halved down to OWN_MIN_KEY_CHUNK
+    chunks = [net.default_search_spec.key_chunk_size]
+    while chunks[-1] // 2 >= OWN_MIN_KEY_CHUNK:
+        chunks.append(chunks[-1] // 2)
     for t in candidates:
-        for key_chunk in OWN_KEY_CHUNKS:
+        for key_chunk in chunks:
             parts = own_search_estimate(net, lr_hw, ref_hw, key_chunk, t)
             if parts['total'] <= budget:
                 return MemoryPlan(budget, OWN_SEARCH, 0, key_chunk, False, None if t is None else t[0],
                                   0 if t is None else t[1], parts['total'], parts)
     smallest = min(candidates[1:], key=lambda c: c[0]) if tile is None and len(candidates) > 1 else candidates[-1]
-    need = own_search_estimate(net, lr_hw, ref_hw, OWN_KEY_CHUNKS[-1], smallest)
+    need = own_search_estimate(net, lr_hw, ref_hw, chunks[-1], smallest)
     raise MemoryBudgetError(f'max_memory={format_bytes(budget)} cannot hold {type(net).__name__} on a '
                             f'{lr_hw[1]}x{lr_hw[0]} LR (padded) with its {ref_hw[1]}x{ref_hw[0]} reference: it needs '
                             f'about {format_bytes(need["total"])} at the smallest tiles; raise max_memory')
